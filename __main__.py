@@ -1,0 +1,5 @@
+"""``python -m xpusim``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Loading devices from YAML (presets in ``arch/presets/`` or user files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import PresetNotFound, SpecError
+from ..units import parse_quantity
+from .spec import Arch, ComputeUnit, MemoryLevel
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+_TOP = {"name", "class", "description", "clock", "matrix", "vector", "memory", "launch_overhead",
+        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2"}
+_LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_pj_per_byte",
+          "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind"}
+_UNIT = {"instances", "macs_per_cycle", "flops_per_cycle", "energy_pj_per_mac", "energy_pj_per_flop", "array",
+         "dataflow", "clock"}
+
+
+def list_archs() -> list[str]:
+    """Names of the shipped device presets."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _check_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _int(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or v <= 0:
+        raise SpecError(f"{where}: must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _rates(d: Any, where: str) -> dict[str, float]:
+    if not isinstance(d, dict) or not d:
+        raise SpecError(f"{where}: must be a mapping of dtype to rate, e.g. {{bf16: 1024}}")
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            raise SpecError(f"{where}.{k}: must be a positive number, got {v!r}")
+        out[str(k)] = float(v)
+    return out
+
+
+def _unit(d: Any, kind: str, where: str) -> ComputeUnit:
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: must be a mapping")
+    _check_keys(d, _UNIT, where)
+    rate_key, e_key = ("macs_per_cycle", "energy_pj_per_mac") if kind == "matrix" else ("flops_per_cycle", "energy_pj_per_flop")
+    if rate_key not in d:
+        raise SpecError(f"{where}: missing {rate_key} (per-dtype rate per instance per cycle)")
+    array = None
+    if "array" in d:
+        a = d["array"]
+        if not isinstance(a, list | tuple) or len(a) != 2:
+            raise SpecError(f"{where}.array: must be [rows, cols]")
+        array = (_int(a[0], f"{where}.array rows"), _int(a[1], f"{where}.array cols"))
+    energy = d.get(e_key, {})
+    if not isinstance(energy, dict):
+        raise SpecError(f"{where}.{e_key}: must be a mapping of dtype to pJ")
+    return ComputeUnit(
+        kind=kind,
+        instances=_int(d.get("instances", 1), f"{where}.instances"),
+        rate_per_cycle=_rates(d[rate_key], f"{where}.{rate_key}"),
+        energy_pj={str(k): float(v) for k, v in energy.items()},
+        array=array,
+        dataflow=d.get("dataflow"),
+        clock_hz=parse_quantity(d["clock"], "hz", f"{where}.clock") if "clock" in d else None,
+    )
+
+
+def _level(d: Any, i: int, dev: str) -> MemoryLevel:
+    where = f"device {dev!r} memory[{i}]"
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: must be a mapping with name, capacity, bandwidth")
+    _check_keys(d, _LEVEL, where)
+    for k in ("name", "capacity", "bandwidth"):
+        if k not in d:
+            raise SpecError(f"{where}: missing {k!r}")
+    e = d.get("energy_pj_per_byte", 0.0)
+    parts = d.get("partitions")
+    if parts is not None:
+        if not isinstance(parts, dict):
+            raise SpecError(f"{where}.partitions: must map ifmap/filter/ofmap to capacities")
+        parts = {str(k): parse_quantity(v, "bytes", f"{where}.partitions.{k}") for k, v in parts.items()}
+    return MemoryLevel(
+        name=str(d["name"]),
+        capacity_bytes=parse_quantity(d["capacity"], "bytes", f"{where}.capacity"),
+        bandwidth_Bps=parse_quantity(d["bandwidth"], "bytes_per_s", f"{where}.bandwidth"),
+        instances=_int(d.get("instances", 1), f"{where}.instances"),
+        latency_s=parse_quantity(d.get("latency", 0.0), "seconds", f"{where}.latency"),
+        read_energy_pj_per_byte=float(d.get("read_energy_pj_per_byte", e)),
+        write_energy_pj_per_byte=float(d.get("write_energy_pj_per_byte", e)),
+        multicast=bool(d.get("multicast", False)),
+        double_buffer=bool(d.get("double_buffer", True)),
+        partitions=parts,
+    )
+
+
+def arch_from_dict(d: Any, name: str = "device") -> Arch:
+    """Build and validate an :class:`Arch` from a parsed YAML mapping."""
+    if not isinstance(d, dict):
+        raise SpecError(f"device {name!r}: expected a mapping of fields, got {type(d).__name__}")
+    _check_keys(d, _TOP, f"device {name!r}")
+    name = str(d.get("name", name))
+    for k in ("clock", "matrix", "vector", "memory"):
+        if k not in d:
+            raise SpecError(f"device {name!r}: missing required field {k!r}")
+    if not isinstance(d["memory"], list):
+        raise SpecError(f"device {name!r}: memory must be a list of levels, outermost first")
+    arch = Arch(
+        name=name,
+        device_class=str(d.get("class", "generic")),
+        clock_hz=parse_quantity(d["clock"], "hz", f"device {name!r} clock"),
+        memory=tuple(_level(lv, i, name) for i, lv in enumerate(d["memory"])),
+        matrix=_unit(d["matrix"], "matrix", f"device {name!r} matrix"),
+        vector=_unit(d["vector"], "vector", f"device {name!r} vector"),
+        launch_overhead_s=parse_quantity(d.get("launch_overhead", 0.0), "seconds", f"device {name!r} launch_overhead"),
+        static_power_w=parse_quantity(d.get("static_power", 0.0), "watts", f"device {name!r} static_power"),
+        tdp_w=parse_quantity(d.get("tdp", 0.0), "watts", f"device {name!r} tdp"),
+        description=str(d.get("description", "")),
+        meta={k: d[k] for k in ("technology_nm", "sources", "notes", "die_area_mm2") if k in d},
+    )
+    arch.validate()
+    return arch
+
+
+def load_arch(ref: str | Path | Arch) -> Arch:
+    """Load a device by preset name or YAML path."""
+    if isinstance(ref, Arch):
+        return ref
+    path = Path(ref)
+    if not path.is_file():
+        cand = PRESETS_DIR / f"{ref}.yaml"
+        if not cand.is_file():
+            if path.suffix in (".yaml", ".yml") or "/" in str(ref):
+                raise SpecError(f"device file {str(ref)!r} does not exist")
+            raise PresetNotFound(f"unknown device {str(ref)!r}; presets: {', '.join(list_archs())} (or give a YAML path)")
+        path = cand
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SpecError(f"{path}: malformed YAML ({first}); fix the syntax") from None
+    return arch_from_dict(data, path.stem)

@@ -1,0 +1,170 @@
+"""Device description shared by every device class: compute units and a memory hierarchy.
+
+The hierarchy is a list of :class:`MemoryLevel` from the outermost (backing store, e.g. HBM) to the
+innermost (the level that feeds the MAC lanes). Each level has ``instances`` copies in the device;
+the ratio of instance counts of adjacent levels is the spatial fan-out between them. Capacities,
+bandwidths and energies are per instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import DtypeError, SpecError
+
+DEVICE_CLASSES = ("gpu", "systolic", "fpga", "pim", "dataflow", "wafer", "generic")
+DATAFLOWS = ("ws", "os", "is")
+
+
+@dataclass(frozen=True)
+class MemoryLevel:
+    """One level of the memory hierarchy (values per instance).
+
+    ``capacity_bytes``: storage per instance; ``bandwidth_Bps``: bytes/s per instance, reads and
+    writes together; ``latency_s``: first-byte latency; energies in pJ per byte; ``multicast``: one
+    read can feed several children (and partial sums can be reduced on the way up);
+    ``double_buffer``: tiles are double-buffered (capacity holds two of each tile);
+    ``partitions``: optional fixed split of capacity by operand (``ifmap``/``filter``/``ofmap``).
+    """
+
+    name: str
+    capacity_bytes: float
+    bandwidth_Bps: float
+    instances: int = 1
+    latency_s: float = 0.0
+    read_energy_pj_per_byte: float = 0.0
+    write_energy_pj_per_byte: float = 0.0
+    multicast: bool = False
+    double_buffer: bool = True
+    partitions: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class ComputeUnit:
+    """MAC lanes (``kind='matrix'``) or vector lanes (``kind='vector'``), per instance.
+
+    ``rate_per_cycle``: MACs/cycle (matrix) or FLOPs/cycle (vector) per instance, keyed by compute
+    class (``bf16``, ``fp8``, ``int8``...); ``energy_pj``: pJ per MAC (matrix) or per FLOP (vector)
+    keyed likewise; ``array``: (rows, cols) of a systolic array; ``clock_hz`` overrides the device
+    clock for this unit.
+    """
+
+    kind: str
+    instances: int
+    rate_per_cycle: dict[str, float]
+    energy_pj: dict[str, float] = field(default_factory=dict)
+    array: tuple[int, int] | None = None
+    dataflow: str | None = None
+    clock_hz: float | None = None
+
+    def rate(self, compute: str) -> float:
+        """Work per cycle per instance for a compute class; raises if the unit lacks it."""
+        if compute in self.rate_per_cycle:
+            return self.rate_per_cycle[compute]
+        raise DtypeError(
+            f"{self.kind} unit has no {compute} throughput; it supports {', '.join(self.rate_per_cycle)} "
+            "(choose another dtype or add it to the device's rate table)"
+        )
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A device: clock, compute units, memory hierarchy (outermost first), fixed overheads."""
+
+    name: str
+    device_class: str
+    clock_hz: float
+    memory: tuple[MemoryLevel, ...]
+    matrix: ComputeUnit
+    vector: ComputeUnit
+    launch_overhead_s: float = 0.0
+    static_power_w: float = 0.0
+    tdp_w: float = 0.0
+    description: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def level(self, name: str) -> MemoryLevel:
+        for lv in self.memory:
+            if lv.name == name:
+                return lv
+        raise SpecError(f"device {self.name!r} has no memory level {name!r}; levels: {[lv.name for lv in self.memory]}")
+
+    @property
+    def backing(self) -> MemoryLevel:
+        """The outermost level (device memory)."""
+        return self.memory[0]
+
+    @property
+    def matrix_clock_hz(self) -> float:
+        return self.matrix.clock_hz or self.clock_hz
+
+    @property
+    def vector_clock_hz(self) -> float:
+        return self.vector.clock_hz or self.clock_hz
+
+    def peak_flops(self, compute: str) -> float:
+        """Peak matrix FLOP/s for a compute class (2 FLOPs per MAC)."""
+        return 2.0 * self.matrix.rate(compute) * self.matrix.instances * self.matrix_clock_hz
+
+    def fanouts(self) -> list[int]:
+        """Spatial fan-out below each level: ``fanouts()[l]`` children per instance of level ``l``
+        (the last entry is MAC-unit instances per innermost-level instance)."""
+        counts = [lv.instances for lv in self.memory] + [self.matrix.instances]
+        return [counts[i + 1] // counts[i] for i in range(len(self.memory))]
+
+    def fingerprint(self) -> str:
+        """A stable hash of everything that affects cost (for memoisation)."""
+        blob = json.dumps(asdict(self) | {"meta": None}, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def validate(self) -> None:
+        if self.device_class not in DEVICE_CLASSES:
+            raise SpecError(f"device {self.name!r}: class {self.device_class!r} is not one of {', '.join(DEVICE_CLASSES)}")
+        if not (self.clock_hz > 0 and math.isfinite(self.clock_hz)):
+            raise SpecError(f"device {self.name!r}: clock must be a positive frequency, e.g. '1.4 GHz'")
+        if not self.memory:
+            raise SpecError(f"device {self.name!r}: needs at least one memory level")
+        names = [lv.name for lv in self.memory]
+        if len(set(names)) != len(names):
+            raise SpecError(f"device {self.name!r}: memory level names repeat: {names}")
+        prev = None
+        for lv in self.memory:
+            where = f"device {self.name!r} level {lv.name!r}"
+            if lv.instances <= 0:
+                raise SpecError(f"{where}: instances must be a positive integer")
+            if not lv.capacity_bytes > 0:
+                raise SpecError(f"{where}: capacity must be positive, e.g. '40 MiB'")
+            if not lv.bandwidth_Bps > 0:
+                raise SpecError(f"{where}: bandwidth must be positive, e.g. '2 TB/s'")
+            if lv.latency_s < 0 or lv.read_energy_pj_per_byte < 0 or lv.write_energy_pj_per_byte < 0:
+                raise SpecError(f"{where}: latency and energies must be >= 0")
+            if prev is not None and lv.instances % prev.instances:
+                raise SpecError(
+                    f"{where}: instances ({lv.instances}) must be a multiple of the level above's ({prev.instances})"
+                )
+            if lv.partitions is not None:
+                bad = sorted(set(lv.partitions) - {"ifmap", "filter", "ofmap"})
+                if bad:
+                    raise SpecError(f"{where}: partitions keys must be ifmap, filter, ofmap; got {bad}")
+            prev = lv
+        for unit in (self.matrix, self.vector):
+            where = f"device {self.name!r} {unit.kind} unit"
+            if unit.instances <= 0:
+                raise SpecError(f"{where}: instances must be a positive integer")
+            if not unit.rate_per_cycle or any(not (v > 0) for v in unit.rate_per_cycle.values()):
+                raise SpecError(f"{where}: needs positive per-dtype rates, e.g. {{bf16: 1024}}")
+        if self.matrix.instances % self.memory[-1].instances:
+            raise SpecError(
+                f"device {self.name!r}: matrix instances ({self.matrix.instances}) must be a multiple of the "
+                f"innermost level's ({self.memory[-1].instances})"
+            )
+        if self.matrix.array is not None:
+            r, c = self.matrix.array
+            if r <= 0 or c <= 0:
+                raise SpecError(f"device {self.name!r}: array rows and cols must be positive")
+            if self.matrix.dataflow not in DATAFLOWS:
+                raise SpecError(f"device {self.name!r}: a systolic array needs dataflow ws, os or is")

@@ -1,0 +1,177 @@
+"""The ``xpusim`` command line: ``simulate``, ``op``, ``list``.
+
+Every :class:`~xpusim.errors.XpusimError` is printed as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import XpusimError
+
+
+def _fmt_s(x: float) -> str:
+    for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if abs(x) >= f:
+            return f"{x / f:.3g} {unit}"
+    return f"{x:.3g} s"
+
+
+def _fmt_b(x: float) -> str:
+    for unit, f in (("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+        if x >= f:
+            return f"{x / f:.3g} {unit}"
+    return f"{x:.0f} B"
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{v} must be a positive integer")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"xpusim: error: {message} (see 'xpusim {self.prog.split()[-1]} --help')\n")
+
+
+def _cmd_simulate(a: argparse.Namespace) -> int:
+    from .sim.engine import simulate
+    from .workloads.model import load_model
+    from .workloads.phases import make_phase
+
+    model = load_model(a.model)
+    if a.weight_dtype or a.act_dtype or a.kv_dtype:
+        model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
+    phase = make_phase(a.phase, a.batch, a.seq, a.context)
+    res = simulate(a.arch, model, phase, a.objective)
+    if a.csv:
+        res.ops.to_csv(a.csv, index=False)
+    if a.json:
+        print(res.to_json())
+        return 0
+    df = res.ops
+    print(f"xpusim {__version__}: {model.name} {phase.name} {vars(phase)} on {a.arch}")
+    cols = ["block", "name", "kind", "repeat", "latency_s", "total_latency_s", "bound", "utilization", "intensity"]
+    view = df[cols].copy()
+    share = df["total_latency_s"] / df["total_latency_s"].sum()
+    view["share"] = (share * 100).map(lambda v: f"{v:5.1f}%")
+    view["latency_s"] = view["latency_s"].map(_fmt_s)
+    view["total_latency_s"] = view["total_latency_s"].map(_fmt_s)
+    view["utilization"] = view["utilization"].map(lambda v: f"{v:.2f}")
+    view["intensity"] = view["intensity"].map(lambda v: f"{v:.1f}")
+    view = view.rename(columns={"latency_s": "latency", "total_latency_s": "x repeat", "intensity": "FLOP/B"})
+    print(view.to_string(index=False))
+    s = res.summary()
+    print(f"latency {_fmt_s(s['latency_s'])}   throughput {s['tokens_per_s']:.1f} tokens/s   "
+          f"energy {s['energy_j']:.3g} J   achieved {s['achieved_flops_per_s'] / 1e12:.1f} TFLOP/s")
+    print(f"memory {_fmt_b(s['memory_bytes'])} of {_fmt_b(s['capacity_bytes'])} "
+          f"(weights {_fmt_b(s['weights_bytes'])}, KV cache {_fmt_b(s['kv_cache_bytes'])}, "
+          f"activations {_fmt_b(s['activation_bytes'])})")
+    return 0
+
+
+def _cmd_op(a: argparse.Namespace) -> int:
+    from .arch.loader import load_arch
+    from .sim.engine import op_cost
+    from .workloads.einsum import Op, Tensor
+
+    arch = load_arch(a.arch)
+    op = Op("gemm", "matmul", (("m", a.m), ("n", a.n), ("k", a.k)),
+            (Tensor("A", ("m", "k"), a.dtype), Tensor("B", ("k", "n"), a.dtype, "weight")), Tensor("C", ("m", "n"), a.dtype))
+    cost = op_cost(op, arch, a.objective)
+    out = {"op": "gemm", "m": a.m, "n": a.n, "k": a.k, "dtype": a.dtype, "arch": arch.name,
+           "flops": op.flops, **cost.to_dict()}
+    if a.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"gemm M={a.m} N={a.n} K={a.k} {a.dtype} on {arch.name}")
+    print(f"  latency {_fmt_s(cost.latency_s)} ({cost.cycles:.0f} cycles; compute {cost.compute_cycles:.0f}, "
+          f"stall {cost.stall_cycles:.0f})")
+    print(f"  utilization {cost.utilization:.3f}  bound {cost.bound}  energy {cost.energy_j:.3g} J  "
+          f"{op.flops / cost.latency_s / 1e12:.1f} TFLOP/s")
+    for name, b in cost.bytes_by_level.items():
+        print(f"  {name:>6}: {_fmt_b(b)} moved")
+    if cost.mapping:
+        for lv in cost.mapping["levels"]:
+            extra = f" spatial {lv['spatial']} order {lv['loop_order']}" if "loop_order" in lv else ""
+            print(f"  {lv['level']:>6} tile {lv['tile']}{extra}")
+    return 0
+
+
+def _cmd_list(a: argparse.Namespace) -> int:
+    from .arch.loader import list_archs, load_arch
+    from .workloads.model import list_models, load_model
+
+    if a.json:
+        print(json.dumps({"archs": list_archs(), "models": list_models()}))
+        return 0
+    print("devices:")
+    for n in list_archs():
+        arch = load_arch(n)
+        print(f"  {n:<14} {arch.device_class:<9} {arch.description}")
+    print("models:")
+    for n in list_models():
+        m = load_model(n)
+        print(f"  {n:<14} {m.params / 1e9:7.2f} B params, {m.n_layers} layers, d_model {m.d_model}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="xpusim", description="Simulate transformer workloads on accelerators.")
+    p.add_argument("--version", action="version", version=f"xpusim {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("simulate", help="simulate one prefill or decode step of a model on a device")
+    s.add_argument("--arch", required=True, help="device preset name or YAML file")
+    s.add_argument("--model", required=True, help="model preset name, xpusim YAML or Hugging Face config.json")
+    s.add_argument("--phase", required=True, choices=["prefill", "decode"])
+    s.add_argument("--batch", type=_positive_int, default=1)
+    s.add_argument("--seq", type=_positive_int, help="prompt tokens per sequence (prefill)")
+    s.add_argument("--context", type=_positive_int, help="tokens attended per sequence (decode)")
+    s.add_argument("--weight-dtype", help="override the weight format (e.g. fp8, int4)")
+    s.add_argument("--act-dtype", help="override the activation format")
+    s.add_argument("--kv-dtype", help="override the KV-cache format")
+    s.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"])
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--csv", metavar="FILE", help="write the per-op table as CSV")
+    s.set_defaults(func=_cmd_simulate)
+
+    o = sub.add_parser("op", help="cost one operator on a device")
+    o.add_argument("kind", choices=["gemm"])
+    o.add_argument("--m", type=_positive_int, required=True)
+    o.add_argument("--n", type=_positive_int, required=True)
+    o.add_argument("--k", type=_positive_int, required=True)
+    o.add_argument("--dtype", default="bf16")
+    o.add_argument("--arch", required=True)
+    o.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"])
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=_cmd_op)
+
+    ls = sub.add_parser("list", help="list device and model presets")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_cmd_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except XpusimError as e:
+        print(f"xpusim: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

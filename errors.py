@@ -1,0 +1,32 @@
+"""Error types. Every bad input raises a subclass of :class:`XpusimError` whose message says what is
+wrong and how to fix it, in one line; the CLI prints it and exits 2."""
+
+from __future__ import annotations
+
+
+class XpusimError(Exception):
+    """Base class of every error xpusim reports to a user."""
+
+
+class SpecError(XpusimError):
+    """A device, model, trace or mapping description is malformed or inconsistent."""
+
+
+class PresetNotFound(XpusimError):
+    """A preset name is unknown."""
+
+
+class ShapeError(XpusimError):
+    """A size is zero, negative or not an integer."""
+
+
+class DtypeError(XpusimError):
+    """A number format is unknown or unsupported by a device."""
+
+
+class CapacityError(XpusimError):
+    """A model, tensor or tile does not fit the memory it must live in."""
+
+
+class MappingError(XpusimError):
+    """A mapping is invalid for its operator or device (e.g. it breaks a capacity)."""

@@ -1,0 +1,214 @@
+"""The default mapper: a level-by-level beam search over tilings, loop orders and spatial splits,
+evaluated in bulk with numpy.
+
+From the outermost level inwards, every kept partial mapping is extended by the tiles of the next
+level (powers of two and halvings of the dimension, filtered by capacity), the loop order of the
+level above (all-relevant "batch" dimensions outermost, the rest permuted) and a spatial split over
+the child instances (the split that covers the chunks in the fewest waves). Once a level's children
+are fixed its traffic is exact, so the partial cost is a lower bound of any completion; the ``beam``
+best partial mappings survive. Systolic arrays fix the last spatial split and stream dimension by
+their dataflow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..arch.spec import Arch
+from ..dtypes import get_dtype
+from ..errors import MappingError
+from ..sim.compute import compute_cycles, lanes, systolic_roles  # noqa: F401
+from ..sim.cost import LevelArrays, NestCosts, evaluate, fits, ideal_compute_cycles
+from ..sim.nest import analyse
+from ..sim.problem import Problem
+from .mapping import Mapping
+
+OBJECTIVES = ("latency", "energy", "edp")
+
+
+def tile_values(n: int, max_values: int = 12) -> np.ndarray:
+    """Candidate tile sizes of a dimension of size n: powers of two below n, halvings of n, and n,
+    thinned geometrically to at most ``max_values``."""
+    vals = {n}
+    p = 1
+    while p < n:
+        vals.add(p)
+        p *= 2
+    h = n
+    while h > 1:
+        h = -(-h // 2)
+        vals.add(h)
+    v = np.array(sorted(vals), dtype=np.int64)
+    if v.size > max_values:
+        keep = np.unique(np.round(np.geomspace(1, v.size, max_values)).astype(int) - 1)
+        v = v[np.union1d(keep, [v.size - 1])]
+    return v
+
+
+def _orders(prob: Problem) -> np.ndarray:
+    """Loop orders (rank per dim): all-relevant dims outermost, the others in every order."""
+    D = prob.n_dims
+    batch = [d for d in range(D) if prob.rel[:, d].all()]
+    rest = [d for d in range(D) if d not in batch]
+    out = []
+    for perm in itertools.permutations(rest):
+        seq = batch + list(perm)
+        rank = np.empty(D, dtype=np.int64)
+        rank[seq] = np.arange(D)
+        out.append(rank)
+    return np.array(out)
+
+
+def _spatial_split(chunks: np.ndarray, fanout: int, prefs: list[tuple[int, ...]]) -> np.ndarray:
+    """For each row of chunk counts (K, D), the spatial factors (product <= fanout) that cover
+    the chunks in the fewest waves; ties go to the earlier preference order."""
+    K, D = chunks.shape
+    best = np.ones((K, D), dtype=np.int64)
+    best_w = np.full(K, np.iinfo(np.int64).max)
+    for perm in prefs:
+        s = np.ones((K, D), dtype=np.int64)
+        rem = np.full(K, fanout, dtype=np.int64)
+        for d in perm:
+            s[:, d] = np.maximum(np.minimum(chunks[:, d], rem), 1)
+            rem = rem // s[:, d]
+        s = -(-chunks // (-(-chunks // s)))  # same waves with fewer idle instances
+        w = (-(-chunks // s)).prod(axis=1)
+        better = w < best_w
+        best[better] = s[better]
+        best_w = np.minimum(best_w, w)
+    return best
+
+
+@dataclass
+class SearchResult:
+    mapping: Mapping
+    costs: NestCosts  # arrays of length 1
+    evaluated: int
+
+
+def _score(obj: str, cycles: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    if obj == "latency":
+        return cycles + energy * 1e-12  # energy breaks ties
+    if obj == "energy":
+        return energy + cycles * 1e-12
+    return cycles * energy
+
+
+def _leaf_order(prob: Problem, stream: int | None) -> np.ndarray:
+    """Loop order at the innermost storage level: the systolic stream dim innermost, or for
+    throughput lanes the reduction dims innermost (partial sums stay in the lanes' registers)."""
+    D = prob.n_dims
+    if stream is not None:
+        inner = [stream]
+    else:
+        inner = [d for d in range(D) if not prob.rel[-1, d]]
+    batch = [d for d in range(D) if prob.rel[:, d].all() and d not in inner]
+    rest = [d for d in range(D) if d not in inner and d not in batch]
+    seq = batch + rest + inner
+    rank = np.empty(D, dtype=np.int64)
+    rank[seq] = np.arange(D)
+    return rank
+
+
+def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8, max_values: int = 10) -> SearchResult:
+    """Best mapping found for ``prob`` on ``arch`` under ``objective`` (latency, energy or edp)."""
+    if objective not in OBJECTIVES:
+        raise MappingError(f"unknown mapper objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    L, D, T = len(arch.memory), prob.n_dims, prob.n_tensors
+    compute = get_dtype(prob.compute_dtype).compute
+    n_lanes = lanes(arch, compute)
+    fan = arch.fanouts()
+    keep = np.ones((L, T), dtype=bool)
+    lv = LevelArrays.of(arch)
+    orders = _orders(prob)
+    red = [d for d in range(D) if not prob.rel[-1, d]]
+    # spatial preference: split output dims before reduction dims (no partial-sum traffic)
+    prefs = sorted(itertools.permutations(range(D)), key=lambda p: [-p.index(d) for d in red])[:24]
+    systolic = arch.matrix.array is not None
+    stream = None
+    if systolic:
+        rows_d, cols_d, stream = systolic_roles(prob, arch.matrix.dataflow or "ws")
+        if min(rows_d, cols_d, stream) < 0:
+            raise MappingError(f"op {prob.name!r} is not a GEMM-like contraction; a systolic array cannot run it")
+    leaf_order = _leaf_order(prob, stream)
+    values = [tile_values(int(n), max_values) for n in prob.sizes]
+    grid = np.array(np.meshgrid(*values, indexing="ij")).reshape(D, -1).T  # (G, D)
+    ideal = ideal_compute_cycles(arch, prob)
+
+    tiles = np.zeros((1, L + 1, D), dtype=np.int64)
+    tiles[0, 0] = prob.sizes
+    tiles[0, L] = 1
+    spatial = np.ones((1, L, D), dtype=np.int64)
+    order = np.zeros((1, L, D), dtype=np.int64)
+    order[0, L - 1] = leaf_order
+    evaluated = 0
+
+    def complete_leaf(t: np.ndarray, sp: np.ndarray) -> None:
+        """Fill the last spatial split (lanes or the systolic array) in place."""
+        if systolic:
+            sp[:, L - 1] = 1
+            sp[:, L - 1, rows_d], sp[:, L - 1, cols_d] = arch.matrix.array
+        else:
+            sp[:, L - 1] = _spatial_split(t[:, L - 1], n_lanes, prefs)
+
+    if L == 1:
+        complete_leaf(tiles, spatial)
+    for c in range(1, L):
+        parent = tiles[:, c - 1, :]
+        ok = (grid[None, :, :] <= parent[:, None, :]).all(axis=2)  # (B, G)
+        bi, gi = np.nonzero(ok)
+        t_try = tiles[bi].copy()
+        t_try[:, c] = grid[gi]
+        cap_ok = fits(prob, arch, t_try, keep, c)
+        bi, child = bi[cap_ok], grid[gi][cap_ok]
+        if bi.size == 0:
+            raise MappingError(
+                f"op {prob.name!r}: no tile fits level {arch.memory[c].name!r} "
+                f"({arch.memory[c].capacity_bytes:.0f} B per instance); enlarge it or use a smaller dtype"
+            )
+        n_o = orders.shape[0]
+        K = bi.size * n_o
+        new_tiles = np.repeat(tiles[bi], n_o, axis=0)
+        new_tiles[:, c] = np.repeat(child, n_o, axis=0)
+        new_order = np.repeat(order[bi], n_o, axis=0)
+        new_order[:, c - 1] = np.tile(orders, (bi.size, 1))
+        new_spatial = np.repeat(spatial[bi], n_o, axis=0)
+        chunks = -(-new_tiles[:, c - 1] // new_tiles[:, c])
+        new_spatial[:, c - 1] = _spatial_split(chunks, fan[c - 1], prefs) if fan[c - 1] > 1 else 1
+        evaluated += K
+        if c == L - 1:  # the leaf is determined: evaluate complete mappings
+            complete_leaf(new_tiles, new_spatial)
+            tiles, spatial, order = new_tiles, new_spatial, new_order
+            break
+        tr = analyse(prob, new_tiles[:, : c + 1], new_spatial[:, :c], new_order[:, :c], keep[:c], lv.multicast[:c])
+        lcyc = (tr.reads + tr.writes) / (lv.bw_bytes_per_cycle[None, :c] * tr.used[:, :c])
+        fill_c = (tr.fills[:, :-1, c] * prob.elem_bytes[None, :-1]).sum(axis=1)
+        lcyc_c = fill_c / (lv.bw_bytes_per_cycle[c] * tr.used[:, c])
+        below = math.prod(fan[c:-1]) * n_lanes
+        comp_lb = tr.steps * -(-np.prod(new_tiles[:, c], axis=1) // below)
+        lb_cyc = np.maximum.reduce([lcyc.max(axis=1), lcyc_c, comp_lb.astype(float), np.full(K, ideal)])
+        lb_cyc = lb_cyc + 1e-3 * (lcyc.sum(axis=1) + lcyc_c)  # ties go to less traffic
+        energy = (tr.reads * lv.read_pj[None, :c] + tr.writes * lv.write_pj[None, :c]).sum(axis=1)
+        keep_idx = np.argsort(_score(objective, lb_cyc, energy), kind="stable")[:beam]
+        tiles, spatial, order = new_tiles[keep_idx], new_spatial[keep_idx], new_order[keep_idx]
+    costs = evaluate(prob, arch, tiles, spatial, order, keep, stream, lv)
+    best = int(np.argmin(_score(objective, costs.cycles, costs.energy_pj)))
+    names = tuple(x.name for x in arch.memory) + ("lanes",)
+    mapping = Mapping.from_arrays(prob.dims, names, tiles[best], spatial[best], order[best], keep,
+                                  arch.matrix.dataflow if systolic else None)
+    one = NestCosts(*(getattr(costs, f)[best : best + 1] for f in NestCosts.__dataclass_fields__))
+    return SearchResult(mapping, one, evaluated)
+
+
+def replay_costs(prob: Problem, arch: Arch, mapping: Mapping) -> NestCosts:
+    """Cost of one given mapping (e.g. read back from a saved result)."""
+    tiles, spatial, order, keep = (a[None] for a in mapping.arrays())
+    stream = systolic_roles(prob, mapping.dataflow)[2] if mapping.dataflow else None
+    return evaluate(prob, arch, tiles, spatial, order, keep[0], stream)
+
+
+__all__ = ["OBJECTIVES", "SearchResult", "compute_cycles", "replay_costs", "search", "tile_values"]

@@ -1,0 +1,145 @@
+"""Cost of mapped contractions on the hierarchy: cycles, energy, bound, for many candidates at once.
+
+cycles = max(compute cycles, transfer cycles of every level) + prologue, where a level's transfer
+cycles are its bytes (reads + writes) over the bandwidth of the instances in use (double buffering
+overlaps transfers with compute), and the prologue is the access latency of every level plus the
+first tiles' fill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..arch.spec import Arch
+from ..dtypes import get_dtype
+from .compute import compute_cycles, lanes
+from .nest import analyse
+from .problem import Problem
+
+
+@dataclass
+class OpCost:
+    """Cost of one op on one device.
+
+    ``cycles`` at the device clock; ``bytes_by_level``: bytes read + written per memory level;
+    ``energy_by_component``: joules per component (``compute``, each level, ``static``);
+    ``bound``: ``compute`` or the name of the limiting memory level; ``utilization``: ideal compute
+    cycles over cycles.
+    """
+
+    cycles: float
+    latency_s: float
+    compute_cycles: float
+    stall_cycles: float
+    energy_j: float
+    utilization: float
+    bound: str
+    bytes_by_level: dict[str, float]
+    energy_by_component: dict[str, float]
+    mapping: dict | None = None
+    detail: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "cycles": self.cycles, "latency_s": self.latency_s, "compute_cycles": self.compute_cycles,
+            "stall_cycles": self.stall_cycles, "energy_j": self.energy_j, "utilization": self.utilization,
+            "bound": self.bound, "bytes_by_level": self.bytes_by_level,
+            "energy_by_component": self.energy_by_component, "mapping": self.mapping,
+        }
+
+
+@dataclass
+class LevelArrays:
+    """Per-level device parameters as arrays (L,)."""
+
+    bw_bytes_per_cycle: np.ndarray
+    capacity: np.ndarray
+    latency_cycles: np.ndarray
+    read_pj: np.ndarray
+    write_pj: np.ndarray
+    multicast: np.ndarray
+    double_buffer: np.ndarray
+
+    @classmethod
+    def of(cls, arch: Arch) -> LevelArrays:
+        f = arch.clock_hz
+        m = arch.memory
+        return cls(
+            np.array([lv.bandwidth_Bps / f for lv in m]),
+            np.array([lv.capacity_bytes for lv in m]),
+            np.array([lv.latency_s * f for lv in m]),
+            np.array([lv.read_energy_pj_per_byte for lv in m]),
+            np.array([lv.write_energy_pj_per_byte for lv in m]),
+            np.array([lv.multicast for lv in m]),
+            np.array([lv.double_buffer for lv in m]),
+        )
+
+
+def footprint(prob: Problem, tiles: np.ndarray, keep: np.ndarray, level: int) -> np.ndarray:
+    """(C, T) bytes of each tensor's tile held by one instance of ``level`` (outputs as partial sums)."""
+    C = tiles.shape[0]
+    T = prob.n_tensors
+    out = np.zeros((C, T))
+    for t in range(T):
+        if keep[level, t]:
+            eb = prob.acc_bytes if t == T - 1 else prob.elem_bytes[t]
+            out[:, t] = np.prod(np.where(prob.rel[t][None, :], tiles[:, level, :], 1), axis=1) * eb
+    return out
+
+
+def fits(prob: Problem, arch: Arch, tiles: np.ndarray, keep: np.ndarray, level: int) -> np.ndarray:
+    """(C,) whether every candidate's tiles fit ``level`` (double-buffered where the level is)."""
+    lv = arch.memory[level]
+    fp = footprint(prob, tiles, keep, level) * (2.0 if lv.double_buffer else 1.0)
+    if lv.partitions:
+        ok = np.ones(tiles.shape[0], dtype=bool)
+        names = ("ifmap", "filter") + ("ofmap",)
+        slots = list(range(prob.n_tensors - 1))[:2] + [prob.n_tensors - 1]
+        for name, t in zip(names, slots, strict=False):
+            if name in lv.partitions:
+                ok &= fp[:, t] <= lv.partitions[name]
+        return ok
+    return fp.sum(axis=1) <= lv.capacity_bytes
+
+
+@dataclass
+class NestCosts:
+    """Costs of C candidate mappings (arrays of shape (C,) unless noted)."""
+
+    cycles: np.ndarray
+    compute: np.ndarray
+    level_cycles: np.ndarray  # (C, L)
+    prologue: np.ndarray
+    energy_pj: np.ndarray
+    level_energy_pj: np.ndarray  # (C, L)
+    reads: np.ndarray
+    writes: np.ndarray
+
+
+def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray,
+             keep: np.ndarray, stream_dim: int | None = None, levels: LevelArrays | None = None) -> NestCosts:
+    """Cost of every candidate mapping (arrays as in :func:`xpusim.sim.nest.analyse`)."""
+    lv = levels or LevelArrays.of(arch)
+    tr = analyse(prob, tiles, spatial, order, keep, lv.multicast)
+    L = len(arch.memory)
+    used = tr.used[:, :L]
+    level_cycles = (tr.reads + tr.writes) / (lv.bw_bytes_per_cycle[None, :] * used)
+    comp = compute_cycles(arch, prob, tiles, tr.steps, stream_dim) * (arch.clock_hz / arch.matrix_clock_hz)
+    # prologue: one access latency per level plus the first tile of every input into each level
+    first = np.zeros(tiles.shape[0])
+    for c in range(1, L):
+        fp = footprint(prob, tiles, keep, c)[:, :-1].sum(axis=1)
+        first += fp / lv.bw_bytes_per_cycle[c - 1]
+    prologue = lv.latency_cycles.sum() + first
+    cycles = np.maximum(comp, level_cycles.max(axis=1)) + prologue
+    level_e = tr.reads * lv.read_pj[None, :] + tr.writes * lv.write_pj[None, :]
+    mac_e = arch.matrix.energy_pj.get(get_dtype(prob.compute_dtype).compute, 0.0) * prob.macs
+    return NestCosts(cycles, comp, level_cycles, prologue, level_e.sum(axis=1) + mac_e, level_e, tr.reads, tr.writes)
+
+
+def ideal_compute_cycles(arch: Arch, prob: Problem) -> float:
+    """MACs over the device's peak MAC rate (cycles at the device clock)."""
+    per_cycle = lanes(arch, get_dtype(prob.compute_dtype).compute) * arch.memory[-1].instances
+    return prob.macs / per_cycle * (arch.clock_hz / arch.matrix_clock_hz)

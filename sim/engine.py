@@ -1,0 +1,155 @@
+"""Whole-trace simulation: cost every op (each distinct op signature once), add them up in trace
+order with block repeats, and account for memory."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..arch.loader import load_arch
+from ..arch.spec import Arch
+from ..errors import CapacityError
+from ..mappers.search import search
+from ..workloads.builder import build_trace
+from ..workloads.einsum import Op
+from ..workloads.model import ModelSpec, load_model
+from ..workloads.phases import Phase
+from ..workloads.trace import Trace
+from .cost import OpCost, ideal_compute_cycles
+from .problem import problem_from_op
+from .result import COLUMNS, Result
+from .streaming import streaming_cost
+
+_CACHE: OrderedDict[tuple, tuple[OpCost, dict | None]] = OrderedDict()
+_CACHE_SIZE = 4096
+
+
+def clear_cache() -> None:
+    """Forget memoised op costs (e.g. to time a cold simulation)."""
+    _CACHE.clear()
+
+
+def matmul_cost(op: Op, arch: Arch, objective: str = "latency") -> OpCost:
+    """Cost of a contraction under the best mapping the default mapper finds."""
+    prob = problem_from_op(op)
+    res = search(prob, arch, objective)
+    c = res.costs
+    clock = arch.clock_hz
+    names = [lv.name for lv in arch.memory]
+    level_cycles = c.level_cycles[0]
+    comp = float(c.compute[0])
+    worst = int(np.argmax(level_cycles))
+    bound = "compute" if comp >= level_cycles[worst] else names[worst]
+    cycles = float(c.cycles[0]) + arch.launch_overhead_s * clock
+    latency = cycles / clock
+    energy = {"compute": float(c.energy_pj[0] - c.level_energy_pj[0].sum()) * 1e-12}
+    energy.update({n: float(e) * 1e-12 for n, e in zip(names, c.level_energy_pj[0], strict=True)})
+    energy["static"] = arch.static_power_w * latency
+    return OpCost(
+        cycles=cycles, latency_s=latency, compute_cycles=comp, stall_cycles=max(cycles - comp, 0.0),
+        energy_j=float(sum(energy.values())), utilization=ideal_compute_cycles(arch, prob) / cycles, bound=bound,
+        bytes_by_level={n: float(r + w) for n, r, w in zip(names, c.reads[0], c.writes[0], strict=True)},
+        energy_by_component=energy, mapping=res.mapping.to_dict(),
+        detail={"level_cycles": dict(zip(names, map(float, level_cycles), strict=True)),
+                "prologue_cycles": float(c.prologue[0]), "mappings_evaluated": res.evaluated},
+    )
+
+
+def op_cost(op: Op, arch: Arch, objective: str = "latency") -> OpCost:
+    """Cost of one op on ``arch``, memoised on (op signature, device fingerprint, objective)."""
+    key = (op.signature(), arch.fingerprint(), objective)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit[0]
+    cost = matmul_cost(op, arch, objective) if op.kind == "matmul" else streaming_cost(op, arch)
+    _CACHE[key] = (cost, cost.mapping)
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return cost
+
+
+def activation_bytes(trace: Trace) -> float:
+    """Peak bytes of activations live at one op: its non-weight, non-KV operands and result, plus
+    the residual stream."""
+    peak = 0.0
+    for _, op in trace.ops():
+        live = sum(op.tensor_bytes(t) for t in op.tensors if t.role in ("activation", "input"))
+        peak = max(peak, live)
+    return peak
+
+
+def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", model: ModelSpec | None = None,
+                   kv_tokens: int = 0) -> Result:
+    """Simulate every op of ``trace`` on ``arch``; memory accounting uses ``model`` if given."""
+    arch = load_arch(arch)
+    rows: list[dict[str, Any]] = []
+    mappings: dict[str, Any] = {}
+    level_names = [lv.name for lv in arch.memory]
+    for block, op in trace.ops():
+        cost = op_cost(op, arch, objective)
+        row = {
+            "block": block.name, "name": op.name, "kind": op.kind, "repeat": block.repeat, "flops": op.flops,
+            "bytes": op.bytes, "intensity": op.intensity, "cycles": cost.cycles, "latency_s": cost.latency_s,
+            "total_latency_s": cost.latency_s * block.repeat, "energy_j": cost.energy_j,
+            "total_energy_j": cost.energy_j * block.repeat, "bound": cost.bound, "utilization": cost.utilization,
+        }
+        for n in level_names:
+            row[f"bytes_{n}"] = cost.bytes_by_level.get(n, 0.0)
+        rows.append(row)
+        if cost.mapping is not None:
+            mappings[f"{block.name}.{op.name}"] = cost.mapping
+    df = pd.DataFrame(rows, columns=COLUMNS + [f"bytes_{n}" for n in level_names])
+    weights = model.weights_bytes if model is not None else sum(
+        op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "weight")
+    kv = model.kv_bytes_per_token * kv_tokens if model is not None else 0.0
+    result = Result(
+        ops=df, latency_s=float(df["total_latency_s"].sum()), energy_j=float(df["total_energy_j"].sum()),
+        tokens=trace.tokens, weights_bytes=float(weights), kv_cache_bytes=float(kv),
+        activation_bytes=activation_bytes(trace), capacity_bytes=arch.backing.capacity_bytes * arch.backing.instances,
+        inputs={"arch": arch.name, "device_class": arch.device_class, "trace": trace.name, "phase": trace.phase,
+                "meta": trace.meta, "objective": objective, "xpusim_version": __version__},
+        mappings=mappings,
+    )
+    return result
+
+
+def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> None:
+    """Raise :class:`CapacityError` with remedies when the footprint exceeds device memory."""
+    if result.memory_bytes <= result.capacity_bytes:
+        return
+    gib = 2.0**30
+    remedies = ["a device with more memory (or several devices, once systems are modelled)"]
+    if result.kv_cache_bytes > 0.2 * result.memory_bytes:
+        remedies.append("an fp8 KV cache (--kv-dtype fp8)")
+        remedies.append(f"a smaller batch than {phase.batch}")
+    if result.weights_bytes > 0.5 * result.capacity_bytes:
+        remedies.append("fp8/int4 weights (--weight-dtype)")
+    raise CapacityError(
+        f"{model.name} {phase.name} needs {result.memory_bytes / gib:.1f} GiB "
+        f"(weights {result.weights_bytes / gib:.1f}, KV cache {result.kv_cache_bytes / gib:.1f}, "
+        f"activations {result.activation_bytes / gib:.1f}) but {arch.name} has {result.capacity_bytes / gib:.1f} GiB; "
+        f"try {', or '.join(remedies)}"
+    )
+
+
+def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: str = "latency",
+             check_memory: bool = True) -> Result:
+    """Simulate one step of ``phase`` of ``model`` on ``arch``.
+
+    Raises :class:`~xpusim.errors.CapacityError` if the weights, KV cache and activations do not
+    fit device memory (unless ``check_memory`` is false).
+    """
+    arch = load_arch(arch)
+    model = load_model(model)
+    trace = build_trace(model, phase)
+    result = simulate_trace(trace, arch, objective, model, kv_tokens=phase.batch * phase.kv_len)
+    result.inputs["model"] = model.name
+    result.inputs["phase_args"] = {k: v for k, v in vars(phase).items()}
+    if check_memory:
+        check_fits(result, model, phase, arch)
+    return result

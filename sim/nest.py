@@ -1,0 +1,169 @@
+"""Vectorised loop-nest analysis: data moved at every memory level by a batch of mappings.
+
+A mapping of a :class:`~xpusim.sim.problem.Problem` onto ``L`` storage levels (0 = outermost) and
+the compute leaf (index ``L``) is given as arrays over ``C`` candidate mappings:
+
+* ``tiles``  (C, L+1, D): tile held by one instance of each level (``tiles[:, 0] == sizes``;
+  ``tiles[:, L]`` is the leaf's tile, e.g. 1 per MAC lane);
+* ``spatial`` (C, L, D): spatial factor below level ``l`` (children instances used per dim);
+* ``order``  (C, L, D): rank of each dim's temporal loop at level ``l`` (0 = outermost);
+* ``keep``   (L, T): level ``l`` stores tensor ``t`` (level 0 stores all; the others may bypass).
+
+Semantics (what :mod:`xpusim.workloads.functional.tiled` executes and counts): level ``l`` iterates
+its tile in chunks of ``spatial*tiles[l+1]`` (temporal loops, in ``order``), each chunk split over
+``spatial`` child instances. Chunks are exact (the last one is the remainder; no padding is moved).
+A child re-fetches a tensor's tile at every iteration of the loops down to the innermost loop that
+indexes the tensor and has more than one trip (its *stationarity* point); loops inside it reuse the
+tile. Partial sums start at zero in a child and are accumulated into the parent on eviction
+(read-modify-write except on the first update of a parent tile visit); a multicast-capable parent
+serves children that need the same data with one read and reduces partial sums on the way up.
+Partial sums travel in the accumulator format; the final value of each output element is written to
+level 0 in the output format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .problem import Problem
+
+
+@dataclass
+class NestTraffic:
+    """Element and byte counts per candidate. ``reads``/``writes``: (C, L) bytes per storage level;
+    ``fills``: (C, T, L+1) elements delivered into each level (and to the leaf at index L)."""
+
+    reads: np.ndarray
+    writes: np.ndarray
+    fills: np.ndarray
+    used: np.ndarray  # (C, L+1) instances of each level in use
+    steps: np.ndarray  # (C,) leaf steps on the busiest lane (padded)
+
+
+def _ceil_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return -(-a // b)
+
+
+def _chunk_table(n: int, tiles_d: np.ndarray, spatial_d: np.ndarray, depth: int,
+                 excl_spatial_from: int | None = None) -> np.ndarray:
+    """Chunk counts of one dimension for every stationarity cut.
+
+    Returns ``R`` of shape (C, depth+1, depth+1): ``R[:, j, c]`` is the number of distinct
+    (chunk, instance) pairs seen by level ``c`` when the temporal loops of levels ``< j`` are
+    re-iterated (included) and those of levels ``>= j`` keep the tile (excluded). With
+    ``excl_spatial_from=p``, spatial splits below levels ``>= p`` are shared (multicast), i.e.
+    excluded as well. Chains whose every split is exact are products of trip counts; the others
+    are propagated exactly as (extent, count) pairs.
+    """
+    C = tiles_d.shape[0]
+    steps = spatial_d * tiles_d[:, 1:]
+    exact = np.all(tiles_d[:, :depth] % steps == 0, axis=1) & np.all(steps % tiles_d[:, 1:] == 0, axis=1)
+    trips = np.maximum(tiles_d[:, :depth] // np.maximum(steps, 1), 1)
+    out = np.ones((C, depth + 1, depth + 1), dtype=np.int64)
+    for j in range(depth + 1):
+        acc = np.ones(C, dtype=np.int64)
+        for lv in range(depth):
+            if lv < j:
+                acc = acc * trips[:, lv]
+            if excl_spatial_from is None or lv < excl_spatial_from:
+                acc = acc * spatial_d[:, lv]
+            out[:, j, lv + 1] = acc
+    idx = np.flatnonzero(~exact)
+    if idx.size:
+        out[idx] = _chunk_table_exact(n, tiles_d[idx], spatial_d[idx], depth, excl_spatial_from)
+    return out
+
+
+def _chunk_table_exact(n: int, tiles_d: np.ndarray, spatial_d: np.ndarray, depth: int,
+                       excl_spatial_from: int | None) -> np.ndarray:
+    """:func:`_chunk_table` by propagating (extent, count) pairs through every split."""
+    C = tiles_d.shape[0]
+    out = np.ones((C, depth + 1, depth + 1), dtype=np.int64)
+    for j in range(depth + 1):
+        ext = np.full((C, 1), n, dtype=np.int64)
+        cnt = np.ones((C, 1), dtype=np.int64)
+        for lv in range(depth):
+            step_t = spatial_d[:, lv] * tiles_d[:, lv + 1]
+            for step, include in ((step_t, lv < j), (tiles_d[:, lv + 1], excl_spatial_from is None or lv < excl_spatial_from)):
+                s = step[:, None]
+                if include:
+                    q, r = np.divmod(ext, s)
+                    full = (cnt * q).sum(axis=1, keepdims=True)
+                    ext = np.concatenate([s, r], axis=1)
+                    cnt = np.concatenate([full, cnt * (r > 0)], axis=1)
+                else:
+                    ext = np.minimum(ext, s)
+            out[:, j, lv + 1] = cnt.sum(axis=1)
+    return out
+
+
+def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray,
+            keep: np.ndarray, multicast: np.ndarray) -> NestTraffic:
+    """Count fills, reads and writes at every level for each candidate mapping (see module doc)."""
+    C, Lp1, D = tiles.shape
+    L = Lp1 - 1
+    T = prob.n_tensors
+    out_t = T - 1
+    sizes = prob.sizes
+    steps_t = spatial * tiles[:, 1:, :]  # (C, L, D) temporal step at each level
+    nondeg = tiles[:, :L, :] > steps_t  # loop has more than one trip
+    pos = np.arange(L)[None, :, None] * (D + 1) + order  # flattened loop position
+
+    tables = [_chunk_table(int(sizes[d]), tiles[:, :, d], spatial[:, :, d], L) for d in range(D)]
+    mc_tables: dict[tuple[int, int], np.ndarray] = {}
+
+    def mc_table(d: int, p: int) -> np.ndarray:
+        if (d, p) not in mc_tables:
+            mc_tables[(d, p)] = _chunk_table(int(sizes[d]), tiles[:, :, d], spatial[:, :, d], L, p)
+        return mc_tables[(d, p)]
+
+    fills = np.zeros((C, T, L + 1), dtype=np.float64)
+    src_reads = np.zeros((C, T, L + 1), dtype=np.float64)
+    rows = np.arange(C)
+    for t in range(T):
+        rel = prob.rel[t]
+        rel_elems = float(np.prod(sizes[rel]))
+        kept = [lv for lv in range(L) if keep[lv, t]]
+        for c in range(1, L + 1):
+            if c < L and not keep[c, t]:
+                continue
+            src = max(lv for lv in kept if lv < c)
+            mask = rel[None, None, :] & nondeg[:, :c, :]
+            pstar = np.where(mask, pos[:, :c, :], -1).max(axis=(1, 2))  # (C,)
+            f = np.full(C, rel_elems)
+            g = np.full(C, rel_elems)
+            for d in np.flatnonzero(~rel):
+                j = (pos[:, :c, d] <= pstar[:, None]).sum(axis=1)  # temporal levels re-iterated
+                f = f * tables[d][rows, j, c]
+                g = g * (mc_table(d, src)[rows, j, c] if multicast[src] else tables[d][rows, j, c])
+            fills[:, t, c] = f
+            src_reads[:, t, c] = g
+
+    reads = np.zeros((C, L))
+    writes = np.zeros((C, L))
+    eb, ab = prob.elem_bytes, prob.acc_bytes
+    n_out = float(np.prod(sizes[prob.rel[out_t]]))
+    for t in range(T):
+        chain = [lv for lv in range(L) if keep[lv, t]] + [L]
+        for p, c in zip(chain[:-1], chain[1:], strict=True):
+            if t != out_t:
+                reads[:, p] += src_reads[:, t, c] * eb[t]
+                if c < L:
+                    writes[:, c] += fills[:, t, c] * eb[t]
+                continue
+            upd = src_reads[:, t, c]
+            v_p = n_out if p == 0 else fills[:, t, p]
+            if p == 0:
+                writes[:, p] += (upd - n_out) * ab + n_out * eb[t]
+            else:
+                writes[:, p] += upd * ab
+            reads[:, p] += (upd - v_p) * ab
+            if c < L:
+                reads[:, c] += fills[:, t, c] * ab
+
+    active = np.minimum(spatial, _ceil_div(tiles[:, :L, :], tiles[:, 1:, :])).prod(axis=2)  # (C, L)
+    used = np.concatenate([np.ones((C, 1), dtype=np.int64), np.cumprod(active, axis=1)], axis=1)
+    steps = _ceil_div(tiles[:, :L, :], steps_t).prod(axis=(1, 2))
+    return NestTraffic(reads, writes, fills, used, steps)

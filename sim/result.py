@@ -1,0 +1,78 @@
+"""The result of a simulation: one row per op, totals, memory footprint, and the inputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+#: columns of :attr:`Result.ops` (bytes per memory level follow as ``bytes_<level>``)
+COLUMNS = ["block", "name", "kind", "repeat", "flops", "bytes", "intensity", "cycles", "latency_s",
+           "total_latency_s", "energy_j", "total_energy_j", "bound", "utilization"]
+
+
+@dataclass
+class Result:
+    """A simulated step.
+
+    ``ops``: DataFrame, one row per op of the trace (``repeat`` = how many times its block runs;
+    ``total_*`` = per-op value x repeat); ``latency_s``, ``energy_j``: the whole step;
+    ``tokens_per_s``: tokens of the step over its latency; memory in bytes; ``inputs``: what was
+    simulated (device, model, phase, options) so a report can be rebuilt from the result.
+    """
+
+    ops: pd.DataFrame
+    latency_s: float
+    energy_j: float
+    tokens: int
+    weights_bytes: float
+    kv_cache_bytes: float
+    activation_bytes: float
+    capacity_bytes: float
+    inputs: dict[str, Any] = field(default_factory=dict)
+    mappings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.latency_s if self.latency_s > 0 else float("inf")
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
+
+    @property
+    def flops(self) -> float:
+        return float((self.ops["flops"] * self.ops["repeat"]).sum())
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "latency_s": self.latency_s,
+            "energy_j": self.energy_j,
+            "tokens": self.tokens,
+            "tokens_per_s": self.tokens_per_s,
+            "flops": self.flops,
+            "achieved_flops_per_s": self.flops / self.latency_s if self.latency_s else 0.0,
+            "memory_bytes": self.memory_bytes,
+            "weights_bytes": self.weights_bytes,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "activation_bytes": self.activation_bytes,
+            "capacity_bytes": self.capacity_bytes,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        ops = self.ops.to_dict(orient="records")
+        return {**self.summary(), "inputs": self.inputs, "ops": ops, "mappings": self.mappings}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=float)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        return cls(
+            ops=pd.DataFrame(d["ops"]), latency_s=d["latency_s"], energy_j=d["energy_j"], tokens=d["tokens"],
+            weights_bytes=d["weights_bytes"], kv_cache_bytes=d["kv_cache_bytes"],
+            activation_bytes=d["activation_bytes"], capacity_bytes=d["capacity_bytes"],
+            inputs=d.get("inputs", {}), mappings=d.get("mappings", {}),
+        )

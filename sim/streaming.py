@@ -1,0 +1,68 @@
+"""Cost of streaming (vector) operators: norms, softmax, activations, elementwise, RoPE, embedding
+gathers, KV-cache appends.
+
+Every tensor streams once between device memory and the vector lanes through every level of the
+hierarchy; a reduction whose row does not fit one instance of the innermost level needs a second
+pass over its input (statistics first, then normalisation). Time is the slowest of the vector
+lanes and each level's transfer; both overlap (streaming is double-buffered).
+"""
+
+from __future__ import annotations
+
+from ..arch.spec import Arch
+from ..dtypes import get_dtype
+from ..workloads.einsum import Op
+from .cost import OpCost
+
+#: the dimension each reduction kind normalises over
+_ROW_DIM = {"softmax": "s", "norm": "d"}
+
+
+def passes(op: Op, arch: Arch) -> int:
+    """Passes over the input: 1, or 2 when a reduction row exceeds the innermost level."""
+    dim = _ROW_DIM.get(op.kind)
+    if dim is None or dim not in op.sizes:
+        return 1
+    row_bytes = op.sizes[dim] * get_dtype(op.inputs[0].dtype).bytes
+    return 1 if row_bytes <= arch.memory[-1].capacity_bytes else 2
+
+
+def vector_rate(arch: Arch, dtype: str) -> tuple[float, str]:
+    """FLOP/cycle per vector instance for a dtype, falling back to fp32 (upcast) where the unit lacks it."""
+    compute = get_dtype(dtype).compute
+    table = arch.vector.rate_per_cycle
+    if compute in table:
+        return table[compute], compute
+    if "fp32" in table:
+        return table["fp32"], "fp32"
+    return arch.vector.rate(compute), compute
+
+
+def streaming_cost(op: Op, arch: Arch) -> OpCost:
+    """Cost of one streaming op on ``arch``."""
+    read = sum(op.tensor_bytes(t) for t in op.inputs)
+    extra = (passes(op, arch) - 1) * op.tensor_bytes(op.inputs[0])
+    moved = read + extra + op.tensor_bytes(op.output)
+    clock = arch.clock_hz
+    lv_cycles = {lv.name: moved / (lv.bandwidth_Bps * lv.instances / clock) for lv in arch.memory}
+    rate, compute = vector_rate(arch, op.output.dtype)
+    comp = op.flops / (rate * arch.vector.instances) * (clock / arch.vector_clock_hz)
+    prologue = sum(lv.latency_s for lv in arch.memory) * clock
+    bound_name, bound_cycles = max(lv_cycles.items(), key=lambda kv: kv[1])
+    if comp >= bound_cycles:
+        bound_name, bound_cycles = "compute", comp
+    cycles = bound_cycles + prologue + arch.launch_overhead_s * clock
+    out_b = op.tensor_bytes(op.output)
+    level_e = {lv.name: ((read + extra) * lv.read_energy_pj_per_byte + out_b * lv.write_energy_pj_per_byte) * 1e-12
+               for lv in arch.memory}
+    comp_e = op.flops * arch.vector.energy_pj.get(compute, 0.0) * 1e-12
+    latency = cycles / clock
+    static_e = arch.static_power_w * latency
+    energy = {"compute": comp_e, **level_e, "static": static_e}
+    return OpCost(
+        cycles=float(cycles), latency_s=float(latency), compute_cycles=float(comp),
+        stall_cycles=float(max(cycles - comp, 0.0)), energy_j=float(sum(energy.values())),
+        utilization=float(comp / cycles) if cycles else 0.0, bound=bound_name,
+        bytes_by_level={lv.name: float(moved) for lv in arch.memory}, energy_by_component=energy,
+        detail={"passes": passes(op, arch), "level_cycles": {k: float(v) for k, v in lv_cycles.items()}},
+    )

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+from xpusim.cli import main
+
+
+def run(capsys, *args):
+    try:
+        rc = main(list(args))
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_simulate_json(capsys):
+    rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode",
+                     "--batch", "8", "--context", "4096", "--json")
+    assert rc == 0
+    d = json.loads(out)
+    for k in ("latency_s", "energy_j", "tokens_per_s", "memory_bytes", "ops"):
+        assert k in d
+    assert d["latency_s"] > 0 and d["tokens_per_s"] > 0
+    for op in d["ops"]:
+        for k in ("name", "kind", "latency_s", "cycles", "bound"):
+            assert k in op
+
+
+def test_op_json(capsys):
+    rc, out, _ = run(capsys, "op", "gemm", "--m", "256", "--n", "256", "--k", "256", "--arch", "systolic-npu", "--json")
+    assert rc == 0
+    d = json.loads(out)
+    for k in ("cycles", "latency_s", "compute_cycles", "stall_cycles", "utilization", "energy_j", "bound"):
+        assert k in d
+    assert d["cycles"] >= d["compute_cycles"]
+    assert 0 < d["utilization"] <= 1
+
+
+@pytest.mark.parametrize("args", [
+    ["simulate", "--arch", "nope", "--model", "llama-3-8b", "--phase", "decode", "--context", "8"],
+    ["simulate", "--arch", "h100-sxm", "--model", "nope", "--phase", "decode", "--context", "8"],
+    ["simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode"],
+    ["simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode", "--context", "0"],
+    ["op", "gemm", "--m", "-3", "--n", "4", "--k", "4", "--arch", "h100-sxm"],
+    ["op", "gemm", "--m", "3", "--n", "4", "--k", "4", "--arch", "h100-sxm", "--dtype", "fp13"],
+    ["simulate", "--arch", "h100-sxm", "--model", "llama-3-70b", "--phase", "decode", "--context", "8192",
+     "--batch", "64"],
+])
+def test_bad_input_one_line_exit_2(capsys, args):
+    rc, out, err = run(capsys, *args)
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("xpusim: error:")
+    assert "Traceback" not in err

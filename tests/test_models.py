@@ -1,0 +1,76 @@
+import json
+
+import pytest
+from xpusim.errors import PresetNotFound, ShapeError, SpecError
+from xpusim.workloads import Decode, Prefill, Trace, build_trace, list_models, load_model
+
+
+def test_presets_load_with_published_sizes():
+    assert set(list_models()) >= {"llama-2-7b", "llama-3-8b", "llama-3-70b", "gpt3-175b"}
+    # parameter counts as published (billions): Llama-2-7B 6.74, Llama-3-8B 8.03, Llama-3-70B 70.6, GPT-3 175
+    expect = {"llama-2-7b": 6.74, "llama-3-8b": 8.03, "llama-3-70b": 70.6, "gpt3-175b": 175.0}
+    for name, billions in expect.items():
+        m = load_model(name)
+        assert abs(m.params / 1e9 - billions) / billions < 0.01, (name, m.params)
+
+
+def test_kv_bytes_per_token_llama3_8b():
+    # 2 (K,V) x 32 layers x 8 KV heads x 128 x 2 bytes = 128 KiB
+    assert load_model("llama-3-8b").kv_bytes_per_token == 128 * 1024
+
+
+def test_hf_config_loads(tmp_path):
+    cfg = {"model_type": "mistral", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+           "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000, "torch_dtype": "bfloat16"}
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    m = load_model(str(p))
+    assert (m.n_heads, m.n_kv_heads, m.head_dim, m.q_per_kv) == (8, 2, 32, 4)
+
+
+def test_unknown_model_type_names_supported(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"model_type": "bloom", "hidden_size": 8}))
+    with pytest.raises(SpecError, match="supported: llama"):
+        load_model(str(p))
+
+
+def test_unknown_preset():
+    with pytest.raises(PresetNotFound, match="presets: "):
+        load_model("llama-9")
+
+
+@pytest.mark.parametrize("phase", [Prefill(2, 16), Decode(3, 33)])
+def test_trace_is_one_block_repeated_and_roundtrips(phase):
+    m = load_model("llama-3-8b")
+    tr = build_trace(m, phase)
+    layer = [b for b in tr.blocks if b.name == "layer"][0]
+    assert layer.repeat == m.n_layers
+    back = Trace.from_json(tr.to_json())
+    assert back.to_dict() == tr.to_dict()
+    assert back.flops == tr.flops
+
+
+def test_gqa_r_dimension_is_reuse_of_k():
+    tr = build_trace(load_model("llama-3-8b"), Decode(1, 128))
+    score = [op for _, op in tr.ops() if op.name == "attn_score"][0]
+    assert score.sizes["r"] == 4
+    k = score.inputs[1]
+    assert "r" not in k.dims  # the K cache does not index r: it is reused across the group
+
+
+def test_matmul_flops_prefill_llama3_8b():
+    m = load_model("llama-3-8b")
+    tr = build_trace(m, Prefill(1, 2048))
+    linear = sum(op.flops * b.repeat for b, op in tr.ops() if op.kind == "matmul" and "attn" not in op.name
+                 and op.name != "lm_head")
+    # 2 FLOPs per parameter per token for the layer weights
+    layer_weights = m.n_layers * (m.layer_params - 2 * m.d_model)
+    assert linear == pytest.approx(2 * 2048 * layer_weights)
+
+
+def test_bad_sizes():
+    with pytest.raises(ShapeError):
+        Decode(0, 10)
+    with pytest.raises(ShapeError):
+        Prefill(1, -4)

@@ -1,0 +1,1 @@
+"""Functional reference: numpy execution of traces and of mapped (tiled) operators."""
