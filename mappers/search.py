@@ -13,7 +13,6 @@ their dataflow.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +21,7 @@ from ..arch.spec import Arch
 from ..dtypes import get_dtype
 from ..errors import MappingError
 from ..sim.compute import compute_cycles, lanes, systolic_roles  # noqa: F401
-from ..sim.cost import LevelArrays, NestCosts, evaluate, fits, ideal_compute_cycles
-from ..sim.nest import analyse
+from ..sim.cost import LevelArrays, NestCosts, evaluate, fits, footprint
 from ..sim.problem import Problem
 from .mapping import Mapping
 
@@ -114,8 +112,55 @@ def _leaf_order(prob: Problem, stream: int | None) -> np.ndarray:
     return rank
 
 
-def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8, max_values: int = 10) -> SearchResult:
-    """Best mapping found for ``prob`` on ``arch`` under ``objective`` (latency, energy or edp)."""
+def _greedy_tiles(prob: Problem, arch: Arch, parent: np.ndarray, level: int, keep: np.ndarray) -> np.ndarray:
+    """Balanced largest tiles under ``parent`` that fit ``level``: double every dim in turn while
+    the tile fits (vectorised over rows of ``parent``)."""
+    K, D = parent.shape
+    t = np.ones((K, D), dtype=np.int64)
+    probe = np.zeros((K, level + 1, D), dtype=np.int64)
+    changed = True
+    while changed:
+        changed = False
+        for d in range(D):
+            cand = t.copy()
+            cand[:, d] = np.minimum(cand[:, d] * 2, parent[:, d])
+            grow = cand[:, d] > t[:, d]
+            if not grow.any():
+                continue
+            probe[:, level] = cand
+            ok = grow & fits(prob, arch, probe, keep, level)
+            if ok.any():
+                t[ok] = cand[ok]
+                changed = True
+    return t
+
+
+def _near_maximal(prob: Problem, arch: Arch, grid: np.ndarray, level: int, keep: np.ndarray, slack: int) -> np.ndarray:
+    """Tiles of ``grid`` that fit ``level`` with at least 1/2**slack of its capacity used (bigger tiles
+    reuse more; smaller ones are kept for parallelism), plus the largest tile for tiny problems."""
+    probe = np.zeros((grid.shape[0], level + 1, grid.shape[1]), dtype=np.int64)
+    probe[:, level] = grid
+    ok = fits(prob, arch, probe, keep, level)
+    lv = arch.memory[level]
+    fp = footprint(prob, probe, keep, level).sum(axis=1) * (2.0 if lv.double_buffer else 1.0)
+    cap = lv.capacity_bytes if not lv.partitions else sum(lv.partitions.values())
+    big = fp >= cap / 2**slack
+    full = (grid == prob.sizes[None, :]).all(axis=1)
+    sel = ok & (big | full)
+    if not sel.any():
+        sel = ok
+    return grid[sel]
+
+
+def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8, max_values: int = 12,
+           slack: int = 4) -> SearchResult:
+    """Best mapping found for ``prob`` on ``arch`` under ``objective`` (latency, energy or edp).
+
+    Level by level from the outside in, each kept partial mapping is extended by every near-maximal
+    tile of the next level (bounded by its parent), every loop order of the level above and the
+    best-covering spatial split; each extension is completed greedily (largest balanced tiles,
+    reduction loops innermost) and costed in full, and the ``beam`` best survive.
+    """
     if objective not in OBJECTIVES:
         raise MappingError(f"unknown mapper objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     L, D, T = len(arch.memory), prob.n_dims, prob.n_tensors
@@ -135,41 +180,47 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
         if min(rows_d, cols_d, stream) < 0:
             raise MappingError(f"op {prob.name!r} is not a GEMM-like contraction; a systolic array cannot run it")
     leaf_order = _leaf_order(prob, stream)
+    default_order = _leaf_order(prob, None)
     values = [tile_values(int(n), max_values) for n in prob.sizes]
     grid = np.array(np.meshgrid(*values, indexing="ij")).reshape(D, -1).T  # (G, D)
-    ideal = ideal_compute_cycles(arch, prob)
+    cands = {c: _near_maximal(prob, arch, grid, c, keep, slack) for c in range(1, L)}
+    for c, g in cands.items():
+        if g.size == 0:
+            raise MappingError(
+                f"op {prob.name!r}: no tile fits level {arch.memory[c].name!r} "
+                f"({arch.memory[c].capacity_bytes:.0f} B per instance); enlarge it or use a smaller dtype"
+            )
+
+    def complete(tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray, c: int) -> None:
+        """Fill levels below ``c`` greedily and the compute leaf, in place."""
+        for lvl in range(c + 1, L):
+            parents, inv = np.unique(tiles[:, lvl - 1], axis=0, return_inverse=True)
+            tiles[:, lvl] = _greedy_tiles(prob, arch, parents, lvl, keep)[inv.reshape(-1)]
+            order[:, lvl - 1] = default_order
+            chunks = -(-tiles[:, lvl - 1] // tiles[:, lvl])
+            spatial[:, lvl - 1] = _spatial_split(chunks, fan[lvl - 1], prefs) if fan[lvl - 1] > 1 else 1
+        order[:, L - 1] = leaf_order
+        if systolic:
+            spatial[:, L - 1] = 1
+            spatial[:, L - 1, rows_d], spatial[:, L - 1, cols_d] = arch.matrix.array
+        else:
+            spatial[:, L - 1] = _spatial_split(tiles[:, L - 1], n_lanes, prefs)
 
     tiles = np.zeros((1, L + 1, D), dtype=np.int64)
     tiles[0, 0] = prob.sizes
     tiles[0, L] = 1
     spatial = np.ones((1, L, D), dtype=np.int64)
     order = np.zeros((1, L, D), dtype=np.int64)
-    order[0, L - 1] = leaf_order
     evaluated = 0
-
-    def complete_leaf(t: np.ndarray, sp: np.ndarray) -> None:
-        """Fill the last spatial split (lanes or the systolic array) in place."""
-        if systolic:
-            sp[:, L - 1] = 1
-            sp[:, L - 1, rows_d], sp[:, L - 1, cols_d] = arch.matrix.array
-        else:
-            sp[:, L - 1] = _spatial_split(t[:, L - 1], n_lanes, prefs)
-
-    if L == 1:
-        complete_leaf(tiles, spatial)
+    complete(tiles, spatial, order, 0)
+    costs = evaluate(prob, arch, tiles, spatial, order, keep, stream, lv, exact=False)
     for c in range(1, L):
-        parent = tiles[:, c - 1, :]
-        ok = (grid[None, :, :] <= parent[:, None, :]).all(axis=2)  # (B, G)
-        bi, gi = np.nonzero(ok)
-        t_try = tiles[bi].copy()
-        t_try[:, c] = grid[gi]
-        cap_ok = fits(prob, arch, t_try, keep, c)
-        bi, child = bi[cap_ok], grid[gi][cap_ok]
-        if bi.size == 0:
-            raise MappingError(
-                f"op {prob.name!r}: no tile fits level {arch.memory[c].name!r} "
-                f"({arch.memory[c].capacity_bytes:.0f} B per instance); enlarge it or use a smaller dtype"
-            )
+        parent = tiles[:, c - 1, :]  # (B, D)
+        B = parent.shape[0]
+        child = np.minimum(cands[c][None, :, :], parent[:, None, :]).reshape(-1, D)
+        bi = np.repeat(np.arange(B), cands[c].shape[0])
+        uniq = np.unique(np.concatenate([bi[:, None], child], axis=1), axis=0)
+        bi, child = uniq[:, 0], uniq[:, 1:]
         n_o = orders.shape[0]
         K = bi.size * n_o
         new_tiles = np.repeat(tiles[bi], n_o, axis=0)
@@ -179,23 +230,23 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
         new_spatial = np.repeat(spatial[bi], n_o, axis=0)
         chunks = -(-new_tiles[:, c - 1] // new_tiles[:, c])
         new_spatial[:, c - 1] = _spatial_split(chunks, fan[c - 1], prefs) if fan[c - 1] > 1 else 1
+        # loops of one trip do not matter: keep one order per class of equivalent orders
+        single = new_tiles[:, c - 1] <= new_spatial[:, c - 1] * new_tiles[:, c]
+        canon = np.argsort(np.argsort(np.where(single, D + np.arange(D), new_order[:, c - 1]), axis=1), axis=1)
+        new_order[:, c - 1] = canon
+        rows = np.concatenate([np.repeat(bi, n_o)[:, None], new_tiles[:, c], canon], axis=1)
+        _, first = np.unique(rows, axis=0, return_index=True)
+        first = np.sort(first)
+        new_tiles, new_order, new_spatial = new_tiles[first], new_order[first], new_spatial[first]
+        K = first.size
+        complete(new_tiles, new_spatial, new_order, c)
         evaluated += K
-        if c == L - 1:  # the leaf is determined: evaluate complete mappings
-            complete_leaf(new_tiles, new_spatial)
-            tiles, spatial, order = new_tiles, new_spatial, new_order
-            break
-        tr = analyse(prob, new_tiles[:, : c + 1], new_spatial[:, :c], new_order[:, :c], keep[:c], lv.multicast[:c])
-        lcyc = (tr.reads + tr.writes) / (lv.bw_bytes_per_cycle[None, :c] * tr.used[:, :c])
-        fill_c = (tr.fills[:, :-1, c] * prob.elem_bytes[None, :-1]).sum(axis=1)
-        lcyc_c = fill_c / (lv.bw_bytes_per_cycle[c] * tr.used[:, c])
-        below = math.prod(fan[c:-1]) * n_lanes
-        comp_lb = tr.steps * -(-np.prod(new_tiles[:, c], axis=1) // below)
-        lb_cyc = np.maximum.reduce([lcyc.max(axis=1), lcyc_c, comp_lb.astype(float), np.full(K, ideal)])
-        lb_cyc = lb_cyc + 1e-3 * (lcyc.sum(axis=1) + lcyc_c)  # ties go to less traffic
-        energy = (tr.reads * lv.read_pj[None, :c] + tr.writes * lv.write_pj[None, :c]).sum(axis=1)
-        keep_idx = np.argsort(_score(objective, lb_cyc, energy), kind="stable")[:beam]
+        costs = evaluate(prob, arch, new_tiles, new_spatial, new_order, keep, stream, lv, exact=False)
+        score = _score(objective, costs.cycles, costs.energy_pj)
+        keep_idx = np.argsort(score, kind="stable")[:beam]
         tiles, spatial, order = new_tiles[keep_idx], new_spatial[keep_idx], new_order[keep_idx]
-    costs = evaluate(prob, arch, tiles, spatial, order, keep, stream, lv)
+        costs = NestCosts(*(getattr(costs, f)[keep_idx] for f in NestCosts.__dataclass_fields__))
+    costs = evaluate(prob, arch, tiles, spatial, order, keep, stream, lv)  # exact counts for the finalists
     best = int(np.argmin(_score(objective, costs.cycles, costs.energy_pj)))
     names = tuple(x.name for x in arch.memory) + ("lanes",)
     mapping = Mapping.from_arrays(prob.dims, names, tiles[best], spatial[best], order[best], keep,

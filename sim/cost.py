@@ -119,10 +119,11 @@ class NestCosts:
 
 
 def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray,
-             keep: np.ndarray, stream_dim: int | None = None, levels: LevelArrays | None = None) -> NestCosts:
+             keep: np.ndarray, stream_dim: int | None = None, levels: LevelArrays | None = None,
+             exact: bool = True) -> NestCosts:
     """Cost of every candidate mapping (arrays as in :func:`xpusim.sim.nest.analyse`)."""
     lv = levels or LevelArrays.of(arch)
-    tr = analyse(prob, tiles, spatial, order, keep, lv.multicast)
+    tr = analyse(prob, tiles, spatial, order, keep, lv.multicast, exact)
     L = len(arch.memory)
     used = tr.used[:, :L]
     level_cycles = (tr.reads + tr.writes) / (lv.bw_bytes_per_cycle[None, :] * used)

@@ -47,7 +47,7 @@ def _ceil_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _chunk_table(n: int, tiles_d: np.ndarray, spatial_d: np.ndarray, depth: int,
-                 excl_spatial_from: int | None = None) -> np.ndarray:
+                 excl_spatial_from: int | None = None, exact: bool = True) -> np.ndarray:
     """Chunk counts of one dimension for every stationarity cut.
 
     Returns ``R`` of shape (C, depth+1, depth+1): ``R[:, j, c]`` is the number of distinct
@@ -55,22 +55,23 @@ def _chunk_table(n: int, tiles_d: np.ndarray, spatial_d: np.ndarray, depth: int,
     re-iterated (included) and those of levels ``>= j`` keep the tile (excluded). With
     ``excl_spatial_from=p``, spatial splits below levels ``>= p`` are shared (multicast), i.e.
     excluded as well. Chains whose every split is exact are products of trip counts; the others
-    are propagated exactly as (extent, count) pairs.
+    are propagated exactly as (extent, count) pairs, unless ``exact`` is false: then every chunk
+    counts as full (padded counts, an upper bound used to rank many candidates quickly).
     """
     C = tiles_d.shape[0]
     steps = spatial_d * tiles_d[:, 1:]
-    exact = np.all(tiles_d[:, :depth] % steps == 0, axis=1) & np.all(steps % tiles_d[:, 1:] == 0, axis=1)
-    trips = np.maximum(tiles_d[:, :depth] // np.maximum(steps, 1), 1)
-    out = np.ones((C, depth + 1, depth + 1), dtype=np.int64)
-    for j in range(depth + 1):
-        acc = np.ones(C, dtype=np.int64)
-        for lv in range(depth):
-            if lv < j:
-                acc = acc * trips[:, lv]
-            if excl_spatial_from is None or lv < excl_spatial_from:
-                acc = acc * spatial_d[:, lv]
-            out[:, j, lv + 1] = acc
-    idx = np.flatnonzero(~exact)
+    divisible = np.all(tiles_d[:, :depth] % steps == 0, axis=1)
+    trips = -(-tiles_d[:, :depth] // steps)
+    active = np.minimum(spatial_d, -(-tiles_d[:, :depth] // tiles_d[:, 1:]))
+    if excl_spatial_from is not None:
+        active = active.copy()
+        active[:, excl_spatial_from:] = 1
+    ones = np.ones((C, 1), dtype=np.int64)
+    cp_t = np.concatenate([ones, np.cumprod(trips, axis=1)], axis=1)  # (C, depth+1)
+    cp_s = np.concatenate([ones, np.cumprod(active, axis=1)], axis=1)
+    cut = np.minimum.outer(np.arange(depth + 1), np.arange(depth + 1))  # [j, c] -> min(j, c)
+    out = cp_t[:, cut] * cp_s[:, None, :]
+    idx = np.flatnonzero(~divisible) if exact else np.zeros(0, dtype=np.int64)
     if idx.size:
         out[idx] = _chunk_table_exact(n, tiles_d[idx], spatial_d[idx], depth, excl_spatial_from)
     return out
@@ -78,30 +79,37 @@ def _chunk_table(n: int, tiles_d: np.ndarray, spatial_d: np.ndarray, depth: int,
 
 def _chunk_table_exact(n: int, tiles_d: np.ndarray, spatial_d: np.ndarray, depth: int,
                        excl_spatial_from: int | None) -> np.ndarray:
-    """:func:`_chunk_table` by propagating (extent, count) pairs through every split."""
+    """:func:`_chunk_table` by propagating (extent, count) pairs through every split, all cuts
+    ``j`` at once (rows ordered cut-major)."""
     C = tiles_d.shape[0]
-    out = np.ones((C, depth + 1, depth + 1), dtype=np.int64)
-    for j in range(depth + 1):
-        ext = np.full((C, 1), n, dtype=np.int64)
-        cnt = np.ones((C, 1), dtype=np.int64)
-        for lv in range(depth):
-            step_t = spatial_d[:, lv] * tiles_d[:, lv + 1]
-            for step, include in ((step_t, lv < j), (tiles_d[:, lv + 1], excl_spatial_from is None or lv < excl_spatial_from)):
-                s = step[:, None]
-                if include:
-                    q, r = np.divmod(ext, s)
-                    full = (cnt * q).sum(axis=1, keepdims=True)
-                    ext = np.concatenate([s, r], axis=1)
-                    cnt = np.concatenate([full, cnt * (r > 0)], axis=1)
-                else:
-                    ext = np.minimum(ext, s)
-            out[:, j, lv + 1] = cnt.sum(axis=1)
-    return out
+    J = depth + 1
+    cut = np.repeat(np.arange(J), C)  # (J*C,) the cut of each row
+    tl = np.tile(tiles_d, (J, 1))
+    sp = np.tile(spatial_d, (J, 1))
+    ext = np.full((J * C, 1), n, dtype=np.int64)
+    cnt = np.ones((J * C, 1), dtype=np.int64)
+    out = np.ones((J * C, J), dtype=np.int64)
+    for lv in range(depth):
+        for step, include in ((sp[:, lv] * tl[:, lv + 1], cut > lv),
+                              (tl[:, lv + 1], np.full(J * C, excl_spatial_from is None or lv < excl_spatial_from))):
+            s = step[:, None]
+            q, r = np.divmod(ext, s)
+            inc_ext = np.concatenate([s, r], axis=1)
+            inc_cnt = np.concatenate([(cnt * q).sum(axis=1, keepdims=True), cnt * (r > 0)], axis=1)
+            exc_ext = np.concatenate([np.minimum(ext, s), s], axis=1)
+            exc_cnt = np.concatenate([cnt, np.zeros_like(s)], axis=1)
+            inc = include[:, None]
+            ext = np.where(inc, inc_ext, exc_ext)
+            cnt = np.where(inc, inc_cnt, exc_cnt)
+        out[:, lv + 1] = cnt.sum(axis=1)
+    return out.reshape(J, C, J).transpose(1, 0, 2)
 
 
 def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray,
-            keep: np.ndarray, multicast: np.ndarray) -> NestTraffic:
-    """Count fills, reads and writes at every level for each candidate mapping (see module doc)."""
+            keep: np.ndarray, multicast: np.ndarray, exact: bool = True) -> NestTraffic:
+    """Count fills, reads and writes at every level for each candidate mapping (see module doc).
+
+    ``exact=False`` counts remainder chunks as full ones (padded counts; faster, an upper bound)."""
     C, Lp1, D = tiles.shape
     L = Lp1 - 1
     T = prob.n_tensors
@@ -111,12 +119,12 @@ def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.nda
     nondeg = tiles[:, :L, :] > steps_t  # loop has more than one trip
     pos = np.arange(L)[None, :, None] * (D + 1) + order  # flattened loop position
 
-    tables = [_chunk_table(int(sizes[d]), tiles[:, :, d], spatial[:, :, d], L) for d in range(D)]
+    tables = [_chunk_table(int(sizes[d]), tiles[:, :, d], spatial[:, :, d], L, None, exact) for d in range(D)]
     mc_tables: dict[tuple[int, int], np.ndarray] = {}
 
     def mc_table(d: int, p: int) -> np.ndarray:
         if (d, p) not in mc_tables:
-            mc_tables[(d, p)] = _chunk_table(int(sizes[d]), tiles[:, :, d], spatial[:, :, d], L, p)
+            mc_tables[(d, p)] = _chunk_table(int(sizes[d]), tiles[:, :, d], spatial[:, :, d], L, p, exact)
         return mc_tables[(d, p)]
 
     fills = np.zeros((C, T, L + 1), dtype=np.float64)

@@ -1,0 +1,189 @@
+"""Numpy execution of a whole :class:`~xpusim.workloads.trace.Trace` on real tensors.
+
+Each op kind has its numpy kernel; a tensor flowing between ops is reshaped (row-major) into the
+consumer's view. Weights of a repeated block are per repeat: ``layer.3.wq`` is ``wq`` of the fourth
+layer. The KV cache is a dict ``{"layer.i.k_cache": (b, s, h, e), ...}`` that decode steps extend.
+Arithmetic is float64 (number formats are emulated separately).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ...errors import SpecError
+from ..einsum import Op, Tensor
+from ..trace import Trace
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def weight_shape(op: Op, t: Tensor) -> tuple[int, ...]:
+    """The stored shape of a weight operand (embedding tables hold every row, not the gathered ones)."""
+    if op.kind == "embedding" and t.name == "embed_table":
+        return (op.attrs["rows"], op.sizes["d"])
+    if op.kind == "embedding" and t.name == "pos_table":
+        return (op.attrs["pos_rows"], op.sizes["d"])
+    return tuple(op.sizes[d] for d in t.dims)
+
+
+def weight_key(block: str, repeat: int, index: int, name: str) -> str:
+    return f"{block}.{index}.{name}" if repeat > 1 else name
+
+
+def init_weights(trace: Trace, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights for every weight operand of ``trace`` (matmul weights scaled by 1/sqrt(fan-in),
+    norm gains near one), deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for b in trace.blocks:
+        for i in range(b.repeat):
+            for op in b.ops:
+                for t in op.inputs:
+                    if t.role != "weight":
+                        continue
+                    key = weight_key(b.name, b.repeat, i, t.name)
+                    if key in out:
+                        continue
+                    shape = weight_shape(op, t)
+                    if op.kind == "matmul":
+                        fan_in = math.prod(op.sizes[d] for d in op.reduce_dims)
+                        out[key] = rng.standard_normal(shape) / math.sqrt(fan_in)
+                    elif op.kind == "norm" and t.name.endswith(".weight"):
+                        out[key] = 1.0 + 0.1 * rng.standard_normal(shape)
+                    else:
+                        out[key] = 0.1 * rng.standard_normal(shape) if op.kind == "norm" else rng.standard_normal(shape)
+    return out
+
+
+def rope_tables(q_len: int, e: int, theta: float, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of shape (q_len, e) for positions offset..offset+q_len-1 (rotate-half layout)."""
+    inv = theta ** (-np.arange(0, e, 2) / e)
+    ang = np.outer(np.arange(offset, offset + q_len), inv)
+    ang = np.concatenate([ang, ang], axis=1)
+    return np.cos(ang), np.sin(ang)
+
+
+def _rotate_half(x: np.ndarray) -> np.ndarray:
+    h = x.shape[-1] // 2
+    return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def _view(arr: np.ndarray, op: Op, t: Tensor) -> np.ndarray:
+    shape = tuple(op.sizes[d] for d in t.dims)
+    if arr.size != math.prod(shape):
+        raise SpecError(f"op {op.name!r}: tensor {t.name!r} has {arr.size} elements, the op views it as {shape}")
+    return arr.reshape(shape)
+
+
+def run_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
+    """Execute one op on its operands (already in the op's views) and return its output."""
+    k = op.kind
+    if k == "matmul":
+        letter = {d: _LETTERS[i] for i, d in enumerate(op.dim_names)}
+        subs = ",".join("".join(letter[d] for d in t.dims) for t in op.inputs)
+        out = "".join(letter[d] for d in op.output.dims)
+        return np.einsum(f"{subs}->{out}", *args, optimize=True)
+    if k == "norm":
+        x = args[0]
+        eps = op.attrs.get("eps", 1e-5)
+        if op.attrs.get("type", "rmsnorm") == "rmsnorm":
+            return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * args[1]
+        mu = x.mean(axis=-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + eps) * args[1] + args[2]
+    if k == "softmax":
+        s = args[0] * op.attrs.get("scale", 1.0)
+        if op.attrs.get("causal"):
+            q, kv = s.shape[-2], s.shape[-1]
+            qpos = op.attrs.get("offset", kv - q) + np.arange(q)
+            s = np.where(np.arange(kv)[None, :] <= qpos[:, None], s, -np.inf)
+        s = s - s.max(axis=-1, keepdims=True)
+        p = np.exp(s)
+        return p / p.sum(axis=-1, keepdims=True)
+    if k == "activation":
+        fn = {"silu": _silu, "gelu": _gelu, "relu": lambda v: np.maximum(v, 0.0)}[op.attrs.get("function", "silu")]
+        return fn(args[0]) * args[1] if op.attrs.get("gated") else fn(args[0])
+    if k == "elementwise":
+        f = op.attrs.get("function", "add")
+        return args[0] + args[1] if f == "add" else args[0] * args[1]
+    raise SpecError(f"op {op.name!r}: kind {k!r} needs the trace executor's state")
+
+
+def execute(trace: Trace, weights: dict[str, np.ndarray], token_ids: np.ndarray,
+            kv_cache: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run ``trace`` on ``token_ids`` (batch, new tokens); return the final op's output (logits)
+    and the updated KV cache."""
+    cache = dict(kv_cache or {})
+    env: dict[str, np.ndarray] = {"token_ids": np.asarray(token_ids).reshape(-1)}
+    last: Any = None
+    for b in trace.blocks:
+        for i in range(b.repeat):
+            for op in b.ops:
+                key = lambda n: weight_key(b.name, b.repeat, i, n)  # noqa: E731
+                last = _execute_op(op, env, weights, cache, key)
+    return last, cache
+
+
+def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarray:
+    k = op.kind
+    if k == "embedding":
+        ids = env["token_ids"]
+        x = weights[key("embed_table")][ids]
+        if any(t.name == "pos_table" for t in op.inputs):
+            q = op.attrs["seq"]
+            pos = np.tile(np.arange(q) + op.attrs.get("offset", 0), ids.size // q)
+            x = x + weights[key("pos_table")][pos]
+        env[op.output.name] = x
+        return x
+    if k == "kv_append":
+        new = _view(env[op.inputs[0].name], op, op.inputs[0])
+        name = key(op.output.name)
+        off = op.attrs.get("offset", 0)
+        old = cache.get(name)
+        if off and (old is None or old.shape[1] < off):
+            raise SpecError(f"op {op.name!r}: the KV cache holds {0 if old is None else old.shape[1]} tokens, "
+                            f"the step expects {off}; run the earlier steps first")
+        full = new if old is None or off == 0 else np.concatenate([old[:, :off], new], axis=1)
+        cache[name] = full
+        env[op.output.name] = full
+        return full
+    if k == "take_last":
+        x = env[op.inputs[0].name]
+        b, d = op.sizes["b"], op.sizes["d"]
+        out = x.reshape(b, -1, d)[:, -1, :]
+        env[op.output.name] = out
+        return out
+    if k == "rope":
+        x = _view(env[op.inputs[0].name], op, op.inputs[0])
+        e = op.sizes["e"]
+        cos, sin = rope_tables(op.sizes["q"], e, op.attrs.get("theta", 10000.0), op.attrs.get("offset", 0))
+        shape = [1] * x.ndim
+        qi, ei = op.inputs[0].dims.index("q"), op.inputs[0].dims.index("e")
+        shape[qi], shape[ei] = cos.shape
+        # tables are (q, e); broadcast them along the op's other dims
+        perm_cos = cos if qi < ei else cos.T
+        out = x * perm_cos.reshape(shape) + _rotate_half(x) * (sin if qi < ei else sin.T).reshape(shape)
+        env[op.output.name] = out
+        return out
+    args = []
+    for t in op.inputs:
+        if t.role == "weight":
+            args.append(weights[key(t.name)])
+        elif t.role == "kv":
+            args.append(_view(env[t.name], op, t))
+        else:
+            args.append(_view(env[t.name], op, t))
+    out = run_op(op, args)
+    env[op.output.name] = out
+    return out
