@@ -5,6 +5,7 @@ Plain numbers are taken as given in the base unit (bytes, bytes/s, Hz, s, J, W, 
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import SpecError
@@ -37,6 +38,8 @@ def parse_quantity(value: object, kind: str, field: str) -> float:
     if isinstance(value, bool):
         raise SpecError(f"{field}: expected a number or a quantity like '80 GiB', got {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise SpecError(f"{field}: must be a finite number, got {value!r}")
         return float(value)
     if not isinstance(value, str):
         raise SpecError(f"{field}: expected a number or a quantity like '80 GiB', got {value!r}")
@@ -44,6 +47,8 @@ def parse_quantity(value: object, kind: str, field: str) -> float:
     if not m:
         raise SpecError(f"{field}: cannot read quantity {value!r}; write e.g. '80 GiB', '2 TB/s', '1.4 GHz'")
     number, unit = float(m.group(1)), m.group(2)
+    if not math.isfinite(number):
+        raise SpecError(f"{field}: must be a finite number, got {value!r}")
     if unit == "":
         return number
     for base in sorted(_BASE[kind], key=len, reverse=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,21 @@ def _check_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
 
 
 def _int(v: Any, where: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or v <= 0:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or int(v) != v or v <= 0:
         raise SpecError(f"{where}: must be a positive integer, got {v!r}")
     return int(v)
+
+
+def _nonneg(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+        raise SpecError(f"{where}: must be a number >= 0, got {v!r}")
+    return float(v)
+
+
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise SpecError(f"{where}: must be true or false, got {v!r}")
+    return v
 
 
 def _rates(d: Any, where: str) -> dict[str, float]:
@@ -43,7 +56,7 @@ def _rates(d: Any, where: str) -> dict[str, float]:
         raise SpecError(f"{where}: must be a mapping of dtype to rate, e.g. {{bf16: 1024}}")
     out = {}
     for k, v in d.items():
-        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not v > 0:
             raise SpecError(f"{where}.{k}: must be a positive number, got {v!r}")
         out[str(k)] = float(v)
     return out
@@ -65,11 +78,14 @@ def _unit(d: Any, kind: str, where: str) -> ComputeUnit:
     energy = d.get(e_key, {})
     if not isinstance(energy, dict):
         raise SpecError(f"{where}.{e_key}: must be a mapping of dtype to pJ")
+    energy = _rates(energy, f"{where}.{e_key}") if energy else {}
+    if "dataflow" in d and d["dataflow"] not in ("ws", "os", "is"):
+        raise SpecError(f"{where}.dataflow: must be ws, os or is, got {d['dataflow']!r}")
     return ComputeUnit(
         kind=kind,
         instances=_int(d.get("instances", 1), f"{where}.instances"),
         rate_per_cycle=_rates(d[rate_key], f"{where}.{rate_key}"),
-        energy_pj={str(k): float(v) for k, v in energy.items()},
+        energy_pj=energy,
         array=array,
         dataflow=d.get("dataflow"),
         clock_hz=parse_quantity(d["clock"], "hz", f"{where}.clock") if "clock" in d else None,
@@ -84,7 +100,7 @@ def _level(d: Any, i: int, dev: str) -> MemoryLevel:
     for k in ("name", "capacity", "bandwidth"):
         if k not in d:
             raise SpecError(f"{where}: missing {k!r}")
-    e = d.get("energy_pj_per_byte", 0.0)
+    e = _nonneg(d.get("energy_pj_per_byte", 0.0), f"{where}.energy_pj_per_byte")
     parts = d.get("partitions")
     if parts is not None:
         if not isinstance(parts, dict):
@@ -96,10 +112,10 @@ def _level(d: Any, i: int, dev: str) -> MemoryLevel:
         bandwidth_Bps=parse_quantity(d["bandwidth"], "bytes_per_s", f"{where}.bandwidth"),
         instances=_int(d.get("instances", 1), f"{where}.instances"),
         latency_s=parse_quantity(d.get("latency", 0.0), "seconds", f"{where}.latency"),
-        read_energy_pj_per_byte=float(d.get("read_energy_pj_per_byte", e)),
-        write_energy_pj_per_byte=float(d.get("write_energy_pj_per_byte", e)),
-        multicast=bool(d.get("multicast", False)),
-        double_buffer=bool(d.get("double_buffer", True)),
+        read_energy_pj_per_byte=_nonneg(d.get("read_energy_pj_per_byte", e), f"{where}.read_energy_pj_per_byte"),
+        write_energy_pj_per_byte=_nonneg(d.get("write_energy_pj_per_byte", e), f"{where}.write_energy_pj_per_byte"),
+        multicast=_bool(d.get("multicast", False), f"{where}.multicast"),
+        double_buffer=_bool(d.get("double_buffer", True), f"{where}.double_buffer"),
         partitions=parts,
     )
 

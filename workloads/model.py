@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,15 @@ class ModelSpec:
                 raise SpecError(f"model {self.name!r}: {f} {getattr(self, f)!r} is not one of {', '.join(allowed)}")
         for f in ("weight_dtype", "act_dtype", "kv_dtype"):
             get_dtype(getattr(self, f))
-        if self.norm_eps <= 0:
-            raise SpecError(f"model {self.name!r}: norm_eps must be > 0")
+        for f in ("norm_eps", "rope_theta"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+                raise SpecError(f"model {self.name!r}: {f} must be a positive number, got {v!r}")
+        for f in ("gated_mlp", "tied_embeddings"):
+            if not isinstance(getattr(self, f), bool):
+                raise SpecError(f"model {self.name!r}: {f} must be true or false, got {getattr(self, f)!r}")
+        if not isinstance(self.name, str) or not isinstance(self.family, str):
+            raise SpecError("model name and family must be strings")
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -136,6 +144,12 @@ _HF_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 
 
+def _num(v: Any, key: str, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise SpecError(f"config.json of {name!r}: {key} must be a number, got {v!r}")
+    return float(v)
+
+
 def _get(cfg: dict[str, Any], key: str, name: str, default: Any = None) -> Any:
     if key in cfg and cfg[key] is not None:
         return cfg[key]
@@ -147,6 +161,8 @@ def _get(cfg: dict[str, Any], key: str, name: str, default: Any = None) -> Any:
 def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
     """Map a Hugging Face ``config.json`` onto a :class:`ModelSpec`."""
     mt = cfg.get("model_type")
+    if "tie_word_embeddings" in cfg and not isinstance(cfg["tie_word_embeddings"], bool):
+        raise SpecError(f"config.json of {name!r}: tie_word_embeddings must be true or false")
     dtype = _HF_DTYPES.get(str(cfg.get("torch_dtype", "bfloat16")), "bf16")
     if mt in ("llama", "mistral", "qwen2", "qwen3"):
         hidden = _get(cfg, "hidden_size", name)
@@ -165,12 +181,12 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
             d_ff=_get(cfg, "intermediate_size", name),
             vocab_size=_get(cfg, "vocab_size", name),
             max_seq_len=_get(cfg, "max_position_embeddings", name, 4096),
-            activation="gelu" if act.startswith("gelu") else act,
+            activation="gelu" if act.startswith("gelu") else ("silu" if act == "swish" else act),
             gated_mlp=True,
             norm="rmsnorm",
-            norm_eps=float(_get(cfg, "rms_norm_eps", name, 1e-5)),
+            norm_eps=_num(_get(cfg, "rms_norm_eps", name, 1e-5), "rms_norm_eps", name),
             position="rope",
-            rope_theta=float(_get(cfg, "rope_theta", name, 10000.0)),
+            rope_theta=_num(_get(cfg, "rope_theta", name, 10000.0), "rope_theta", name),
             tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             weight_dtype=dtype,
             act_dtype=dtype,
@@ -195,7 +211,7 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
             activation="gelu",
             gated_mlp=False,
             norm="layernorm",
-            norm_eps=float(_get(cfg, "layer_norm_epsilon", name, 1e-5)),
+            norm_eps=_num(_get(cfg, "layer_norm_epsilon", name, 1e-5), "layer_norm_epsilon", name),
             position="learned",
             tied_embeddings=True,
             weight_dtype=dtype,

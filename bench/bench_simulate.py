@@ -1,0 +1,67 @@
+"""Wall time of whole-model simulations, mapper search included.
+
+Prints the median of 5 runs after one warm-up, with the op-cost memo cleared before every run
+(cold: every distinct op is mapped from scratch), and the warm time (memo kept) for reference.
+
+    python bench/bench_simulate.py [--arch h100-sxm]
+
+Target (issue 2): under 0.2 s each, cold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from xpusim.arch import load_arch
+from xpusim.sim.engine import clear_cache, simulate, simulate_trace
+from xpusim.workloads import Decode, Prefill, build_trace, load_model
+from xpusim.workloads.trace import Trace
+
+
+def _gpt3_layer_block() -> Trace:
+    """One GPT-3 175B decoder layer (the repeated block) in prefill, batch 8 x 2048 tokens."""
+    full = build_trace(load_model("gpt3-175b"), Prefill(8, 2048))
+    layer = [b for b in full.blocks if b.name == "layer"][0]
+    return Trace("gpt3-175b-layer", "prefill", [layer], full.tokens, full.meta)
+
+
+def timed(fn, runs: int = 5) -> tuple[float, float]:
+    clear_cache()
+    fn()  # warm-up: imports, numpy first-call costs
+    cold = []
+    for _ in range(runs):
+        clear_cache()
+        t = time.perf_counter()
+        fn()
+        cold.append(time.perf_counter() - t)
+    warm = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        warm.append(time.perf_counter() - t)
+    return statistics.median(cold), statistics.median(warm)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="h100-sxm")
+    args = ap.parse_args()
+    arch = load_arch(args.arch)
+    llama = load_model("llama-3-8b")
+    layer = _gpt3_layer_block()
+    cases = {
+        "llama-3-8b prefill b=1 s=2048": lambda: simulate(arch, llama, Prefill(1, 2048), check_memory=False),
+        "llama-3-8b decode b=64 ctx=4096": lambda: simulate(arch, llama, Decode(64, 4096), check_memory=False),
+        "gpt3-175b layer block prefill b=8 s=2048": lambda: simulate_trace(layer, arch),
+    }
+    print(f"device {arch.name}; median of 5 after a warm-up; target < 0.200 s cold")
+    print(f"{'case':<44}{'cold (s)':>10}{'warm (s)':>10}  {'target':>6}")
+    for name, fn in cases.items():
+        cold, warm = timed(fn)
+        print(f"{name:<44}{cold:>10.3f}{warm:>10.4f}  {'met' if cold < 0.2 else 'MISSED':>6}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The default mapper returns mappings that fit every level, replay exactly in the functional
+reference, and are costed once per op signature."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xpusim.arch import arch_from_dict, load_arch
+from xpusim.mappers.search import search
+from xpusim.sim import engine
+from xpusim.sim.cost import fits
+from xpusim.sim.nest import analyse
+from xpusim.sim.problem import gemm_problem
+from xpusim.workloads import Decode, build_trace, load_model
+from xpusim.workloads.functional.tiled import execute_tiled
+
+TINY = {
+    "name": "tiny", "class": "generic", "clock": "1 GHz",
+    "matrix": {"instances": 4, "macs_per_cycle": {"bf16": 4, "fp32": 2}},
+    "vector": {"instances": 1, "flops_per_cycle": {"fp32": 8}},
+    "memory": [
+        {"name": "dram", "capacity": "1 MiB", "bandwidth": "8 GB/s"},
+        {"name": "sram", "capacity": "512 B", "bandwidth": "32 GB/s"},
+        {"name": "regs", "capacity": "64 B", "bandwidth": "64 GB/s", "instances": 4, "multicast": True},
+    ],
+}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 12), st.sampled_from(["latency", "energy"]))
+def test_mapper_result_fits_and_replays(m, n, k, objective):
+    arch = arch_from_dict(TINY)
+    prob = gemm_problem(m, n, k, "bf16")
+    res = search(prob, arch, objective)
+    tiles, spatial, order, keep = res.mapping.arrays()
+    for lv in range(1, len(arch.memory)):
+        assert fits(prob, arch, tiles[None], keep, lv)[0]
+    assert (np.prod(spatial[:-1], axis=1) <= np.array(arch.fanouts()[:-1])).all()
+    rng = np.random.default_rng(m * 100 + n * 10 + k)
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((n, k))
+    mc = np.array([lv.multicast for lv in arch.memory])
+    run = execute_tiled(prob.sizes, prob.rel, prob.elem_bytes, prob.acc_bytes, [a, b], tiles, spatial, order, keep, mc)
+    np.testing.assert_allclose(run.output, a @ b.T, atol=1e-9)
+    tr = analyse(prob, tiles[None], spatial[None], order[None], keep, mc)
+    np.testing.assert_allclose(run.reads, tr.reads[0])
+    np.testing.assert_allclose(run.writes, tr.writes[0])
+
+
+def test_mapper_no_tile_fits_is_a_clear_error():
+    spec = dict(TINY, memory=[dict(TINY["memory"][0]), dict(TINY["memory"][1], capacity="4 B"), TINY["memory"][2]])
+    with pytest.raises(Exception, match="no tile fits level 'sram'"):
+        search(gemm_problem(8, 8, 8, "fp32"), arch_from_dict(spec))
+
+
+def test_ops_with_one_signature_are_costed_once(monkeypatch):
+    calls = []
+    real = engine.matmul_cost
+    monkeypatch.setattr(engine, "matmul_cost", lambda op, arch, obj: calls.append(op.name) or real(op, arch, obj))
+    engine.clear_cache()
+    trace = build_trace(load_model("llama-3-8b"), Decode(4, 256))
+    engine.simulate_trace(trace, load_arch("systolic-npu"))
+    # k_proj and v_proj share a signature, as do q_proj and o_proj (4096 x 4096), gate and up
+    assert "k_proj" in calls and "v_proj" not in calls
+    assert "gate_proj" in calls and "up_proj" not in calls
+    assert len(calls) == len(set(calls))
+
+
+def test_larger_gemm_takes_longer_and_compute_never_exceeds_cycles():
+    arch = load_arch("systolic-npu")
+    prev = 0.0
+    for n in (128, 256, 512, 1024):
+        res = search(gemm_problem(n, n, n), arch)
+        c = res.costs
+        assert c.cycles[0] >= c.compute[0]
+        assert c.cycles[0] > prev
+        prev = c.cycles[0]
