@@ -15,11 +15,15 @@ from .spec import Arch, ComputeUnit, MemoryLevel
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 _TOP = {"name", "class", "description", "clock", "matrix", "vector", "memory", "launch_overhead",
-        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2"}
+        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules"}
 _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_pj_per_byte",
           "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind"}
 _UNIT = {"instances", "macs_per_cycle", "flops_per_cycle", "energy_pj_per_mac", "energy_pj_per_flop", "array",
          "dataflow", "clock"}
+
+
+def _bad_rules(name: str) -> dict:
+    raise SpecError(f"device {name!r}: rules must be a mapping of class-specific constants")
 
 
 def list_archs() -> list[str]:
@@ -142,9 +146,14 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         static_power_w=parse_quantity(d.get("static_power", 0.0), "watts", f"device {name!r} static_power"),
         tdp_w=parse_quantity(d.get("tdp", 0.0), "watts", f"device {name!r} tdp"),
         description=str(d.get("description", "")),
+        rules=dict(d.get("rules") or {}) if isinstance(d.get("rules") or {}, dict) else _bad_rules(name),
         meta={k: d[k] for k in ("technology_nm", "sources", "notes", "die_area_mm2") if k in d},
     )
     arch.validate()
+    if arch.device_class == "gpu":
+        from .gpu import gpu_rules
+
+        gpu_rules(arch.rules, f"device {name!r}")
     return arch
 
 

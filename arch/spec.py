@@ -85,6 +85,7 @@ class Arch:
     static_power_w: float = 0.0
     tdp_w: float = 0.0
     description: str = ""
+    rules: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def level(self, name: str) -> MemoryLevel:
@@ -118,7 +119,7 @@ class Arch:
 
     def fingerprint(self) -> str:
         """A stable hash of everything that affects cost (for memoisation)."""
-        blob = json.dumps(asdict(self) | {"meta": None}, sort_keys=True, default=str)
+        blob = json.dumps(asdict(self) | {"meta": None}, sort_keys=True, default=str)  # rules included
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     def validate(self) -> None:

@@ -13,6 +13,7 @@ from .. import __version__
 from ..arch.loader import load_arch
 from ..arch.spec import Arch
 from ..errors import CapacityError
+from ..mappers.gpu import gpu_gemm_cost
 from ..mappers.search import search
 from ..workloads.builder import build_trace
 from ..workloads.einsum import Op
@@ -66,7 +67,12 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency") -> OpCost:
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit[0]
-    cost = matmul_cost(op, arch, objective) if op.kind == "matmul" else streaming_cost(op, arch)
+    if op.kind != "matmul":
+        cost = streaming_cost(op, arch)
+    elif arch.device_class == "gpu" and len(op.inputs) == 2:
+        cost = gpu_gemm_cost(problem_from_op(op), arch, op.kind)
+    else:
+        cost = matmul_cost(op, arch, objective)
     _CACHE[key] = (cost, cost.mapping)
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)

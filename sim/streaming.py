@@ -39,19 +39,26 @@ def vector_rate(arch: Arch, dtype: str) -> tuple[float, str]:
 
 
 def streaming_cost(op: Op, arch: Arch) -> OpCost:
-    """Cost of one streaming op on ``arch``."""
+    """Cost of one streaming op on ``arch`` (a GPU applies its fitted bandwidth ceiling and
+    per-kind launch overhead)."""
+    bw_eff, launch = 1.0, arch.launch_overhead_s
+    if arch.device_class == "gpu":
+        from ..arch.gpu import gpu_rules
+
+        rules = gpu_rules(arch.rules, f"device {arch.name!r}")
+        bw_eff, launch = rules.memory_efficiency, rules.launch(op.kind)
     read = sum(op.tensor_bytes(t) for t in op.inputs)
     extra = (passes(op, arch) - 1) * op.tensor_bytes(op.inputs[0])
     moved = read + extra + op.tensor_bytes(op.output)
     clock = arch.clock_hz
-    lv_cycles = {lv.name: moved / (lv.bandwidth_Bps * lv.instances / clock) for lv in arch.memory}
+    lv_cycles = {lv.name: moved / (lv.bandwidth_Bps * lv.instances * bw_eff / clock) for lv in arch.memory}
     rate, compute = vector_rate(arch, op.output.dtype)
     comp = op.flops / (rate * arch.vector.instances) * (clock / arch.vector_clock_hz)
     prologue = sum(lv.latency_s for lv in arch.memory) * clock
     bound_name, bound_cycles = max(lv_cycles.items(), key=lambda kv: kv[1])
     if comp >= bound_cycles:
         bound_name, bound_cycles = "compute", comp
-    cycles = bound_cycles + prologue + arch.launch_overhead_s * clock
+    cycles = bound_cycles + prologue + launch * clock
     out_b = op.tensor_bytes(op.output)
     level_e = {lv.name: ((read + extra) * lv.read_energy_pj_per_byte + out_b * lv.write_energy_pj_per_byte) * 1e-12
                for lv in arch.memory}

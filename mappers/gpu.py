@@ -1,0 +1,163 @@
+"""GPU GEMM mapper: the kernel configuration a tuned library (cuBLAS/CUTLASS) would pick.
+
+For a (batched) GEMM it enumerates threadblock (CTA) tiles ``BM x BN x BK``, split-K factors and
+pipeline stages bounded by shared memory, and costs every configuration at once with numpy:
+
+* **waves**: ``T = batch x ceil(M/BM) x ceil(N/BN) x split`` CTAs run ``ceil(T / SMs)`` waves; each
+  CTA's tensor-core work is its padded tile, so partial tiles and the last partial wave cost full
+  time (the wave-quantisation sawtooth);
+* **L2**: every CTA streams its A and B panels (``(BM + BN) x K/split``) through L2;
+* **HBM with L2 reuse under rasterisation**: CTAs are launched band by band so that a band of B
+  column panels (or A row panels) stays in L2 while the other operand streams past it; the operand
+  that streams is read from HBM once per band. Operands that fit L2 together are read once;
+* **split-K / stream-K**: partial sums (fp32) of ``split`` slices are written to a workspace and
+  reduced by a second kernel (its launch included);
+* time = max(tensor-core time, L2 time, HBM time) + pipeline fill + epilogue + launch overhead,
+  with the efficiency ceilings and launch overheads of :class:`~xpusim.arch.gpu.GpuRules`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..arch.gpu import GpuRules, gpu_rules
+from ..arch.spec import Arch
+from ..dtypes import get_dtype
+from ..sim.compute import gemm_roles
+from ..sim.cost import OpCost
+from ..sim.problem import Problem
+
+CTA_M = np.array([16, 32, 64, 128, 256])
+CTA_N = np.array([32, 64, 128, 256])
+CTA_K = np.array([32, 64])
+SPLITS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32])
+MAX_STAGES = 4
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """A batched GEMM C[b, M, N] = A[b, M, K] @ B[b, K, N] with operand bytes per element;
+    ``shared_b``: B is the same for every batch (a weight)."""
+
+    batch: int
+    m: int
+    n: int
+    k: int
+    a_bytes: float
+    b_bytes: float
+    out_bytes: float
+    shared_b: bool = True
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.m * self.n * self.k
+
+
+def gemm_shape(prob: Problem) -> GemmShape:
+    """The (batch, M, N, K) view of a two-input contraction."""
+    mi, ni, ki = gemm_roles(prob)
+    size = lambda i: int(prob.sizes[i]) if i >= 0 else 1  # noqa: E731
+    batch_dims = [d for d in range(prob.n_dims) if prob.rel[:, d].all()]
+    batch = int(np.prod([prob.sizes[d] for d in batch_dims])) if batch_dims else 1
+    # B is shared across the batch when it does not index a batch dim
+    shared = not any(prob.rel[1, d] for d in batch_dims) if batch_dims else True
+    return GemmShape(batch, size(mi), size(ni), size(ki), float(prob.elem_bytes[0]), float(prob.elem_bytes[1]),
+                     float(prob.elem_bytes[2]), shared)
+
+
+def _level(arch: Arch, name: str):
+    for lv in arch.memory:
+        if lv.name == name:
+            return lv
+    return None
+
+
+def gpu_gemm_cost(prob: Problem, arch: Arch, kind: str = "matmul") -> OpCost:
+    """Cost of the best kernel configuration for a GEMM-like contraction on a GPU."""
+    rules: GpuRules = gpu_rules(arch.rules, f"device {arch.name!r}")
+    g = gemm_shape(prob)
+    compute = get_dtype(prob.compute_dtype).compute
+    sms = arch.matrix.instances
+    rate = arch.matrix.rate(compute)  # MACs / matrix-clock cycle / SM
+    f_m = arch.matrix_clock_hz
+    smem, l2, rf, hbm = _level(arch, "smem"), _level(arch, "l2"), _level(arch, "rf"), arch.backing
+    smem_cap = smem.capacity_bytes if smem else 96 * 1024
+    rf_cap = rf.capacity_bytes if rf else 256 * 1024
+    l2_cap = l2.capacity_bytes if l2 else 0.0
+    l2_bw = (l2.bandwidth_Bps * l2.instances if l2 else hbm.bandwidth_Bps) * rules.l2_efficiency
+    hbm_bw = hbm.bandwidth_Bps * hbm.instances * rules.memory_efficiency
+
+    bm, bn, bk, sp = (a.reshape(-1) for a in np.meshgrid(CTA_M, CTA_N, CTA_K, SPLITS, indexing="ij"))
+    stage = (bm * g.a_bytes + bn * g.b_bytes) * bk
+    stages = np.minimum(smem_cap // stage, MAX_STAGES)
+    kc = -(-g.k // sp)  # K per split slice
+    ok = (stages >= 2) & (bm * bn * 4 <= rf_cap / 2) & ((sp == 1) | (kc >= bk))
+    # a library does not launch tiles far larger than the problem
+    ok &= (bm <= max(16, 1 << int(np.ceil(np.log2(g.m))))) & (bn <= max(32, 1 << int(np.ceil(np.log2(g.n)))))
+    bm, bn, bk, sp, stages, kc, stage = (a[ok] for a in (bm, bn, bk, sp, stages, kc, stage))
+    mt, nt = -(-g.m // bm), -(-g.n // bn)
+    ksteps = -(-kc // bk)
+    ctas = g.batch * mt * nt * sp
+    waves = -(-ctas // sms)
+    mma_s = waves * (bm * bn * ksteps * bk) / rate / (f_m * rules.mma_efficiency)
+
+    l2_read = ctas * (bm * g.a_bytes + bn * g.b_bytes) * ksteps * bk
+    a_bytes = g.batch * g.m * g.k * g.a_bytes
+    b_bytes = (1 if g.shared_b else g.batch) * g.k * g.n * g.b_bytes
+    out_bytes = g.batch * g.m * g.n * g.out_bytes
+    # L2 reuse under banded rasterisation (per batch entry)
+    a1, b1 = a_bytes / g.batch, b_bytes / (1 if g.shared_b else g.batch)
+    band_n = np.clip(l2_cap // np.maximum(g.k * bn * g.b_bytes, 1), 1, nt)
+    band_m = np.clip(l2_cap // np.maximum(g.k * bm * g.a_bytes, 1), 1, mt)
+    stream_a = a1 * -(-nt // band_n) + b1  # B band resident, A re-streamed per band
+    stream_b = b1 * -(-mt // band_m) + a1
+    per_batch = np.where(a1 + b1 <= l2_cap, a1 + b1, np.minimum(stream_a, stream_b))
+    hbm_read = g.batch * per_batch
+    if g.shared_b and g.batch > 1:  # a shared operand that stays in L2 is read once
+        hbm_read = hbm_read - (g.batch - 1) * b1 * (a1 + b1 <= l2_cap)
+    # split-K: the main kernel writes fp32 partials, a second kernel reduces them
+    partials = np.where(sp > 1, g.batch * g.m * g.n * 4.0 * sp, 0.0)
+    main_out = np.where(sp > 1, partials, out_bytes)
+    part_hbm = np.where(partials > l2_cap, partials, 0.0)  # partials spill to HBM when L2 cannot hold them
+    hbm_total = hbm_read + np.where(sp > 1, part_hbm, out_bytes)
+    l2_total = l2_read + main_out
+    l2_s = l2_total / l2_bw
+    hbm_s = hbm_total / hbm_bw
+    reduce_s = np.where(sp > 1, np.maximum(partials / l2_bw, (part_hbm + out_bytes) / hbm_bw) + rules.launch(kind), 0.0)
+    # pipeline fill (first stages of the first wave) and epilogue (last tile written)
+    per_sm_bw = hbm_bw / sms
+    fill_s = hbm.latency_s + (stages - 1) * stage / per_sm_bw
+    epi_s = bm * bn * g.out_bytes / per_sm_bw
+    total = np.maximum.reduce([mma_s, l2_s, hbm_s]) + fill_s + epi_s + rules.launch(kind) + reduce_s
+    best = int(np.argmin(total + 1e-12 * sp))  # ties: fewer splits
+
+    clock = arch.clock_hz
+    lat = float(total[best])
+    terms = {"compute": mma_s[best], "l2": l2_s[best], arch.backing.name: hbm_s[best]}
+    bound = max(terms, key=terms.get)
+    comp_cycles = float(mma_s[best] * clock)
+    ideal_s = g.macs / (rate * sms * f_m)
+    names = [lv.name for lv in arch.memory]
+    moved = {n: 0.0 for n in names}
+    moved[arch.backing.name] = float(hbm_total[best] + (out_bytes + part_hbm[best] if sp[best] > 1 else 0.0))
+    if l2:
+        moved[l2.name] = float(l2_total[best] + partials[best])
+    if smem:
+        moved[smem.name] = float(l2_read[best])
+    energy = {"compute": g.macs * arch.matrix.energy_pj.get(compute, 0.0) * 1e-12}
+    for lv in arch.memory:
+        energy[lv.name] = moved[lv.name] * 0.5 * (lv.read_energy_pj_per_byte + lv.write_energy_pj_per_byte) * 1e-12
+    energy["static"] = arch.static_power_w * lat
+    mapping = {"kernel": "gemm", "cta_tile": [int(bm[best]), int(bn[best]), int(bk[best])],
+               "split_k": int(sp[best]), "stages": int(stages[best]), "ctas": int(ctas[best]),
+               "waves": int(waves[best]), "sms": sms, "batch": g.batch, "m": g.m, "n": g.n, "k": g.k}
+    return OpCost(
+        cycles=lat * clock, latency_s=lat, compute_cycles=comp_cycles, stall_cycles=max(lat * clock - comp_cycles, 0.0),
+        energy_j=float(sum(energy.values())), utilization=ideal_s / lat, bound=bound, bytes_by_level=moved,
+        energy_by_component=energy, mapping=mapping,
+        detail={"terms_s": {k: float(v) for k, v in terms.items()}, "fill_s": float(fill_s[best]),
+                "epilogue_s": float(epi_s[best]), "launch_s": rules.launch(kind), "splitk_reduce_s": float(reduce_s[best]),
+                "configs": int(total.size)},
+    )
