@@ -125,6 +125,34 @@ def _cmd_list(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(a: argparse.Namespace) -> int:
+    from .errors import SpecError
+    from .validation.compare import KINDS, compare, summarise, validate_shipped
+
+    if a.csv or a.kind:
+        if not (a.csv and a.kind and a.arch):
+            raise SpecError("validating your own data needs --arch, --kind and --csv together")
+        if a.kind not in KINDS:
+            raise SpecError(f"unknown kind {a.kind!r}; use one of {', '.join(KINDS)}")
+        df = compare(a.arch, a.kind, a.csv)
+        summary = {a.arch: {a.kind: summarise(df)}}
+        rows = df
+    else:
+        summary, rows = validate_shipped([a.arch] if a.arch else None)
+        if not summary:
+            raise SpecError(f"no measured data ships for {a.arch!r}; give your own with --kind and --csv")
+    if a.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    if a.verbose:
+        print(rows.to_string(index=False))
+    print(f"{'device':<12}{'kind':<11}{'N':>4}{'MAPE %':>9}{'max |err| %':>13}")
+    for dev, kinds in summary.items():
+        for kind, v in kinds.items():
+            print(f"{dev:<12}{kind:<11}{v['n']:>4}{v['mape_pct']:>9.2f}{v['max_abs_pct_err']:>13.2f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="xpusim", description="Simulate transformer workloads on accelerators.")
     p.add_argument("--version", action="version", version=f"xpusim {__version__}")
@@ -155,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"])
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=_cmd_op)
+
+    v = sub.add_parser("validate", help="compare predictions with measured kernel latencies")
+    v.add_argument("--arch", help="device preset or YAML (default: every device with shipped data)")
+    v.add_argument("--kind", help="kind of your CSV: gemm, softmax, layernorm or gelu")
+    v.add_argument("--csv", metavar="FILE", help="your measurements, in a format of validation/README.md")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--verbose", "-v", action="store_true", help="print every row")
+    v.set_defaults(func=_cmd_validate)
 
     ls = sub.add_parser("list", help="list device and model presets")
     ls.add_argument("--json", action="store_true")

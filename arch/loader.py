@@ -151,9 +151,9 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
     )
     arch.validate()
     if arch.device_class == "gpu":
-        from .gpu import gpu_rules
+        from .gpu import parse_gpu_rules
 
-        gpu_rules(arch.rules, f"device {name!r}")
+        parse_gpu_rules(arch.rules, f"device {name!r}")
     return arch
 
 

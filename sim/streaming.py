@@ -19,11 +19,22 @@ _ROW_DIM = {"softmax": "s", "norm": "d"}
 
 
 def passes(op: Op, arch: Arch) -> int:
-    """Passes over the input: 1, or 2 when a reduction row exceeds the innermost level."""
+    """Reads of the input: 1, or more when a reduction row does not stay on chip.
+
+    A GPU uses its fitted rules (the framework kernel's on-chip row limit and pass count per
+    kind); other devices keep a row on chip when it fits one instance of the innermost level, and
+    otherwise read it twice (statistics, then normalisation)."""
     dim = _ROW_DIM.get(op.kind)
     if dim is None or dim not in op.sizes:
         return 1
     row_bytes = op.sizes[dim] * get_dtype(op.inputs[0].dtype).bytes
+    if arch.device_class == "gpu":
+        from ..arch.gpu import gpu_rules
+
+        rules = gpu_rules(arch.rules, f"device {arch.name!r}")
+        limit = rules.single_pass_row_bytes.get(op.kind)
+        if limit is not None:
+            return 1 if row_bytes <= limit else rules.row_passes.get(op.kind, 2)
     return 1 if row_bytes <= arch.memory[-1].capacity_bytes else 2
 
 
