@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .errors import XpusimError
@@ -39,7 +40,7 @@ def _positive_int(s: str) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         self.exit(2, f"xpusim: error: {message} (see 'xpusim {self.prog.split()[-1]} --help')\n")
 
 
@@ -87,7 +88,7 @@ def _cmd_op(a: argparse.Namespace) -> int:
     arch = load_arch(a.arch)
     op = Op("gemm", "matmul", (("m", a.m), ("n", a.n), ("k", a.k)),
             (Tensor("A", ("m", "k"), a.dtype), Tensor("B", ("k", "n"), a.dtype, "weight")), Tensor("C", ("m", "n"), a.dtype))
-    cost = op_cost(op, arch, a.objective)
+    cost = op_cost(op, arch, a.objective, isolated=True)
     out = {"op": "gemm", "m": a.m, "n": a.n, "k": a.k, "dtype": a.dtype, "arch": arch.name,
            "flops": op.flops, **cost.to_dict()}
     if a.json:

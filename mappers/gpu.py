@@ -25,6 +25,7 @@ import numpy as np
 from ..arch.gpu import GpuRules, gpu_rules
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
+from ..errors import MappingError
 from ..sim.compute import gemm_roles
 from ..sim.cost import OpCost
 from ..sim.problem import Problem
@@ -74,8 +75,11 @@ def _level(arch: Arch, name: str):
     return None
 
 
-def gpu_gemm_cost(prob: Problem, arch: Arch, kind: str = "matmul") -> OpCost:
-    """Cost of the best kernel configuration for a GEMM-like contraction on a GPU."""
+def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, int, int] | None = None,
+                  splits: tuple[int, ...] | None = None) -> OpCost:
+    """Cost of the best kernel configuration for a GEMM-like contraction on a GPU; ``launch_s`` is
+    the fixed cost of each kernel launch (a split-K reduction is a second kernel). ``cta`` and
+    ``splits`` restrict the configurations (to study one kernel)."""
     rules: GpuRules = gpu_rules(arch.rules, f"device {arch.name!r}")
     g = gemm_shape(prob)
     compute = get_dtype(prob.compute_dtype).compute
@@ -96,6 +100,12 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, kind: str = "matmul") -> OpCost:
     ok = (stages >= 2) & (bm * bn * 4 <= rf_cap / 2) & ((sp == 1) | (kc >= bk))
     # a library does not launch tiles far larger than the problem
     ok &= (bm <= max(16, 1 << int(np.ceil(np.log2(g.m))))) & (bn <= max(32, 1 << int(np.ceil(np.log2(g.n)))))
+    if cta is not None:
+        ok = (stages >= 2) & (bm == cta[0]) & (bn == cta[1]) & (bk == cta[2]) & ((sp == 1) | (kc >= bk))
+    if splits is not None:
+        ok &= np.isin(sp, splits)
+    if not ok.any():
+        raise MappingError(f"no GPU kernel configuration fits {g}; check the restriction or the device's SMEM")
     bm, bn, bk, sp, stages, kc, stage = (a[ok] for a in (bm, bn, bk, sp, stages, kc, stage))
     mt, nt = -(-g.m // bm), -(-g.n // bn)
     ksteps = -(-kc // bk)
@@ -125,18 +135,18 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, kind: str = "matmul") -> OpCost:
     l2_total = l2_read + main_out
     l2_s = l2_total / l2_bw
     hbm_s = hbm_total / hbm_bw
-    reduce_s = np.where(sp > 1, np.maximum(partials / l2_bw, (part_hbm + out_bytes) / hbm_bw) + rules.launch(kind), 0.0)
+    reduce_s = np.where(sp > 1, np.maximum(partials / l2_bw, (part_hbm + out_bytes) / hbm_bw) + launch_s, 0.0)
     # pipeline fill (first stages of the first wave) and epilogue (last tile written)
     per_sm_bw = hbm_bw / sms
     fill_s = hbm.latency_s + (stages - 1) * stage / per_sm_bw
     epi_s = bm * bn * g.out_bytes / per_sm_bw
-    total = np.maximum.reduce([mma_s, l2_s, hbm_s]) + fill_s + epi_s + rules.launch(kind) + reduce_s
+    total = np.maximum.reduce([mma_s, l2_s, hbm_s]) + fill_s + epi_s + launch_s + reduce_s
     best = int(np.argmin(total + 1e-12 * sp))  # ties: fewer splits
 
     clock = arch.clock_hz
     lat = float(total[best])
     terms = {"compute": mma_s[best], "l2": l2_s[best], arch.backing.name: hbm_s[best]}
-    bound = max(terms, key=terms.get)
+    bound = max(terms, key=lambda k: terms[k])
     comp_cycles = float(mma_s[best] * clock)
     ideal_s = g.macs / (rate * sms * f_m)
     names = [lv.name for lv in arch.memory]
@@ -158,6 +168,6 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, kind: str = "matmul") -> OpCost:
         energy_j=float(sum(energy.values())), utilization=ideal_s / lat, bound=bound, bytes_by_level=moved,
         energy_by_component=energy, mapping=mapping,
         detail={"terms_s": {k: float(v) for k, v in terms.items()}, "fill_s": float(fill_s[best]),
-                "epilogue_s": float(epi_s[best]), "launch_s": rules.launch(kind), "splitk_reduce_s": float(reduce_s[best]),
+                "epilogue_s": float(epi_s[best]), "launch_s": launch_s, "splitk_reduce_s": float(reduce_s[best]),
                 "configs": int(total.size)},
     )

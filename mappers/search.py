@@ -202,7 +202,8 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
         order[:, L - 1] = leaf_order
         if systolic:
             spatial[:, L - 1] = 1
-            spatial[:, L - 1, rows_d], spatial[:, L - 1, cols_d] = arch.matrix.array
+            rows, cols = arch.matrix.array or (1, 1)
+            spatial[:, L - 1, rows_d], spatial[:, L - 1, cols_d] = rows, cols
         else:
             spatial[:, L - 1] = _spatial_split(tiles[:, L - 1], n_lanes, prefs)
 

@@ -10,10 +10,13 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..arch.gpu import gpu_rules
 from ..arch.loader import load_arch
 from ..arch.spec import Arch
 from ..errors import CapacityError
+from ..mappers.fusion import Group, plan
 from ..mappers.gpu import gpu_gemm_cost
+from ..mappers.gpu_attention import fused_attention_cost
 from ..mappers.search import search
 from ..workloads.builder import build_trace
 from ..workloads.einsum import Op
@@ -60,23 +63,49 @@ def matmul_cost(op: Op, arch: Arch, objective: str = "latency") -> OpCost:
     )
 
 
-def op_cost(op: Op, arch: Arch, objective: str = "latency") -> OpCost:
-    """Cost of one op on ``arch``, memoised on (op signature, device fingerprint, objective)."""
-    key = (op.signature(), arch.fingerprint(), objective)
+def launch_overhead(kind: str, arch: Arch, isolated: bool) -> float:
+    """Fixed cost of launching one kernel: in a stream of kernels the device's launch gap; a kernel
+    timed alone from the host (``isolated``) pays a GPU's fitted host-side overhead for its kind."""
+    if isolated and arch.device_class == "gpu":
+        return gpu_rules(arch.rules, f"device {arch.name!r}").launch(kind)
+    return arch.launch_overhead_s
+
+
+def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = False) -> OpCost:
+    """Cost of one op on ``arch``, memoised on (op signature, device fingerprint, objective).
+
+    ``isolated``: the op is one host-timed kernel call (as in ``xpusim op`` and the validation
+    measurements) rather than one kernel in a stream."""
+    key = (op.signature(), arch.fingerprint(), objective, isolated)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit[0]
+    launch = launch_overhead(op.kind, arch, isolated)
     if op.kind != "matmul":
-        cost = streaming_cost(op, arch)
+        cost = streaming_cost(op, arch, launch)
     elif arch.device_class == "gpu" and len(op.inputs) == 2:
-        cost = gpu_gemm_cost(problem_from_op(op), arch, op.kind)
+        cost = gpu_gemm_cost(problem_from_op(op), arch, launch)
     else:
         cost = matmul_cost(op, arch, objective)
     _CACHE[key] = (cost, cost.mapping)
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return cost
+
+
+def group_cost(group: Group, arch: Arch, objective: str = "latency") -> OpCost:
+    """Cost of a kernel group (one op, or a fused attention)."""
+    if group.kind == "attention":
+        score, _, context = group.ops
+        key = ("attention", score.signature(), context.signature(), arch.fingerprint())
+        hit = _CACHE.get(key)
+        if hit is None:
+            cost = fused_attention_cost(score, context, arch, launch_overhead("attention", arch, False))
+            _CACHE[key] = (cost, cost.mapping)
+            return cost
+        return hit[0]
+    return op_cost(group.ops[0], arch, objective)
 
 
 def activation_bytes(trace: Trace) -> float:
@@ -96,19 +125,28 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
     rows: list[dict[str, Any]] = []
     mappings: dict[str, Any] = {}
     level_names = [lv.name for lv in arch.memory]
-    for block, op in trace.ops():
-        cost = op_cost(op, arch, objective)
-        row = {
-            "block": block.name, "name": op.name, "kind": op.kind, "repeat": block.repeat, "flops": op.flops,
-            "bytes": op.bytes, "intensity": op.intensity, "cycles": cost.cycles, "latency_s": cost.latency_s,
-            "total_latency_s": cost.latency_s * block.repeat, "energy_j": cost.energy_j,
-            "total_energy_j": cost.energy_j * block.repeat, "bound": cost.bound, "utilization": cost.utilization,
-        }
-        for n in level_names:
-            row[f"bytes_{n}"] = cost.bytes_by_level.get(n, 0.0)
-        rows.append(row)
-        if cost.mapping is not None:
-            mappings[f"{block.name}.{op.name}"] = cost.mapping
+    for block in trace.blocks:
+        for group in plan(block.ops, arch):
+            cost = group_cost(group, arch, objective)
+            flops = sum(op.flops for op in group.ops)
+            if len(group.ops) == 1:
+                nbytes = group.ops[0].bytes
+            else:  # a fused group reads its external inputs and writes its last output
+                inner = {op.output.name for op in group.ops}
+                nbytes = sum(op.tensor_bytes(t) for op in group.ops for t in op.inputs if t.name not in inner)
+                nbytes += group.ops[-1].tensor_bytes(group.ops[-1].output)
+            row = {
+                "block": block.name, "name": group.name, "kind": group.kind, "repeat": block.repeat, "flops": flops,
+                "bytes": nbytes, "intensity": flops / nbytes if nbytes else 0.0, "cycles": cost.cycles,
+                "latency_s": cost.latency_s, "total_latency_s": cost.latency_s * block.repeat,
+                "energy_j": cost.energy_j, "total_energy_j": cost.energy_j * block.repeat, "bound": cost.bound,
+                "utilization": cost.utilization,
+            }
+            for n in level_names:
+                row[f"bytes_{n}"] = cost.bytes_by_level.get(n, 0.0)
+            rows.append(row)
+            if cost.mapping is not None:
+                mappings[f"{block.name}.{group.name}"] = cost.mapping
     df = pd.DataFrame(rows, columns=COLUMNS + [f"bytes_{n}" for n in level_names])
     weights = model.weights_bytes if model is not None else sum(
         op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "weight")

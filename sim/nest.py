@@ -145,7 +145,7 @@ def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.nda
             for d in np.flatnonzero(~rel):
                 j = (pos[:, :c, d] <= pstar[:, None]).sum(axis=1)  # temporal levels re-iterated
                 f = f * tables[d][rows, j, c]
-                g = g * (mc_table(d, src)[rows, j, c] if multicast[src] else tables[d][rows, j, c])
+                g = g * (mc_table(int(d), src)[rows, j, c] if multicast[src] else tables[d][rows, j, c])
             fills[:, t, c] = f
             src_reads[:, t, c] = g
 

@@ -49,15 +49,15 @@ def vector_rate(arch: Arch, dtype: str) -> tuple[float, str]:
     return arch.vector.rate(compute), compute
 
 
-def streaming_cost(op: Op, arch: Arch) -> OpCost:
-    """Cost of one streaming op on ``arch`` (a GPU applies its fitted bandwidth ceiling and
-    per-kind launch overhead)."""
-    bw_eff, launch = 1.0, arch.launch_overhead_s
+def streaming_cost(op: Op, arch: Arch, launch_s: float | None = None) -> OpCost:
+    """Cost of one streaming op on ``arch`` (a GPU applies its fitted bandwidth ceiling);
+    ``launch_s`` is the fixed cost per op (default: the device's in-stream launch overhead)."""
+    bw_eff = 1.0
+    launch = arch.launch_overhead_s if launch_s is None else launch_s
     if arch.device_class == "gpu":
         from ..arch.gpu import gpu_rules
 
-        rules = gpu_rules(arch.rules, f"device {arch.name!r}")
-        bw_eff, launch = rules.memory_efficiency, rules.launch(op.kind)
+        bw_eff = gpu_rules(arch.rules, f"device {arch.name!r}").memory_efficiency
     read = sum(op.tensor_bytes(t) for t in op.inputs)
     extra = (passes(op, arch) - 1) * op.tensor_bytes(op.inputs[0])
     moved = read + extra + op.tensor_bytes(op.output)

@@ -5,7 +5,6 @@ import json
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from xpusim.arch.loader import PRESETS_DIR, load_arch
 from xpusim.errors import XpusimError
 from xpusim.workloads.model import MODELS_DIR, load_model

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-
 from xpusim.workloads import Decode, ModelSpec, Prefill, build_trace
 from xpusim.workloads.functional.reference import execute, init_weights
 

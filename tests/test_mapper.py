@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from xpusim.arch import arch_from_dict, load_arch
 from xpusim.mappers.search import search
 from xpusim.sim import engine

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from xpusim.cli import main
 from xpusim.errors import SpecError
 from xpusim.validation.compare import read_measurements, validate_shipped

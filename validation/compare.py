@@ -110,7 +110,7 @@ def compare(arch: Arch | str, kind: str, path: str | Path) -> pd.DataFrame:
     arch = load_arch(arch)
     rows: list[dict[str, Any]] = []
     for ms in read_measurements(kind, path):
-        pred = op_cost(measured_op(kind, ms.shape), arch).latency_s
+        pred = op_cost(measured_op(kind, ms.shape), arch, isolated=True).latency_s
         rows.append({"kind": kind, "shape": "x".join(map(str, ms.shape)), "measured_s": ms.latency_s,
                      "predicted_s": pred, "err_pct": (pred - ms.latency_s) / ms.latency_s * 100.0})
     return pd.DataFrame(rows)

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import minimize  # type: ignore[import-untyped]
 
 from ..arch.loader import PRESETS_DIR, load_arch
 from ..sim.engine import clear_cache, op_cost
@@ -36,7 +36,7 @@ ROW_PASSES = (2, 3)
 
 def _mape(arch, rows, kind) -> float:
     clear_cache()
-    return float(np.mean([abs(op_cost(measured_op(kind, r.shape), arch).latency_s - r.latency_s) / r.latency_s
+    return float(np.mean([abs(op_cost(measured_op(kind, r.shape), arch, isolated=True).latency_s - r.latency_s) / r.latency_s
                           for r in rows])) * 100.0
 
 
@@ -76,7 +76,7 @@ def fit() -> tuple[dict, dict[str, float]]:
         best = None
         for limit in ROW_LIMITS:
             for n_pass in ROW_PASSES:
-                def f_row(x, limit=limit, n_pass=n_pass):
+                def f_row(x, limit=limit, n_pass=n_pass, op_kind=op_kind, kind=kind):
                     r = dict(rules, launch_overhead={**rules["launch_overhead"], op_kind: float(max(x[0], 0.0))},
                              single_pass_row={op_kind: limit}, row_passes={op_kind: n_pass})
                     return _mape(_with(r), data[kind], kind)
@@ -84,6 +84,7 @@ def fit() -> tuple[dict, dict[str, float]]:
                 x, err = _nm(f_row, [launch0(kind)], np.array([1e-5]))
                 if best is None or err < best[0]:
                     best = (err, limit, n_pass, float(max(x[0], 0.0)))
+        assert best is not None
         mape[kind], limit, n_pass, lo = best
         rules["launch_overhead"][op_kind] = lo
         rules["single_pass_row"][op_kind] = limit

@@ -148,6 +148,7 @@ def build_trace(model: ModelSpec, phase: Phase) -> Trace:
     lm_w = "embed_table" if model.tied_embeddings else "lm_head"
     head.append(_linear("lm_head", b, model.vocab_size, d, "xf", lm_w, "logits", wdt, adt))
 
+    meta: dict[str, int | str]
     if isinstance(phase, Decode):
         meta = {"batch": phase.batch, "context": phase.context}
     else:

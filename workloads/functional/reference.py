@@ -130,7 +130,7 @@ def execute(trace: Trace, weights: dict[str, np.ndarray], token_ids: np.ndarray,
     for b in trace.blocks:
         for i in range(b.repeat):
             for op in b.ops:
-                key = lambda n: weight_key(b.name, b.repeat, i, n)  # noqa: E731
+                key = lambda n, b=b, i=i: weight_key(b.name, b.repeat, i, n)  # noqa: E731
                 last = _execute_op(op, env, weights, cache, key)
     return last, cache
 

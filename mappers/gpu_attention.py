@@ -1,0 +1,117 @@
+"""Fused attention kernels on GPUs.
+
+* **Prefill — FlashAttention-2** (Dao, "FlashAttention-2: Faster Attention with Better Parallelism
+  and Work Partitioning", 2023): one CTA per (batch, query head, block of ``BM`` queries) streams
+  K/V blocks of ``BN`` keys through shared memory, keeps scores and probabilities on chip, and
+  writes only O. Causal attention skips the key blocks above the diagonal. Q is read once, O
+  written once; K/V come from HBM once per head group (GQA heads of one KV head share them through
+  L2) and from L2 once per CTA.
+* **Decode — FlashDecoding (split-KV)**: the KV sequence is split into ``splits`` chunks so that
+  ``batch x kv_heads x splits`` CTAs fill the SMs; every CTA writes a partial output and its
+  log-sum-exp, a combine step reduces them. The split count follows FlashAttention's heuristic:
+  among 1..min(SMs, KV blocks, 128) splits, the smallest whose wave efficiency
+  ``n_waves / ceil(n_waves)`` is within 85% of the best.
+
+Time = max(tensor-core time, exp time on the special-function units, L2 time, HBM time) + the
+launch overhead (and a second launch for the split combine), with the GPU's fitted rules.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..arch.gpu import gpu_rules
+from ..arch.spec import Arch
+from ..dtypes import get_dtype
+from ..sim.cost import OpCost
+from ..workloads.einsum import Op
+
+BM, BN = 128, 64  # FlashAttention-2 forward blocks for head dim <= 128 on A100/H100
+KV_BLOCK = 256  # key block of the split-KV decode kernel
+MAX_SPLITS = 128
+
+
+def flash_splits(work: int, sms: int, kv_blocks: int) -> int:
+    """FlashAttention's split-KV heuristic (``num_splits_heuristic``)."""
+    if work >= 0.8 * sms:
+        return 1
+    limit = max(1, min(sms, kv_blocks, MAX_SPLITS))
+    effs = []
+    for s in range(1, limit + 1):
+        waves = work * s / sms
+        effs.append(waves / math.ceil(waves))
+    best = max(effs)
+    return next(s for s, e in enumerate(effs, start=1) if e >= 0.85 * best)
+
+
+def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) -> OpCost:
+    """Cost of scores -> softmax -> context as one fused kernel on a GPU (``launch_s`` per launch)."""
+    rules = gpu_rules(arch.rules, f"device {arch.name!r}")
+    sz = score.sizes
+    b, h, r, q, s, e = sz["b"], sz["h"], sz["r"], sz["q"], sz["s"], sz["e"]
+    causal = bool(score.attrs.get("causal"))
+    qd, kd = get_dtype(score.inputs[0].dtype), get_dtype(score.inputs[1].dtype)
+    od = get_dtype(context.output.dtype)
+    compute = get_dtype(score.compute_dtype).compute
+    sms = arch.matrix.instances
+    mac_rate = arch.matrix.rate(compute) * sms * arch.matrix_clock_hz * rules.mma_efficiency
+    exp_rate = arch.vector.rate_per_cycle.get("exp", arch.vector.rate_per_cycle.get("fp32", 1.0)) * sms * arch.vector_clock_hz
+    hbm = arch.backing
+    hbm_bw = hbm.bandwidth_Bps * hbm.instances * rules.memory_efficiency
+    l2 = next((lv for lv in arch.memory if lv.name == "l2"), None)
+    l2_bw = (l2.bandwidth_Bps * l2.instances if l2 else hbm.bandwidth_Bps) * rules.l2_efficiency
+    # fraction of the (q x s) score matrix computed: causal prefill skips blocks above the diagonal
+    if causal and q > 1:
+        qb = math.ceil(q / BM)
+        offset = s - q
+        kept = sum(min(s, offset + (i + 1) * BM) for i in range(qb))
+        frac = kept / (qb * s)
+    else:
+        frac = 1.0
+    pairs = b * h * r * q * s * frac  # (query, key) pairs computed
+    macs = 2 * pairs * e  # QK^T and PV
+    q_bytes = b * h * r * q * e * qd.bytes
+    kv_bytes = 2 * b * h * s * e * kd.bytes
+    o_bytes = b * h * r * q * e * od.bytes
+    launches = 1
+    if q == 1 or q * r <= 16:  # decode: split-KV
+        work = b * h  # one CTA per (sequence, KV head) covers its r query heads
+        splits = flash_splits(work, sms, math.ceil(s / KV_BLOCK))
+        partial = b * h * r * splits * (e + 1) * 4.0 if splits > 1 else 0.0
+        launches += 1 if splits > 1 else 0
+        hbm_bytes = q_bytes + kv_bytes + o_bytes + 2 * partial
+        l2_bytes = hbm_bytes
+        ctas = work * splits
+        mapping = {"kernel": "flash-decoding", "splits": splits, "ctas": ctas, "kv_block": KV_BLOCK}
+    else:
+        q_blocks = math.ceil(r * q / BM) if r > 1 and q < BM else math.ceil(q / BM) * r
+        ctas = b * h * q_blocks
+        hbm_bytes = q_bytes + kv_bytes + o_bytes
+        l2_bytes = q_bytes + o_bytes + kv_bytes * q_blocks * frac
+        mapping = {"kernel": "flash-attention-2", "block_m": BM, "block_n": BN, "ctas": ctas, "causal": causal}
+    waves = math.ceil(ctas / sms)
+    wave_eff = (ctas / sms) / waves
+    t_mma = macs / mac_rate / wave_eff
+    t_exp = pairs / exp_rate / wave_eff
+    t_l2 = l2_bytes / l2_bw
+    t_hbm = hbm_bytes / hbm_bw
+    terms = {"compute": max(t_mma, t_exp), "l2": t_l2, hbm.name: t_hbm}
+    bound = max(terms, key=lambda k: terms[k])
+    lat = max(terms.values()) + hbm.latency_s + launches * launch_s
+    clock = arch.clock_hz
+    energy = {"compute": macs * arch.matrix.energy_pj.get(compute, 0.0) * 1e-12}
+    moved = {lv.name: 0.0 for lv in arch.memory}
+    moved[hbm.name] = hbm_bytes
+    if l2:
+        moved[l2.name] = l2_bytes
+    for lv in arch.memory:
+        energy[lv.name] = moved[lv.name] * 0.5 * (lv.read_energy_pj_per_byte + lv.write_energy_pj_per_byte) * 1e-12
+    energy["static"] = arch.static_power_w * lat
+    ideal = macs / (arch.matrix.rate(compute) * sms * arch.matrix_clock_hz)
+    mapping.update({"waves": waves, "computed_fraction": frac})
+    return OpCost(
+        cycles=lat * clock, latency_s=lat, compute_cycles=terms["compute"] * clock,
+        stall_cycles=max(lat - terms["compute"], 0.0) * clock, energy_j=float(sum(energy.values())),
+        utilization=ideal / lat, bound=bound, bytes_by_level=moved, energy_by_component=energy, mapping=mapping,
+        detail={"terms_s": terms, "launches": launches},
+    )
