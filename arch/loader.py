@@ -124,6 +124,39 @@ def _level(d: Any, i: int, dev: str) -> MemoryLevel:
     )
 
 
+def _with_default_energies(arch: Arch, d: dict[str, Any], name: str) -> Arch:
+    """Fill energies a preset does not state from the technology table (``arch/tech.py``):
+    MACs and vector FLOPs from ``technology_nm``, memory levels from their ``kind``
+    (a DRAM technology, or ``sram``/``regfile`` sized by capacity)."""
+    node = d.get("technology_nm")
+    if node is None:
+        return arch
+    if isinstance(node, bool) or not isinstance(node, int | float) or not node > 0:
+        raise SpecError(f"device {name!r}: technology_nm must be a positive number, got {node!r}")
+    from dataclasses import replace
+
+    from . import tech
+
+    mat = arch.matrix
+    if not mat.energy_pj:
+        mat = replace(mat, energy_pj={k: tech.mac_energy_pj(k, node) for k in mat.rate_per_cycle})
+    vec = arch.vector
+    if not vec.energy_pj:
+        vec = replace(vec, energy_pj={k: tech.flop_energy_pj(k, node) for k in vec.rate_per_cycle})
+    levels = []
+    for lv, raw in zip(arch.memory, d["memory"], strict=True):
+        kind = raw.get("kind")
+        given = any(k in raw for k in ("energy_pj_per_byte", "read_energy_pj_per_byte", "write_energy_pj_per_byte"))
+        if kind is not None and not given:
+            if kind in ("sram", "regfile"):
+                e = tech.sram_energy_pj_per_byte(lv.capacity_bytes, node)
+            else:
+                e = tech.dram_energy_pj_per_byte(str(kind))
+            lv = replace(lv, read_energy_pj_per_byte=e, write_energy_pj_per_byte=e)
+        levels.append(lv)
+    return replace(arch, matrix=mat, vector=vec, memory=tuple(levels))
+
+
 def arch_from_dict(d: Any, name: str = "device") -> Arch:
     """Build and validate an :class:`Arch` from a parsed YAML mapping."""
     if not isinstance(d, dict):
@@ -149,6 +182,7 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         rules=dict(d.get("rules") or {}) if isinstance(d.get("rules") or {}, dict) else _bad_rules(name),
         meta={k: d[k] for k in ("technology_nm", "sources", "notes", "die_area_mm2") if k in d},
     )
+    arch = _with_default_energies(arch, d, name)
     arch.validate()
     if arch.device_class == "gpu":
         from .gpu import parse_gpu_rules
