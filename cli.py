@@ -101,10 +101,12 @@ def _cmd_op(a: argparse.Namespace) -> int:
           f"{op.flops / cost.latency_s / 1e12:.1f} TFLOP/s")
     for name, b in cost.bytes_by_level.items():
         print(f"  {name:>6}: {_fmt_b(b)} moved")
-    if cost.mapping:
+    if cost.mapping and "levels" in cost.mapping:
         for lv in cost.mapping["levels"]:
             extra = f" spatial {lv['spatial']} order {lv['loop_order']}" if "loop_order" in lv else ""
             print(f"  {lv['level']:>6} tile {lv['tile']}{extra}")
+    elif cost.mapping:
+        print("  mapping: " + ", ".join(f"{k}={v}" for k, v in cost.mapping.items()))
     return 0
 
 

@@ -15,11 +15,31 @@ from .spec import Arch, ComputeUnit, MemoryLevel
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 _TOP = {"name", "class", "description", "clock", "matrix", "vector", "memory", "launch_overhead",
-        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules"}
+        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features"}
 _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_pj_per_byte",
           "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind"}
 _UNIT = {"instances", "macs_per_cycle", "flops_per_cycle", "energy_pj_per_mac", "energy_pj_per_flop", "array",
          "dataflow", "clock"}
+
+
+#: class-specific hardware features a preset may declare, with their meaning
+FEATURES = {
+    "cluster_multicast": "CTAs of a thread-block cluster that share one L2 load of an operand tile (Hopper TMA multicast)",
+}
+
+
+def _features(v: Any, name: str) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise SpecError(f"device {name!r}: features must be a mapping")
+    unknown = sorted(set(v) - set(FEATURES))
+    if unknown:
+        raise SpecError(f"device {name!r}: unknown feature(s) {unknown}; known: {', '.join(FEATURES)}")
+    for k, x in v.items():
+        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+            raise SpecError(f"device {name!r}: feature {k} must be a whole number >= 1, got {x!r}")
+    return dict(v)
 
 
 def _bad_rules(name: str) -> dict:
@@ -179,6 +199,7 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         static_power_w=parse_quantity(d.get("static_power", 0.0), "watts", f"device {name!r} static_power"),
         tdp_w=parse_quantity(d.get("tdp", 0.0), "watts", f"device {name!r} tdp"),
         description=str(d.get("description", "")),
+        features=_features(d.get("features"), name),
         rules=dict(d.get("rules") or {}) if isinstance(d.get("rules") or {}, dict) else _bad_rules(name),
         meta={k: d[k] for k in ("technology_nm", "sources", "notes", "die_area_mm2") if k in d},
     )

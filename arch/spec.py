@@ -85,6 +85,7 @@ class Arch:
     static_power_w: float = 0.0
     tdp_w: float = 0.0
     description: str = ""
+    features: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     rules: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
