@@ -86,6 +86,8 @@ def _cmd_op(a: argparse.Namespace) -> int:
     from .workloads.einsum import Op, Tensor
 
     arch = load_arch(a.arch)
+    if a.rows or a.cols or a.dataflow:
+        arch = _override_array(arch, a.rows, a.cols, a.dataflow)
     op = Op("gemm", "matmul", (("m", a.m), ("n", a.n), ("k", a.k)),
             (Tensor("A", ("m", "k"), a.dtype), Tensor("B", ("k", "n"), a.dtype, "weight")), Tensor("C", ("m", "n"), a.dtype))
     cost = op_cost(op, arch, a.objective, isolated=True)
@@ -108,6 +110,21 @@ def _cmd_op(a: argparse.Namespace) -> int:
     elif cost.mapping:
         print("  mapping: " + ", ".join(f"{k}={v}" for k, v in cost.mapping.items()))
     return 0
+
+
+def _override_array(arch, rows, cols, dataflow):
+    """A systolic device with another array shape and/or dataflow (MAC rate = rows x cols)."""
+    from dataclasses import replace
+
+    from .errors import SpecError
+
+    if arch.matrix.array is None:
+        raise SpecError(f"--rows/--cols/--dataflow need a systolic device; {arch.name!r} is a {arch.device_class}")
+    r, c = rows or arch.matrix.array[0], cols or arch.matrix.array[1]
+    old = arch.matrix.array[0] * arch.matrix.array[1]
+    rates = {k: v * r * c / old for k, v in arch.matrix.rate_per_cycle.items()}
+    mat = replace(arch.matrix, array=(r, c), dataflow=dataflow or arch.matrix.dataflow, rate_per_cycle=rates)
+    return replace(arch, name=f"{arch.name}[{r}x{c},{mat.dataflow}]", matrix=mat)
 
 
 def _cmd_list(a: argparse.Namespace) -> int:
@@ -183,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--k", type=_positive_int, required=True)
     o.add_argument("--dtype", default="bf16")
     o.add_argument("--arch", required=True)
+    o.add_argument("--rows", type=_positive_int, help="systolic array rows (overrides the preset)")
+    o.add_argument("--cols", type=_positive_int, help="systolic array columns (overrides the preset)")
+    o.add_argument("--dataflow", choices=["ws", "os", "is"], help="systolic dataflow (overrides the preset)")
     o.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"])
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=_cmd_op)

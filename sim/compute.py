@@ -2,10 +2,11 @@
 
 * Throughput units (GPU tensor cores, vector/FPGA MAC arrays): every lane retires one MAC per
   cycle; the busiest lane's padded step count is the compute time.
-* Systolic arrays: a fold (one tile of the array's row and column dimensions) streams ``T``
-  operands through an R x C array and pays fill and drain: ``2R + C + T - 2`` cycles per fold
-  (Samajdar et al., "A Systematic Methodology for Characterizing Scalability of DNN Accelerators
-  using SCALE-Sim", ISPASS 2020, eq. for the scale-up array).
+* Systolic arrays: SCALE-Sim v3's compute cycles, in closed form (see
+  :func:`systolic_compute_cycles`): a fold streams the whole temporal dimension through the array
+  and pays fill and drain (Samajdar et al., "A Systematic Methodology for Characterizing
+  Scalability of DNN Accelerators using SCALE-Sim", ISPASS 2020; SCALE-Sim v3 code, see
+  docs/cost-model.md). The memory levels' transfer time beyond it is stall time.
 """
 
 from __future__ import annotations
@@ -47,14 +48,29 @@ def gemm_roles(prob: Problem) -> tuple[int, int, int]:
     return idx["m"], idx["n"], idx["k"]
 
 
+def systolic_fold_cycles(rows: int, cols: int, stream: int, dataflow: str) -> int:
+    """Cycles of one fold as SCALE-Sim v3 builds its demand matrices: ``T + R + C - 2`` for
+    output-stationary, ``2R + C + T - 2`` for weight- and input-stationary (an extra R cycles to
+    load the stationary operand). A partial fold is padded to the full array and costs the same."""
+    return stream + rows + cols - 2 + (rows if dataflow in ("ws", "is") else 0)
+
+
+def systolic_compute_cycles(prob: Problem, rows: int, cols: int, dataflow: str) -> int:
+    """Compute cycles of a GEMM-like problem on an R x C array, exactly as SCALE-Sim v3 reports
+    them for a GEMM row ``M, N, K`` (its total minus stall cycles): ``Fr * Fc * D - 1`` with
+    ``Fr = ceil(Sr / R)``, ``Fc = ceil(Sc / C)``, ``D`` the fold cycles of the streamed extent ``T``
+    (the whole dimension: buffer limits become stalls, not extra folds). Batch dims repeat the GEMM."""
+    rd, cd, sd = systolic_roles(prob, dataflow)
+    size = lambda i: int(prob.sizes[i]) if i >= 0 else 1  # noqa: E731
+    batch = int(np.prod([prob.sizes[d] for d in range(prob.n_dims) if prob.rel[:, d].all()])) or 1
+    folds = -(-size(rd) // rows) * -(-size(cd) // cols)
+    return batch * folds * systolic_fold_cycles(rows, cols, size(sd), dataflow) - 1
+
+
 def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarray, stream_dim: int | None) -> np.ndarray:
     """Cycles of the MAC lanes on the busiest instance for each candidate (C,)."""
     if arch.matrix.array is None:
         return steps.astype(np.float64)
     rows, cols = arch.matrix.array
-    L = tiles.shape[1] - 1
-    if stream_dim is None or stream_dim < 0:
-        return steps.astype(np.float64) + 2 * rows + cols - 2
-    stream = tiles[:, L - 1, stream_dim]
-    folds = -(-steps // np.maximum(stream, 1))
-    return (folds * (2 * rows + cols + stream - 2)).astype(np.float64)
+    cyc = systolic_compute_cycles(prob, rows, cols, arch.matrix.dataflow or "ws")
+    return np.full(steps.shape, float(cyc))
