@@ -23,7 +23,7 @@ Derived quantities (formulas, not measurements):
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -85,7 +85,7 @@ def flop_energy_pj(compute: str, node_nm: float) -> float:
     return 0.5 * mac_energy_pj(compute if compute in _SIGNIFICAND or compute in _INT_BITS else "fp32", node_nm)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sram_fit() -> tuple[float, float]:
     caps = np.log(list(HOROWITZ_SRAM_45NM))
     per_byte = np.log([v / 8.0 for v in HOROWITZ_SRAM_45NM.values()])

@@ -27,7 +27,7 @@ from ..arch.spec import Arch
 from ..dtypes import get_dtype
 from ..errors import MappingError
 from ..sim.compute import gemm_roles
-from ..sim.cost import OpCost
+from ..sim.cost import OpCost, kernel_energy
 from ..sim.problem import Problem
 
 CTA_M = np.array([16, 32, 64, 128, 256])
@@ -162,10 +162,7 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
         moved[l2.name] = float(l2_total[best] + partials[best])
     if smem:
         moved[smem.name] = float(l2_read[best])
-    energy = {"compute": g.macs * arch.matrix.energy_pj.get(compute, 0.0) * 1e-12}
-    for lv in arch.memory:
-        energy[lv.name] = moved[lv.name] * 0.5 * (lv.read_energy_pj_per_byte + lv.write_energy_pj_per_byte) * 1e-12
-    energy["static"] = arch.static_power_w * lat
+    energy = kernel_energy(arch, g.macs, compute, moved, lat)
     mapping = {"kernel": "gemm", "cta_tile": [int(bm[best]), int(bn[best]), int(bk[best])],
                "split_k": int(sp[best]), "stages": int(stages[best]), "ctas": int(ctas[best]),
                "waves": int(waves[best]), "sms": sms, "batch": g.batch, "m": g.m, "n": g.n, "k": g.k}

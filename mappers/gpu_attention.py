@@ -23,7 +23,7 @@ import math
 from ..arch.gpu import gpu_rules
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
-from ..sim.cost import OpCost
+from ..sim.cost import OpCost, kernel_energy
 from ..workloads.einsum import Op
 
 BM, BN = 128, 64  # FlashAttention-2 forward blocks for head dim <= 128 on A100/H100
@@ -99,14 +99,11 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
     bound = max(terms, key=lambda k: terms[k])
     lat = max(terms.values()) + hbm.latency_s + launches * launch_s
     clock = arch.clock_hz
-    energy = {"compute": macs * arch.matrix.energy_pj.get(compute, 0.0) * 1e-12}
     moved = {lv.name: 0.0 for lv in arch.memory}
     moved[hbm.name] = hbm_bytes
     if l2:
         moved[l2.name] = l2_bytes
-    for lv in arch.memory:
-        energy[lv.name] = moved[lv.name] * 0.5 * (lv.read_energy_pj_per_byte + lv.write_energy_pj_per_byte) * 1e-12
-    energy["static"] = arch.static_power_w * lat
+    energy = kernel_energy(arch, macs, compute, moved, lat)
     ideal = macs / (arch.matrix.rate(compute) * sms * arch.matrix_clock_hz)
     mapping.update({"waves": waves, "computed_fraction": frac})
     return OpCost(

@@ -77,6 +77,17 @@ class LevelArrays:
         )
 
 
+def kernel_energy(arch: Arch, macs: float, compute: str, moved: dict[str, float], latency_s: float) -> dict[str, float]:
+    """Energy (J) by component of a kernel that performs ``macs`` and moves ``moved`` bytes per level
+    (half reads, half writes): MACs, each level, and static power over ``latency_s``."""
+    energy = {"compute": macs * arch.matrix.energy_pj.get(compute, 0.0) * 1e-12}
+    for lv in arch.memory:
+        b = moved.get(lv.name, 0.0)
+        energy[lv.name] = b * 0.5 * (lv.read_energy_pj_per_byte + lv.write_energy_pj_per_byte) * 1e-12
+    energy["static"] = arch.static_power_w * latency_s
+    return energy
+
+
 def footprint(prob: Problem, tiles: np.ndarray, keep: np.ndarray, level: int) -> np.ndarray:
     """(C, T) bytes of each tensor's tile held by one instance of ``level`` (outputs as partial sums)."""
     C = tiles.shape[0]
