@@ -70,7 +70,7 @@ UseRamulatorTrace: False
 
 def run_one(m: int, n: int, k: int, rows: int, cols: int, df: str) -> tuple[int, int, float]:
     """SCALE-Sim's (total cycles, stall cycles, wall seconds) for one GEMM ``name, M, N, K``."""
-    from scalesim.scale_sim import scalesim  # the peer tool, imported only here
+    from scalesim.scale_sim import scalesim  # type: ignore[import-not-found]  # the peer tool, imported only here
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d)
@@ -93,7 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit-macs", type=float, default=float("inf"), help="skip GEMMs with more MACs than this")
     args = ap.parse_args()
-    import scalesim
+    import scalesim  # type: ignore[import-not-found]
 
     version = getattr(scalesim, "__version__", "3.0.0")
     OUT.parent.mkdir(parents=True, exist_ok=True)
