@@ -90,7 +90,12 @@ def _cmd_op(a: argparse.Namespace) -> int:
         arch = _override_array(arch, a.rows, a.cols, a.dataflow)
     op = Op("gemm", "matmul", (("m", a.m), ("n", a.n), ("k", a.k)),
             (Tensor("A", ("m", "k"), a.dtype), Tensor("B", ("k", "n"), a.dtype, "weight")), Tensor("C", ("m", "n"), a.dtype))
-    cost = op_cost(op, arch, a.objective, isolated=True)
+    if a.mapper != "default":
+        from .sim.engine import matmul_cost
+
+        cost = matmul_cost(op, arch, a.objective, a.mapper)
+    else:
+        cost = op_cost(op, arch, a.objective, isolated=True)
     out = {"op": "gemm", "m": a.m, "n": a.n, "k": a.k, "dtype": a.dtype, "arch": arch.name,
            "flops": op.flops, **cost.to_dict()}
     if a.json:
@@ -204,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--cols", type=_positive_int, help="systolic array columns (overrides the preset)")
     o.add_argument("--dataflow", choices=["ws", "os", "is"], help="systolic dataflow (overrides the preset)")
     o.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"])
+    o.add_argument("--mapper", default="default", choices=["default", "exhaustive", "sampled"],
+                   help="mapping search for generic/systolic devices (exhaustive: exact, small spaces)")
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=_cmd_op)
 

@@ -37,10 +37,20 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def matmul_cost(op: Op, arch: Arch, objective: str = "latency") -> OpCost:
-    """Cost of a contraction under the best mapping the default mapper finds."""
+def matmul_cost(op: Op, arch: Arch, objective: str = "latency", mapper: str = "default") -> OpCost:
+    """Cost of a contraction under the best mapping the chosen mapper finds (``default`` beam
+    search, ``exhaustive`` exact branch and bound, ``sampled`` random within one second)."""
     prob = problem_from_op(op)
-    res = search(prob, arch, objective)
+    if mapper == "exhaustive":
+        from ..mappers.exhaustive import exhaustive_search
+
+        res = exhaustive_search(prob, arch, objective)
+    elif mapper == "sampled":
+        from ..mappers.exhaustive import sampled_search
+
+        res = sampled_search(prob, arch, objective)
+    else:
+        res = search(prob, arch, objective)
     c = res.costs
     clock = arch.clock_hz
     names = [lv.name for lv in arch.memory]
