@@ -131,6 +131,10 @@ def exhaustive_search(prob: Problem, arch: Arch, objective: str = "latency", div
         else [np.ones(T, dtype=bool)]
     incumbent = search(prob, arch, objective)
     inc_score = float(_score(objective, incumbent.costs.cycles, incumbent.costs.energy_pj)[0])
+    if divisors_only:  # the seed bounds the search only if it lies in the restricted mapspace
+        t = np.array(incumbent.mapping.tiles)
+        if np.any(t[:-2] % np.maximum(t[1:-1], 1)):
+            inc_score = math.inf
     ideal = ideal_compute_cycles(arch, prob)
     mac_e = arch.matrix.energy_pj.get(get_dtype(prob.compute_dtype).compute, 0.0) * prob.macs
 
@@ -166,7 +170,7 @@ def exhaustive_search(prob: Problem, arch: Arch, objective: str = "latency", div
         # lower bound of every completion of each partial mapping
         lb_c = np.empty(K)
         lb_e = np.empty(K)
-        groups = {}
+        groups: dict[bytes, list[int]] = {}
         for i in range(K):
             groups.setdefault(keep[i].tobytes(), []).append(i)
         for idx in groups.values():
@@ -182,12 +186,14 @@ def exhaustive_search(prob: Problem, arch: Arch, objective: str = "latency", div
         states = [(tiles[i], spatial[i], order[i], keep[i]) for i in np.flatnonzero(keep_mask)]
         if not states:
             break
+    if best is None and math.isinf(inc_score):
+        raise MappingError(f"op {prob.name!r}: no mapping of the restricted mapspace fits {arch.name!r}")
     if best is None:  # the incumbent is optimal
         return SearchResult(incumbent.mapping, incumbent.costs, evaluated + incumbent.evaluated)
-    t, s, o, k = best
+    t, sp_, o, k = best
     names = tuple(x.name for x in arch.memory) + ("lanes",)
-    mapping = Mapping.from_arrays(prob.dims, names, t, s, o, k, arch.matrix.dataflow if systolic else None)
-    cost = evaluate(prob, arch, t[None], s[None], o[None], k, stream, lv)
+    mapping = Mapping.from_arrays(prob.dims, names, t, sp_, o, k, arch.matrix.dataflow if systolic else None)
+    cost = evaluate(prob, arch, t[None], sp_[None], o[None], k, stream, lv)
     return SearchResult(mapping, cost, evaluated + incumbent.evaluated)
 
 
@@ -238,9 +244,9 @@ def brute_force(prob: Problem, arch: Arch, objective: str = "latency", divisors_
     best = math.inf
     for idx in groups.values():
         tl = np.array([states[i][0] for i in idx])
-        sp = np.array([states[i][1] for i in idx])
+        spl = np.array([states[i][1] for i in idx])
         od = np.array([states[i][2] for i in idx])
-        cost = evaluate(prob, arch, tl, sp, od, states[idx[0]][3], None, lv)
+        cost = evaluate(prob, arch, tl, spl, od, np.asarray(states[idx[0]][3]), None, lv)
         best = min(best, float(_score(objective, cost.cycles, cost.energy_pj).min()))
     return best, len(states)
 

@@ -36,7 +36,8 @@ def test_exhaustive_equals_brute_force(m, n, k, objective, divisors_only, bypass
     ex = exhaustive_search(prob, arch, objective, divisors_only, bypass)
     assert n_mappings > 0
     assert np.isclose(_score1(objective, ex), best, rtol=1e-9)
-    assert _score1(objective, ex) <= _score1(objective, search(prob, arch, objective)) * (1 + 1e-9)
+    if not divisors_only:  # the default mapper searches a superset of the divisor-only space
+        assert _score1(objective, ex) <= _score1(objective, search(prob, arch, objective)) * (1 + 1e-9)
 
 
 def test_exhaustive_mapping_replays_exactly():
