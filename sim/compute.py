@@ -55,16 +55,18 @@ def systolic_fold_cycles(rows: int, cols: int, stream: int, dataflow: str) -> in
     return stream + rows + cols - 2 + (rows if dataflow in ("ws", "is") else 0)
 
 
-def systolic_compute_cycles(prob: Problem, rows: int, cols: int, dataflow: str) -> int:
+def systolic_compute_cycles(prob: Problem, rows: int, cols: int, dataflow: str, arrays: int = 1) -> int:
     """Compute cycles of a GEMM-like problem on an R x C array, exactly as SCALE-Sim v3 reports
     them for a GEMM row ``M, N, K`` (its total minus stall cycles): ``Fr * Fc * D - 1`` with
     ``Fr = ceil(Sr / R)``, ``Fc = ceil(Sc / C)``, ``D`` the fold cycles of the streamed extent ``T``
-    (the whole dimension: buffer limits become stalls, not extra folds). Batch dims repeat the GEMM."""
+    (the whole dimension: buffer limits become stalls, not extra folds). Batch dims repeat the GEMM;
+    a device with several arrays deals the folds out to them (``arrays`` = 1 is SCALE-Sim's case)."""
     rd, cd, sd = systolic_roles(prob, dataflow)
     size = lambda i: int(prob.sizes[i]) if i >= 0 else 1  # noqa: E731
     batch = int(np.prod([prob.sizes[d] for d in range(prob.n_dims) if prob.rel[:, d].all()])) or 1
     folds = -(-size(rd) // rows) * -(-size(cd) // cols)
-    return batch * folds * systolic_fold_cycles(rows, cols, size(sd), dataflow) - 1
+    per_array = -(-(batch * folds) // arrays)
+    return per_array * systolic_fold_cycles(rows, cols, size(sd), dataflow) - 1
 
 
 def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarray, stream_dim: int | None) -> np.ndarray:
@@ -72,5 +74,6 @@ def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarr
     if arch.matrix.array is None:
         return steps.astype(np.float64)
     rows, cols = arch.matrix.array
-    cyc = systolic_compute_cycles(prob, rows, cols, arch.matrix.dataflow or "ws")
+    arrays = arch.matrix.instances
+    cyc = systolic_compute_cycles(prob, rows, cols, arch.matrix.dataflow or "ws", arrays)
     return np.full(steps.shape, float(cyc))
