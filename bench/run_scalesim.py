@@ -4,7 +4,7 @@ SCALE-Sim is a peer tool, never an xpusim dependency: run this script with a Pyt
 (the ``peers`` extra, in its own environment because scalesim 3.0.0 needs ``numpy<2``):
 
     python -m venv /tmp/scalesim-venv && /tmp/scalesim-venv/bin/pip install 'scalesim==3.0.0' 'numpy<2'
-    /tmp/scalesim-venv/bin/python bench/run_scalesim.py [--timeout 600]
+    /tmp/scalesim-venv/bin/python bench/run_scalesim.py [--resume] [--limit-macs N]
 
 It writes ``validation/scalesim/compute_cycles.csv`` (one row per GEMM x array x dataflow that
 finished within the timeout); ``tests/test_systolic_scalesim.py`` checks xpusim against it.
@@ -92,17 +92,25 @@ def run_one(m: int, n: int, k: int, rows: int, cols: int, df: str) -> tuple[int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit-macs", type=float, default=float("inf"), help="skip GEMMs with more MACs than this")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in the table and run only the missing cases")
     args = ap.parse_args()
     import scalesim  # type: ignore[import-not-found]
 
     version = getattr(scalesim, "__version__", "3.0.0")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    rows_out = []
+    rows_out: list[dict] = []
+    done: set[tuple] = set()
+    if args.resume and OUT.exists():  # keep the rows of an earlier (partial) run and add the missing cases
+        with OUT.open() as f:
+            rows_out = list(csv.DictReader(f))
+        done = {(int(r["M"]), int(r["N"]), int(r["K"]), int(r["rows"]), int(r["cols"]), r["dataflow"]) for r in rows_out}
     for (m, n, k) in sorted(GEMMS, key=lambda g: g[0] * g[1] * g[2]):
         if m * n * k > args.limit_macs:
             continue
         for rows, cols in ARRAYS:
             for df in DATAFLOWS:
+                if (m, n, k, rows, cols, df) in done:
+                    continue
                 total, stall, wall = run_one(m, n, k, rows, cols, df)
                 rows_out.append({"M": m, "N": n, "K": k, "rows": rows, "cols": cols, "dataflow": df,
                                  "total_cycles": total, "stall_cycles": stall, "compute_cycles": total - stall,
