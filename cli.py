@@ -83,13 +83,12 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 def _cmd_op(a: argparse.Namespace) -> int:
     from .arch.loader import load_arch
     from .sim.engine import op_cost
-    from .workloads.einsum import Op, Tensor
+    from .workloads.einsum import gemm_op
 
     arch = load_arch(a.arch)
     if a.rows or a.cols or a.dataflow:
         arch = _override_array(arch, a.rows, a.cols, a.dataflow)
-    op = Op("gemm", "matmul", (("m", a.m), ("n", a.n), ("k", a.k)),
-            (Tensor("A", ("m", "k"), a.dtype), Tensor("B", ("k", "n"), a.dtype, "weight")), Tensor("C", ("m", "n"), a.dtype))
+    op = gemm_op(a.m, a.n, a.k, a.dtype)
     if a.mapper != "default":
         from .sim.engine import matmul_cost
 

@@ -17,9 +17,10 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 _TOP = {"name", "class", "description", "clock", "matrix", "vector", "memory", "launch_overhead",
         "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features"}
 _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_pj_per_byte",
-          "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind"}
+          "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind",
+          "serves"}
 _UNIT = {"instances", "macs_per_cycle", "flops_per_cycle", "energy_pj_per_mac", "energy_pj_per_flop", "array",
-         "dataflow", "clock"}
+         "dataflow", "clock", "accumulator_bits"}
 
 
 #: class-specific hardware features a preset may declare, with their meaning
@@ -113,6 +114,7 @@ def _unit(d: Any, kind: str, where: str) -> ComputeUnit:
         array=array,
         dataflow=d.get("dataflow"),
         clock_hz=parse_quantity(d["clock"], "hz", f"{where}.clock") if "clock" in d else None,
+        accumulator_bits=_int(d["accumulator_bits"], f"{where}.accumulator_bits") if "accumulator_bits" in d else None,
     )
 
 
@@ -130,6 +132,11 @@ def _level(d: Any, i: int, dev: str) -> MemoryLevel:
         if not isinstance(parts, dict):
             raise SpecError(f"{where}.partitions: must map ifmap/filter/ofmap to capacities")
         parts = {str(k): parse_quantity(v, "bytes", f"{where}.partitions.{k}") for k, v in parts.items()}
+    serves = d.get("serves")
+    if serves is not None:
+        if not isinstance(serves, list) or not all(isinstance(x, str) for x in serves):
+            raise SpecError(f"{where}.serves: must be a list of operands among ifmap, filter, ofmap")
+        serves = tuple(serves)
     return MemoryLevel(
         name=str(d["name"]),
         capacity_bytes=parse_quantity(d["capacity"], "bytes", f"{where}.capacity"),
@@ -141,6 +148,7 @@ def _level(d: Any, i: int, dev: str) -> MemoryLevel:
         multicast=_bool(d.get("multicast", False), f"{where}.multicast"),
         double_buffer=_bool(d.get("double_buffer", True), f"{where}.double_buffer"),
         partitions=parts,
+        serves=serves,
     )
 
 

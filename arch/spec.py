@@ -28,7 +28,9 @@ class MemoryLevel:
     writes together; ``latency_s``: first-byte latency; energies in pJ per byte; ``multicast``: one
     read can feed several children (and partial sums can be reduced on the way up);
     ``double_buffer``: tiles are double-buffered (capacity holds two of each tile);
-    ``partitions``: optional fixed split of capacity by operand (``ifmap``/``filter``/``ofmap``).
+    ``partitions``: optional fixed split of capacity by operand (``ifmap``/``filter``/``ofmap``);
+    ``serves``: the operands this level stores (``None`` = all); the others pass it by, read from and
+    written to the nearest level above that stores them (the outermost level stores every operand).
     """
 
     name: str
@@ -41,6 +43,10 @@ class MemoryLevel:
     multicast: bool = False
     double_buffer: bool = True
     partitions: dict[str, float] | None = None
+    serves: tuple[str, ...] | None = None
+
+
+OPERANDS = ("ifmap", "filter", "ofmap")
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,8 @@ class ComputeUnit:
     ``rate_per_cycle``: MACs/cycle (matrix) or FLOPs/cycle (vector) per instance, keyed by compute
     class (``bf16``, ``fp8``, ``int8``...); ``energy_pj``: pJ per MAC (matrix) or per FLOP (vector)
     keyed likewise; ``array``: (rows, cols) of a systolic array; ``clock_hz`` overrides the device
-    clock for this unit.
+    clock for this unit; ``accumulator_bits``: width of the partial sums the unit keeps and spills
+    (``None``: the dtype's accumulation type, e.g. 32 bits for int8 and fp32 for bf16).
     """
 
     kind: str
@@ -60,6 +67,7 @@ class ComputeUnit:
     array: tuple[int, int] | None = None
     dataflow: str | None = None
     clock_hz: float | None = None
+    accumulator_bits: int | None = None
 
     def rate(self, compute: str) -> float:
         """Work per cycle per instance for a compute class; raises if the unit lacks it."""
@@ -152,6 +160,14 @@ class Arch:
                 bad = sorted(set(lv.partitions) - {"ifmap", "filter", "ofmap"})
                 if bad:
                     raise SpecError(f"{where}: partitions keys must be ifmap, filter, ofmap; got {bad}")
+            if lv.serves is not None:
+                bad = sorted(set(lv.serves) - set(OPERANDS))
+                if bad or not lv.serves:
+                    raise SpecError(f"{where}: serves must list some of ifmap, filter, ofmap; got {list(lv.serves)}")
+                if prev is None and set(lv.serves) != set(OPERANDS):
+                    raise SpecError(f"{where}: the outermost level must serve every operand (drop 'serves' there)")
+                if lv.partitions is not None and set(lv.partitions) - set(lv.serves):
+                    raise SpecError(f"{where}: partitions name operands the level does not serve")
             prev = lv
         for unit in (self.matrix, self.vector):
             where = f"device {self.name!r} {unit.kind} unit"

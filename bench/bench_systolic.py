@@ -1,13 +1,24 @@
-"""Systolic GEMMs: xpusim against SCALE-Sim, side by side.
+"""Systolic GEMMs: xpusim against SCALE-Sim and ZigZag, side by side, and mapper time per layer.
 
-    python bench/bench_systolic.py [--scalesim-python /path/to/venv/bin/python] [--live-max-macs 2e7]
+    python bench/bench_systolic.py [--scalesim-python PY] [--live-max-macs 2e7] [--zigzag-python PY]
 
+Part 1, SCALE-Sim:
 For every GEMM x array x dataflow of ``validation/scalesim/compute_cycles.csv`` it times xpusim
 (median of 5, op memo cleared: mapper search included) and prints xpusim's compute cycles next to
 SCALE-Sim's. With ``--scalesim-python`` (an environment with ``scalesim==3.0.0`` and ``numpy<2``),
 SCALE-Sim is run live in that interpreter for the cases up to ``--live-max-macs`` MACs; larger
 cases show SCALE-Sim's wall time recorded in the table by ``bench/run_scalesim.py`` (marked *).
 Target (issue 4): identical compute cycles and >= 1000x less wall time.
+
+Part 2, ZigZag: the same GEMMs (int8) on ZigZag's bundled ``tpu_like`` accelerator and on
+xpusim's ``zigzag-tpu-like`` preset, each tool mapping for latency and for energy; prints both
+tools' latency (cycles) and energy (uJ) for the chosen mappings and the wall-time ratio. With
+``--zigzag-python`` (an environment with ``zigzag-dse==3.9.1`` and ``six``) ZigZag runs live;
+otherwise its results and wall times come from ``validation/zigzag/tpu_like.csv``
+(``bench/run_zigzag.py``). Target: >= 20x less wall time.
+
+Part 3: mapper wall time for every GEMM of one Llama-3-8B decoder layer (decode batch 8 at
+context 4096, prefill of 2048 tokens) on the 128 x 128 ``systolic-npu``, cold.
 """
 
 from __future__ import annotations
@@ -23,11 +34,23 @@ from pathlib import Path
 
 from xpusim.arch import load_arch
 from xpusim.cli import _override_array
+from xpusim.sim.compute import systolic_compute_cycles
 from xpusim.sim.engine import clear_cache, op_cost
+from xpusim.sim.problem import problem_from_op
 from xpusim.validation.compare import measured_op
+from xpusim.workloads import Decode, Prefill, build_trace, load_model
+from xpusim.workloads.einsum import gemm_op
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "validation" / "scalesim" / "compute_cycles.csv"
+ZIGZAG_TABLE = ROOT / "validation" / "zigzag" / "tpu_like.csv"
+
+ZIGZAG_LIVE = """
+import json, sys
+sys.path.insert(0, {bench!r})
+from run_zigzag import run_one
+print(json.dumps(run_one({m}, {n}, {k}, {obj!r})))
+"""
 
 LIVE = """
 import json, sys
@@ -37,27 +60,79 @@ print(json.dumps(run_one({m}, {n}, {k}, {r}, {c}, {df!r})))
 """
 
 
-def xpusim_time(m: int, n: int, k: int, r: int, c: int, df: str) -> tuple[float, float]:
+def xpusim_time(m: int, n: int, k: int, r: int, c: int, df: str) -> tuple[float, float, float]:
+    """(cold wall s of the whole op cost: mapping, compute and stall cycles; wall s of the
+    compute-cycle formula alone; compute cycles)."""
     arch = _override_array(load_arch("systolic-npu"), r, c, df)
     op = measured_op("gemm", (m, n, k))
+    t, cost = cold_cost(op, arch)
+    prob = problem_from_op(op)
+    start = time.perf_counter()
+    for _ in range(100):
+        systolic_compute_cycles(prob, r, c, df)
+    return t, (time.perf_counter() - start) / 100, cost.compute_cycles
+
+
+def cold_cost(op, arch, objective: str = "latency", runs: int = 5):
+    """(median cold wall seconds, cost) of one op: the op memo is cleared before every run."""
     times = []
-    for _ in range(5):
+    for _ in range(runs):
         clear_cache()
         t = time.perf_counter()
-        cost = op_cost(op, arch, isolated=True)
+        cost = op_cost(op, arch, objective, isolated=True)
         times.append(time.perf_counter() - t)
-    return statistics.median(times), cost.compute_cycles
+    return statistics.median(times), cost
+
+
+def zigzag_part(zigzag_python: str | None) -> None:
+    print("\nZigZag tpu_like vs xpusim zigzag-tpu-like (int8; latency in cycles, energy in uJ)")
+    print(f"{'GEMM (M,N,K)':<20}{'objective':>10}{'ZigZag cyc':>12}{'xpusim cyc':>12}{'ZigZag uJ':>11}{'xpusim uJ':>11}"
+          f"{'ZigZag s':>10}{'xpusim s':>10}{'speed-up':>10}")
+    arch = load_arch("zigzag-tpu-like")
+    ratios = []
+    for row in csv.DictReader(ZIGZAG_TABLE.open()):
+        m, n, k, obj = int(row["M"]), int(row["N"]), int(row["K"]), row["objective"]
+        ref, mark = {key: float(v) for key, v in row.items() if key.endswith(("_pj", "_cycles", "_s"))}, "*"
+        if zigzag_python:
+            code = ZIGZAG_LIVE.format(bench=str(ROOT / "bench"), m=m, n=n, k=k, obj=obj)
+            out = subprocess.run([zigzag_python, "-c", code], capture_output=True, text=True, check=True)
+            ref, mark = json.loads(out.stdout.strip().splitlines()[-1]), ""
+        t, cost = cold_cost(gemm_op(m, n, k, "int8"), arch, obj)
+        ratios.append(ref["zigzag_wall_s"] / t)
+        print(f"{str((m, n, k)):<20}{obj:>10}{ref['latency_cycles']:>12.0f}{cost.cycles:>12.0f}"
+              f"{ref['energy_pj'] / 1e6:>11.2f}{cost.energy_j * 1e6:>11.2f}{ref['zigzag_wall_s']:>9.2f}{mark:1}"
+              f"{t:>10.4f}{ref['zigzag_wall_s'] / t:>9.0f}x")
+    print(f"speed-up over ZigZag: median {statistics.median(ratios):.0f}x, min {min(ratios):.0f}x "
+          "(* = ZigZag wall time recorded by bench/run_zigzag.py)")
+
+
+def llama_part() -> None:
+    print("\nMapper wall time per Llama-3-8B layer on systolic-npu (128x128, ws), cold")
+    arch = load_arch("systolic-npu")
+    model = load_model("llama-3-8b")
+    for phase in (Decode(8, 4096), Prefill(1, 2048)):
+        trace = build_trace(model, phase)
+        layer = [b for b in trace.blocks if b.name == "layer"][0]
+        gemms = [op for op in layer.ops if op.kind == "matmul"]
+        total = 0.0
+        for op in gemms:
+            t, cost = cold_cost(op, arch)
+            total += t
+            print(f"  {phase.name:<8}{op.name:<14}{str(dict(op.sizes)):<64}{t * 1e3:>8.1f} ms  "
+                  f"{cost.cycles:>12.0f} cycles  util {cost.utilization:.2f}")
+        print(f"  {phase.name}: {len(gemms)} GEMMs mapped in {total:.3f} s")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scalesim-python", help="interpreter with scalesim 3.0.0 for live runs")
     ap.add_argument("--live-max-macs", type=float, default=2e7)
+    ap.add_argument("--zigzag-python", help="interpreter with zigzag-dse 3.9.1 for live runs")
     args = ap.parse_args()
     rows = list(csv.DictReader(TABLE.open()))
     print(f"{'GEMM (M,N,K)':<20}{'array':>9}{'df':>4}{'SCALE-Sim cyc':>15}{'xpusim cyc':>12}"
-          f"{'equal':>7}{'SCALE-Sim s':>13}{'xpusim s':>10}{'speed-up':>11}")
-    ratios, equal = [], 0
+          f"{'equal':>7}{'SCALE-Sim s':>13}{'xpusim s':>10}{'speed-up':>11}{'formula s':>11}{'speed-up':>11}")
+    ratios, formula_ratios, equal = [], [], 0
     for row in rows:
         m, n, k, r, c, df = (int(row["M"]), int(row["N"]), int(row["K"]), int(row["rows"]), int(row["cols"]),
                              row["dataflow"])
@@ -67,14 +142,19 @@ def main() -> None:
             out = subprocess.run([args.scalesim_python, "-c", code], capture_output=True, text=True, check=True)
             total, stall, ref_wall = json.loads(out.stdout.strip().splitlines()[-1])
             ref_cycles, mark = total - stall, ""
-        t, cycles = xpusim_time(m, n, k, r, c, df)
+        t, tf, cycles = xpusim_time(m, n, k, r, c, df)
         same = int(cycles) == ref_cycles
         equal += same
         ratios.append(ref_wall / t)
+        formula_ratios.append(ref_wall / tf)
         print(f"{str((m, n, k)):<20}{f'{r}x{c}':>9}{df:>4}{ref_cycles:>15}{int(cycles):>12}{str(same):>7}"
-              f"{ref_wall:>12.3f}{mark:1}{t:>10.5f}{ref_wall / t:>10.0f}x")
-    print(f"compute cycles equal in {equal}/{len(rows)} cases; speed-up median {statistics.median(ratios):.0f}x, "
-          f"min {min(ratios):.0f}x (* = SCALE-Sim wall time recorded by bench/run_scalesim.py)")
+              f"{ref_wall:>12.3f}{mark:1}{t:>10.5f}{ref_wall / t:>10.0f}x{tf:>11.2e}{ref_wall / tf:>10.0f}x")
+    print(f"compute cycles equal in {equal}/{len(rows)} cases; whole op cost (mapper + stalls): speed-up median "
+          f"{statistics.median(ratios):.0f}x, min {min(ratios):.0f}x; compute-cycle formula alone: median "
+          f"{statistics.median(formula_ratios):.0f}x, min {min(formula_ratios):.0f}x "
+          "(* = SCALE-Sim wall time recorded by bench/run_scalesim.py)")
+    zigzag_part(args.zigzag_python)
+    llama_part()
     if equal != len(rows):
         sys.exit(1)
 

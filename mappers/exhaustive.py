@@ -30,16 +30,17 @@ import numpy as np
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
 from ..errors import MappingError
-from ..sim.compute import lanes, systolic_roles
-from ..sim.cost import LevelArrays, NestCosts, evaluate, fits, ideal_compute_cycles
+from ..sim.compute import lanes, min_tile, systolic_roles
+from ..sim.cost import LevelArrays, NestCosts, evaluate, fits, ideal_compute_cycles, keep_mask
 from ..sim.nest import analyse
 from ..sim.problem import Problem
 from .mapping import Mapping
 from .search import OBJECTIVES, SearchResult, _score, search
 
 
-def _tile_options(parent: int, divisors_only: bool) -> np.ndarray:
-    vals = np.arange(1, parent + 1)
+def _tile_options(parent: int, divisors_only: bool, low: int = 1) -> np.ndarray:
+    """Tiles of a dim under a parent tile: 1..parent (or its divisors), none below ``low``."""
+    vals = np.arange(min(low, parent), parent + 1)
     return vals[parent % vals == 0] if divisors_only else vals
 
 
@@ -59,18 +60,38 @@ def _canonical_orders(D: int) -> np.ndarray:
     return np.array(out)
 
 
+def _keep_options(prob: Problem, arch: Arch, bypass: bool) -> list[list[np.ndarray]]:
+    """Per level, the keep rows to try: the level's served operands, or with ``bypass`` every
+    subset of them."""
+    mask = keep_mask(prob, arch)
+    if not bypass:
+        return [[row] for row in mask]
+    return [[np.array(k, dtype=bool) for k in itertools.product([True, False], repeat=prob.n_tensors)
+             if not np.any(np.array(k) & ~row)] for row in mask]
+
+
 def _expand(states: list[tuple], c: int, L: int, D: int, prob: Problem, arch: Arch, keep_opts, fan, leaf_fan,
-            orders, divisors_only, systolic, rows_cols) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            orders, divisors_only, systolic, rows_cols, max_states: int = 2_000_000
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All children of the partial mappings ``states`` at depth ``c`` (tile of level c, order and
-    spatial split of level c-1, keep row of level c), capacity- and symmetry-pruned."""
+    spatial split of level c-1, keep row of level c), capacity- and symmetry-pruned. Raises before
+    enumerating when the tile choices alone exceed ``max_states``."""
     T_list, S_list, O_list, K_list = [], [], [], []
+    low = min_tile(prob, arch)
+    if c < L:
+        n_tiles = sum(math.prod(len(_tile_options(int(p), divisors_only, int(lo))) for p, lo in zip(t[c - 1], low, strict=True))
+                      for t, *_ in states)
+        if n_tiles * len(keep_opts[c]) > max_states:
+            raise MappingError(f"mapspace too large to enumerate (over {n_tiles * len(keep_opts[c]):.3g} tilings at level "
+                               f"{arch.memory[c].name!r}); use the default or sampled mapper, or divisor-only tiles")
     for tiles, spatial, order, keep in states:
         parent = tiles[c - 1]
         if c < L:
-            child_opts = np.array(list(itertools.product(*[_tile_options(int(p), divisors_only) for p in parent])))
+            child_opts = np.array(list(itertools.product(*[_tile_options(int(p), divisors_only, int(lo))
+                                                             for p, lo in zip(parent, low, strict=True)])))
         else:
             child_opts = np.ones((1, D), dtype=np.int64)
-        krows = keep_opts if c < L else [np.ones(prob.n_tensors, dtype=bool)]
+        krows = keep_opts[c] if c < L else [np.ones(prob.n_tensors, dtype=bool)]
         for krow in krows:
             kk = keep.copy()
             if c < L:
@@ -127,8 +148,7 @@ def exhaustive_search(prob: Problem, arch: Arch, objective: str = "latency", div
         rd, cd, stream = systolic_roles(prob, arch.matrix.dataflow or "ws")
         rows_cols = ((rd, cd), arch.matrix.array)
     orders = _canonical_orders(D)
-    keep_opts = [np.array(k, dtype=bool) for k in itertools.product([True, False], repeat=T)] if bypass \
-        else [np.ones(T, dtype=bool)]
+    keep_opts = _keep_options(prob, arch, bypass)
     incumbent = search(prob, arch, objective)
     inc_score = float(_score(objective, incumbent.costs.cycles, incumbent.costs.energy_pj)[0])
     if divisors_only:  # the seed bounds the search only if it lies in the restricted mapspace
@@ -146,7 +166,7 @@ def exhaustive_search(prob: Problem, arch: Arch, objective: str = "latency", div
     best = None
     for c in range(1, L + 1):
         tiles, spatial, order, keep = _expand(states, c, L, D, prob, arch, keep_opts, fan, leaf_fan, orders,
-                                              divisors_only, systolic, rows_cols)
+                                              divisors_only, systolic, rows_cols, max_states)
         K = tiles.shape[0]
         evaluated += K
         if K > max_states:
@@ -182,8 +202,8 @@ def exhaustive_search(prob: Problem, arch: Arch, objective: str = "latency", div
             comp = tr.steps * -(-np.prod(tiles[ix, c], axis=1) // below)
             lb_c[ix] = np.maximum.reduce([lcyc.max(axis=1), comp.astype(float), np.full(ix.size, ideal)])
             lb_e[ix] = (tr.reads * lv.read_pj[None, :c] + tr.writes * lv.write_pj[None, :c]).sum(axis=1) + mac_e
-        keep_mask = _score(objective, lb_c, lb_e) <= inc_score * (1 + 1e-12)
-        states = [(tiles[i], spatial[i], order[i], keep[i]) for i in np.flatnonzero(keep_mask)]
+        alive = _score(objective, lb_c, lb_e) <= inc_score * (1 + 1e-12)
+        states = [(tiles[i], spatial[i], order[i], keep[i]) for i in np.flatnonzero(alive)]
         if not states:
             break
     if best is None and math.isinf(inc_score):
@@ -206,8 +226,8 @@ def brute_force(prob: Problem, arch: Arch, objective: str = "latency", divisors_
     fan = arch.fanouts()
     leaf_fan = lanes(arch, get_dtype(prob.compute_dtype).compute)
     orders = _canonical_orders(D)
-    keep_opts = [np.array(k, dtype=bool) for k in itertools.product([True, False], repeat=T)] if bypass \
-        else [np.ones(T, dtype=bool)]
+    keep_opts = _keep_options(prob, arch, bypass)
+    low = min_tile(prob, arch)
     tiles0 = np.zeros((L + 1, D), dtype=np.int64)
     tiles0[0] = prob.sizes
     tiles0[L] = 1
@@ -217,8 +237,8 @@ def brute_force(prob: Problem, arch: Arch, objective: str = "latency", divisors_
         for tiles, spatial, order, keep in states:
             parent = tiles[c - 1]
             childs = [np.ones(D, np.int64)] if c == L else [np.array(x) for x in itertools.product(
-                *[_tile_options(int(p), divisors_only) for p in parent])]
-            for krow in (keep_opts if c < L else [None]):
+                *[_tile_options(int(p), divisors_only, int(lo)) for p, lo in zip(parent, low, strict=True)])]
+            for krow in (keep_opts[c] if c < L else [None]):
                 kk = keep.copy()
                 if krow is not None:
                     kk[c] = krow
@@ -230,6 +250,10 @@ def brute_force(prob: Problem, arch: Arch, objective: str = "latency", divisors_
                             continue
                     f = fan[c - 1] if c < L else leaf_fan
                     ranges = [range(1, f + 1)] * D
+                    if c == L and arch.matrix.array is not None:  # the array fixes the leaf split
+                        rd, cd, _ = systolic_roles(prob, arch.matrix.dataflow or "ws")
+                        ranges = [range(1, 2)] * D
+                        ranges[rd], ranges[cd] = [range(x, x + 1) for x in arch.matrix.array]
                     for sp in itertools.product(*ranges):
                         if math.prod(sp) > f:
                             continue
@@ -263,7 +287,7 @@ def sampled_search(prob: Problem, arch: Arch, objective: str = "latency", budget
     lv = LevelArrays.of(arch)
     fan = arch.fanouts()
     leaf_fan = lanes(arch, get_dtype(prob.compute_dtype).compute)
-    keep = np.ones((L, prob.n_tensors), dtype=bool)
+    keep = keep_mask(prob, arch)
     stream = systolic_roles(prob, arch.matrix.dataflow or "ws")[2] if arch.matrix.array else None
     start, evaluated, n = time.perf_counter(), best.evaluated, 4096
     while time.perf_counter() - start < budget_s:
@@ -272,8 +296,10 @@ def sampled_search(prob: Problem, arch: Arch, objective: str = "latency", budget
         tiles[:, L] = 1
         spatial = np.ones((n, L, D), dtype=np.int64)
         order = np.argsort(rng.random((n, L, D)), axis=2).argsort(axis=2)
+        low = min_tile(prob, arch)[None, :]
         for c in range(1, L):
-            tiles[:, c] = 1 + np.floor(rng.random((n, D)) * tiles[:, c - 1]).astype(np.int64)
+            lo = np.minimum(low, tiles[:, c - 1])
+            tiles[:, c] = lo + np.floor(rng.random((n, D)) * (tiles[:, c - 1] - lo + 1)).astype(np.int64)
         for c in range(L):
             f = fan[c] if c < L - 1 else leaf_fan
             chunks = -(-tiles[:, c] // np.maximum(tiles[:, c + 1], 1))

@@ -20,8 +20,8 @@ import numpy as np
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
 from ..errors import MappingError
-from ..sim.compute import compute_cycles, lanes, systolic_roles  # noqa: F401
-from ..sim.cost import LevelArrays, NestCosts, evaluate, fits, footprint
+from ..sim.compute import compute_cycles, lanes, min_tile, systolic_roles  # noqa: F401
+from ..sim.cost import LevelArrays, NestCosts, evaluate, fits, footprint, keep_mask
 from ..sim.problem import Problem
 from .mapping import Mapping
 
@@ -116,7 +116,7 @@ def _greedy_tiles(prob: Problem, arch: Arch, parent: np.ndarray, level: int, kee
     """Balanced largest tiles under ``parent`` that fit ``level``: double every dim in turn while
     the tile fits (vectorised over rows of ``parent``)."""
     K, D = parent.shape
-    t = np.ones((K, D), dtype=np.int64)
+    t = np.minimum(min_tile(prob, arch)[None, :], parent)
     probe = np.zeros((K, level + 1, D), dtype=np.int64)
     changed = True
     while changed:
@@ -163,11 +163,11 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
     """
     if objective not in OBJECTIVES:
         raise MappingError(f"unknown mapper objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
-    L, D, T = len(arch.memory), prob.n_dims, prob.n_tensors
+    L, D = len(arch.memory), prob.n_dims
     compute = get_dtype(prob.compute_dtype).compute
     n_lanes = lanes(arch, compute)
     fan = arch.fanouts()
-    keep = np.ones((L, T), dtype=bool)
+    keep = keep_mask(prob, arch)
     lv = LevelArrays.of(arch)
     orders = _orders(prob)
     red = [d for d in range(D) if not prob.rel[-1, d]]
@@ -183,6 +183,7 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
     default_order = _leaf_order(prob, None)
     values = [tile_values(int(n), max_values) for n in prob.sizes]
     grid = np.array(np.meshgrid(*values, indexing="ij")).reshape(D, -1).T  # (G, D)
+    grid = np.unique(np.maximum(grid, min_tile(prob, arch)[None, :]), axis=0)  # whole folds on a systolic array
     cands = {c: _near_maximal(prob, arch, grid, c, keep, slack) for c in range(1, L)}
     for c, g in cands.items():
         if g.size == 0:

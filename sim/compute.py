@@ -69,6 +69,21 @@ def systolic_compute_cycles(prob: Problem, rows: int, cols: int, dataflow: str, 
     return per_array * systolic_fold_cycles(rows, cols, size(sd), dataflow) - 1
 
 
+def min_tile(prob: Problem, arch: Arch) -> np.ndarray:
+    """(D,) smallest tile any storage level may hold: on a systolic array a fold needs a whole
+    array's worth of its row and column dims (or the whole dim when it is smaller), so every
+    level holds at least that; 1 elsewhere."""
+    out = np.ones(prob.n_dims, dtype=np.int64)
+    if arch.matrix.array is None:
+        return out
+    rd, cd, _ = systolic_roles(prob, arch.matrix.dataflow or "ws")
+    rows, cols = arch.matrix.array
+    for d, extent in ((rd, rows), (cd, cols)):
+        if d >= 0:
+            out[d] = min(int(prob.sizes[d]), extent)
+    return out
+
+
 def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarray, stream_dim: int | None) -> np.ndarray:
     """Cycles of the MAC lanes on the busiest instance for each candidate (C,)."""
     if arch.matrix.array is None:

@@ -100,17 +100,30 @@ def footprint(prob: Problem, tiles: np.ndarray, keep: np.ndarray, level: int) ->
     return out
 
 
+def operand_names(prob: Problem) -> list[str]:
+    """The operand role of each tensor: first input ``ifmap``, second ``filter``, output ``ofmap``
+    (further inputs are streamed like the first)."""
+    T = prob.n_tensors
+    return ["ofmap" if t == T - 1 else ("filter" if t == 1 else "ifmap") for t in range(T)]
+
+
+def keep_mask(prob: Problem, arch: Arch) -> np.ndarray:
+    """(L, T) which levels store which tensors, from each level's ``serves`` (all when unset)."""
+    names = operand_names(prob)
+    return np.array([[lv.serves is None or n in lv.serves for n in names] for lv in arch.memory], dtype=bool)
+
+
 def fits(prob: Problem, arch: Arch, tiles: np.ndarray, keep: np.ndarray, level: int) -> np.ndarray:
     """(C,) whether every candidate's tiles fit ``level`` (double-buffered where the level is)."""
     lv = arch.memory[level]
     fp = footprint(prob, tiles, keep, level) * (2.0 if lv.double_buffer else 1.0)
     if lv.partitions:
         ok = np.ones(tiles.shape[0], dtype=bool)
-        names = ("ifmap", "filter") + ("ofmap",)
-        slots = list(range(prob.n_tensors - 1))[:2] + [prob.n_tensors - 1]
-        for name, t in zip(names, slots, strict=False):
-            if name in lv.partitions:
-                ok &= fp[:, t] <= lv.partitions[name]
+        per_part: dict[str, np.ndarray] = {}
+        for t, name in enumerate(operand_names(prob)):
+            per_part[name] = per_part.get(name, 0.0) + fp[:, t]
+        for name, used in per_part.items():
+            ok &= used <= lv.partitions.get(name, 0.0)  # an operand without a partition cannot be held here
         return ok
     return fp.sum(axis=1) <= lv.capacity_bytes
 

@@ -40,7 +40,7 @@ def clear_cache() -> None:
 def matmul_cost(op: Op, arch: Arch, objective: str = "latency", mapper: str = "default") -> OpCost:
     """Cost of a contraction under the best mapping the chosen mapper finds (``default`` beam
     search, ``exhaustive`` exact branch and bound, ``sampled`` random within one second)."""
-    prob = problem_from_op(op)
+    prob = problem_from_op(op, arch.matrix.accumulator_bits)
     if mapper == "exhaustive":
         from ..mappers.exhaustive import exhaustive_search
 

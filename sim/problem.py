@@ -44,8 +44,11 @@ class Problem:
         return np.array([int(np.prod(self.sizes[r])) for r in self.rel], dtype=np.int64)
 
 
-def problem_from_op(op: Op) -> Problem:
-    """Merge an op's dimensions by relevance signature (order of first appearance kept)."""
+def problem_from_op(op: Op, accumulator_bits: int | None = None) -> Problem:
+    """Merge an op's dimensions by relevance signature (order of first appearance kept).
+
+    ``accumulator_bits``: width of a partial sum where the device fixes it (else the dtype's
+    accumulation type)."""
     tensors = op.tensors
     sig: dict[tuple[bool, ...], list[str]] = {}
     for d in op.dim_names:
@@ -55,15 +58,13 @@ def problem_from_op(op: Op) -> Problem:
     sizes = np.array([int(np.prod([op.sizes[d] for d in g])) for g in groups], dtype=np.int64)
     rel = np.array([[g[0] in t.dims for g in groups] for t in tensors], dtype=bool)
     elem = np.array([get_dtype(t.dtype).bytes for t in tensors], dtype=np.float64)
-    acc = get_dtype(get_dtype(op.compute_dtype).accum).bytes
+    acc = accumulator_bits / 8 if accumulator_bits else get_dtype(get_dtype(op.compute_dtype).accum).bytes
     dims = tuple("".join(g) if len(g) > 1 else g[0] for g in groups)
     return Problem(op.name, dims, sizes, rel, elem, acc, groups, op.macs, op.compute_dtype)
 
 
 def gemm_problem(m: int, n: int, k: int, dtype: str = "bf16") -> Problem:
     """A plain GEMM C[m,n] = A[m,k] @ B[k,n] as a :class:`Problem` (for tests and ``xpusim op``)."""
-    from ..workloads.einsum import Tensor
+    from ..workloads.einsum import gemm_op  # noqa: PLC0415
 
-    op = Op("gemm", "matmul", (("m", m), ("n", n), ("k", k)),
-            (Tensor("A", ("m", "k"), dtype), Tensor("B", ("k", "n"), dtype, "weight")), Tensor("C", ("m", "n"), dtype))
-    return problem_from_op(op)
+    return problem_from_op(gemm_op(m, n, k, dtype))

@@ -10,7 +10,6 @@ import csv
 from pathlib import Path
 
 import pytest
-
 from xpusim.arch import load_arch
 from xpusim.cli import _override_array
 from xpusim.sim.engine import op_cost

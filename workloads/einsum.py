@@ -182,6 +182,13 @@ class Op:
 _COST_ATTRS = ("causal",)
 
 
+def gemm_op(m: int, n: int, k: int, dtype: str = "bf16", name: str = "gemm") -> Op:
+    """C[m, n] = A[m, k] @ B[k, n] with B a weight: SCALE-Sim's GEMM row ``M, N, K`` (IFMAP M x K,
+    filter K x N, OFMAP M x N)."""
+    return Op(name, "matmul", (("m", m), ("n", n), ("k", k)),
+              (Tensor("A", ("m", "k"), dtype), Tensor("B", ("k", "n"), dtype, "weight")), Tensor("C", ("m", "n"), dtype))
+
+
 def _tensor(d: Any) -> Tensor:
     if not isinstance(d, dict):
         raise SpecError(f"a tensor must be a mapping with name, dims, dtype; got {d!r}")
