@@ -5,7 +5,11 @@ from __future__ import annotations
 
 
 class XpusimError(Exception):
-    """Base class of every error xpusim reports to a user."""
+    """Base class of every error xpusim reports to a user. The message is kept on one line: line
+    breaks that arrive with user-supplied names or values are shown escaped."""
+
+    def __str__(self) -> str:
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
 class SpecError(XpusimError):
