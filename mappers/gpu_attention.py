@@ -61,10 +61,12 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
     l2 = next((lv for lv in arch.memory if lv.name == "l2"), None)
     l2_bw = (l2.bandwidth_Bps * l2.instances if l2 else hbm.bandwidth_Bps) * rules.l2_efficiency
     # fraction of the (q x s) score matrix computed: causal prefill skips blocks above the diagonal
-    if causal and q > 1:
+    window = int(score.attrs.get("window", 0))
+    if causal and q > 1:  # with a sliding window, key blocks wholly left of the window are skipped too
         qb = math.ceil(q / BM)
         offset = s - q
-        kept = sum(min(s, offset + (i + 1) * BM) for i in range(qb))
+        kept = sum(min(s, offset + (i + 1) * BM) - (max(0, offset + i * BM - window + 1) if window else 0)
+                   for i in range(qb))
         frac = kept / (qb * s)
     else:
         frac = 1.0

@@ -17,6 +17,7 @@ from ..errors import PresetNotFound, ShapeError, SpecError
 MODELS_DIR = Path(__file__).parent / "models"
 
 ACTIVATIONS = ("silu", "gelu", "relu")
+ROUTER_SCORING = ("softmax", "sigmoid")
 NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "learned", "none")
 
@@ -49,6 +50,17 @@ class ModelSpec:
     act_dtype: str = "bf16"
     kv_dtype: str = "bf16"
     family: str = "llama"
+    # mixture of experts (n_experts = 0: every layer dense)
+    n_experts: int = 0
+    experts_per_token: int = 0
+    d_ff_expert: int = 0
+    n_shared_experts: int = 0
+    first_dense_layers: int = 0
+    router_scoring: str = "softmax"
+    norm_topk_prob: bool = True
+    capacity_factor: float = 0.0
+    # attention window (0: full causal attention)
+    sliding_window: int = 0
 
     def __post_init__(self) -> None:
         for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "max_seq_len"):
@@ -68,11 +80,45 @@ class ModelSpec:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
                 raise SpecError(f"model {self.name!r}: {f} must be a positive number, got {v!r}")
-        for f in ("gated_mlp", "tied_embeddings"):
+        for f in ("gated_mlp", "tied_embeddings", "norm_topk_prob"):
             if not isinstance(getattr(self, f), bool):
                 raise SpecError(f"model {self.name!r}: {f} must be true or false, got {getattr(self, f)!r}")
         if not isinstance(self.name, str) or not isinstance(self.family, str):
             raise SpecError("model name and family must be strings")
+        self._check_moe()
+
+    def _check_moe(self) -> None:
+        ints = ("n_experts", "experts_per_token", "d_ff_expert", "n_shared_experts", "first_dense_layers", "sliding_window")
+        for f in ints:
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ShapeError(f"model {self.name!r}: {f} must be a non-negative integer, got {v!r}")
+        if self.router_scoring not in ROUTER_SCORING:
+            raise SpecError(f"model {self.name!r}: router_scoring {self.router_scoring!r} is not one of {', '.join(ROUTER_SCORING)}")
+        cf = self.capacity_factor
+        if isinstance(cf, bool) or not isinstance(cf, int | float) or not math.isfinite(cf) or cf < 0:
+            raise SpecError(f"model {self.name!r}: capacity_factor must be >= 0 (0: no token dropping), got {cf!r}")
+        if self.n_experts:
+            if not 0 < self.experts_per_token <= self.n_experts:
+                raise SpecError(f"model {self.name!r}: experts_per_token must be in 1..n_experts ({self.n_experts}), "
+                                f"got {self.experts_per_token}")
+            if self.first_dense_layers > self.n_layers:
+                raise SpecError(f"model {self.name!r}: first_dense_layers ({self.first_dense_layers}) exceeds n_layers")
+        elif self.experts_per_token or self.n_shared_experts:
+            raise SpecError(f"model {self.name!r}: experts_per_token/n_shared_experts need n_experts > 0")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
+
+    @property
+    def expert_ff(self) -> int:
+        """Intermediate size of one routed (and one shared) expert."""
+        return self.d_ff_expert or self.d_ff
+
+    @property
+    def moe_layers(self) -> int:
+        return self.n_layers - self.first_dense_layers if self.is_moe else 0
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -82,11 +128,20 @@ class ModelSpec:
 
     @property
     def layer_params(self) -> int:
-        """Parameters of one decoder layer."""
+        """Parameters of one dense decoder layer."""
+        return self._attn_norm_params() + (3 if self.gated_mlp else 2) * self.d_model * self.d_ff
+
+    @property
+    def moe_layer_params(self) -> int:
+        """Parameters of one MoE decoder layer: router, every routed expert, shared experts."""
+        per_expert = (3 if self.gated_mlp else 2) * self.d_model * self.expert_ff
+        return (self._attn_norm_params() + self.n_experts * self.d_model
+                + (self.n_experts + self.n_shared_experts) * per_expert)
+
+    def _attn_norm_params(self) -> int:
         attn = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
-        mlp = (3 if self.gated_mlp else 2) * self.d_model * self.d_ff
         norms = (2 if self.norm == "rmsnorm" else 4) * self.d_model
-        return attn + mlp + norms
+        return attn + norms
 
     @property
     def params(self) -> int:
@@ -95,7 +150,8 @@ class ModelSpec:
         pos = self.max_seq_len * self.d_model if self.position == "learned" else 0
         head = 0 if self.tied_embeddings else self.vocab_size * self.d_model
         final_norm = (1 if self.norm == "rmsnorm" else 2) * self.d_model
-        return emb + pos + self.n_layers * self.layer_params + final_norm + head
+        layers = (self.n_layers - self.moe_layers) * self.layer_params + self.moe_layers * self.moe_layer_params
+        return emb + pos + layers + final_norm + head
 
     @property
     def weights_bytes(self) -> float:
@@ -141,7 +197,7 @@ def model_from_dict(d: dict[str, Any], name: str = "model") -> ModelSpec:
 
 # ---------------------------------------------------------------------------- Hugging Face configs
 _HF_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+HF_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gpt2")
 
 
 def _num(v: Any, key: str, name: str) -> float:
@@ -164,12 +220,24 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
     if "tie_word_embeddings" in cfg and not isinstance(cfg["tie_word_embeddings"], bool):
         raise SpecError(f"config.json of {name!r}: tie_word_embeddings must be true or false")
     dtype = _HF_DTYPES.get(str(cfg.get("torch_dtype", "bfloat16")), "bf16")
-    if mt in ("llama", "mistral", "qwen2", "qwen3"):
+    if mt in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe"):
         hidden = _get(cfg, "hidden_size", name)
         heads = _get(cfg, "num_attention_heads", name)
         if not isinstance(hidden, int) or not isinstance(heads, int) or heads <= 0:
             raise ShapeError(f"config.json of {name!r}: hidden_size and num_attention_heads must be positive integers")
         act = str(_get(cfg, "hidden_act", name, "silu"))
+        moe: dict[str, Any] = {}
+        if mt == "mixtral":  # softmax over the top-k router logits = softmax, top-k, renormalise
+            moe = {"n_experts": _get(cfg, "num_local_experts", name), "experts_per_token": _get(cfg, "num_experts_per_tok", name),
+                   "norm_topk_prob": True}
+        elif mt == "qwen3_moe":
+            if cfg.get("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
+                raise SpecError(f"config.json of {name!r}: interleaved dense/MoE layers (decoder_sparse_step, "
+                                "mlp_only_layers) are not supported; every layer must be MoE")
+            moe = {"n_experts": _get(cfg, "num_experts", name), "experts_per_token": _get(cfg, "num_experts_per_tok", name),
+                   "d_ff_expert": _get(cfg, "moe_intermediate_size", name),
+                   "norm_topk_prob": bool(cfg.get("norm_topk_prob", False))}
+        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
         return ModelSpec(
             name=name,
             family=mt,
@@ -191,6 +259,8 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
             weight_dtype=dtype,
             act_dtype=dtype,
             kv_dtype=dtype,
+            sliding_window=window or 0,
+            **moe,
         )
     if mt == "gpt2":
         hidden = _get(cfg, "n_embd", name)
