@@ -53,7 +53,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     if a.weight_dtype or a.act_dtype or a.kv_dtype:
         model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
     phase = make_phase(a.phase, a.batch, a.seq, a.context)
-    res = simulate(a.arch, model, phase, a.objective)
+    res = simulate(a.arch, model, phase, a.objective, routing=a.routing)
     if a.csv:
         res.ops.to_csv(a.csv, index=False)
     if a.json:
@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--act-dtype", help="override the activation format")
     s.add_argument("--kv-dtype", help="override the KV-cache format")
     s.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"])
+    s.add_argument("--routing", help="MoE tokens per expert: balanced (default), zipf:S, or a file of per-expert weights")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--csv", metavar="FILE", help="write the per-op table as CSV")
     s.set_defaults(func=_cmd_simulate)

@@ -91,7 +91,8 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit[0]
-    launch = launch_overhead(op.kind, arch, isolated)
+    # expert groups after the first run inside the same grouped-GEMM launch (fused-MoE kernels)
+    launch = 0.0 if op.attrs.get("moe_group", 0) > 0 else launch_overhead(op.kind, arch, isolated)
     if op.kind != "matmul":
         cost = streaming_cost(op, arch, launch)
     elif arch.device_class == "gpu" and len(op.inputs) == 2:
@@ -129,8 +130,9 @@ def activation_bytes(trace: Trace) -> float:
 
 
 def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", model: ModelSpec | None = None,
-                   kv_tokens: int = 0) -> Result:
-    """Simulate every op of ``trace`` on ``arch``; memory accounting uses ``model`` if given."""
+                   kv_bytes: float = 0.0) -> Result:
+    """Simulate every op of ``trace`` on ``arch``; memory accounting uses ``model``'s weights and
+    ``kv_bytes`` of KV cache if a model is given."""
     arch = load_arch(arch)
     rows: list[dict[str, Any]] = []
     mappings: dict[str, Any] = {}
@@ -160,7 +162,7 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
     df = pd.DataFrame(rows, columns=COLUMNS + [f"bytes_{n}" for n in level_names])
     weights = model.weights_bytes if model is not None else sum(
         op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "weight")
-    kv = model.kv_bytes_per_token * kv_tokens if model is not None else 0.0
+    kv = kv_bytes if model is not None else 0.0
     result = Result(
         ops=df, latency_s=float(df["total_latency_s"].sum()), energy_j=float(df["total_energy_j"].sum()),
         tokens=trace.tokens, weights_bytes=float(weights), kv_cache_bytes=float(kv),
@@ -192,16 +194,17 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> No
 
 
 def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: str = "latency",
-             check_memory: bool = True) -> Result:
-    """Simulate one step of ``phase`` of ``model`` on ``arch``.
+             check_memory: bool = True, routing: str | None = None) -> Result:
+    """Simulate one step of ``phase`` of ``model`` on ``arch``; ``routing`` (``balanced``,
+    ``zipf:S`` or a per-expert weights file) sizes a mixture-of-experts model's expert GEMMs.
 
     Raises :class:`~xpusim.errors.CapacityError` if the weights, KV cache and activations do not
     fit device memory (unless ``check_memory`` is false).
     """
     arch = load_arch(arch)
     model = load_model(model)
-    trace = build_trace(model, phase)
-    result = simulate_trace(trace, arch, objective, model, kv_tokens=phase.batch * phase.kv_len)
+    trace = build_trace(model, phase, routing)
+    result = simulate_trace(trace, arch, objective, model, kv_bytes=model.kv_cache_bytes(phase.batch, phase.kv_len))
     result.inputs["model"] = model.name
     result.inputs["phase_args"] = {k: v for k, v in vars(phase).items()}
     if check_memory:

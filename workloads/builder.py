@@ -146,7 +146,7 @@ def _moe(model: ModelSpec, m: int, routing: Routing) -> tuple[list[Op], dict[str
     for g, (c, n_e) in enumerate(count_groups(counts)):
         grp = {"moe_group": g, "experts_total": E, "tokens_per_expert": c}
 
-        def gemm(name: str, n: int, kk: int, x: str, w: str, out: str, grp=grp, n_e=n_e, c=c) -> Op:
+        def gemm(name: str, n: int, kk: int, x: str, w: str, out: str, g=g, grp=grp, n_e=n_e, c=c) -> Op:
             return Op(f"{name}.{g}", "matmul", (("x", n_e), ("m", c), ("n", n), ("k", kk)),
                       (Tensor(x, ("x", "m", "k"), adt), Tensor(w, ("x", "n", "k"), wdt, "weight")),
                       Tensor(out, ("x", "m", "n"), adt), 2.0, grp)
@@ -163,7 +163,8 @@ def _moe(model: ModelSpec, m: int, routing: Routing) -> tuple[list[Op], dict[str
     routed_out = "moe_out" if model.n_shared_experts else "mlp_out"
     ops.append(Op("combine", "combine", (("m", m), ("t", k), ("d", d)),
                   (Tensor("y_dispatched", ("m", "t", "d"), adt), Tensor("route_topk", ("m", "t"), adt)),
-                  Tensor(routed_out, ("m", "d"), adt), 2.0, route))
+                  Tensor(routed_out, ("m", "d"), adt), 2.0,
+                  {**route, "function": model.activation, "gated": model.gated_mlp}))
     if model.n_shared_experts:
         ops += _mlp(model, m, model.n_shared_experts * f, "shared_", "shared_out")
         ops.append(_add("shared_add", m, d, "moe_out", "shared_out", "mlp_out", adt))

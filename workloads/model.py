@@ -94,7 +94,8 @@ class ModelSpec:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ShapeError(f"model {self.name!r}: {f} must be a non-negative integer, got {v!r}")
         if self.router_scoring not in ROUTER_SCORING:
-            raise SpecError(f"model {self.name!r}: router_scoring {self.router_scoring!r} is not one of {', '.join(ROUTER_SCORING)}")
+            raise SpecError(f"model {self.name!r}: router_scoring {self.router_scoring!r} is not one of "
+                            f"{', '.join(ROUTER_SCORING)}")
         cf = self.capacity_factor
         if isinstance(cf, bool) or not isinstance(cf, int | float) or not math.isfinite(cf) or cf < 0:
             raise SpecError(f"model {self.name!r}: capacity_factor must be >= 0 (0: no token dropping), got {cf!r}")
@@ -161,6 +162,12 @@ class ModelSpec:
     def kv_bytes_per_token(self) -> float:
         """KV-cache bytes one token adds (K and V, every layer)."""
         return 2 * self.n_layers * self.n_kv_heads * self.head_dim * get_dtype(self.kv_dtype).bytes
+
+    def kv_cache_bytes(self, batch: int, kv_len: int) -> float:
+        """KV-cache bytes of ``batch`` sequences holding ``kv_len`` tokens each; a sliding window
+        keeps only the last ``sliding_window`` tokens (a rolling buffer)."""
+        tokens = min(kv_len, self.sliding_window) if self.sliding_window else kv_len
+        return self.kv_bytes_per_token * batch * tokens
 
     def with_formats(self, weights: str | None = None, activations: str | None = None, kv: str | None = None) -> ModelSpec:
         d = asdict(self)

@@ -16,6 +16,7 @@ import numpy as np
 from ...errors import SpecError
 from ..einsum import Op, Tensor
 from ..trace import Trace
+from . import moe
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -26,6 +27,8 @@ def weight_shape(op: Op, t: Tensor) -> tuple[int, ...]:
         return (op.attrs["rows"], op.sizes["d"])
     if op.kind == "embedding" and t.name == "pos_table":
         return (op.attrs["pos_rows"], op.sizes["d"])
+    if "experts_total" in op.attrs:  # expert weights are stored for every expert, not the group's
+        return tuple(op.attrs["experts_total"] if d == "x" else op.sizes[d] for d in t.dims)
     return tuple(op.sizes[d] for d in t.dims)
 
 
@@ -79,6 +82,9 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
+_ACTS = {"silu": _silu, "gelu": _gelu, "relu": lambda v: np.maximum(v, 0.0)}
+
+
 def _view(arr: np.ndarray, op: Op, t: Tensor) -> np.ndarray:
     shape = tuple(op.sizes[d] for d in t.dims)
     if arr.size != math.prod(shape):
@@ -107,12 +113,16 @@ def run_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
         if op.attrs.get("causal"):
             q, kv = s.shape[-2], s.shape[-1]
             qpos = op.attrs.get("offset", kv - q) + np.arange(q)
-            s = np.where(np.arange(kv)[None, :] <= qpos[:, None], s, -np.inf)
+            kpos = op.attrs.get("kv_start", 0) + np.arange(kv)
+            keep = kpos[None, :] <= qpos[:, None]
+            if op.attrs.get("window"):  # sliding window: the last `window` positions up to the query
+                keep &= kpos[None, :] > qpos[:, None] - op.attrs["window"]
+            s = np.where(keep, s, -np.inf)
         s = s - s.max(axis=-1, keepdims=True)
         p = np.exp(s)
         return p / p.sum(axis=-1, keepdims=True)
     if k == "activation":
-        fn = {"silu": _silu, "gelu": _gelu, "relu": lambda v: np.maximum(v, 0.0)}[op.attrs.get("function", "silu")]
+        fn = _ACTS[op.attrs.get("function", "silu")]
         return fn(args[0]) * args[1] if op.attrs.get("gated") else fn(args[0])
     if k == "elementwise":
         f = op.attrs.get("function", "add")
@@ -135,7 +145,27 @@ def execute(trace: Trace, weights: dict[str, np.ndarray], token_ids: np.ndarray,
     return last, cache
 
 
-def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarray:
+def _execute_moe(op: Op, env: dict, weights: dict, key) -> np.ndarray:
+    """Routing (``route``), token dispatch (``gather``) and the routed experts with their weighted
+    sum (``combine``): each expert runs on the tokens actually routed to it."""
+    a = op.attrs
+    if op.kind == "route":
+        routed = moe.route(_view(env[op.inputs[0].name], op, op.inputs[0]), a["top_k"], a["scoring"],
+                           a["norm_topk_prob"], a["capacity_factor"])
+        env["route_topk"] = routed
+        out = routed.dense(op.sizes["x"])
+    elif op.kind == "gather":
+        out = env[op.inputs[0].name].reshape(op.sizes["m"], op.sizes["d"])
+        env["dispatch_rows"] = out
+    else:
+        names = ("w_gate", "w_up", "w_down") if a["gated"] else ("w_fc1", "w_fc2")
+        w = {n: weights[key(f"experts.{n}")] for n in names}
+        out = moe.experts_grouped(env["dispatch_rows"], env["route_topk"], w, _ACTS[a["function"]], a["gated"])
+    env[op.output.name] = out
+    return out
+
+
+def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarray | None:
     k = op.kind
     if k == "embedding":
         ids = env["token_ids"]
@@ -176,12 +206,18 @@ def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarra
         out = x * perm_cos.reshape(shape) + _rotate_half(x) * (sin if qi < ei else sin.T).reshape(shape)
         env[op.output.name] = out
         return out
+    if "moe_group" in op.attrs:  # expert GEMMs sized by a routing distribution: run at `combine`
+        return None
+    if k in ("route", "gather", "combine"):
+        return _execute_moe(op, env, weights, key)
     args = []
     for t in op.inputs:
         if t.role == "weight":
             args.append(weights[key(t.name)])
         elif t.role == "kv":
-            args.append(_view(env[t.name], op, t))
+            arr = env[t.name]
+            s = op.sizes.get("s", arr.shape[1])
+            args.append(_view(arr[:, -s:] if arr.ndim == 4 and arr.shape[1] > s else arr, op, t))
         else:
             args.append(_view(env[t.name], op, t))
     out = run_op(op, args)
