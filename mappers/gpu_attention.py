@@ -65,8 +65,13 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
     if causal and q > 1:  # with a sliding window, key blocks wholly left of the window are skipped too
         qb = math.ceil(q / BM)
         offset = s - q
-        kept = sum(min(s, offset + (i + 1) * BM) - (max(0, offset + i * BM - window + 1) if window else 0)
-                   for i in range(qb))
+        sinks = int(score.attrs.get("sinks", 0))
+
+        def left_skipped(i: int) -> int:  # keys left of block i's window, less the sinks kept there
+            lo = max(0, offset + i * BM - window + 1) if window else 0
+            return lo - min(sinks, lo)
+
+        kept = sum(min(s, offset + (i + 1) * BM) - left_skipped(i) for i in range(qb))
         frac = kept / (qb * s)
     else:
         frac = 1.0

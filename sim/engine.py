@@ -193,18 +193,26 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> No
     )
 
 
+def _objective_value(r: Result, objective: str) -> float:
+    return {"latency": r.latency_s, "energy": r.energy_j}.get(objective, r.latency_s * r.energy_j)
+
+
 def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: str = "latency",
-             check_memory: bool = True, routing: str | None = None) -> Result:
+             check_memory: bool = True, routing: str | None = None, mla_form: str | None = None) -> Result:
     """Simulate one step of ``phase`` of ``model`` on ``arch``; ``routing`` (``balanced``,
     ``zipf:S`` or a per-expert weights file) sizes a mixture-of-experts model's expert GEMMs.
+    Multi-head latent attention runs in ``mla_form`` (``naive`` or ``absorbed``); by default both
+    are simulated and the one better for ``objective`` is kept (``meta.mla_form``).
 
     Raises :class:`~xpusim.errors.CapacityError` if the weights, KV cache and activations do not
     fit device memory (unless ``check_memory`` is false).
     """
     arch = load_arch(arch)
     model = load_model(model)
-    trace = build_trace(model, phase, routing)
-    result = simulate_trace(trace, arch, objective, model, kv_bytes=model.kv_cache_bytes(phase.batch, phase.kv_len))
+    kv = model.kv_cache_bytes(phase.batch, phase.kv_len)
+    forms = [mla_form] if mla_form or not model.is_mla else ["naive", "absorbed"]
+    results = [simulate_trace(build_trace(model, phase, routing, f), arch, objective, model, kv_bytes=kv) for f in forms]
+    result = min(results, key=lambda r: _objective_value(r, objective))
     result.inputs["model"] = model.name
     result.inputs["phase_args"] = {k: v for k, v in vars(phase).items()}
     if check_memory:

@@ -15,10 +15,10 @@ TINY_GPT = ModelSpec(name="tiny-gpt", n_layers=2, d_model=64, n_heads=4, n_kv_he
                      position="learned", tied_embeddings=True)
 TINY_MOE = ModelSpec(name="tiny-moe", n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
                      vocab_size=53, max_seq_len=64, n_experts=6, experts_per_token=2, d_ff_expert=24,
-                     n_shared_experts=1, first_dense_layers=1, sliding_window=4)
+                     n_shared_experts=1, first_dense_layers=1, sliding_window=3, attention_sinks=2)
 TINY_DSV3_ROUTER = ModelSpec(name="tiny-sigmoid-moe", n_layers=2, d_model=32, n_heads=4, n_kv_heads=4, head_dim=8,
                              d_ff=64, vocab_size=53, max_seq_len=64, n_experts=5, experts_per_token=3,
-                             router_scoring="sigmoid", capacity_factor=1.0)
+                             router_scoring="sigmoid", capacity_factor=1.0, routed_scaling=2.5)
 
 
 def plain_forward(model: ModelSpec, w: dict, ids: np.ndarray) -> np.ndarray:
@@ -51,7 +51,7 @@ def plain_forward(model: ModelSpec, w: dict, ids: np.ndarray) -> np.ndarray:
         for t, z in enumerate(logits):
             sc = np.exp(z - z.max()) / np.exp(z - z.max()).sum() if model.router_scoring == "softmax" else 1 / (1 + np.exp(-z))
             top = sorted(range(model.n_experts), key=lambda e: (-sc[e], e))[: model.experts_per_token]
-            wt = sc[top] / sc[top].sum() if model.norm_topk_prob else sc[top]
+            wt = (sc[top] / sc[top].sum() if model.norm_topk_prob else sc[top]) * model.routed_scaling
             for e, g in zip(top, wt, strict=True):
                 taken[e] += 1
                 if model.capacity_factor and taken[e] > cap:
@@ -84,7 +84,7 @@ def plain_forward(model: ModelSpec, w: dict, ids: np.ndarray) -> np.ndarray:
         att = np.einsum("bqhe,bshe->bhqs", q, k) / math.sqrt(E)
         mask = np.tril(np.ones((S, S), bool))
         if model.sliding_window:
-            mask &= ~np.tril(np.ones((S, S), bool), -model.sliding_window)
+            mask &= ~np.tril(np.ones((S, S), bool), -model.sliding_window) | (np.arange(S)[None, :] < model.attention_sinks)
         att = np.where(mask, att, -np.inf)
         att = np.exp(att - att.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)

@@ -59,8 +59,16 @@ class ModelSpec:
     router_scoring: str = "softmax"
     norm_topk_prob: bool = True
     capacity_factor: float = 0.0
-    # attention window (0: full causal attention)
+    routed_scaling: float = 1.0
+    # attention window (0: full causal attention) and attention sinks kept beside it
     sliding_window: int = 0
+    attention_sinks: int = 0
+    # multi-head latent attention (kv_lora_rank = 0: standard attention)
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
 
     def __post_init__(self) -> None:
         for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "max_seq_len"):
@@ -88,7 +96,8 @@ class ModelSpec:
         self._check_moe()
 
     def _check_moe(self) -> None:
-        ints = ("n_experts", "experts_per_token", "d_ff_expert", "n_shared_experts", "first_dense_layers", "sliding_window")
+        ints = ("n_experts", "experts_per_token", "d_ff_expert", "n_shared_experts", "first_dense_layers", "sliding_window",
+                "attention_sinks", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
         for f in ints:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -107,6 +116,19 @@ class ModelSpec:
                 raise SpecError(f"model {self.name!r}: first_dense_layers ({self.first_dense_layers}) exceeds n_layers")
         elif self.experts_per_token or self.n_shared_experts:
             raise SpecError(f"model {self.name!r}: experts_per_token/n_shared_experts need n_experts > 0")
+        rs = self.routed_scaling
+        if isinstance(rs, bool) or not isinstance(rs, int | float) or not math.isfinite(rs) or rs <= 0:
+            raise SpecError(f"model {self.name!r}: routed_scaling must be a positive number, got {rs!r}")
+        if self.attention_sinks and not self.sliding_window:
+            raise SpecError(f"model {self.name!r}: attention_sinks need a sliding_window (sinks + recent window)")
+        if self.kv_lora_rank and not (self.qk_rope_head_dim and self.v_head_dim and self.qk_nope_head_dim):
+            raise SpecError(f"model {self.name!r}: multi-head latent attention (kv_lora_rank > 0) needs "
+                            "qk_nope_head_dim, qk_rope_head_dim and v_head_dim > 0")
+
+    @property
+    def is_mla(self) -> bool:
+        """Multi-head latent attention (DeepSeek-V2/V3)."""
+        return self.kv_lora_rank > 0
 
     @property
     def is_moe(self) -> bool:
@@ -140,9 +162,20 @@ class ModelSpec:
                 + (self.n_experts + self.n_shared_experts) * per_expert)
 
     def _attn_norm_params(self) -> int:
-        attn = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
         norms = (2 if self.norm == "rmsnorm" else 4) * self.d_model
-        return attn + norms
+        return self.attention_params + norms
+
+    @property
+    def attention_params(self) -> int:
+        """Parameters of one layer's attention (projections, and MLA's low-rank norms)."""
+        d, h = self.d_model, self.n_heads
+        if not self.is_mla:
+            return d * self.head_dim * (2 * h + 2 * self.n_kv_heads)
+        qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+        dq, dc = self.q_lora_rank, self.kv_lora_rank
+        q = d * dq + dq + dq * h * qk if dq else d * h * qk
+        kv = d * (dc + self.qk_rope_head_dim) + dc + dc * h * (self.qk_nope_head_dim + self.v_head_dim)
+        return q + kv + h * self.v_head_dim * d
 
     @property
     def params(self) -> int:
@@ -159,15 +192,28 @@ class ModelSpec:
         return self.params * get_dtype(self.weight_dtype).bytes
 
     @property
+    def kv_elements_per_token(self) -> int:
+        """Cached elements one token adds per attention layer: K and V of every KV head, or MLA's
+        compressed latent plus its decoupled RoPE key."""
+        if self.is_mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.n_kv_heads * self.head_dim
+
+    @property
     def kv_bytes_per_token(self) -> float:
-        """KV-cache bytes one token adds (K and V, every layer)."""
-        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * get_dtype(self.kv_dtype).bytes
+        """KV-cache bytes one token adds (every layer)."""
+        return self.n_layers * self.kv_elements_per_token * get_dtype(self.kv_dtype).bytes
+
+    def kv_tokens(self, kv_len: int) -> int:
+        """Tokens a sequence of ``kv_len`` keeps cached: all, or the attention sinks plus the last
+        ``sliding_window`` (a rolling buffer)."""
+        if not self.sliding_window:
+            return kv_len
+        return min(kv_len, self.attention_sinks + self.sliding_window)
 
     def kv_cache_bytes(self, batch: int, kv_len: int) -> float:
-        """KV-cache bytes of ``batch`` sequences holding ``kv_len`` tokens each; a sliding window
-        keeps only the last ``sliding_window`` tokens (a rolling buffer)."""
-        tokens = min(kv_len, self.sliding_window) if self.sliding_window else kv_len
-        return self.kv_bytes_per_token * batch * tokens
+        """KV-cache bytes of ``batch`` sequences holding ``kv_len`` tokens each."""
+        return self.kv_bytes_per_token * batch * self.kv_tokens(kv_len)
 
     def with_formats(self, weights: str | None = None, activations: str | None = None, kv: str | None = None) -> ModelSpec:
         d = asdict(self)
@@ -200,104 +246,6 @@ def model_from_dict(d: dict[str, Any], name: str = "model") -> ModelSpec:
         return ModelSpec(**d)
     except TypeError as e:
         raise SpecError(f"model {name!r}: {e}") from None
-
-
-# ---------------------------------------------------------------------------- Hugging Face configs
-_HF_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-HF_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gpt2")
-
-
-def _num(v: Any, key: str, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise SpecError(f"config.json of {name!r}: {key} must be a number, got {v!r}")
-    return float(v)
-
-
-def _get(cfg: dict[str, Any], key: str, name: str, default: Any = None) -> Any:
-    if key in cfg and cfg[key] is not None:
-        return cfg[key]
-    if default is None:
-        raise SpecError(f"config.json of {name!r}: missing required key {key!r}")
-    return default
-
-
-def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
-    """Map a Hugging Face ``config.json`` onto a :class:`ModelSpec`."""
-    mt = cfg.get("model_type")
-    if "tie_word_embeddings" in cfg and not isinstance(cfg["tie_word_embeddings"], bool):
-        raise SpecError(f"config.json of {name!r}: tie_word_embeddings must be true or false")
-    dtype = _HF_DTYPES.get(str(cfg.get("torch_dtype", "bfloat16")), "bf16")
-    if mt in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe"):
-        hidden = _get(cfg, "hidden_size", name)
-        heads = _get(cfg, "num_attention_heads", name)
-        if not isinstance(hidden, int) or not isinstance(heads, int) or heads <= 0:
-            raise ShapeError(f"config.json of {name!r}: hidden_size and num_attention_heads must be positive integers")
-        act = str(_get(cfg, "hidden_act", name, "silu"))
-        moe: dict[str, Any] = {}
-        if mt == "mixtral":  # softmax over the top-k router logits = softmax, top-k, renormalise
-            moe = {"n_experts": _get(cfg, "num_local_experts", name), "experts_per_token": _get(cfg, "num_experts_per_tok", name),
-                   "norm_topk_prob": True}
-        elif mt == "qwen3_moe":
-            if cfg.get("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
-                raise SpecError(f"config.json of {name!r}: interleaved dense/MoE layers (decoder_sparse_step, "
-                                "mlp_only_layers) are not supported; every layer must be MoE")
-            moe = {"n_experts": _get(cfg, "num_experts", name), "experts_per_token": _get(cfg, "num_experts_per_tok", name),
-                   "d_ff_expert": _get(cfg, "moe_intermediate_size", name),
-                   "norm_topk_prob": bool(cfg.get("norm_topk_prob", False))}
-        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
-        return ModelSpec(
-            name=name,
-            family=mt,
-            n_layers=_get(cfg, "num_hidden_layers", name),
-            d_model=hidden,
-            n_heads=heads,
-            n_kv_heads=_get(cfg, "num_key_value_heads", name, heads),
-            head_dim=_get(cfg, "head_dim", name, hidden // heads),
-            d_ff=_get(cfg, "intermediate_size", name),
-            vocab_size=_get(cfg, "vocab_size", name),
-            max_seq_len=_get(cfg, "max_position_embeddings", name, 4096),
-            activation="gelu" if act.startswith("gelu") else ("silu" if act == "swish" else act),
-            gated_mlp=True,
-            norm="rmsnorm",
-            norm_eps=_num(_get(cfg, "rms_norm_eps", name, 1e-5), "rms_norm_eps", name),
-            position="rope",
-            rope_theta=_num(_get(cfg, "rope_theta", name, 10000.0), "rope_theta", name),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            weight_dtype=dtype,
-            act_dtype=dtype,
-            kv_dtype=dtype,
-            sliding_window=window or 0,
-            **moe,
-        )
-    if mt == "gpt2":
-        hidden = _get(cfg, "n_embd", name)
-        heads = _get(cfg, "n_head", name)
-        if not isinstance(hidden, int) or not isinstance(heads, int) or heads <= 0:
-            raise ShapeError(f"config.json of {name!r}: n_embd and n_head must be positive integers")
-        return ModelSpec(
-            name=name,
-            family="gpt2",
-            n_layers=_get(cfg, "n_layer", name),
-            d_model=hidden,
-            n_heads=heads,
-            n_kv_heads=heads,
-            head_dim=hidden // heads,
-            d_ff=_get(cfg, "n_inner", name, 4 * hidden),
-            vocab_size=_get(cfg, "vocab_size", name),
-            max_seq_len=_get(cfg, "n_positions", name, 1024),
-            activation="gelu",
-            gated_mlp=False,
-            norm="layernorm",
-            norm_eps=_num(_get(cfg, "layer_norm_epsilon", name, 1e-5), "layer_norm_epsilon", name),
-            position="learned",
-            tied_embeddings=True,
-            weight_dtype=dtype,
-            act_dtype=dtype,
-            kv_dtype=dtype,
-        )
-    raise SpecError(
-        f"config.json of {name!r}: model_type {mt!r} is not supported; supported: {', '.join(HF_MODEL_TYPES)}"
-    )
 
 
 # ---------------------------------------------------------------------------- loading
@@ -338,5 +286,7 @@ def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
     data = _read_structured(path)
     name = path.stem if path.stem != "config" else path.parent.name
     if isinstance(data, dict) and "model_type" in data:
+        from .hf_config import model_from_hf_config
+
         return model_from_hf_config(data, name)
     return model_from_dict(data, name)

@@ -38,8 +38,9 @@ class Routed:
 
 
 def route(logits: np.ndarray, top_k: int, scoring: str = "softmax", norm_topk_prob: bool = True,
-          capacity_factor: float = 0.0) -> Routed:
-    """Top-``k`` routing of (m, E) router logits."""
+          capacity_factor: float = 0.0, routed_scaling: float = 1.0) -> Routed:
+    """Top-``k`` routing of (m, E) router logits; the kept weights are scaled by
+    ``routed_scaling`` (DeepSeek-V3's ``routed_scaling_factor``)."""
     m, n_exp = logits.shape
     if scoring == "softmax":
         z = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -57,7 +58,7 @@ def route(logits: np.ndarray, top_k: int, scoring: str = "softmax", norm_topk_pr
         onehot = flat[:, None] == np.arange(n_exp)[None, :]
         rank = np.cumsum(onehot, axis=0)[np.arange(flat.size), flat] - 1
         kept = (rank < cap).reshape(index.shape)
-    return Routed(index, np.where(kept, weight, 0.0), kept)
+    return Routed(index, np.where(kept, weight * routed_scaling, 0.0), kept)
 
 
 def expert_mlp(x: np.ndarray, w: dict[str, np.ndarray], e: int, act: Callable[[np.ndarray], np.ndarray],

@@ -33,7 +33,9 @@ def weight_shape(op: Op, t: Tensor) -> tuple[int, ...]:
 
 
 def weight_key(block: str, repeat: int, index: int, name: str) -> str:
-    return f"{block}.{index}.{name}" if repeat > 1 else name
+    """Per-layer name of a weight or cache: ``layer.3.wq``; the embedding and head blocks' own
+    names stay plain (``embed_table``, ``lm_head``)."""
+    return name if block in ("embed", "head") else f"{block}.{index}.{name}"
 
 
 def init_weights(trace: Trace, seed: int = 0) -> dict[str, np.ndarray]:
@@ -82,6 +84,17 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
+def _cached_view(arr: np.ndarray, op: Op, t: Tensor) -> np.ndarray:
+    """The part of a (b, tokens, ..., features) cache an op reads: the attention sinks plus the most
+    recent tokens when it attends to fewer than are cached, the first ``e`` features when it
+    reads a prefix of each row (MLA reads the latent without its RoPE part as values)."""
+    s, sinks = op.sizes.get("s", arr.shape[1]), op.attrs.get("sinks", 0)
+    if arr.shape[1] > s:
+        arr = np.concatenate([arr[:, :sinks], arr[:, arr.shape[1] - (s - sinks):]], axis=1)
+    e, off = op.sizes.get(t.dims[-1], arr.shape[-1]), op.attrs.get("kv_offset", 0)
+    return arr[..., off:off + e] if arr.shape[-1] > e else arr
+
+
 _ACTS = {"silu": _silu, "gelu": _gelu, "relu": lambda v: np.maximum(v, 0.0)}
 
 
@@ -116,7 +129,8 @@ def run_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
             kpos = op.attrs.get("kv_start", 0) + np.arange(kv)
             keep = kpos[None, :] <= qpos[:, None]
             if op.attrs.get("window"):  # sliding window: the last `window` positions up to the query
-                keep &= kpos[None, :] > qpos[:, None] - op.attrs["window"]
+                recent = kpos[None, :] > qpos[:, None] - op.attrs["window"]
+                keep &= recent | (kpos[None, :] < op.attrs.get("sinks", 0))  # plus the attention sinks
             s = np.where(keep, s, -np.inf)
         s = s - s.max(axis=-1, keepdims=True)
         p = np.exp(s)
@@ -124,6 +138,13 @@ def run_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
     if k == "activation":
         fn = _ACTS[op.attrs.get("function", "silu")]
         return fn(args[0]) * args[1] if op.attrs.get("gated") else fn(args[0])
+    if k == "concat":  # along the last dim, each part broadcast over the lead dims it lacks
+        lead = op.output.dims[:-1]
+        parts = []
+        for t, a in zip(op.inputs, args, strict=True):
+            shape = [op.sizes[d] if d in t.dims else 1 for d in lead] + [a.shape[-1]]
+            parts.append(np.broadcast_to(a.reshape(shape), [op.sizes[d] for d in lead] + [a.shape[-1]]))
+        return np.concatenate(parts, axis=-1)
     if k == "elementwise":
         f = op.attrs.get("function", "add")
         return args[0] + args[1] if f == "add" else args[0] * args[1]
@@ -151,7 +172,7 @@ def _execute_moe(op: Op, env: dict, weights: dict, key) -> np.ndarray:
     a = op.attrs
     if op.kind == "route":
         routed = moe.route(_view(env[op.inputs[0].name], op, op.inputs[0]), a["top_k"], a["scoring"],
-                           a["norm_topk_prob"], a["capacity_factor"])
+                           a["norm_topk_prob"], a["capacity_factor"], a.get("routed_scaling", 1.0))
         env["route_topk"] = routed
         out = routed.dense(op.sizes["x"])
     elif op.kind == "gather":
@@ -212,12 +233,10 @@ def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarra
         return _execute_moe(op, env, weights, key)
     args = []
     for t in op.inputs:
-        if t.role == "weight":
-            args.append(weights[key(t.name)])
+        if t.role == "weight":  # a weight may be viewed per head (MLA's absorbed up-projections)
+            args.append(_view(weights[key(t.name)], op, t))
         elif t.role == "kv":
-            arr = env[t.name]
-            s = op.sizes.get("s", arr.shape[1])
-            args.append(_view(arr[:, -s:] if arr.ndim == 4 and arr.shape[1] > s else arr, op, t))
+            args.append(_view(_cached_view(env[t.name], op, t), op, t))
         else:
             args.append(_view(env[t.name], op, t))
     out = run_op(op, args)
