@@ -75,16 +75,18 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
         frac = kept / (qb * s)
     else:
         frac = 1.0
+    ev = context.sizes["e"]  # value head dim (MLA: the latent's first dc features)
     pairs = b * h * r * q * s * frac  # (query, key) pairs computed
-    macs = 2 * pairs * e  # QK^T and PV
+    macs = pairs * (e + ev)  # QK^T and PV
     q_bytes = b * h * r * q * e * qd.bytes
-    kv_bytes = 2 * b * h * s * e * kd.bytes
-    o_bytes = b * h * r * q * e * od.bytes
+    # keys and values; MLA's absorbed form reads its values out of the key rows already on chip
+    kv_bytes = b * h * s * (e if context.attrs.get("shares_keys") else e + ev) * kd.bytes
+    o_bytes = b * h * r * q * ev * od.bytes
     launches = 1
     if q == 1 or q * r <= 16:  # decode: split-KV
         work = b * h  # one CTA per (sequence, KV head) covers its r query heads
         splits = flash_splits(work, sms, math.ceil(s / KV_BLOCK))
-        partial = b * h * r * splits * (e + 1) * 4.0 if splits > 1 else 0.0
+        partial = b * h * r * splits * (ev + 1) * 4.0 if splits > 1 else 0.0
         launches += 1 if splits > 1 else 0
         hbm_bytes = q_bytes + kv_bytes + o_bytes + 2 * partial
         l2_bytes = hbm_bytes

@@ -145,7 +145,12 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
                 nbytes = group.ops[0].bytes
             else:  # a fused group reads its external inputs and writes its last output
                 inner = {op.output.name for op in group.ops}
-                nbytes = sum(op.tensor_bytes(t) for op in group.ops for t in op.inputs if t.name not in inner)
+                external: dict[str, float] = {}  # a tensor two ops read (MLA's latent) is read once
+                for op in group.ops:
+                    for t in op.inputs:
+                        if t.name not in inner:
+                            external[t.name] = max(external.get(t.name, 0.0), op.tensor_bytes(t))
+                nbytes = sum(external.values())
                 nbytes += group.ops[-1].tensor_bytes(group.ops[-1].output)
             row = {
                 "block": block.name, "name": group.name, "kind": group.kind, "repeat": block.repeat, "flops": flops,

@@ -179,7 +179,7 @@ class Op:
 
 
 #: attrs that change an op's cost (the rest only change its numerics)
-_COST_ATTRS = ("causal", "window", "sinks", "moe_group")
+_COST_ATTRS = ("causal", "window", "sinks", "moe_group", "shares_keys")
 
 
 def gemm_op(m: int, n: int, k: int, dtype: str = "bf16", name: str = "gemm") -> Op:
