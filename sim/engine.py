@@ -3,6 +3,7 @@ order with block repeats, and account for memory."""
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -13,6 +14,7 @@ from .. import __version__
 from ..arch.gpu import gpu_rules
 from ..arch.loader import load_arch
 from ..arch.spec import Arch
+from ..dtypes import get_dtype
 from ..errors import CapacityError
 from ..mappers.fusion import Group, plan
 from ..mappers.gpu import gpu_gemm_cost
@@ -184,17 +186,22 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> No
     if result.memory_bytes <= result.capacity_bytes:
         return
     gib = 2.0**30
-    remedies = ["a device with more memory (or several devices, once systems are modelled)"]
+    devices = math.ceil(result.memory_bytes / result.capacity_bytes)
+    remedies = [f"at least {devices} such devices (the model split across them) or one with more memory"]
     if result.kv_cache_bytes > 0.2 * result.memory_bytes:
-        remedies.append("an fp8 KV cache (--kv-dtype fp8)")
+        if get_dtype(model.kv_dtype).bytes > 1:
+            remedies.append("an fp8 KV cache (--kv-dtype fp8)")
         remedies.append(f"a smaller batch than {phase.batch}")
-    if result.weights_bytes > 0.5 * result.capacity_bytes:
-        remedies.append("fp8/int4 weights (--weight-dtype)")
+    smaller = [f for f in ("fp8", "int4") if get_dtype(f).bytes < get_dtype(model.weight_dtype).bytes]
+    if result.weights_bytes > 0.5 * result.capacity_bytes and smaller:
+        remedies.append(f"{'/'.join(smaller)} weights (--weight-dtype {smaller[0]})")
+    parts = [f"weights {result.weights_bytes / gib:.1f}", f"KV cache {result.kv_cache_bytes / gib:.1f}"]
+    if result.ssm_state_bytes:
+        parts.append(f"SSM state {result.ssm_state_bytes / gib:.1f}")
+    parts.append(f"activations {result.activation_bytes / gib:.1f}")
     raise CapacityError(
-        f"{model.name} {phase.name} needs {result.memory_bytes / gib:.1f} GiB "
-        f"(weights {result.weights_bytes / gib:.1f}, KV cache {result.kv_cache_bytes / gib:.1f}, "
-        f"activations {result.activation_bytes / gib:.1f}) but {arch.name} has {result.capacity_bytes / gib:.1f} GiB; "
-        f"try {', or '.join(remedies)}"
+        f"{model.name} {phase.name} needs {result.memory_bytes / gib:.1f} GiB ({', '.join(parts)}) but {arch.name} "
+        f"has {result.capacity_bytes / gib:.1f} GiB; try {', or '.join(remedies)}"
     )
 
 
@@ -218,6 +225,7 @@ def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: 
     forms = [mla_form] if mla_form or not model.is_mla else ["naive", "absorbed"]
     results = [simulate_trace(build_trace(model, phase, routing, f), arch, objective, model, kv_bytes=kv) for f in forms]
     result = min(results, key=lambda r: _objective_value(r, objective))
+    result.ssm_state_bytes = model.ssm_state_bytes(phase.batch)
     result.inputs["model"] = model.name
     result.inputs["phase_args"] = {k: v for k, v in vars(phase).items()}
     if check_memory:

@@ -19,7 +19,8 @@ class Result:
 
     ``ops``: DataFrame, one row per op of the trace (``repeat`` = how many times its block runs;
     ``total_*`` = per-op value x repeat); ``latency_s``, ``energy_j``: the whole step;
-    ``tokens_per_s``: tokens of the step over its latency; memory in bytes; ``inputs``: what was
+    ``tokens_per_s``: tokens of the step over its latency; memory in bytes (weights, KV cache,
+    SSM recurrent state, peak activations); ``inputs``: what was
     simulated (device, model, phase, options) so a report can be rebuilt from the result.
     """
 
@@ -33,6 +34,7 @@ class Result:
     capacity_bytes: float
     inputs: dict[str, Any] = field(default_factory=dict)
     mappings: dict[str, Any] = field(default_factory=dict)
+    ssm_state_bytes: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -40,7 +42,7 @@ class Result:
 
     @property
     def memory_bytes(self) -> float:
-        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
+        return self.weights_bytes + self.kv_cache_bytes + self.ssm_state_bytes + self.activation_bytes
 
     @property
     def flops(self) -> float:
@@ -57,6 +59,7 @@ class Result:
             "memory_bytes": self.memory_bytes,
             "weights_bytes": self.weights_bytes,
             "kv_cache_bytes": self.kv_cache_bytes,
+            "ssm_state_bytes": self.ssm_state_bytes,
             "activation_bytes": self.activation_bytes,
             "capacity_bytes": self.capacity_bytes,
         }
@@ -74,5 +77,5 @@ class Result:
             ops=pd.DataFrame(d["ops"]), latency_s=d["latency_s"], energy_j=d["energy_j"], tokens=d["tokens"],
             weights_bytes=d["weights_bytes"], kv_cache_bytes=d["kv_cache_bytes"],
             activation_bytes=d["activation_bytes"], capacity_bytes=d["capacity_bytes"],
-            inputs=d.get("inputs", {}), mappings=d.get("mappings", {}),
+            inputs=d.get("inputs", {}), mappings=d.get("mappings", {}), ssm_state_bytes=d.get("ssm_state_bytes", 0.0),
         )

@@ -22,12 +22,11 @@ Linear weights are stored (out, in) as ``torch.nn.Linear`` does: dims ``(n, k)``
 from __future__ import annotations
 
 from ..errors import SpecError
-from .attention import attention_ops
 from .einsum import Op, Tensor
-from .ffn import mlp_ops, moe_ops
-from .mla import MLA_FORMS, mla_ops
+from .layers import layer_blocks
+from .mla import MLA_FORMS
 from .model import ModelSpec
-from .opkit import add, linear, norm
+from .opkit import linear, norm
 from .phases import Decode, Phase, Prefill
 from .routing import Routing, parse_routing
 from .trace import Block, Trace
@@ -52,20 +51,7 @@ def build_trace(model: ModelSpec, phase: Phase, routing: Routing | str | None = 
     form = mla_form or ("naive" if isinstance(phase, Prefill) else "absorbed")
     if form not in MLA_FORMS:
         raise SpecError(f"mla_form {form!r}: use one of {', '.join(MLA_FORMS)}")
-    attention = [
-        norm("attn_norm", model, m, "x", "xn", "attn_norm"),
-        *(mla_ops(model, phase, m, form) if model.is_mla else attention_ops(model, phase, m)),
-        add("residual_attn", m, d, "x", "attn_out", "x1", adt),
-        norm("mlp_norm", model, m, "x1", "xn2", "mlp_norm"),
-    ]
-    residual = add("residual_mlp", m, d, "x1", "mlp_out", "x", adt)
-    layers: list[Block] = []
-    meta: dict[str, int | str] = {}
-    if model.n_layers - model.moe_layers:
-        layers.append(Block("layer", [*attention, *mlp_ops(model, m), residual], model.n_layers - model.moe_layers))
-    if model.is_moe:
-        moe, meta = moe_ops(model, m, parse_routing(routing))
-        layers.append(Block("moe_layer", [*attention, *moe, residual], model.moe_layers))
+    layers, meta = layer_blocks(model, phase, parse_routing(routing), form)
 
     head: list[Op] = []
     last = "x"

@@ -20,11 +20,11 @@ from ..errors import ShapeError, SpecError
 #: does not index; the others are streaming (vector) operators.
 KINDS = (
     "matmul", "softmax", "norm", "elementwise", "activation", "rope", "embedding", "kv_append",
-    "take_last", "route", "gather", "combine", "concat",
+    "take_last", "route", "gather", "combine", "concat", "conv1d", "scan",
 )
 
 #: Tensor roles: what a tensor is, for memory accounting and placement.
-ROLES = ("weight", "activation", "kv", "input")
+ROLES = ("weight", "activation", "kv", "state", "input")
 
 
 @dataclass(frozen=True)

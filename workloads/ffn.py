@@ -69,7 +69,8 @@ def moe_ops(model: ModelSpec, m: int, routing: Routing) -> tuple[list[Op], dict[
     ops.append(Op("combine", "combine", (("m", m), ("t", k), ("d", d)),
                   (Tensor("y_dispatched", ("m", "t", "d"), adt), Tensor("route_topk", ("m", "t"), adt)),
                   Tensor(routed_out, ("m", "d"), adt), 2.0,
-                  {**route, "function": model.activation, "gated": model.gated_mlp}))
+                  {**route, "function": model.activation, "gated": model.gated_mlp,
+                   "weights": tuple(f"experts.w_{n}" for n in (("gate", "up", "down") if model.gated_mlp else ("fc1", "fc2")))}))
     if model.n_shared_experts:
         ops += mlp_ops(model, m, model.n_shared_experts * f, "shared_", "shared_out")
         ops.append(add("shared_add", m, d, "moe_out", "shared_out", "mlp_out", adt))

@@ -8,7 +8,8 @@ from ..errors import ShapeError, SpecError
 from .model import ModelSpec
 
 _HF_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-HF_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "deepseek_v2", "deepseek_v3", "gpt2")
+HF_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "deepseek_v2", "deepseek_v3", "mamba",
+                  "mamba2", "jamba", "gpt2")
 
 
 def _num(v: Any, key: str, name: str) -> float:
@@ -33,6 +34,10 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
     dtype = _HF_DTYPES.get(str(cfg.get("torch_dtype", "bfloat16")), "bf16")
     if mt in ("deepseek_v2", "deepseek_v3"):
         return _deepseek(cfg, name, mt, dtype)
+    if mt in ("mamba", "mamba2"):
+        return _mamba(cfg, name, mt, dtype)
+    if mt == "jamba":
+        return _jamba(cfg, name, dtype)
     if mt in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe"):
         hidden = _get(cfg, "hidden_size", name)
         heads = _get(cfg, "num_attention_heads", name)
@@ -136,4 +141,48 @@ def _deepseek(cfg: dict[str, Any], name: str, mt: str, dtype: str) -> ModelSpec:
         q_lora_rank=cfg.get("q_lora_rank") or 0, kv_lora_rank=_get(cfg, "kv_lora_rank", name),
         qk_nope_head_dim=_get(cfg, "qk_nope_head_dim", name), qk_rope_head_dim=_get(cfg, "qk_rope_head_dim", name),
         v_head_dim=_get(cfg, "v_head_dim", name),
+    )
+
+
+def _mamba(cfg: dict[str, Any], name: str, mt: str, dtype: str) -> ModelSpec:
+    """Mamba-1 (``mamba``) and Mamba-2 (``mamba2``): every layer one SSM mixer, no MLP, no
+    attention; embeddings tied unless the config says otherwise (the Hugging Face default)."""
+    d = _get(cfg, "hidden_size", name)
+    rank = cfg.get("time_step_rank", "auto")
+    ssm: dict[str, Any] = {"ssm_kind": "mamba1" if mt == "mamba" else "mamba2", "ssm_state": _get(cfg, "state_size", name),
+                           "ssm_expand": _get(cfg, "expand", name, 2), "ssm_conv": _get(cfg, "conv_kernel", name, 4)}
+    if mt == "mamba":
+        ssm["ssm_dt_rank"] = 0 if rank == "auto" else rank
+    else:
+        ssm.update(ssm_head_dim=_get(cfg, "head_dim", name, 64), ssm_groups=_get(cfg, "n_groups", name, 1))
+    return ModelSpec(
+        name=name, family=mt, n_layers=_get(cfg, "num_hidden_layers", name, cfg.get("n_layer")), d_model=d,
+        n_heads=1, n_kv_heads=1, head_dim=1, d_ff=0, vocab_size=_get(cfg, "vocab_size", name),
+        max_seq_len=1 << 20, norm="rmsnorm", position="none",
+        norm_eps=_num(_get(cfg, "layer_norm_epsilon", name, 1e-5), "layer_norm_epsilon", name),
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", True)), weight_dtype=dtype, act_dtype=dtype, kv_dtype=dtype,
+        **ssm,
+    )
+
+
+def _jamba(cfg: dict[str, Any], name: str, dtype: str) -> ModelSpec:
+    """Jamba: Mamba-1 layers (with RMS norms on dt, B, C) and one attention layer per
+    ``attn_layer_period`` (no positional encoding), MoE every ``expert_layer_period`` layers
+    (softmax router, top-k weights not renormalised)."""
+    hidden, heads = _get(cfg, "hidden_size", name), _get(cfg, "num_attention_heads", name)
+    if not isinstance(hidden, int) or not isinstance(heads, int) or heads <= 0:
+        raise ShapeError(f"config.json of {name!r}: hidden_size and num_attention_heads must be positive integers")
+    return ModelSpec(
+        name=name, family="jamba", n_layers=_get(cfg, "num_hidden_layers", name), d_model=hidden, n_heads=heads,
+        n_kv_heads=_get(cfg, "num_key_value_heads", name, heads), head_dim=hidden // heads,
+        d_ff=_get(cfg, "intermediate_size", name), vocab_size=_get(cfg, "vocab_size", name),
+        max_seq_len=_get(cfg, "max_position_embeddings", name, 262144), norm="rmsnorm", position="none",
+        norm_eps=_num(_get(cfg, "rms_norm_eps", name, 1e-6), "rms_norm_eps", name),
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), weight_dtype=dtype, act_dtype=dtype, kv_dtype=dtype,
+        n_experts=_get(cfg, "num_experts", name), experts_per_token=_get(cfg, "num_experts_per_tok", name),
+        norm_topk_prob=False, ssm_kind="mamba1", ssm_state=_get(cfg, "mamba_d_state", name, 16),
+        ssm_expand=_get(cfg, "mamba_expand", name, 2), ssm_conv=_get(cfg, "mamba_d_conv", name, 4),
+        ssm_dt_rank=_get(cfg, "mamba_dt_rank", name, 0), ssm_inner_norms=True,
+        attn_period=_get(cfg, "attn_layer_period", name), attn_offset=_get(cfg, "attn_layer_offset", name, 0),
+        moe_period=_get(cfg, "expert_layer_period", name), moe_offset=_get(cfg, "expert_layer_offset", name, 0),
     )

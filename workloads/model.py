@@ -18,6 +18,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 
 ACTIVATIONS = ("silu", "gelu", "relu")
 ROUTER_SCORING = ("softmax", "sigmoid")
+SSM_KINDS = ("mamba1", "mamba2")
 NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "learned", "none")
 
@@ -69,12 +70,31 @@ class ModelSpec:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # state-space layers (ssm_kind "": none; "mamba1" selective scan; "mamba2" SSD)
+    ssm_kind: str = ""
+    ssm_state: int = 16
+    ssm_expand: int = 2
+    ssm_conv: int = 4
+    ssm_dt_rank: int = 0
+    ssm_head_dim: int = 64
+    ssm_groups: int = 1
+    ssm_inner_norms: bool = False
+    # hybrid interleaving: with an SSM, layer i is attention when i % attn_period == attn_offset;
+    # with experts, layer i >= first_dense_layers is MoE when i % moe_period == moe_offset
+    attn_period: int = 0
+    attn_offset: int = 0
+    moe_period: int = 0
+    moe_offset: int = 0
 
     def __post_init__(self) -> None:
-        for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "max_seq_len"):
+        for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "max_seq_len"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ShapeError(f"model {self.name!r}: {f} must be a positive integer, got {v!r}")
+        ff = self.d_ff
+        if not isinstance(ff, int) or isinstance(ff, bool) or ff < 0 or (ff == 0 and not self.ssm_kind):
+            raise ShapeError(f"model {self.name!r}: d_ff must be a positive integer (0 only for MLP-free SSM layers), "
+                             f"got {self.d_ff!r}")
         if self.n_heads % self.n_kv_heads:
             raise SpecError(
                 f"model {self.name!r}: n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
@@ -94,6 +114,29 @@ class ModelSpec:
         if not isinstance(self.name, str) or not isinstance(self.family, str):
             raise SpecError("model name and family must be strings")
         self._check_moe()
+        self._check_ssm()
+
+    def _check_ssm(self) -> None:
+        ints = ("ssm_state", "ssm_expand", "ssm_conv", "ssm_dt_rank", "ssm_head_dim", "ssm_groups", "attn_period",
+                "attn_offset", "moe_period", "moe_offset")
+        for f in ints:
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ShapeError(f"model {self.name!r}: {f} must be a non-negative integer, got {v!r}")
+        if self.ssm_kind not in ("", *SSM_KINDS):
+            raise SpecError(f"model {self.name!r}: ssm_kind {self.ssm_kind!r} is not one of {', '.join(SSM_KINDS)} (or empty)")
+        if not isinstance(self.ssm_inner_norms, bool):
+            raise SpecError(f"model {self.name!r}: ssm_inner_norms must be true or false")
+        if self.ssm_kind:
+            for f in ("ssm_state", "ssm_expand", "ssm_conv", "ssm_head_dim", "ssm_groups"):
+                if getattr(self, f) <= 0:
+                    raise ShapeError(f"model {self.name!r}: {f} must be positive for an SSM model")
+            if self.ssm_kind == "mamba2" and (self.ssm_inner % self.ssm_head_dim or self.ssm_heads % self.ssm_groups):
+                raise SpecError(f"model {self.name!r}: ssm_expand * d_model ({self.ssm_inner}) must be a multiple of "
+                                f"ssm_head_dim ({self.ssm_head_dim}) and the heads a multiple of ssm_groups")
+        for per, off in (("attn_period", "attn_offset"), ("moe_period", "moe_offset")):
+            if getattr(self, per) and getattr(self, off) >= getattr(self, per):
+                raise SpecError(f"model {self.name!r}: {off} must be below {per}")
 
     def _check_moe(self) -> None:
         ints = ("n_experts", "experts_per_token", "d_ff_expert", "n_shared_experts", "first_dense_layers", "sliding_window",
@@ -139,9 +182,64 @@ class ModelSpec:
         """Intermediate size of one routed (and one shared) expert."""
         return self.d_ff_expert or self.d_ff
 
+    def layer_kinds(self) -> list[tuple[str, str]]:
+        """(mixer, feed-forward) of every layer: mixer ``attn`` or ``ssm``; feed-forward ``mlp``,
+        ``moe`` or ``none``."""
+        out = []
+        for i in range(self.n_layers):
+            attn = not self.ssm_kind or bool(self.attn_period and i % self.attn_period == self.attn_offset)
+            moe = self.is_moe and i >= self.first_dense_layers and (not self.moe_period or i % self.moe_period == self.moe_offset)
+            out.append(("attn" if attn else "ssm", "moe" if moe else ("mlp" if self.d_ff else "none")))
+        return out
+
     @property
     def moe_layers(self) -> int:
-        return self.n_layers - self.first_dense_layers if self.is_moe else 0
+        return sum(f == "moe" for _, f in self.layer_kinds())
+
+    @property
+    def attention_layers(self) -> int:
+        return sum(mx == "attn" for mx, _ in self.layer_kinds())
+
+    @property
+    def ssm_layers(self) -> int:
+        return self.n_layers - self.attention_layers
+
+    # ------------------------------------------------------------------ state-space sizes
+    @property
+    def ssm_inner(self) -> int:
+        """Channels of an SSM layer (``expand x d_model``)."""
+        return self.ssm_expand * self.d_model
+
+    @property
+    def ssm_heads(self) -> int:
+        """Mamba-2 heads (channels / head dim)."""
+        return self.ssm_inner // self.ssm_head_dim
+
+    @property
+    def dt_rank(self) -> int:
+        """Mamba-1 time-step rank (default ``ceil(d_model / 16)``)."""
+        return self.ssm_dt_rank or -(-self.d_model // 16)
+
+    @property
+    def ssm_conv_channels(self) -> int:
+        """Channels the causal conv1d runs over: x (Mamba-1), or x, B and C (Mamba-2)."""
+        return self.ssm_inner + (2 * self.ssm_groups * self.ssm_state if self.ssm_kind == "mamba2" else 0)
+
+    @property
+    def ssm_params(self) -> int:
+        """Parameters of one SSM mixer (projections, conv with bias, A, D, dt bias, norms)."""
+        d, di, n, k = self.d_model, self.ssm_inner, self.ssm_state, self.ssm_conv
+        if self.ssm_kind == "mamba2":
+            g, h = self.ssm_groups, self.ssm_heads
+            return d * (2 * di + 2 * g * n + h) + self.ssm_conv_channels * (k + 1) + 3 * h + di + di * d
+        r = self.dt_rank
+        norms = (r + 2 * n) if self.ssm_inner_norms else 0
+        return 2 * di * d + di * (k + 1) + di * (r + 2 * n) + r * di + di + di * n + di + di * d + norms
+
+    @property
+    def ssm_state_elements(self) -> int:
+        """Recurrent state of one sequence in one SSM layer: conv window and scan state."""
+        return (self.ssm_conv - 1) * self.ssm_conv_channels + self.ssm_inner * self.ssm_state
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -149,21 +247,24 @@ class ModelSpec:
         """Query heads per KV head (the GQA ``r`` dimension)."""
         return self.n_heads // self.n_kv_heads
 
+    def kind_params(self, mixer: str, ffn: str) -> int:
+        """Parameters of one layer of the given kind, with its norms."""
+        norm = (1 if self.norm == "rmsnorm" else 2) * self.d_model
+        mix = self.attention_params if mixer == "attn" else self.ssm_params
+        mlp = (3 if self.gated_mlp else 2) * self.d_model
+        ff = {"none": 0, "mlp": mlp * self.d_ff,
+              "moe": self.n_experts * self.d_model + (self.n_experts + self.n_shared_experts) * mlp * self.expert_ff}[ffn]
+        return mix + ff + norm * (1 if ffn == "none" else 2)
+
     @property
     def layer_params(self) -> int:
         """Parameters of one dense decoder layer."""
-        return self._attn_norm_params() + (3 if self.gated_mlp else 2) * self.d_model * self.d_ff
+        return self.kind_params("attn", "mlp")
 
     @property
     def moe_layer_params(self) -> int:
         """Parameters of one MoE decoder layer: router, every routed expert, shared experts."""
-        per_expert = (3 if self.gated_mlp else 2) * self.d_model * self.expert_ff
-        return (self._attn_norm_params() + self.n_experts * self.d_model
-                + (self.n_experts + self.n_shared_experts) * per_expert)
-
-    def _attn_norm_params(self) -> int:
-        norms = (2 if self.norm == "rmsnorm" else 4) * self.d_model
-        return self.attention_params + norms
+        return self.kind_params("attn", "moe")
 
     @property
     def attention_params(self) -> int:
@@ -184,7 +285,7 @@ class ModelSpec:
         pos = self.max_seq_len * self.d_model if self.position == "learned" else 0
         head = 0 if self.tied_embeddings else self.vocab_size * self.d_model
         final_norm = (1 if self.norm == "rmsnorm" else 2) * self.d_model
-        layers = (self.n_layers - self.moe_layers) * self.layer_params + self.moe_layers * self.moe_layer_params
+        layers = sum(self.kind_params(mx, ff) for mx, ff in self.layer_kinds())
         return emb + pos + layers + final_norm + head
 
     @property
@@ -202,7 +303,11 @@ class ModelSpec:
     @property
     def kv_bytes_per_token(self) -> float:
         """KV-cache bytes one token adds (every layer)."""
-        return self.n_layers * self.kv_elements_per_token * get_dtype(self.kv_dtype).bytes
+        return self.attention_layers * self.kv_elements_per_token * get_dtype(self.kv_dtype).bytes
+
+    def ssm_state_bytes(self, batch: int) -> float:
+        """Recurrent-state bytes of ``batch`` sequences over every SSM layer (constant in length)."""
+        return self.ssm_layers * batch * self.ssm_state_elements * get_dtype(self.kv_dtype).bytes
 
     def kv_tokens(self, kv_len: int) -> int:
         """Tokens a sequence of ``kv_len`` keeps cached: all, or the attention sinks plus the last

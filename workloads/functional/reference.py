@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import SpecError
 from ..einsum import Op, Tensor
 from ..trace import Trace
-from . import moe
+from . import moe, ssm
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -179,11 +179,53 @@ def _execute_moe(op: Op, env: dict, weights: dict, key) -> np.ndarray:
         out = env[op.inputs[0].name].reshape(op.sizes["m"], op.sizes["d"])
         env["dispatch_rows"] = out
     else:
-        names = ("w_gate", "w_up", "w_down") if a["gated"] else ("w_fc1", "w_fc2")
-        w = {n: weights[key(f"experts.{n}")] for n in names}
+        w = {n.rsplit(".", 1)[1]: weights[key(n)] for n in a["weights"]}  # w_gate, w_up, ... of every expert
         out = moe.experts_grouped(env["dispatch_rows"], env["route_topk"], w, _ACTS[a["function"]], a["gated"])
     env[op.output.name] = out
     return out
+
+
+def _state(op: Op, cache: dict, key) -> np.ndarray | None:
+    """The recurrent state an SSM op continues from (None at the start of a sequence)."""
+    if not op.attrs.get("offset"):
+        return None
+    name = key(op.attrs["state"])
+    if name not in cache:
+        raise SpecError(f"op {op.name!r}: no recurrent state {name!r} in the cache; run the earlier steps first")
+    return cache[name]
+
+
+def _execute_ssm(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarray:
+    """Causal conv1d and selective scan, reading and writing their recurrent state in ``cache``."""
+    w = lambda i: weights[key(op.inputs[i].name)]  # noqa: E731  (weights by operand position)
+    if op.kind == "conv1d":
+        x = _view(env[op.inputs[0].name], op, op.inputs[0])
+        out, new_state = ssm.conv1d_causal(x, w(1), w(2), _state(op, cache, key))
+        cache[key(op.attrs["state"])] = new_state
+        env[op.output.name] = out
+        return out
+    sz = op.sizes
+    x, dt_raw, bm, cm = (_view(env[t.name], op, t) for t in op.inputs[:4])
+    b, q = sz["b"], sz["q"]
+    h0 = _state(op, cache, key)
+    if op.attrs["ssm"] == "mamba1":
+        dt = ssm.softplus(dt_raw + w(6))
+        A = -np.exp(w(4))
+        y, h = ssm.scan_chunked(x, dt, A, bm[:, :, None, :], cm[:, :, None, :], h0, op.attrs["chunk"])
+        y = y + w(5) * x
+    else:  # Mamba-2: one A and dt per head, B and C per group, flattened to channels (head, p)
+        nh, p, g, n = sz["h"], sz["p"], sz["g"], sz["n"]
+        per_head = lambda v: np.repeat(v, p, axis=-1)  # noqa: E731  (..., h) -> (..., h*p)
+        dt = per_head(ssm.softplus(dt_raw + w(6)))
+        A = np.broadcast_to(per_head(-np.exp(w(4)))[:, None], (nh * p, n))
+        grp = np.repeat(np.arange(nh) // (nh // g), p)
+        y, h = ssm.scan_chunked(x.reshape(b, q, nh * p), dt, A, bm[:, :, grp, :], cm[:, :, grp, :],
+                                None if h0 is None else h0.reshape(b, nh * p, n), op.attrs["chunk"])
+        y = (y + per_head(w(5)) * x.reshape(b, q, nh * p)).reshape(b, q, nh, p)
+        h = h.reshape(b, nh, p, n)
+    cache[key(op.attrs["state"])] = h
+    env[op.output.name] = y
+    return y
 
 
 def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarray | None:
@@ -231,6 +273,8 @@ def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarra
         return None
     if k in ("route", "gather", "combine"):
         return _execute_moe(op, env, weights, key)
+    if k in ("conv1d", "scan"):
+        return _execute_ssm(op, env, weights, cache, key)
     args = []
     for t in op.inputs:
         if t.role == "weight":  # a weight may be viewed per head (MLA's absorbed up-projections)
