@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
-from .errors import XpusimError
+from .errors import SpecError, XpusimError
 
 
 def _fmt_s(x: float) -> str:
@@ -46,14 +46,38 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
     from .sim.engine import simulate
+    from .sim.steps import simulate_chunked_prefill, speculate
     from .workloads.model import load_model
-    from .workloads.phases import make_phase
+    from .workloads.phases import Verify, make_phase
 
     model = load_model(a.model)
     if a.weight_dtype or a.act_dtype or a.kv_dtype:
         model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
-    phase = make_phase(a.phase, a.batch, a.seq, a.context)
-    res = simulate(a.arch, model, phase, a.objective, routing=a.routing)
+    kw = {"objective": a.objective, "routing": a.routing, "mla_form": a.mla_form}
+    if a.phase == "speculative":
+        if a.context is None or a.draft_tokens is None or a.acceptance is None:
+            raise SpecError("speculative needs --context, --draft-tokens and --acceptance (and --draft-model or --medusa-heads)")
+        spec = speculate(a.arch, model, a.batch, a.context, a.draft_tokens, a.acceptance, a.draft_model,
+                         a.medusa_heads or 0, a.tree_width, **kw)
+        if a.json:
+            print(json.dumps(spec.to_dict(), indent=2))
+            return 0
+        print(f"xpusim {__version__}: {model.name} speculative decoding on {a.arch}, drafter {spec.drafter}, "
+              f"{spec.draft_tokens} drafted tokens ({spec.tree_nodes} tree nodes), acceptance {spec.acceptance:g}")
+        print(f"expected tokens per step {spec.expected_tokens:.3f}   step {_fmt_s(spec.step_s)} "
+              f"(draft {_fmt_s(spec.draft_s)}, verify {_fmt_s(spec.verify_s)})   plain decode step {_fmt_s(spec.decode_s)}   "
+              f"speedup {spec.speedup:.2f}x")
+        return 0
+    if a.phase == "verify":
+        if a.context is None or a.draft_tokens is None:
+            raise SpecError("verify needs --context (cached tokens) and --draft-tokens")
+        phase = Verify(a.batch, a.context, a.draft_tokens)
+    else:
+        phase = make_phase(a.phase, a.batch, a.seq, a.context)
+    if a.chunk and a.phase == "prefill":
+        res = simulate_chunked_prefill(a.arch, model, a.batch, a.seq, a.chunk, **kw)
+    else:
+        res = simulate(a.arch, model, phase, **kw)
     if a.csv:
         res.ops.to_csv(a.csv, index=False)
     if a.json:
@@ -74,8 +98,9 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     s = res.summary()
     print(f"latency {_fmt_s(s['latency_s'])}   throughput {s['tokens_per_s']:.1f} tokens/s   "
           f"energy {s['energy_j']:.3g} J   achieved {s['achieved_flops_per_s'] / 1e12:.1f} TFLOP/s")
+    state = f", SSM state {_fmt_b(s['ssm_state_bytes'])}" if s["ssm_state_bytes"] else ""
     print(f"memory {_fmt_b(s['memory_bytes'])} of {_fmt_b(s['capacity_bytes'])} "
-          f"(weights {_fmt_b(s['weights_bytes'])}, KV cache {_fmt_b(s['kv_cache_bytes'])}, "
+          f"(weights {_fmt_b(s['weights_bytes'])}, KV cache {_fmt_b(s['kv_cache_bytes'])}{state}, "
           f"activations {_fmt_b(s['activation_bytes'])})")
     return 0
 
@@ -185,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="simulate one prefill or decode step of a model on a device")
     s.add_argument("--arch", required=True, help="device preset name or YAML file")
     s.add_argument("--model", required=True, help="model preset name, xpusim YAML or Hugging Face config.json")
-    s.add_argument("--phase", required=True, choices=["prefill", "decode"])
+    s.add_argument("--phase", required=True, choices=["prefill", "decode", "verify", "speculative"])
     s.add_argument("--batch", type=_positive_int, default=1)
     s.add_argument("--seq", type=_positive_int, help="prompt tokens per sequence (prefill)")
     s.add_argument("--context", type=_positive_int, help="tokens attended per sequence (decode)")
@@ -193,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--act-dtype", help="override the activation format")
     s.add_argument("--kv-dtype", help="override the KV-cache format")
     s.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"])
+    s.add_argument("--chunk", type=_positive_int, help="prefill the prompt this many tokens at a time (chunked prefill)")
+    s.add_argument("--draft-tokens", type=_positive_int, help="tokens drafted per step (verify, speculative)")
+    s.add_argument("--acceptance", type=float, help="per-token acceptance rate of the drafts (speculative)")
+    s.add_argument("--draft-model", help="draft model preset or file (speculative)")
+    s.add_argument("--medusa-heads", type=_positive_int, help="Medusa heads as the drafter (speculative)")
+    s.add_argument("--tree-width", type=_positive_int, default=1, help="candidates per level of a Medusa token tree")
+    s.add_argument("--mla-form", choices=["naive", "absorbed"], help="multi-head latent attention form (default: the faster)")
     s.add_argument("--routing", help="MoE tokens per expert: balanced (default), zipf:S, or a file of per-expert weights")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--csv", metavar="FILE", help="write the per-op table as CSV")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from scipy.special import erf
+from scipy.special import erf  # type: ignore[import-untyped]
 from xpusim.errors import DtypeError, ShapeError
 from xpusim.workloads.functional.formats import FLOAT_FORMATS, quantize, relative_error, round_float, unit_roundoff
 

@@ -9,7 +9,7 @@ import math
 from .einsum import Op, Tensor
 from .model import ModelSpec
 from .opkit import ROPE_FLOPS, SOFTMAX_FLOPS, linear
-from .phases import Phase, Prefill
+from .phases import Phase, is_causal, position_attrs
 
 
 def attention_core(model: ModelSpec, phase: Phase) -> list[Op]:
@@ -18,14 +18,15 @@ def attention_core(model: ModelSpec, phase: Phase) -> list[Op]:
     h, r, e = model.n_kv_heads, model.q_per_kv, model.head_dim
     adt, kdt = model.act_dtype, model.kv_dtype
     offset = lkv - lq  # position of the first new token
-    causal = isinstance(phase, Prefill)
+    causal = is_causal(phase)
+    pos = position_attrs(phase)
     window, sinks = model.sliding_window, model.attention_sinks
     if not causal:  # decode reads the cached tokens kept: all, or the sinks plus the recent window
         lkv = model.kv_tokens(lkv)
     ops: list[Op] = []
     q_name, k_name = "q", "k"
     if model.position == "rope":
-        rope = {"theta": model.rope_theta, "offset": offset}
+        rope = {"theta": model.rope_theta, **pos}
         ops.append(Op("rope_q", "rope", (("b", b), ("q", lq), ("h", h), ("r", r), ("e", e)),
                       (Tensor("q", ("b", "q", "h", "r", "e"), adt), Tensor("rope_table", ("q", "e"), "fp32", "input")),
                       Tensor("q_rot", ("b", "q", "h", "r", "e"), adt), ROPE_FLOPS, rope))
@@ -44,7 +45,7 @@ def attention_core(model: ModelSpec, phase: Phase) -> list[Op]:
                   {"causal": causal, "window": window, "sinks": sinks}))
     ops.append(Op("softmax", "softmax", attn_dims[:5], (Tensor("scores", ("b", "h", "r", "q", "s"), adt),),
                   Tensor("probs", ("b", "h", "r", "q", "s"), adt), SOFTMAX_FLOPS,
-                  {"scale": 1.0 / math.sqrt(e), "causal": causal, "offset": offset, "window": window,
+                  {"scale": 1.0 / math.sqrt(e), "causal": causal, **pos, "window": window,
                    "sinks": sinks, "kv_start": phase.kv_len - lkv}))
     ops.append(Op("attn_context", "matmul", attn_dims,
                   (Tensor("probs", ("b", "h", "r", "q", "s"), adt), Tensor("v_cache", ("b", "s", "h", "e"), kdt, "kv")),

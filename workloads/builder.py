@@ -27,7 +27,7 @@ from .layers import layer_blocks
 from .mla import MLA_FORMS
 from .model import ModelSpec
 from .opkit import linear, norm
-from .phases import Decode, Phase, Prefill
+from .phases import Phase, Prefill, Verify
 from .routing import Routing, parse_routing
 from .trace import Block, Trace
 
@@ -48,6 +48,9 @@ def build_trace(model: ModelSpec, phase: Phase, routing: Routing | str | None = 
                1.0 if model.position == "learned" else 0.0,
                {"rows": model.vocab_size, "pos_rows": model.max_seq_len, "seq": lq, "offset": phase.kv_len - lq})
 
+    if isinstance(phase, Verify) and phase.parents and (model.position == "learned" or model.ssm_layers):
+        raise SpecError(f"{model.name}: token-tree verification needs RoPE or position-free attention layers "
+                        "(learned positions and SSM states cannot branch); verify a chain instead")
     form = mla_form or ("naive" if isinstance(phase, Prefill) else "absorbed")
     if form not in MLA_FORMS:
         raise SpecError(f"mla_form {form!r}: use one of {', '.join(MLA_FORMS)}")
@@ -55,18 +58,18 @@ def build_trace(model: ModelSpec, phase: Phase, routing: Routing | str | None = 
 
     head: list[Op] = []
     last = "x"
-    if lq > 1:
+    if lq > 1 and not phase.logits_all:
         head.append(Op("take_last", "take_last", (("b", b), ("d", d)), (Tensor("x", ("b", "d"), adt),),
                        Tensor("x_last", ("b", "d"), adt), 0.0, {"seq": lq}))
         last = "x_last"
-    head.append(norm("final_norm", model, b, last, "xf", "final_norm"))
+    rows = m if phase.logits_all else b  # verification scores every position
+    head.append(norm("final_norm", model, rows, last, "xf", "final_norm"))
     lm_w = "embed_table" if model.tied_embeddings else "lm_head"
-    head.append(linear("lm_head", b, model.vocab_size, d, "xf", lm_w, "logits", wdt, adt))
+    head.append(linear("lm_head", rows, model.vocab_size, d, "xf", lm_w, "logits", wdt, adt))
 
-    if isinstance(phase, Decode):
-        meta.update({"batch": phase.batch, "context": phase.context})
-    else:
-        meta.update({"batch": phase.batch, "seq": phase.seq})
+    meta.update({k: v for k, v in vars(phase).items() if k != "parents"})
+    if isinstance(phase, Verify) and phase.parents:
+        meta["tree_nodes"] = phase.draft
     meta["model"] = model.name
     if model.is_mla:
         meta["mla_form"] = form

@@ -28,15 +28,16 @@ import math
 from .einsum import Op, Tensor
 from .model import ModelSpec
 from .opkit import ROPE_FLOPS, SOFTMAX_FLOPS, concat, linear, norm
-from .phases import Phase, Prefill
+from .phases import Phase, is_causal, position_attrs
 
 MLA_FORMS = ("naive", "absorbed")
 
 
-def _rope(name: str, x: str, out: str, dims: tuple[tuple[str, int], ...], adt: str, theta: float, offset: int) -> Op:
+def _rope(name: str, x: str, out: str, dims: tuple[tuple[str, int], ...], adt: str, theta: float,
+          pos: dict[str, object]) -> Op:
     names = tuple(d for d, _ in dims)
     return Op(name, "rope", dims, (Tensor(x, names, adt), Tensor("rope_table", ("q", "e"), "fp32", "input")),
-              Tensor(out, names, adt), ROPE_FLOPS, {"theta": theta, "offset": offset})
+              Tensor(out, names, adt), ROPE_FLOPS, {"theta": theta, **pos})
 
 
 def mla_ops(model: ModelSpec, phase: Phase, m: int, form: str) -> list[Op]:
@@ -45,8 +46,8 @@ def mla_ops(model: ModelSpec, phase: Phase, m: int, form: str) -> list[Op]:
     d, h, adt, wdt, kdt = model.d_model, model.n_heads, model.act_dtype, model.weight_dtype, model.kv_dtype
     dq, dc, dn, dr, dv = (model.q_lora_rank, model.kv_lora_rank, model.qk_nope_head_dim, model.qk_rope_head_dim,
                           model.v_head_dim)
-    offset, causal = lkv - lq, isinstance(phase, Prefill)
-    rope = (model.rope_theta, offset)
+    offset, causal, pos = lkv - lq, is_causal(phase), position_attrs(phase)
+    rope = (model.rope_theta, pos)
     ops: list[Op] = []
     q_in = "xn"
     if dq:
@@ -67,7 +68,7 @@ def mla_ops(model: ModelSpec, phase: Phase, m: int, form: str) -> list[Op]:
            (Tensor("latent_new", ("b", "q", "h", "e"), adt),), Tensor("kv_latent", ("b", "q", "h", "e"), kdt, "kv"),
            0.0, {"offset": offset}),
     ]
-    scale = {"scale": 1.0 / math.sqrt(dn + dr), "causal": causal, "offset": offset, "kv_start": 0}
+    scale = {"scale": 1.0 / math.sqrt(dn + dr), "causal": causal, **pos, "kv_start": 0}
     if form == "naive":
         ops += [
             Op("k_up", "matmul", (("b", b), ("s", lkv), ("n", h * dn), ("c", dc)),

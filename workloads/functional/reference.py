@@ -63,10 +63,21 @@ def init_weights(trace: Trace, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def rope_tables(q_len: int, e: int, theta: float, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of shape (q_len, e) for positions offset..offset+q_len-1 (rotate-half layout)."""
+def tree_ancestors(parents: tuple[int, ...]) -> np.ndarray:
+    """(n, n) boolean: node i's ancestors and itself, for nodes 0..n-1 with ``parents`` of 1..n-1."""
+    n = len(parents) + 1
+    anc = np.eye(n, dtype=bool)
+    for i, p in enumerate(parents, start=1):
+        anc[i] |= anc[p]
+    return anc
+
+
+def rope_tables(q_len: int, e: int, theta: float, offset: int, tree: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of shape (q_len, e) for positions offset..offset+q_len-1, or offset + depth of
+    each node of a token tree (rotate-half layout)."""
     inv = theta ** (-np.arange(0, e, 2) / e)
-    ang = np.outer(np.arange(offset, offset + q_len), inv)
+    pos = offset + (tree_ancestors(tree).sum(axis=1) - 1 if tree else np.arange(q_len))
+    ang = np.outer(pos, inv)
     ang = np.concatenate([ang, ang], axis=1)
     return np.cos(ang), np.sin(ang)
 
@@ -128,6 +139,9 @@ def run_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
             qpos = op.attrs.get("offset", kv - q) + np.arange(q)
             kpos = op.attrs.get("kv_start", 0) + np.arange(kv)
             keep = kpos[None, :] <= qpos[:, None]
+            if op.attrs.get("tree"):  # token tree: a node sees the cache, its ancestors and itself
+                off = op.attrs["offset"]
+                keep = (kpos[None, :] < off) | np.pad(tree_ancestors(op.attrs["tree"]), ((0, 0), (off, kv - off - q)))
             if op.attrs.get("window"):  # sliding window: the last `window` positions up to the query
                 recent = kpos[None, :] > qpos[:, None] - op.attrs["window"]
                 keep &= recent | (kpos[None, :] < op.attrs.get("sinks", 0))  # plus the attention sinks
@@ -260,7 +274,8 @@ def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarra
     if k == "rope":
         x = _view(env[op.inputs[0].name], op, op.inputs[0])
         e = op.sizes["e"]
-        cos, sin = rope_tables(op.sizes["q"], e, op.attrs.get("theta", 10000.0), op.attrs.get("offset", 0))
+        cos, sin = rope_tables(op.sizes["q"], e, op.attrs.get("theta", 10000.0), op.attrs.get("offset", 0),
+                               op.attrs.get("tree", ()))
         shape = [1] * x.ndim
         qi, ei = op.inputs[0].dims.index("q"), op.inputs[0].dims.index("e")
         shape[qi], shape[ei] = cos.shape

@@ -1,0 +1,121 @@
+"""Chunked prefill equals one-shot prefill; verifying a drafted token tree yields the tokens greedy
+decoding yields; expected accepted tokens follow the speculative-decoding formula."""
+
+import numpy as np
+import pytest
+import xpusim
+from hypothesis import given
+from hypothesis import strategies as st
+from test_functional_reference import TINY_LLAMA, TINY_MOE
+from test_mla import TINY_MLA
+from test_ssm import TINY_JAMBA, TINY_MAMBA2
+from xpusim import SpecError
+from xpusim.sim.steps import expected_tokens, simulate_chunked_prefill, speculate, tree_parents
+from xpusim.workloads import Decode, Prefill, build_trace
+from xpusim.workloads.functional.reference import execute, init_weights
+from xpusim.workloads.phases import Verify, chunk_steps
+
+
+@pytest.mark.parametrize("model", [TINY_LLAMA, TINY_MOE, TINY_MLA, TINY_MAMBA2, TINY_JAMBA], ids=lambda m: m.name)
+@pytest.mark.parametrize("chunk", [1, 3, 4])
+def test_chunked_prefill_equals_one_shot(model, chunk):
+    rng = np.random.default_rng(9)
+    ids = rng.integers(0, model.vocab_size, size=(2, 10))
+    w = init_weights(build_trace(model, Prefill(2, 10)), seed=7)
+    one_shot, _ = execute(build_trace(model, Prefill(2, 10)), w, ids)
+    cache: dict = {}
+    for step in chunk_steps(2, 10, chunk):
+        logits, cache = execute(build_trace(model, step), w, ids[:, step.prefix:step.prefix + step.seq], cache)
+    np.testing.assert_allclose(logits, one_shot, rtol=1e-9, atol=1e-9)
+
+
+def _greedy(model, w, prompt, n):
+    """Tokens and logits of plain greedy decoding, one step at a time."""
+    b, p = prompt.shape
+    logits, cache = execute(build_trace(model, Prefill(b, p)), w, prompt)
+    out, steps = [logits.argmax(-1)], [logits]
+    for i in range(n - 1):
+        logits, cache = execute(build_trace(model, Decode(b, p + 1 + i)), w, out[-1][:, None], cache)
+        out.append(logits.argmax(-1))
+        steps.append(logits)
+    return np.stack(out, axis=1), np.stack(steps, axis=1)
+
+
+@pytest.mark.parametrize("model", [TINY_LLAMA, TINY_MLA], ids=lambda m: m.name)
+def test_tree_verification_accepts_the_greedy_tokens(model):
+    rng = np.random.default_rng(10)
+    prompt = rng.integers(0, model.vocab_size, size=(1, 5))
+    w = init_weights(build_trace(model, Prefill(1, 5)), seed=8)
+    greedy, step_logits = _greedy(model, w, prompt, 5)
+    greedy = greedy[0]  # t1..t5
+    # a tree rooted at t1: a wrong branch first, then the greedy path t2, t3, t4 with a sibling decoy at each level
+    parents = (0, 0, 2, 2, 4, 4)
+    wrong = [(int(greedy[k]) + 1) % model.vocab_size for k in (1, 2, 3)]
+    tokens = [int(greedy[0]), wrong[0], int(greedy[1]), wrong[1], int(greedy[2]), wrong[2], int(greedy[3])]
+    assert len(tokens) == len(parents) + 1
+    _, cache = execute(build_trace(model, Prefill(1, 5)), w, prompt)
+    logits, _ = execute(build_trace(model, Verify(1, 5, len(parents), parents)), w, np.array([tokens]), cache)
+    logits = logits.reshape(len(tokens), -1)
+    for depth, node in enumerate((0, 2, 4, 6)):  # the greedy path sees exactly what decoding saw
+        np.testing.assert_allclose(logits[node], step_logits[0, depth + 1], rtol=1e-9, atol=1e-9)
+    children = {i: [j for j, p in enumerate(parents, start=1) if p == i] for i in range(len(tokens))}
+    node, accepted = 0, []
+    while True:  # greedy tree acceptance: follow the child whose token is the target's argmax
+        want = int(logits[node].argmax())
+        nxt = next((c for c in children[node] if tokens[c] == want), None)
+        accepted.append(want)
+        if nxt is None:
+            break
+        node = nxt
+    assert accepted == [int(t) for t in greedy[1:5]]  # 3 drafts accepted plus the bonus token
+
+
+def test_chain_verification_logits_equal_decode_steps():
+    model = TINY_LLAMA
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, model.vocab_size, size=(2, 8))
+    w = init_weights(build_trace(model, Prefill(2, 8)), seed=9)
+    _, cache = execute(build_trace(model, Prefill(2, 5)), w, ids[:, :5])
+    logits, _ = execute(build_trace(model, Verify(2, 5, 2)), w, ids[:, 5:8], cache)
+    for k in range(3):  # position k of the verify step = prefill of 6 + k tokens
+        ref, _ = execute(build_trace(model, Prefill(2, 6 + k)), w, ids[:, :6 + k])
+        np.testing.assert_allclose(logits.reshape(2, 3, -1)[:, k], ref, rtol=1e-9, atol=1e-9)
+
+
+@given(a=st.floats(0, 1), k=st.integers(0, 12), w=st.integers(1, 4))
+def test_expected_tokens_bounds_and_monotone(a, k, w):
+    e = expected_tokens(a, k, w)
+    assert 1 - 1e-12 <= e <= k + 1 + 1e-12
+    assert expected_tokens(min(1.0, a + 0.05), k, w) >= e - 1e-12
+    assert expected_tokens(a, k + 1, w) >= e - 1e-12
+    assert expected_tokens(a, k, w + 1) >= e - 1e-12
+
+
+def test_expected_tokens_matches_monte_carlo():
+    rng = np.random.default_rng(12)
+    a, k = 0.7, 5
+    accept = rng.random((200_000, k)) < a
+    accepted = np.where(accept.all(axis=1), k, accept.argmin(axis=1))  # leading run of accepted drafts
+    assert expected_tokens(a, k) == pytest.approx(accepted.mean() + 1, rel=0.01)
+
+
+def test_tree_shape_and_speculation_costs():
+    assert tree_parents(2, 2) == (0, 0, 1, 1, 2, 2)
+    spec = speculate("h100-sxm", "llama-3-70b", 1, 2048, 4, 0.8, draft_model="llama-3-8b", check_memory=False)
+    assert spec.verify_s >= spec.decode_s  # verifying 5 tokens costs at least one decode step
+    assert spec.verify_s < 2 * spec.decode_s  # ... but small-batch decode is weight-bound, not token-bound
+    assert spec.speedup > 1.5
+    slow = speculate("h100-sxm", "llama-3-70b", 1, 2048, 4, 0.1, draft_model="llama-3-8b", check_memory=False)
+    assert slow.speedup < 1  # a poor drafter makes decoding slower
+    with pytest.raises(SpecError, match="drafter"):
+        speculate("h100-sxm", "llama-3-8b", 1, 512, 3, 0.8)
+    with pytest.raises(SpecError, match="Medusa"):
+        speculate("h100-sxm", "llama-3-8b", 1, 512, 3, 0.8, medusa_heads=2)
+
+
+def test_chunked_prefill_costs_at_least_one_shot():
+    one = xpusim.simulate("h100-sxm", "llama-3-8b", Prefill(1, 8192))
+    chunked = simulate_chunked_prefill("h100-sxm", "llama-3-8b", 1, 8192, 2048)
+    assert chunked.inputs["steps"] == 4 and chunked.tokens == one.tokens
+    assert one.latency_s <= chunked.latency_s < 1.3 * one.latency_s  # weights re-read per chunk
+    assert chunked.kv_cache_bytes == one.kv_cache_bytes
