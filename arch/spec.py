@@ -48,6 +48,12 @@ class MemoryLevel:
 
 OPERANDS = ("ifmap", "filter", "ofmap")
 
+#: wider compute classes a narrow one is dequantised to, in order of preference
+UPCAST: dict[str, tuple[str, ...]] = {
+    "fp4": ("fp8", "fp16", "bf16", "fp32"), "fp8": ("fp16", "bf16", "fp32"), "int4": ("int8", "fp16", "bf16", "fp32"),
+    "int8": ("fp16", "bf16", "fp32"), "fp16": ("fp32",), "bf16": ("fp32",), "tf32": ("fp32",),
+}
+
 
 @dataclass(frozen=True)
 class ComputeUnit:
@@ -69,14 +75,25 @@ class ComputeUnit:
     clock_hz: float | None = None
     accumulator_bits: int | None = None
 
-    def rate(self, compute: str) -> float:
-        """Work per cycle per instance for a compute class; raises if the unit lacks it."""
-        if compute in self.rate_per_cycle:
-            return self.rate_per_cycle[compute]
+    def resolve(self, compute: str) -> str:
+        """The compute class that runs work of class ``compute``: itself when the unit has it,
+        else the first wider class it has (:data:`UPCAST`: operands are dequantised to it, as
+        weight-only and fp8 kernels do on devices without the narrow format); raises if none."""
+        for c in (compute, *UPCAST.get(compute, ())):
+            if c in self.rate_per_cycle:
+                return c
         raise DtypeError(
-            f"{self.kind} unit has no {compute} throughput; it supports {', '.join(self.rate_per_cycle)} "
-            "(choose another dtype or add it to the device's rate table)"
+            f"{self.kind} unit has no {compute} throughput nor a wider class to compute it in; it supports "
+            f"{', '.join(self.rate_per_cycle)} (choose another dtype or add it to the device's rate table)"
         )
+
+    def rate(self, compute: str) -> float:
+        """Work per cycle per instance for a compute class (run in :meth:`resolve`'s class)."""
+        return self.rate_per_cycle[self.resolve(compute)]
+
+    def energy(self, compute: str) -> float:
+        """pJ per MAC (matrix) or FLOP (vector) of a compute class, in the class it runs in."""
+        return self.energy_pj.get(self.resolve(compute), 0.0) if self.rate_per_cycle else 0.0
 
 
 @dataclass(frozen=True)

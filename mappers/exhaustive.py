@@ -156,7 +156,7 @@ def exhaustive_search(prob: Problem, arch: Arch, objective: str = "latency", div
         if np.any(t[:-2] % np.maximum(t[1:-1], 1)):
             inc_score = math.inf
     ideal = ideal_compute_cycles(arch, prob)
-    mac_e = arch.matrix.energy_pj.get(get_dtype(prob.compute_dtype).compute, 0.0) * prob.macs
+    mac_e = arch.matrix.energy(get_dtype(prob.compute_dtype).compute) * prob.macs
 
     tiles0 = np.zeros((L + 1, D), dtype=np.int64)
     tiles0[0] = prob.sizes

@@ -80,7 +80,7 @@ class LevelArrays:
 def kernel_energy(arch: Arch, macs: float, compute: str, moved: dict[str, float], latency_s: float) -> dict[str, float]:
     """Energy (J) by component of a kernel that performs ``macs`` and moves ``moved`` bytes per level
     (half reads, half writes): MACs, each level, and static power over ``latency_s``."""
-    energy = {"compute": macs * arch.matrix.energy_pj.get(compute, 0.0) * 1e-12}
+    energy = {"compute": macs * arch.matrix.energy(compute) * 1e-12}
     for lv in arch.memory:
         b = moved.get(lv.name, 0.0)
         energy[lv.name] = b * 0.5 * (lv.read_energy_pj_per_byte + lv.write_energy_pj_per_byte) * 1e-12
@@ -160,7 +160,7 @@ def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, 
     prologue = lv.latency_cycles.sum() + first
     cycles = np.maximum(comp, level_cycles.max(axis=1)) + prologue
     level_e = tr.reads * lv.read_pj[None, :] + tr.writes * lv.write_pj[None, :]
-    mac_e = arch.matrix.energy_pj.get(get_dtype(prob.compute_dtype).compute, 0.0) * prob.macs
+    mac_e = arch.matrix.energy(get_dtype(prob.compute_dtype).compute) * prob.macs
     return NestCosts(cycles, comp, level_cycles, prologue, level_e.sum(axis=1) + mac_e, level_e, tr.reads, tr.writes)
 
 

@@ -26,6 +26,7 @@ from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Phase
 from ..workloads.trace import Trace
 from .cost import OpCost, ideal_compute_cycles
+from .dequant import with_dequant
 from .problem import problem_from_op
 from .result import COLUMNS, Result
 from .streaming import streaming_cost
@@ -98,9 +99,9 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
     if op.kind != "matmul":
         cost = streaming_cost(op, arch, launch)
     elif arch.device_class == "gpu" and len(op.inputs) == 2:
-        cost = gpu_gemm_cost(problem_from_op(op), arch, launch)
+        cost = with_dequant(gpu_gemm_cost(problem_from_op(op), arch, launch), op, arch)
     else:
-        cost = matmul_cost(op, arch, objective)
+        cost = with_dequant(matmul_cost(op, arch, objective), op, arch)
     _CACHE[key] = (cost, cost.mapping)
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)

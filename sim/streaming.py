@@ -73,7 +73,7 @@ def streaming_cost(op: Op, arch: Arch, launch_s: float | None = None) -> OpCost:
     out_b = op.tensor_bytes(op.output)
     level_e = {lv.name: ((read + extra) * lv.read_energy_pj_per_byte + out_b * lv.write_energy_pj_per_byte) * 1e-12
                for lv in arch.memory}
-    comp_e = op.flops * arch.vector.energy_pj.get(compute, 0.0) * 1e-12
+    comp_e = op.flops * arch.vector.energy(compute) * 1e-12
     latency = cycles / clock
     static_e = arch.static_power_w * latency
     energy = {"compute": comp_e, **level_e, "static": static_e}

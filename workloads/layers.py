@@ -70,7 +70,7 @@ def _prefixed(ops: list[Op], prefix: str) -> list[Op]:
     return out
 
 
-def _period(kinds: list[tuple[str, str]]) -> int:
+def period_of(kinds: list[tuple[str, str]]) -> int:
     n = len(kinds)
     return next(p for p in range(1, n + 1) if n % p == 0 and kinds == kinds[:p] * (n // p))
 
@@ -85,7 +85,7 @@ def layer_blocks(model: ModelSpec, phase: Phase, routing: Routing, form: str) ->
         else:
             runs.append((k, 1))
     meta: dict[str, int | str] = {}
-    period = _period(kinds)
+    period = period_of(kinds)
     if len(runs) > MAX_RUN_BLOCKS and period < len(kinds):
         ops: list[Op] = []
         for j, k in enumerate(kinds[:period]):

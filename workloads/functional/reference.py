@@ -17,6 +17,7 @@ from ...errors import SpecError
 from ..einsum import Op, Tensor
 from ..trace import Trace
 from . import moe, ssm
+from .formats import quantize
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -166,17 +167,34 @@ def run_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
 
 
 def execute(trace: Trace, weights: dict[str, np.ndarray], token_ids: np.ndarray,
-            kv_cache: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+            kv_cache: dict[str, np.ndarray] | None = None,
+            emulate_formats: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Run ``trace`` on ``token_ids`` (batch, new tokens); return the final op's output (logits)
-    and the updated KV cache."""
+    and the updated KV cache.
+
+    ``emulate_formats``: store every weight matrix, activation and KV-cache entry in its tensor's
+    number format (round-trip through :func:`~xpusim.workloads.functional.formats.quantize`,
+    weights grouped along their input dimension); arithmetic stays float64, as accumulators are
+    wider than the stored formats. Only matrix weights (linear layers, experts, embeddings) take the
+    weight format; norm gains, biases, conv taps and SSM parameters stay unquantised, as in the
+    quantisation schemes the formats come from."""
     cache = dict(kv_cache or {})
     env: dict[str, np.ndarray] = {"token_ids": np.asarray(token_ids).reshape(-1)}
+    if emulate_formats:
+        dtypes = {weight_key(b.name, b.repeat, i, t.name): t.dtype for b in trace.blocks for i in range(b.repeat)
+                  for op in b.ops if op.kind in ("matmul", "embedding") for t in op.inputs if t.role == "weight"}
+        weights = {k: quantize(v, dtypes[k]) if k in dtypes and v.ndim > 1 else v for k, v in weights.items()}
     last: Any = None
     for b in trace.blocks:
         for i in range(b.repeat):
             for op in b.ops:
                 key = lambda n, b=b, i=i: weight_key(b.name, b.repeat, i, n)  # noqa: E731
                 last = _execute_op(op, env, weights, cache, key)
+                if emulate_formats and op.output.name in env and op.kind not in ("route",):
+                    stored = quantize(env[op.output.name], op.output.dtype)
+                    env[op.output.name] = last = stored
+                    if op.output.role == "kv":
+                        cache[key(op.output.name)] = stored
     return last, cache
 
 
