@@ -16,6 +16,9 @@ TINY_GPT = ModelSpec(name="tiny-gpt", n_layers=2, d_model=64, n_heads=4, n_kv_he
 TINY_MOE = ModelSpec(name="tiny-moe", n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
                      vocab_size=53, max_seq_len=64, n_experts=6, experts_per_token=2, d_ff_expert=24,
                      n_shared_experts=1, first_dense_layers=1, sliding_window=3, attention_sinks=2)
+TINY_BITNET = ModelSpec(name="tiny-bitnet", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=48,
+                        vocab_size=53, activation="relu2", sub_norms=True, tied_embeddings=True, weight_dtype="ternary",
+                        embed_dtype="bf16")
 TINY_DSV3_ROUTER = ModelSpec(name="tiny-sigmoid-moe", n_layers=2, d_model=32, n_heads=4, n_kv_heads=4, head_dim=8,
                              d_ff=64, vocab_size=53, max_seq_len=64, n_experts=5, experts_per_token=3,
                              router_scoring="sigmoid", capacity_factor=1.0, routed_scaling=2.5)
@@ -89,13 +92,17 @@ def plain_forward(model: ModelSpec, w: dict, ids: np.ndarray) -> np.ndarray:
         att = np.exp(att - att.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)
         o = np.einsum("bhqs,bshe->bqhe", att, v).reshape(B, S, H * E)
+        if model.sub_norms:
+            o = norm(o, p + "attn_sub_norm")
         x = x + o @ w[p + "wo"].T
         h = norm(x, p + "mlp_norm")
         if block == "moe_layer":
             x = x + moe(h, key)
         elif model.gated_mlp:
             g, u = h @ w[p + "w_gate"].T, h @ w[p + "w_up"].T
-            a = g / (1 + np.exp(-g)) * u
+            a = (np.maximum(g, 0) ** 2 if model.activation == "relu2" else g / (1 + np.exp(-g))) * u
+            if model.sub_norms:  # BitNet: RMS norm of the gated activations before the down projection
+                a = norm(a, p + "ffn_sub_norm")
             x = x + a @ w[p + "w_down"].T
         else:
             f = h @ w[p + "w_fc1"].T
@@ -106,7 +113,7 @@ def plain_forward(model: ModelSpec, w: dict, ids: np.ndarray) -> np.ndarray:
     return x @ head.T
 
 
-@pytest.mark.parametrize("model", [TINY_LLAMA, TINY_GPT, TINY_MOE, TINY_DSV3_ROUTER], ids=lambda m: m.name)
+@pytest.mark.parametrize("model", [TINY_LLAMA, TINY_GPT, TINY_MOE, TINY_DSV3_ROUTER, TINY_BITNET], ids=lambda m: m.name)
 def test_prefill_trace_equals_plain_forward(model):
     rng = np.random.default_rng(3)
     ids = rng.integers(0, model.vocab_size, size=(2, 7))

@@ -8,7 +8,7 @@ import math
 
 from .einsum import Op, Tensor
 from .model import ModelSpec
-from .opkit import ROPE_FLOPS, SOFTMAX_FLOPS, linear
+from .opkit import ROPE_FLOPS, SOFTMAX_FLOPS, linear, norm
 from .phases import Phase, is_causal, position_attrs
 
 
@@ -63,5 +63,6 @@ def attention_ops(model: ModelSpec, phase: Phase, m: int) -> list[Op]:
         linear("k_proj", m, hkv * e, d, "xn", "wk", "k", wdt, adt),
         linear("v_proj", m, hkv * e, d, "xn", "wv", "v", wdt, adt),
         *attention_core(model, phase),
-        linear("o_proj", m, d, hq * e, "attn", "wo", "attn_out", wdt, adt),
+        *([norm("attn_sub_norm", model, m, "attn", "attn_n", "attn_sub_norm", hq * e)] if model.sub_norms else []),
+        linear("o_proj", m, d, hq * e, "attn_n" if model.sub_norms else "attn", "wo", "attn_out", wdt, adt),
     ]

@@ -39,11 +39,12 @@ def build_trace(model: ModelSpec, phase: Phase, routing: Routing | str | None = 
     decode, as DeepSeek's inference does)."""
     b, lq = phase.batch, phase.q_len
     m = b * lq
-    d, adt, wdt = model.d_model, model.act_dtype, model.weight_dtype
+    d, adt = model.d_model, model.act_dtype
 
-    emb_inputs = [Tensor("token_ids", ("m",), "int32", "input"), Tensor("embed_table", ("m", "d"), wdt, "weight")]
+    edt = model.embedding_dtype
+    emb_inputs = [Tensor("token_ids", ("m",), "int32", "input"), Tensor("embed_table", ("m", "d"), edt, "weight")]
     if model.position == "learned":
-        emb_inputs.append(Tensor("pos_table", ("m", "d"), wdt, "weight"))
+        emb_inputs.append(Tensor("pos_table", ("m", "d"), edt, "weight"))
     embed = Op("embed", "embedding", (("m", m), ("d", d)), tuple(emb_inputs), Tensor("x", ("m", "d"), adt),
                1.0 if model.position == "learned" else 0.0,
                {"rows": model.vocab_size, "pos_rows": model.max_seq_len, "seq": lq, "offset": phase.kv_len - lq})
@@ -65,7 +66,7 @@ def build_trace(model: ModelSpec, phase: Phase, routing: Routing | str | None = 
     rows = m if phase.logits_all else b  # verification scores every position
     head.append(norm("final_norm", model, rows, last, "xf", "final_norm"))
     lm_w = "embed_table" if model.tied_embeddings else "lm_head"
-    head.append(linear("lm_head", rows, model.vocab_size, d, "xf", lm_w, "logits", wdt, adt))
+    head.append(linear("lm_head", rows, model.vocab_size, d, "xf", lm_w, "logits", edt, adt))
 
     meta.update({k: v for k, v in vars(phase).items() if k != "parents"})
     if isinstance(phase, Verify) and phase.parents:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .einsum import Op, Tensor
 from .model import ModelSpec
-from .opkit import ACT_FLOPS, ROUTE_FLOPS, add, linear
+from .opkit import ACT_FLOPS, ROUTE_FLOPS, add, linear, norm
 from .routing import Routing, count_groups, expert_counts
 
 
@@ -23,7 +23,8 @@ def mlp_ops(model: ModelSpec, m: int, f: int | None = None, prefix: str = "", ou
             Op(f"{p}act", "activation", (("m", m), ("f", f)),
                (Tensor(f"{p}gate", ("m", "f"), adt), Tensor(f"{p}up", ("m", "f"), adt)), Tensor(f"{p}act", ("m", "f"), adt),
                ACT_FLOPS[act], {"function": model.activation, "gated": True}),
-            linear(f"{p}down_proj", m, d, f, f"{p}act", f"{p}w_down", out, wdt, adt),
+            *([norm(f"{p}ffn_sub_norm", model, m, f"{p}act", f"{p}act_n", f"{p}ffn_sub_norm", f)] if model.sub_norms else []),
+            linear(f"{p}down_proj", m, d, f, f"{p}act_n" if model.sub_norms else f"{p}act", f"{p}w_down", out, wdt, adt),
         ]
     return [
         linear(f"{p}fc1", m, f, d, "xn2", f"{p}w_fc1", f"{p}h", wdt, adt),

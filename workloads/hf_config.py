@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..errors import ShapeError, SpecError
 from .model import ModelSpec
 
 _HF_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-HF_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "deepseek_v2", "deepseek_v3", "mamba",
+HF_MODEL_TYPES = ("llama", "bitnet", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "deepseek_v2", "deepseek_v3", "mamba",
                   "mamba2", "jamba", "gpt2")
 
 
@@ -38,6 +39,9 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
         return _mamba(cfg, name, mt, dtype)
     if mt == "jamba":
         return _jamba(cfg, name, dtype)
+    if mt == "bitnet":  # BitNet b1.58: a Llama layout with ternary linear weights and sub-norms
+        base = model_from_hf_config({**cfg, "model_type": "llama"}, name)
+        return replace(base, family="bitnet", weight_dtype="ternary", embed_dtype=dtype, sub_norms=True)
     if mt in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe"):
         hidden = _get(cfg, "hidden_size", name)
         heads = _get(cfg, "num_attention_heads", name)

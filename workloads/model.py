@@ -16,7 +16,7 @@ from ..errors import PresetNotFound, ShapeError, SpecError
 
 MODELS_DIR = Path(__file__).parent / "models"
 
-ACTIVATIONS = ("silu", "gelu", "relu")
+ACTIVATIONS = ("silu", "gelu", "relu", "relu2")
 ROUTER_SCORING = ("softmax", "sigmoid")
 SSM_KINDS = ("mamba1", "mamba2")
 NORMS = ("rmsnorm", "layernorm")
@@ -50,7 +50,9 @@ class ModelSpec:
     weight_dtype: str = "bf16"
     act_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+    embed_dtype: str = ""  # embeddings and LM head ("": the weight format)
     family: str = "llama"
+    sub_norms: bool = False  # RMS norms before the output and down projections (BitNet)
     # mixture of experts (n_experts = 0: every layer dense)
     n_experts: int = 0
     experts_per_token: int = 0
@@ -104,11 +106,13 @@ class ModelSpec:
                 raise SpecError(f"model {self.name!r}: {f} {getattr(self, f)!r} is not one of {', '.join(allowed)}")
         for f in ("weight_dtype", "act_dtype", "kv_dtype"):
             get_dtype(getattr(self, f))
+        if self.embed_dtype:
+            get_dtype(self.embed_dtype)
         for f in ("norm_eps", "rope_theta"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
                 raise SpecError(f"model {self.name!r}: {f} must be a positive number, got {v!r}")
-        for f in ("gated_mlp", "tied_embeddings", "norm_topk_prob"):
+        for f in ("gated_mlp", "tied_embeddings", "norm_topk_prob", "sub_norms"):
             if not isinstance(getattr(self, f), bool):
                 raise SpecError(f"model {self.name!r}: {f} must be true or false, got {getattr(self, f)!r}")
         if not isinstance(self.name, str) or not isinstance(self.family, str):
@@ -254,7 +258,8 @@ class ModelSpec:
         mlp = (3 if self.gated_mlp else 2) * self.d_model
         ff = {"none": 0, "mlp": mlp * self.d_ff,
               "moe": self.n_experts * self.d_model + (self.n_experts + self.n_shared_experts) * mlp * self.expert_ff}[ffn]
-        return mix + ff + norm * (1 if ffn == "none" else 2)
+        sub = (self.n_heads * self.head_dim if mixer == "attn" else 0) + (self.d_ff if ffn == "mlp" else 0)
+        return mix + ff + norm * (1 if ffn == "none" else 2) + (sub if self.sub_norms else 0)
 
     @property
     def layer_params(self) -> int:
@@ -289,8 +294,20 @@ class ModelSpec:
         return emb + pos + layers + final_norm + head
 
     @property
+    def embedding_params(self) -> int:
+        """Token (and learned position) embeddings and an untied LM head."""
+        pos = self.max_seq_len * self.d_model if self.position == "learned" else 0
+        return self.vocab_size * self.d_model * (1 if self.tied_embeddings else 2) + pos
+
+    @property
     def weights_bytes(self) -> float:
-        return self.params * get_dtype(self.weight_dtype).bytes
+        """Parameter bytes: embeddings and LM head in ``embed_dtype``, the rest in ``weight_dtype``."""
+        emb = self.embedding_params
+        return emb * get_dtype(self.embedding_dtype).bytes + (self.params - emb) * get_dtype(self.weight_dtype).bytes
+
+    @property
+    def embedding_dtype(self) -> str:
+        return self.embed_dtype or self.weight_dtype
 
     @property
     def kv_elements_per_token(self) -> int:

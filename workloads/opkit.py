@@ -14,7 +14,7 @@ from .model import ModelSpec
 NORM_FLOPS = {"rmsnorm": 4.0, "layernorm": 7.0}
 SOFTMAX_FLOPS = 5.0  # max, subtract, exp, sum, divide
 ACT_FLOPS = {("silu", True): 5.0, ("gelu", False): 8.0, ("gelu", True): 9.0, ("silu", False): 4.0,
-             ("relu", False): 1.0, ("relu", True): 2.0}
+             ("relu", False): 1.0, ("relu", True): 2.0, ("relu2", False): 2.0, ("relu2", True): 3.0}
 ROPE_FLOPS = 3.0  # two multiplies and one add per element
 ROUTE_FLOPS = 6.0  # per (token, expert) score: exp or sigmoid, normalise, compare for top-k
 

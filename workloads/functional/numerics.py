@@ -24,7 +24,6 @@ from ..trace import Trace
 from .formats import relative_error
 from .reference import execute, init_weights
 
-
 ALIGN = 128  # reduced widths stay multiples of this, so group-scaled formats (int4-g128, MX) apply
 
 

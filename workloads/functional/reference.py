@@ -107,7 +107,7 @@ def _cached_view(arr: np.ndarray, op: Op, t: Tensor) -> np.ndarray:
     return arr[..., off:off + e] if arr.shape[-1] > e else arr
 
 
-_ACTS = {"silu": _silu, "gelu": _gelu, "relu": lambda v: np.maximum(v, 0.0)}
+_ACTS = {"silu": _silu, "gelu": _gelu, "relu": lambda v: np.maximum(v, 0.0), "relu2": lambda v: np.maximum(v, 0.0) ** 2}
 
 
 def _view(arr: np.ndarray, op: Op, t: Tensor) -> np.ndarray:
