@@ -48,7 +48,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     from .sim.engine import simulate
     from .sim.steps import simulate_chunked_prefill, speculate
     from .workloads.model import load_model
-    from .workloads.phases import Verify, make_phase
+    from .workloads.phases import Phase, Verify, make_phase
 
     model = load_model(a.model)
     if a.weight_dtype or a.act_dtype or a.kv_dtype:
@@ -71,7 +71,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     if a.phase == "verify":
         if a.context is None or a.draft_tokens is None:
             raise SpecError("verify needs --context (cached tokens) and --draft-tokens")
-        phase = Verify(a.batch, a.context, a.draft_tokens)
+        phase: Phase = Verify(a.batch, a.context, a.draft_tokens)
     else:
         phase = make_phase(a.phase, a.batch, a.seq, a.context)
     if a.chunk and a.phase == "prefill":

@@ -23,7 +23,7 @@ from ..mappers.search import search
 from ..workloads.builder import build_trace
 from ..workloads.einsum import Op
 from ..workloads.model import ModelSpec, load_model
-from ..workloads.phases import Phase
+from ..workloads.phases import Phase, Prefill
 from ..workloads.trace import Trace
 from .cost import OpCost, ideal_compute_cycles
 from .dequant import with_dequant
@@ -206,6 +206,16 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> No
     )
 
 
+def _kv_bytes(model: ModelSpec, phase: Phase) -> float:
+    """KV cache held at the end of the step (an encoder-decoder prefill: one decoder token plus the
+    encoded source; its decode: ``context`` decoder tokens plus ``source``)."""
+    if model.encoder_layers:
+        if isinstance(phase, Prefill):
+            return model.kv_cache_bytes(phase.batch, 1, phase.seq)
+        return model.kv_cache_bytes(phase.batch, phase.kv_len, getattr(phase, "source", 0))
+    return model.kv_cache_bytes(phase.batch, phase.kv_len)
+
+
 def _objective_value(r: Result, objective: str) -> float:
     return {"latency": r.latency_s, "energy": r.energy_j}.get(objective, r.latency_s * r.energy_j)
 
@@ -222,7 +232,7 @@ def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: 
     """
     arch = load_arch(arch)
     model = load_model(model)
-    kv = model.kv_cache_bytes(phase.batch, phase.kv_len)
+    kv = _kv_bytes(model, phase)
     forms = [mla_form] if mla_form or not model.is_mla else ["naive", "absorbed"]
     results = [simulate_trace(build_trace(model, phase, routing, f), arch, objective, model, kv_bytes=kv) for f in forms]
     result = min(results, key=lambda r: _objective_value(r, objective))

@@ -12,6 +12,37 @@ from .opkit import ROPE_FLOPS, SOFTMAX_FLOPS, linear, norm
 from .phases import Phase, is_causal, position_attrs
 
 
+def kv_append_ops(p: str, b: int, q: int, h: int, e: int, pairs: tuple[tuple[str, str], ...], offset: int,
+                  adt: str, kdt: str) -> list[Op]:
+    """Append the step's (b, q, h, e) keys/values ``(source, cache)`` to their caches at ``offset``."""
+    return [Op(f"{p}{cache[0]}_append" if cache in ("k_cache", "v_cache") else f"{cache}_append", "kv_append",
+               (("b", b), ("q", q), ("h", h), ("e", e)), (Tensor(src, ("b", "q", "h", "e"), adt),),
+               Tensor(cache, ("b", "q", "h", "e"), kdt, "kv"), 0.0, {"offset": offset}) for src, cache in pairs]
+
+
+def sdpa_ops(p: str, b: int, h: int, r: int, q: int, s: int, e: int, q_name: str, kv: tuple[str, str, str], out: str,
+             adt: str, kdt: str, mask: dict, softmax: dict, bias: str = "") -> list[Op]:
+    """Scores, softmax and context of ``b x h x r`` query heads over ``s`` keys (``kv`` = key and
+    value tensor names and their role); ``mask`` attrs go on every op (``causal``, window...),
+    ``softmax`` attrs on the softmax; ``bias`` names an additive (h, r, q, s) score bias."""
+    k_name, v_name, role = kv
+    dims = (("b", b), ("h", h), ("r", r), ("q", q), ("s", s), ("e", e))
+    sm_in = [Tensor(f"{p}scores", ("b", "h", "r", "q", "s"), adt)]
+    if bias:
+        sm_in.append(Tensor(bias, ("h", "r", "q", "s"), adt))
+    kdtype = kdt if role == "kv" else adt
+    return [
+        Op(f"{p}attn_score", "matmul", dims,
+           (Tensor(q_name, ("b", "q", "h", "r", "e"), adt), Tensor(k_name, ("b", "s", "h", "e"), kdtype, role)),
+           Tensor(f"{p}scores", ("b", "h", "r", "q", "s"), adt), 2.0, dict(mask)),
+        Op(f"{p}softmax", "softmax", dims[:5], tuple(sm_in), Tensor(f"{p}probs", ("b", "h", "r", "q", "s"), adt),
+           SOFTMAX_FLOPS, {**mask, **softmax}),
+        Op(f"{p}attn_context", "matmul", dims,
+           (Tensor(f"{p}probs", ("b", "h", "r", "q", "s"), adt), Tensor(v_name, ("b", "s", "h", "e"), kdtype, role)),
+           Tensor(out, ("b", "q", "h", "r", "e"), adt), 2.0, {k: v for k, v in mask.items() if k != "window"}),
+    ]
+
+
 def attention_core(model: ModelSpec, phase: Phase) -> list[Op]:
     """RoPE, KV append, scores, softmax and context for one layer."""
     b, lq, lkv = phase.batch, phase.q_len, phase.kv_len
@@ -34,24 +65,11 @@ def attention_core(model: ModelSpec, phase: Phase) -> list[Op]:
                       (Tensor("k", ("b", "q", "h", "e"), adt), Tensor("rope_table", ("q", "e"), "fp32", "input")),
                       Tensor("k_rot", ("b", "q", "h", "e"), adt), ROPE_FLOPS, rope))
         q_name, k_name = "q_rot", "k_rot"
-    for src, cache in ((k_name, "k_cache"), ("v", "v_cache")):
-        ops.append(Op(f"{cache[0]}_append", "kv_append", (("b", b), ("q", lq), ("h", h), ("e", e)),
-                      (Tensor(src, ("b", "q", "h", "e"), adt),), Tensor(cache, ("b", "q", "h", "e"), kdt, "kv"),
-                      0.0, {"offset": offset}))
-    attn_dims = (("b", b), ("h", h), ("r", r), ("q", lq), ("s", lkv), ("e", e))
-    ops.append(Op("attn_score", "matmul", attn_dims,
-                  (Tensor(q_name, ("b", "q", "h", "r", "e"), adt), Tensor("k_cache", ("b", "s", "h", "e"), kdt, "kv")),
-                  Tensor("scores", ("b", "h", "r", "q", "s"), adt), 2.0,
-                  {"causal": causal, "window": window, "sinks": sinks}))
-    ops.append(Op("softmax", "softmax", attn_dims[:5], (Tensor("scores", ("b", "h", "r", "q", "s"), adt),),
-                  Tensor("probs", ("b", "h", "r", "q", "s"), adt), SOFTMAX_FLOPS,
-                  {"scale": 1.0 / math.sqrt(e), "causal": causal, **pos, "window": window,
-                   "sinks": sinks, "kv_start": phase.kv_len - lkv}))
-    ops.append(Op("attn_context", "matmul", attn_dims,
-                  (Tensor("probs", ("b", "h", "r", "q", "s"), adt), Tensor("v_cache", ("b", "s", "h", "e"), kdt, "kv")),
-                  Tensor("attn", ("b", "q", "h", "r", "e"), adt), 2.0, {"causal": causal, "sinks": sinks}))
+    ops += kv_append_ops("", b, lq, h, e, ((k_name, "k_cache"), ("v", "v_cache")), offset, adt, kdt)
+    ops += sdpa_ops("", b, h, r, lq, lkv, e, q_name, ("k_cache", "v_cache", "kv"), "attn", adt, kdt,
+                    {"causal": causal, "window": window, "sinks": sinks},
+                    {"scale": 1.0 / math.sqrt(e), **pos, "kv_start": phase.kv_len - lkv})
     return ops
-
 
 
 def attention_ops(model: ModelSpec, phase: Phase, m: int) -> list[Op]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from ..errors import SpecError
 from .einsum import Op, Tensor
+from .encdec import encdec_trace
 from .layers import layer_blocks
 from .mla import MLA_FORMS
 from .model import ModelSpec
@@ -37,6 +38,8 @@ def build_trace(model: ModelSpec, phase: Phase, routing: Routing | str | None = 
     expert GEMMs of a mixture-of-experts model (default balanced); ``mla_form`` (``naive`` or
     ``absorbed``) writes multi-head latent attention (default: naive in prefill, absorbed in
     decode, as DeepSeek's inference does)."""
+    if model.encoder_layers:
+        return encdec_trace(model, phase)
     b, lq = phase.batch, phase.q_len
     m = b * lq
     d, adt = model.d_model, model.act_dtype

@@ -10,7 +10,7 @@ from .model import ModelSpec
 
 _HF_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 HF_MODEL_TYPES = ("llama", "bitnet", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "deepseek_v2", "deepseek_v3", "mamba",
-                  "mamba2", "jamba", "gpt2")
+                  "mamba2", "jamba", "t5", "gpt2")
 
 
 def _num(v: Any, key: str, name: str) -> float:
@@ -39,6 +39,8 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
         return _mamba(cfg, name, mt, dtype)
     if mt == "jamba":
         return _jamba(cfg, name, dtype)
+    if mt == "t5":
+        return _t5(cfg, name, dtype)
     if mt == "bitnet":  # BitNet b1.58: a Llama layout with ternary linear weights and sub-norms
         base = model_from_hf_config({**cfg, "model_type": "llama"}, name)
         return replace(base, family="bitnet", weight_dtype="ternary", embed_dtype=dtype, sub_norms=True)
@@ -189,4 +191,27 @@ def _jamba(cfg: dict[str, Any], name: str, dtype: str) -> ModelSpec:
         ssm_dt_rank=_get(cfg, "mamba_dt_rank", name, 0), ssm_inner_norms=True,
         attn_period=_get(cfg, "attn_layer_period", name), attn_offset=_get(cfg, "attn_layer_offset", name, 0),
         moe_period=_get(cfg, "expert_layer_period", name), moe_offset=_get(cfg, "expert_layer_offset", name, 0),
+    )
+
+
+def _t5(cfg: dict[str, Any], name: str, dtype: str) -> ModelSpec:
+    """T5 (v1.0 and v1.1 layouts): ``feed_forward_proj`` relu, gelu or gated-gelu; RMS-style
+    layer norm; relative position buckets; embeddings tied by default (the T5Config default)."""
+    ff = str(cfg.get("feed_forward_proj", "relu"))
+    gated = ff.startswith("gated-")
+    act = ff.removeprefix("gated-")
+    act = "gelu" if act.startswith("gelu") else act
+    heads = _get(cfg, "num_heads", name)
+    layers = _get(cfg, "num_layers", name)
+    return ModelSpec(
+        name=name, family="t5", n_layers=_get(cfg, "num_decoder_layers", name, layers), encoder_layers=layers,
+        d_model=_get(cfg, "d_model", name), n_heads=heads, n_kv_heads=heads, head_dim=_get(cfg, "d_kv", name),
+        d_ff=_get(cfg, "d_ff", name), vocab_size=_get(cfg, "vocab_size", name),
+        max_seq_len=_get(cfg, "n_positions", name, 512), activation=act, gated_mlp=gated, norm="rmsnorm",
+        norm_eps=_num(_get(cfg, "layer_norm_epsilon", name, 1e-6), "layer_norm_epsilon", name), position="relative",
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        rel_buckets=_get(cfg, "relative_attention_num_buckets", name, 32),
+        rel_max_distance=_get(cfg, "relative_attention_max_distance", name, 128),
+        decoder_start_token=_get(cfg, "decoder_start_token_id", name, 0),
+        weight_dtype=dtype, act_dtype=dtype, kv_dtype=dtype,
     )

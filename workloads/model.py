@@ -20,7 +20,7 @@ ACTIVATIONS = ("silu", "gelu", "relu", "relu2")
 ROUTER_SCORING = ("softmax", "sigmoid")
 SSM_KINDS = ("mamba1", "mamba2")
 NORMS = ("rmsnorm", "layernorm")
-POSITIONS = ("rope", "learned", "none")
+POSITIONS = ("rope", "learned", "relative", "none")
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,11 @@ class ModelSpec:
     attn_offset: int = 0
     moe_period: int = 0
     moe_offset: int = 0
+    # encoder-decoder (encoder_layers = 0: decoder only); T5 relative position buckets
+    encoder_layers: int = 0
+    rel_buckets: int = 32
+    rel_max_distance: int = 128
+    decoder_start_token: int = 0
 
     def __post_init__(self) -> None:
         for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "max_seq_len"):
@@ -122,7 +127,8 @@ class ModelSpec:
 
     def _check_ssm(self) -> None:
         ints = ("ssm_state", "ssm_expand", "ssm_conv", "ssm_dt_rank", "ssm_head_dim", "ssm_groups", "attn_period",
-                "attn_offset", "moe_period", "moe_offset")
+                "attn_offset", "moe_period", "moe_offset", "encoder_layers", "rel_buckets", "rel_max_distance",
+                "decoder_start_token")
         for f in ints:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -138,6 +144,9 @@ class ModelSpec:
             if self.ssm_kind == "mamba2" and (self.ssm_inner % self.ssm_head_dim or self.ssm_heads % self.ssm_groups):
                 raise SpecError(f"model {self.name!r}: ssm_expand * d_model ({self.ssm_inner}) must be a multiple of "
                                 f"ssm_head_dim ({self.ssm_head_dim}) and the heads a multiple of ssm_groups")
+        if self.encoder_layers and (self.ssm_kind or self.is_moe or self.is_mla or self.position != "relative"):
+            raise SpecError(f"model {self.name!r}: encoder-decoder models are modelled as T5 (dense layers, "
+                            "relative position bias); set position: relative and no SSM/MoE/MLA fields")
         for per, off in (("attn_period", "attn_offset"), ("moe_period", "moe_offset")):
             if getattr(self, per) and getattr(self, off) >= getattr(self, per):
                 raise SpecError(f"model {self.name!r}: {off} must be below {per}")
@@ -291,6 +300,10 @@ class ModelSpec:
         head = 0 if self.tied_embeddings else self.vocab_size * self.d_model
         final_norm = (1 if self.norm == "rmsnorm" else 2) * self.d_model
         layers = sum(self.kind_params(mx, ff) for mx, ff in self.layer_kinds())
+        if self.encoder_layers:  # encoder stack, cross-attention and norm per decoder layer, bias tables
+            layers += (self.encoder_layers * self.kind_params("attn", "mlp")
+                       + self.n_layers * (self.attention_params + self.d_model)
+                       + final_norm + 2 * self.rel_buckets * self.n_heads)
         return emb + pos + layers + final_norm + head
 
     @property
@@ -333,9 +346,10 @@ class ModelSpec:
             return kv_len
         return min(kv_len, self.attention_sinks + self.sliding_window)
 
-    def kv_cache_bytes(self, batch: int, kv_len: int) -> float:
-        """KV-cache bytes of ``batch`` sequences holding ``kv_len`` tokens each."""
-        return self.kv_bytes_per_token * batch * self.kv_tokens(kv_len)
+    def kv_cache_bytes(self, batch: int, kv_len: int, source: int = 0) -> float:
+        """KV-cache bytes of ``batch`` sequences holding ``kv_len`` tokens each (an encoder-decoder
+        model also caches the cross-attention K/V of its ``source`` tokens in every decoder layer)."""
+        return self.kv_bytes_per_token * batch * (self.kv_tokens(kv_len) + (source if self.encoder_layers else 0))
 
     def with_formats(self, weights: str | None = None, activations: str | None = None, kv: str | None = None) -> ModelSpec:
         d = asdict(self)

@@ -56,14 +56,17 @@ class Prefill:
 @dataclass(frozen=True)
 class Decode:
     """Generate one token for each of ``batch`` sequences attending to ``context`` cached tokens
-    (the new token's K/V included)."""
+    (the new token's K/V included); ``source``: encoded tokens an encoder-decoder model's
+    cross-attention reads."""
 
     batch: int
     context: int
+    source: int = 0
 
     def __post_init__(self) -> None:
         _positive("batch", self.batch)
         _positive("context", self.context)
+        _positive("source", self.source, zero_ok=True)
 
     name = "decode"
     logits_all = False
@@ -159,7 +162,8 @@ def chunk_steps(batch: int, seq: int, chunk: int) -> list[Prefill]:
 
 
 def make_phase(name: str, batch: int, seq: int | None = None, context: int | None = None) -> Phase:
-    """Build a phase from CLI-style arguments."""
+    """Build a phase from CLI-style arguments (decode takes ``seq`` as an encoder-decoder model's
+    source length)."""
     if name == "prefill":
         if seq is None:
             raise SpecError("prefill needs --seq (prompt tokens per sequence)")
@@ -167,5 +171,5 @@ def make_phase(name: str, batch: int, seq: int | None = None, context: int | Non
     if name == "decode":
         if context is None:
             raise SpecError("decode needs --context (tokens attended per sequence)")
-        return Decode(batch, context)
+        return Decode(batch, context, seq or 0)
     raise SpecError(f"unknown phase {name!r}; use prefill or decode")

@@ -33,10 +33,14 @@ def weight_shape(op: Op, t: Tensor) -> tuple[int, ...]:
     return tuple(op.sizes[d] for d in t.dims)
 
 
+#: blocks that are not repeated layers: their weights keep plain names (shared embeddings)
+SHARED_BLOCKS = ("embed", "head", "dec_embed", "encoder_bias", "decoder_bias", "encoder_norm")
+
+
 def weight_key(block: str, repeat: int, index: int, name: str) -> str:
-    """Per-layer name of a weight or cache: ``layer.3.wq``; the embedding and head blocks' own
-    names stay plain (``embed_table``, ``lm_head``)."""
-    return name if block in ("embed", "head") else f"{block}.{index}.{name}"
+    """Per-layer name of a weight or cache: ``layer.3.wq``; the embedding, head and other
+    non-layer blocks' own names stay plain (``embed_table``, ``lm_head``)."""
+    return name if block in SHARED_BLOCKS else f"{block}.{index}.{name}"
 
 
 def init_weights(trace: Trace, seed: int = 0) -> dict[str, np.ndarray]:
@@ -62,6 +66,21 @@ def init_weights(trace: Trace, seed: int = 0) -> dict[str, np.ndarray]:
                     else:
                         out[key] = 0.1 * rng.standard_normal(shape) if op.kind == "norm" else rng.standard_normal(shape)
     return out
+
+
+def t5_bucket(rel: np.ndarray, bidirectional: bool, buckets: int, max_distance: int) -> np.ndarray:
+    """T5's relative position bucket of key-minus-query offsets ``rel`` (half the buckets exact,
+    the rest logarithmic up to ``max_distance``; bidirectional splits them by sign)."""
+    ret = np.zeros_like(rel)
+    if bidirectional:
+        buckets //= 2
+        ret += (rel > 0) * buckets
+        n = np.abs(rel)
+    else:
+        n = -np.minimum(rel, 0)
+    exact = buckets // 2
+    large = exact + (np.log(np.maximum(n, 1) / exact) / np.log(max_distance / exact) * (buckets - exact)).astype(int)
+    return ret + np.where(n < exact, n, np.minimum(large, buckets - 1))
 
 
 def tree_ancestors(parents: tuple[int, ...]) -> np.ndarray:
@@ -135,6 +154,8 @@ def run_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
         return (x - mu) / np.sqrt(var + eps) * args[1] + args[2]
     if k == "softmax":
         s = args[0] * op.attrs.get("scale", 1.0)
+        if len(args) > 1:  # additive score bias (relative positions)
+            s = s + args[1]
         if op.attrs.get("causal"):
             q, kv = s.shape[-2], s.shape[-1]
             qpos = op.attrs.get("offset", kv - q) + np.arange(q)
@@ -162,6 +183,8 @@ def run_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts, axis=-1)
     if k == "elementwise":
         f = op.attrs.get("function", "add")
+        if f == "scale":
+            return args[0] * op.attrs["factor"]
         return args[0] + args[1] if f == "add" else args[0] * args[1]
     raise SpecError(f"op {op.name!r}: kind {k!r} needs the trace executor's state")
 
@@ -262,8 +285,17 @@ def _execute_ssm(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarr
 
 def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarray | None:
     k = op.kind
+    if k == "rel_bias":
+        a, sz = op.attrs, op.sizes
+        rel = np.arange(sz["s"])[None, :] - (a["offset"] + np.arange(sz["q"]))[:, None]  # key minus query position
+        table = weights[key(op.inputs[0].name)]  # (buckets, heads)
+        out = table[t5_bucket(rel, a["bidirectional"], sz["u"], a["max_distance"])].transpose(2, 0, 1)[:, None]
+        env[op.output.name] = out
+        return out
     if k == "embedding":
         ids = env["token_ids"]
+        if "start_token" in op.attrs:  # an encoder-decoder's first decoder step
+            ids = np.full(op.sizes["m"], op.attrs["start_token"])
         x = weights[key("embed_table")][ids]
         if any(t.name == "pos_table" for t in op.inputs):
             q = op.attrs["seq"]
@@ -313,7 +345,8 @@ def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarra
         if t.role == "weight":  # a weight may be viewed per head (MLA's absorbed up-projections)
             args.append(_view(weights[key(t.name)], op, t))
         elif t.role == "kv":
-            args.append(_view(_cached_view(env[t.name], op, t), op, t))
+            stored = cache[key(t.name)] if key(t.name) in cache else env[t.name]  # this layer's cache
+            args.append(_view(_cached_view(stored, op, t), op, t))
         else:
             args.append(_view(env[t.name], op, t))
     out = run_op(op, args)
