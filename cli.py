@@ -48,7 +48,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     from .sim.engine import simulate
     from .sim.steps import simulate_chunked_prefill, speculate
     from .workloads.model import load_model
-    from .workloads.phases import Phase, Verify, make_phase
+    from .workloads.phases import Decode, Phase, Verify, make_phase
 
     model = load_model(a.model)
     if a.weight_dtype or a.act_dtype or a.kv_dtype:
@@ -74,10 +74,18 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         phase: Phase = Verify(a.batch, a.context, a.draft_tokens)
     else:
         phase = make_phase(a.phase, a.batch, a.seq, a.context)
+        if a.shared_prefix:
+            if not isinstance(phase, Decode):
+                raise SpecError("--shared-prefix applies to decode: the leading context tokens every sequence shares")
+            phase = Decode(phase.batch, phase.context, phase.source, a.shared_prefix)
     if a.chunk and a.phase == "prefill":
         res = simulate_chunked_prefill(a.arch, model, a.batch, a.seq, a.chunk, **kw)
     else:
         res = simulate(a.arch, model, phase, **kw)
+    if a.format_error:
+        from .workloads.functional.numerics import layer_error
+
+        res.inputs["format_error"] = layer_error(model)
     if a.csv:
         res.ops.to_csv(a.csv, index=False)
     if a.json:
@@ -102,6 +110,9 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     print(f"memory {_fmt_b(s['memory_bytes'])} of {_fmt_b(s['capacity_bytes'])} "
           f"(weights {_fmt_b(s['weights_bytes'])}, KV cache {_fmt_b(s['kv_cache_bytes'])}{state}, "
           f"activations {_fmt_b(s['activation_bytes'])})")
+    if "format_error" in res.inputs:
+        print(f"format error {res.inputs['format_error']:.3g} (relative L2 error of a width-reduced layer in "
+              f"weights {model.weight_dtype} / activations {model.act_dtype} / KV {model.kv_dtype} vs float64)")
     return 0
 
 
@@ -218,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--act-dtype", help="override the activation format")
     s.add_argument("--kv-dtype", help="override the KV-cache format")
     s.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"])
+    s.add_argument("--shared-prefix", type=_positive_int, help="decode: context tokens every sequence shares (Hydragen)")
+    s.add_argument("--format-error", action="store_true",
+                   help="also emulate the number formats and report the relative error of a reduced layer vs float64")
     s.add_argument("--chunk", type=_positive_int, help="prefill the prompt this many tokens at a time (chunked prefill)")
     s.add_argument("--draft-tokens", type=_positive_int, help="tokens drafted per step (verify, speculative)")
     s.add_argument("--acceptance", type=float, help="per-token acceptance rate of the drafts (speculative)")

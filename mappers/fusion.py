@@ -36,7 +36,7 @@ def plan(ops: list[Op], arch: Arch) -> list[Group]:
     i = 0
     while i < len(ops):
         if arch.device_class == "gpu" and i + 2 < len(ops) and _is_attention(ops[i], ops[i + 1], ops[i + 2]):
-            out.append(Group("attention", "attention", (ops[i], ops[i + 1], ops[i + 2])))
+            out.append(Group(ops[i].name.replace("attn_score", "attention"), "attention", (ops[i], ops[i + 1], ops[i + 2])))
             i += 3
             continue
         out.append(Group(ops[i].name, ops[i].kind, (ops[i],)))

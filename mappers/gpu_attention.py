@@ -80,7 +80,8 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
     macs = pairs * (e + ev)  # QK^T and PV
     q_bytes = b * h * r * q * e * qd.bytes
     # keys and values; MLA's absorbed form reads its values out of the key rows already on chip
-    kv_bytes = b * h * s * (e if context.attrs.get("shares_keys") else e + ev) * kd.bytes
+    kv_batch = b if "b" in score.inputs[1].dims else 1  # a shared prefix: one K/V for the whole batch
+    kv_bytes = kv_batch * h * s * (e if context.attrs.get("shares_keys") else e + ev) * kd.bytes
     o_bytes = b * h * r * q * ev * od.bytes
     launches = 1
     if q == 1 or q * r <= 16:  # decode: split-KV

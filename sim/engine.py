@@ -213,6 +213,9 @@ def _kv_bytes(model: ModelSpec, phase: Phase) -> float:
         if isinstance(phase, Prefill):
             return model.kv_cache_bytes(phase.batch, 1, phase.seq)
         return model.kv_cache_bytes(phase.batch, phase.kv_len, getattr(phase, "source", 0))
+    prefix = getattr(phase, "shared_prefix", 0)
+    if prefix:  # cached once, plus each sequence's own tokens
+        return model.kv_cache_bytes(1, prefix) + model.kv_cache_bytes(phase.batch, phase.kv_len - prefix)
     return model.kv_cache_bytes(phase.batch, phase.kv_len)
 
 

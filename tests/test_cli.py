@@ -51,3 +51,34 @@ def test_bad_input_one_line_exit_2(capsys, args):
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("xpusim: error:")
     assert "Traceback" not in err
+
+
+def test_workload_options(capsys):
+    rc, out, _ = run(capsys, "simulate", "--arch", "h200", "--model", "qwen3-30b-a3b", "--phase", "decode", "--batch", "16",
+                     "--context", "2048", "--routing", "zipf:1.5", "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["inputs"]["meta"]["routing"] == "zipf:1.5" and d["inputs"]["meta"]["active_experts"] < 128
+    assert {"weights_bytes", "kv_cache_bytes", "activation_bytes", "ssm_state_bytes"} <= set(d)
+    rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "prefill", "--seq", "4096",
+                     "--chunk", "1024", "--json")
+    assert rc == 0 and json.loads(out)["inputs"]["steps"] == 4
+    rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "llama-3-70b", "--phase", "speculative",
+                     "--context", "1024", "--draft-tokens", "4", "--acceptance", "0.8", "--draft-model", "llama-3-8b",
+                     "--weight-dtype", "fp8", "--json")
+    spec = json.loads(out)
+    assert rc == 0 and spec["expected_tokens"] == pytest.approx((1 - 0.8**5) / 0.2) and spec["speedup"] > 1
+    rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "mamba-2.8b", "--phase", "decode",
+                     "--context", "100000", "--format-error")
+    assert rc == 0 and "SSM state" in out and "format error" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "deepseek-v3", "--phase", "decode", "--context", "4096"], "at least 8 such devices"),
+    (["--model", "t5-base", "--phase", "decode", "--context", "16"], "source length (--seq)"),
+    (["--model", "llama-3-8b", "--phase", "prefill", "--seq", "64", "--shared-prefix", "8"], "applies to decode"),
+    (["--model", "llama-3-8b", "--phase", "speculative", "--context", "64"], "needs --context, --draft-tokens"),
+    (["--model", "llama-3-8b", "--phase", "decode", "--context", "64", "--routing", "zipf:-2"], "Zipf exponent"),
+])
+def test_workload_errors_are_one_line(capsys, args, message):
+    rc, out, err = run(capsys, "simulate", "--arch", "h100-sxm", *args)
+    assert rc == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err

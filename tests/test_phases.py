@@ -119,3 +119,37 @@ def test_chunked_prefill_costs_at_least_one_shot():
     assert chunked.inputs["steps"] == 4 and chunked.tokens == one.tokens
     assert one.latency_s <= chunked.latency_s < 1.3 * one.latency_s  # weights re-read per chunk
     assert chunked.kv_cache_bytes == one.kv_cache_bytes
+
+
+def test_shared_prefix_decode_equals_plain_decode():
+    """Hydragen decomposition: prefix attended once for the batch, suffixes per sequence, merged by
+    log-sum-exp — the same logits as decoding each sequence with its whole context."""
+    model = TINY_LLAMA
+    rng = np.random.default_rng(14)
+    prefix = rng.integers(0, model.vocab_size, size=(1, 5))
+    suffix = rng.integers(0, model.vocab_size, size=(3, 3))
+    ids = np.concatenate([np.repeat(prefix, 3, axis=0), suffix], axis=1)  # 3 sequences, 8 tokens each
+    w = init_weights(build_trace(model, Prefill(3, 8)), seed=11)
+    _, full = execute(build_trace(model, Prefill(3, 7)), w, ids[:, :7])
+    plain, _ = execute(build_trace(model, Decode(3, 8)), w, ids[:, 7:], full)
+    shared = {}
+    for i in range(model.n_layers):
+        for kv in ("k", "v"):
+            c = full[f"layer.{i}.{kv}_cache"]
+            shared[f"layer.{i}.{kv}_prefix"] = c[0, :5]  # one copy of the prefix for the batch
+            shared[f"layer.{i}.{kv}_cache"] = c[:, 5:]  # each sequence's own tokens
+    logits, cache = execute(build_trace(model, Decode(3, 8, shared_prefix=5)), w, ids[:, 7:], shared)
+    np.testing.assert_allclose(logits, plain, rtol=1e-9, atol=1e-9)
+    assert cache["layer.0.k_cache"].shape[1] == 3
+
+
+def test_shared_prefix_reads_the_prefix_once():
+    plain = xpusim.simulate("h100-sxm", "llama-3-8b", Decode(64, 8192))
+    shared = xpusim.simulate("h100-sxm", "llama-3-8b", Decode(64, 8192, shared_prefix=7168))
+    m = xpusim.load_model("llama-3-8b")
+    assert shared.kv_cache_bytes == m.kv_bytes_per_token * (7168 + 64 * 1024)
+    att = shared.ops[shared.ops.name == "prefix_attention"]
+    assert float(att.intensity.iloc[0]) > 30 * float(plain.ops[plain.ops.kind == "attention"].intensity.iloc[0])
+    assert shared.latency_s < 0.5 * plain.latency_s
+    with pytest.raises(SpecError, match="shorter than the context"):
+        Decode(4, 100, shared_prefix=100)

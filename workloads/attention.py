@@ -21,11 +21,13 @@ def kv_append_ops(p: str, b: int, q: int, h: int, e: int, pairs: tuple[tuple[str
 
 
 def sdpa_ops(p: str, b: int, h: int, r: int, q: int, s: int, e: int, q_name: str, kv: tuple[str, str, str], out: str,
-             adt: str, kdt: str, mask: dict, softmax: dict, bias: str = "") -> list[Op]:
+             adt: str, kdt: str, mask: dict, softmax: dict, bias: str = "", shared_kv: bool = False) -> list[Op]:
     """Scores, softmax and context of ``b x h x r`` query heads over ``s`` keys (``kv`` = key and
     value tensor names and their role); ``mask`` attrs go on every op (``causal``, window...),
-    ``softmax`` attrs on the softmax; ``bias`` names an additive (h, r, q, s) score bias."""
+    ``softmax`` attrs on the softmax; ``bias`` names an additive (h, r, q, s) score bias;
+    ``shared_kv``: one K/V for the whole batch (a shared prefix: the keys do not index ``b``)."""
     k_name, v_name, role = kv
+    kv_dims = ("s", "h", "e") if shared_kv else ("b", "s", "h", "e")
     dims = (("b", b), ("h", h), ("r", r), ("q", q), ("s", s), ("e", e))
     sm_in = [Tensor(f"{p}scores", ("b", "h", "r", "q", "s"), adt)]
     if bias:
@@ -33,12 +35,12 @@ def sdpa_ops(p: str, b: int, h: int, r: int, q: int, s: int, e: int, q_name: str
     kdtype = kdt if role == "kv" else adt
     return [
         Op(f"{p}attn_score", "matmul", dims,
-           (Tensor(q_name, ("b", "q", "h", "r", "e"), adt), Tensor(k_name, ("b", "s", "h", "e"), kdtype, role)),
+           (Tensor(q_name, ("b", "q", "h", "r", "e"), adt), Tensor(k_name, kv_dims, kdtype, role)),
            Tensor(f"{p}scores", ("b", "h", "r", "q", "s"), adt), 2.0, dict(mask)),
         Op(f"{p}softmax", "softmax", dims[:5], tuple(sm_in), Tensor(f"{p}probs", ("b", "h", "r", "q", "s"), adt),
            SOFTMAX_FLOPS, {**mask, **softmax}),
         Op(f"{p}attn_context", "matmul", dims,
-           (Tensor(f"{p}probs", ("b", "h", "r", "q", "s"), adt), Tensor(v_name, ("b", "s", "h", "e"), kdtype, role)),
+           (Tensor(f"{p}probs", ("b", "h", "r", "q", "s"), adt), Tensor(v_name, kv_dims, kdtype, role)),
            Tensor(out, ("b", "q", "h", "r", "e"), adt), 2.0, {k: v for k, v in mask.items() if k != "window"}),
     ]
 
@@ -65,6 +67,21 @@ def attention_core(model: ModelSpec, phase: Phase) -> list[Op]:
                       (Tensor("k", ("b", "q", "h", "e"), adt), Tensor("rope_table", ("q", "e"), "fp32", "input")),
                       Tensor("k_rot", ("b", "q", "h", "e"), adt), ROPE_FLOPS, rope))
         q_name, k_name = "q_rot", "k_rot"
+    prefix = getattr(phase, "shared_prefix", 0)
+    if prefix:  # Hydragen: the shared prefix attended as one batched GEMM, the suffixes per sequence
+        scale = {"scale": 1.0 / math.sqrt(e), "lse": True}
+        own = lkv - prefix
+        ops += kv_append_ops("", b, lq, h, e, ((k_name, "k_cache"), ("v", "v_cache")), own - lq, adt, kdt)
+        ops += sdpa_ops("prefix_", b, h, r, lq, prefix, e, q_name, ("k_prefix", "v_prefix", "kv"), "attn_prefix", adt,
+                        kdt, {"causal": False}, scale, shared_kv=True)
+        ops += sdpa_ops("", b, h, r, lq, own, e, q_name, ("k_cache", "v_cache", "kv"), "attn_own", adt, kdt,
+                        {"causal": False}, scale)
+        lse = ("b", "h", "r", "q")
+        ops.append(Op("attn_merge", "attn_merge", (("b", b), ("h", h), ("r", r), ("q", lq), ("e", e)),
+                      (Tensor("attn_prefix", ("b", "q", "h", "r", "e"), adt), Tensor("attn_own", ("b", "q", "h", "r", "e"), adt),
+                       Tensor("prefix_probs_lse", lse, "fp32"), Tensor("probs_lse", lse, "fp32")),
+                      Tensor("attn", ("b", "q", "h", "r", "e"), adt), 4.0, {}))
+        return ops
     ops += kv_append_ops("", b, lq, h, e, ((k_name, "k_cache"), ("v", "v_cache")), offset, adt, kdt)
     ops += sdpa_ops("", b, h, r, lq, lkv, e, q_name, ("k_cache", "v_cache", "kv"), "attn", adt, kdt,
                     {"causal": causal, "window": window, "sinks": sinks},

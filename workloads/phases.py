@@ -57,16 +57,22 @@ class Prefill:
 class Decode:
     """Generate one token for each of ``batch`` sequences attending to ``context`` cached tokens
     (the new token's K/V included); ``source``: encoded tokens an encoder-decoder model's
-    cross-attention reads."""
+    cross-attention reads; ``shared_prefix``: leading context tokens every sequence shares, cached
+    once and attended as one GEMM across the batch (Hydragen, Juravsky et al., arXiv:2402.05099)."""
 
     batch: int
     context: int
     source: int = 0
+    shared_prefix: int = 0
 
     def __post_init__(self) -> None:
         _positive("batch", self.batch)
         _positive("context", self.context)
         _positive("source", self.source, zero_ok=True)
+        _positive("shared_prefix", self.shared_prefix, zero_ok=True)
+        if self.shared_prefix >= self.context:
+            raise SpecError(f"shared_prefix ({self.shared_prefix}) must be shorter than the context ({self.context}): "
+                            "each sequence needs its own new token")
 
     name = "decode"
     logits_all = False

@@ -171,6 +171,11 @@ def run_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
         s = s - s.max(axis=-1, keepdims=True)
         p = np.exp(s)
         return p / p.sum(axis=-1, keepdims=True)
+    if k == "attn_merge":  # two partial attentions over disjoint keys, weighted by their log-sum-exp
+        o1, o2, l1, l2 = args
+        m = np.maximum(l1, l2)
+        w1, w2 = (np.moveaxis(np.exp(v - m), 3, 1)[..., None] for v in (l1, l2))  # (b, h, r, q) -> (b, q, h, r, 1)
+        return (w1 * o1 + w2 * o2) / (w1 + w2)
     if k == "activation":
         fn = _ACTS[op.attrs.get("function", "silu")]
         return fn(args[0]) * args[1] if op.attrs.get("gated") else fn(args[0])
@@ -350,5 +355,9 @@ def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarra
         else:
             args.append(_view(env[t.name], op, t))
     out = run_op(op, args)
+    if k == "softmax" and op.attrs.get("lse"):  # partial attention: also its log-sum-exp per row
+        sc = args[0] * op.attrs.get("scale", 1.0)
+        mx = sc.max(axis=-1)
+        env[f"{op.output.name}_lse"] = mx + np.log(np.exp(sc - mx[..., None]).sum(axis=-1))
     env[op.output.name] = out
     return out
