@@ -126,3 +126,12 @@ def test_routing_file_and_errors(tmp_path):
     with pytest.raises(SpecError, match="experts_per_token"):
         ModelSpec(name="bad", n_layers=2, d_model=8, n_heads=2, n_kv_heads=2, head_dim=4, d_ff=8, vocab_size=8,
                   max_seq_len=8, n_experts=4, experts_per_token=5)
+
+
+def test_routing_file_of_counts_is_used_as_given(tmp_path):
+    """A file of per-expert counts that sums to tokens x k is reproduced exactly."""
+    counts = [5, 0, 3, 8, 8, 1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # 32 assignments = 8 tokens x top-4, each <= 8
+    p = tmp_path / "counts.txt"
+    p.write_text("\n".join(map(str, counts)))
+    got, dropped = expert_counts(parse_routing(str(p)), 8, 16, 4)
+    assert got.tolist() == counts and dropped == 0
