@@ -26,6 +26,7 @@ _UNIT = {"instances", "macs_per_cycle", "flops_per_cycle", "energy_pj_per_mac", 
 #: class-specific hardware features a preset may declare, with their meaning
 FEATURES = {
     "cluster_multicast": "CTAs of a thread-block cluster that share one L2 load of an operand tile (Hopper TMA multicast)",
+    "stream_k": "1: the GEMM library also schedules stream-K (persistent CTAs sharing all tiles' K iterations)",
 }
 
 

@@ -10,8 +10,14 @@ pipeline stages bounded by shared memory, and costs every configuration at once 
 * **HBM with L2 reuse under rasterisation**: CTAs are launched band by band so that a band of B
   column panels (or A row panels) stays in L2 while the other operand streams past it; the operand
   that streams is read from HBM once per band. Operands that fit L2 together are read once;
-* **split-K / stream-K**: partial sums (fp32) of ``split`` slices are written to a workspace and
-  reduced by a second kernel (its launch included);
+* **split-K**: partial sums (fp32) of ``split`` slices are written to a workspace and reduced by a
+  second kernel (its launch included);
+* **stream-K** (Osama et al., PPoPP 2023): one persistent CTA per SM takes an even share of all
+  tiles' K iterations (no wave quantisation); tiles split between two SMs exchange fp32 partial
+  tiles through L2;
+* **memory-level parallelism** (Little's law): the resident CTAs keep ``stages - 1`` pipeline
+  stages of loads in flight, so the bandwidth they can draw is bytes in flight over the latency
+  of the level (the preset's measured pointer-chase latency), at most the level's bandwidth;
 * time = max(tensor-core time, L2 time, HBM time) + pipeline fill + epilogue + launch overhead,
   with the efficiency ceilings and launch overheads of :class:`~xpusim.arch.gpu.GpuRules`.
 """
@@ -33,7 +39,7 @@ from ..sim.problem import Problem
 CTA_M = np.array([16, 32, 64, 128, 256])
 CTA_N = np.array([32, 64, 128, 256])
 CTA_K = np.array([32, 64])
-SPLITS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32])
+SPLITS = np.array([0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32])  # 0: stream-K
 MAX_STAGES = 4
 
 
@@ -68,6 +74,14 @@ def gemm_shape(prob: Problem) -> GemmShape:
                      float(prob.elem_bytes[2]), shared)
 
 
+def _sustained(bandwidth: float, in_flight: np.ndarray, latency_s: float) -> np.ndarray:
+    """Bandwidth (bytes/s) that ``in_flight`` outstanding bytes sustain over ``latency_s`` (Little's
+    law), at most the level's; a level without a latency figure is not limited."""
+    if latency_s <= 0:
+        return np.full(in_flight.shape, bandwidth)
+    return np.minimum(bandwidth, in_flight / latency_s)
+
+
 def _level(arch: Arch, name: str):
     for lv in arch.memory:
         if lv.name == name:
@@ -96,6 +110,8 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     hbm_bw = hbm.bandwidth_Bps * hbm.instances * rules.memory_efficiency
 
     bm, bn, bk, sp = (a.reshape(-1) for a in np.meshgrid(CTA_M, CTA_N, CTA_K, SPLITS, indexing="ij"))
+    streamk = sp == 0  # stream-K: persistent CTAs share the tiles' K iterations evenly
+    sp = np.where(streamk, 1, sp)
     stage = (bm * g.a_bytes + bn * g.b_bytes) * bk
     stages = np.minimum(smem_cap // stage, MAX_STAGES)
     kc = -(-g.k // sp)  # K per split slice
@@ -105,19 +121,28 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     if cta is not None:
         ok = (stages >= 2) & (bm == cta[0]) & (bn == cta[1]) & (bk == cta[2]) & ((sp == 1) | (kc >= bk))
     if splits is not None:
-        ok &= np.isin(sp, splits)
+        ok &= np.isin(np.where(streamk, 0, sp), splits)
+    if not arch.features.get("stream_k", 0):  # the device's GEMM library has no stream-K kernels
+        ok &= ~streamk
     if not ok.any():
         raise MappingError(f"no GPU kernel configuration fits {g}; check the restriction or the device's SMEM")
-    bm, bn, bk, sp, stages, kc, stage = (a[ok] for a in (bm, bn, bk, sp, stages, kc, stage))
+    bm, bn, bk, sp, stages, kc, stage, streamk = (a[ok] for a in (bm, bn, bk, sp, stages, kc, stage, streamk))
     mt, nt = -(-g.m // bm), -(-g.n // bn)
     ksteps = -(-kc // bk)
-    ctas = g.batch * mt * nt * sp
+    tiles = g.batch * mt * nt
+    ctas = np.where(streamk, np.minimum(sms, tiles * ksteps), tiles * sp)
     waves = -(-ctas // sms)
-    mma_s = waves * (bm * bn * ksteps * bk) / rate / (f_m * rules.mma_efficiency)
+    iter_s = (bm * bn * bk) / rate / (f_m * rules.mma_efficiency)  # one K step of one tile on one SM
+    # stream-K: every SM runs ceil(iterations / SMs) K steps, no wave quantisation
+    mma_s = np.where(streamk, -(-(tiles * ksteps) // sms) * iter_s, waves * ksteps * iter_s)
+    # memory-level parallelism (Little's law): the CTAs resident at once keep (stages - 1) stages of
+    # loads in flight each; fewer than that cannot sustain the bandwidth whatever the link offers
+    resident = np.maximum(1, np.minimum(smem_cap // (stages * stage), rf_cap // (2 * bm * bn * 4)))
+    in_flight = np.minimum(ctas, sms * resident) * (stages - 1) * stage
 
     # a thread-block cluster loads an A tile once from L2 and multicasts it to its CTAs
     cluster = arch.features.get("cluster_multicast", 1)
-    l2_read = ctas * (bm * g.a_bytes / cluster + bn * g.b_bytes) * ksteps * bk
+    l2_read = tiles * sp * (bm * g.a_bytes / cluster + bn * g.b_bytes) * ksteps * bk  # every tile's K panels
     a_bytes = g.batch * g.m * g.k * g.a_bytes
     b_bytes = (1 if g.shared_b else g.batch) * g.k * g.n * g.b_bytes
     out_bytes = g.batch * g.m * g.n * g.out_bytes
@@ -136,9 +161,11 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     main_out = np.where(sp > 1, partials, out_bytes)
     part_hbm = np.where(partials > l2_cap, partials, 0.0)  # partials spill to HBM when L2 cannot hold them
     hbm_total = hbm_read + np.where(sp > 1, part_hbm, out_bytes)
-    l2_total = l2_read + main_out
-    l2_s = l2_total / l2_bw
-    hbm_s = hbm_total / hbm_bw
+    # stream-K fix-up: tiles shared by two SMs exchange fp32 partial tiles through L2 (written, read)
+    fixup = np.where(streamk & (tiles * ksteps % sms != 0), 2.0 * np.minimum(sms, tiles) * bm * bn * 4.0, 0.0)
+    l2_total = l2_read + main_out + fixup
+    l2_s = l2_total / _sustained(l2_bw, in_flight, l2.latency_s if l2 and l2.latency_s > 0 else hbm.latency_s)
+    hbm_s = hbm_total / _sustained(hbm_bw, in_flight, hbm.latency_s)
     reduce_s = np.where(sp > 1, np.maximum(partials / l2_bw, (part_hbm + out_bytes) / hbm_bw) + launch_s, 0.0)
     # pipeline fill (first stages of the first wave) and epilogue (last tile written)
     per_sm_bw = hbm_bw / sms
@@ -163,7 +190,7 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     if smem:
         moved[smem.name] = float(l2_read[best])
     energy = kernel_energy(arch, g.macs, compute, moved, lat)
-    mapping = {"kernel": "gemm", "cta_tile": [int(bm[best]), int(bn[best]), int(bk[best])],
+    mapping = {"kernel": "gemm-stream-k" if streamk[best] else "gemm", "cta_tile": [int(bm[best]), int(bn[best]), int(bk[best])],
                "split_k": int(sp[best]), "stages": int(stages[best]), "ctas": int(ctas[best]),
                "waves": int(waves[best]), "sms": sms, "batch": g.batch, "m": g.m, "n": g.n, "k": g.k}
     return OpCost(

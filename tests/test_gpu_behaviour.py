@@ -1,6 +1,7 @@
 """GPU model behaviours that any tuned-library GPU shows."""
 
 import pytest
+from xpusim import MappingError
 from xpusim.arch import list_archs, load_arch
 from xpusim.mappers.gpu import gpu_gemm_cost
 from xpusim.mappers.gpu_attention import flash_splits
@@ -69,3 +70,28 @@ def test_flash_decoding_split_heuristic_fills_the_gpu():
     assert flash_splits(work=512, sms=108, kv_blocks=64) == 1
     s = flash_splits(work=8, sms=132, kv_blocks=16)
     assert 1 < s <= 16
+
+
+def test_few_ctas_cannot_saturate_hbm_so_the_mapper_splits_k():
+    """Little's law: 8 CTAs (M=16, N=512) keep too few bytes in flight to draw the HBM bandwidth
+    over its latency, so the mapper splits K to occupy more SMs; many CTAs are not limited."""
+    for name in ("a100-80gb", "h100-sxm"):
+        arch = load_arch(name)
+        prob = gemm_problem(16, 512, 16384)
+        best = gpu_gemm_cost(prob, arch, 5e-6)
+        unsplit = gpu_gemm_cost(prob, arch, 5e-6, splits=(1,))
+        assert best.mapping["ctas"] >= 64 and best.latency_s < 0.6 * unsplit.latency_s
+        hbm = arch.backing
+        assert unsplit.latency_s > unsplit.bytes_by_level[hbm.name] / (hbm.bandwidth_Bps * hbm.instances)
+
+
+def test_stream_k_removes_wave_quantisation_on_hopper_only():
+    """3000^3 with 256x128 tiles is 12 x 24 = 288 tiles: 2.2 waves on 132 SMs. Stream-K shares the
+    K iterations evenly and beats the data-parallel schedule; Ampere presets do not offer it."""
+    h100 = load_arch("h100-sxm")
+    prob = gemm_problem(3000, 3000, 3000)
+    dp = gpu_gemm_cost(prob, h100, 5e-6, cta=(256, 128, 32), splits=(1,))
+    sk = gpu_gemm_cost(prob, h100, 5e-6, cta=(256, 128, 32), splits=(0,))
+    assert sk.mapping["kernel"] == "gemm-stream-k" and sk.latency_s < dp.latency_s
+    with pytest.raises(MappingError):
+        gpu_gemm_cost(prob, load_arch("a100-80gb"), 5e-6, splits=(0,))
