@@ -167,6 +167,12 @@ def _override_array(arch, rows, cols, dataflow):
     return replace(arch, name=f"{arch.name}[{r}x{c},{mat.dataflow}]", matrix=mat)
 
 
+def _cmd_explore(a: argparse.Namespace) -> int:
+    from .explore.command import run
+
+    return run(a)
+
+
 def _cmd_list(a: argparse.Namespace) -> int:
     from .arch.loader import list_archs, load_arch
     from .workloads.model import list_models, load_model
@@ -267,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.add_argument("--verbose", "-v", action="store_true", help="print every row")
     v.set_defaults(func=_cmd_validate)
+
+    e = sub.add_parser("explore", help="search co-designed hardware, mapping and workload knobs with Optuna")
+    from .explore.command import add_arguments
+
+    add_arguments(e)
+    e.set_defaults(func=_cmd_explore)
 
     ls = sub.add_parser("list", help="list device and model presets")
     ls.add_argument("--json", action="store_true")

@@ -15,7 +15,7 @@ from .spec import Arch, ComputeUnit, MemoryLevel
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 _TOP = {"name", "class", "description", "clock", "matrix", "vector", "memory", "launch_overhead",
-        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features"}
+        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features", "die"}
 _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_pj_per_byte",
           "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind",
           "serves"}
@@ -214,6 +214,13 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
     )
     arch = _with_default_energies(arch, d, name)
     arch.validate()
+    kinds = {str(lv["name"]): lv["kind"] for lv in d["memory"] if lv.get("kind") is not None}
+    if kinds:
+        arch.meta["memory_kinds"] = kinds
+    if "die" in d:  # the physical die where the device enables fewer units (area/cost model, arch/area.py)
+        from .area import parse_die
+
+        arch.meta["die"] = parse_die(d["die"], arch)
     if arch.device_class == "gpu":
         from .gpu import parse_gpu_rules
 
@@ -221,10 +228,9 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
     return arch
 
 
-def load_arch(ref: str | Path | Arch) -> Arch:
-    """Load a device by preset name or YAML path."""
-    if isinstance(ref, Arch):
-        return ref
+def arch_dict(ref: str | Path) -> tuple[dict[str, Any], str]:
+    """The parsed YAML mapping of a device (preset name or YAML path) and its name, before
+    validation: what a design-space search edits knob by knob."""
     path = Path(ref)
     if not path.is_file():
         cand = PRESETS_DIR / f"{ref}.yaml"
@@ -242,4 +248,12 @@ def load_arch(ref: str | Path | Arch) -> Arch:
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SpecError(f"{path}: malformed YAML ({first}); fix the syntax") from None
-    return arch_from_dict(data, path.stem)
+    return data, path.stem
+
+
+def load_arch(ref: str | Path | Arch) -> Arch:
+    """Load a device by preset name or YAML path."""
+    if isinstance(ref, Arch):
+        return ref
+    data, name = arch_dict(ref)
+    return arch_from_dict(data, name)

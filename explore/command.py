@@ -1,0 +1,57 @@
+"""``xpusim explore``: run or continue a study over a space and print its Pareto set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from .space import METRICS, load_space
+from .study import export, finished, pareto_frame, run_study, trials_frame
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", required=True, help="space YAML, or an example name (npu, gpu-chip, llm-serving)")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should have (resumes add the rest)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study storage")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///xpusim-<study>.db; postgresql://...; "
+                                     "journal:<file>)")
+    p.add_argument("--study", help="study name (default: the space's name)")
+    p.add_argument("--sampler", help="tpe, nsga2, cmaes, random, grid (default: the space's, else nsga2 for several "
+                                     "objectives, tpe for one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--export", metavar="DIR", help="write trials and Pareto set as CSV/JSON (and Parquet with pyarrow)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def run(a: argparse.Namespace) -> int:
+    space = load_space(a.space)
+    study_name = a.study or space.name
+    sampler = a.sampler or space.sampler
+    t0 = time.perf_counter()
+    study = run_study(space, a.trials, study_name, a.storage, sampler, a.seed, a.workers, a.timeout,
+                      progress=not (a.no_progress or a.json))
+    wall = time.perf_counter() - t0
+    trials = trials_frame(study, space)
+    pareto = pareto_frame(study, space)
+    files = [str(f) for f in export(study, space, a.export)] if a.export else []
+    n = finished(study)
+    summary = {"study": study_name, "space": space.source, "objectives": space.objectives, "finished_trials": n,
+               "feasible_trials": int(trials["feasible"].sum()) if len(trials) else 0, "wall_s": wall,
+               "pareto": pareto.to_dict(orient="records"), "exported": files}
+    if a.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(f"study {study_name!r}: {n} finished trials ({summary['feasible_trials']} feasible) in {wall:.1f} s; "
+          f"objectives {', '.join(f'{o} ({METRICS[o][0][:3]}, {METRICS[o][1]})' for o in space.objectives)}")
+    if pareto.empty:
+        print("no feasible design yet: relax the constraints or widen the knobs")
+    else:
+        cols = ["number", *[k.name for k in space.knobs], *space.objectives]
+        print(f"Pareto set ({len(pareto)} designs):")
+        print(pareto[cols].head(20).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if files:
+        print("exported: " + ", ".join(files))
+    return 0

@@ -1,0 +1,291 @@
+"""Design spaces: a base device, knobs over the device, the models and the workloads, weighted
+workloads, objectives and constraints, read from YAML.
+
+A knob names what it sets with a ``path``:
+
+* ``device.<field>...`` — a field of the base device's YAML (``device.clock``,
+  ``device.matrix.array.0``, ``device.memory.<level name>.capacity``); a value with a ``unit`` is
+  written as a quantity (``"4 MiB"``);
+* ``model.<field>`` — a :class:`~xpusim.workloads.model.ModelSpec` field of every workload's model
+  (``model.weight_dtype``, ``model.kv_dtype``);
+* ``workload.<field>`` — a phase field of every workload (``workload.batch``, ``workload.context``);
+* ``mapper.objective`` — what the inner mapper optimises (latency, energy, edp).
+
+Each knob has ``choices`` or a ``low``/``high`` range (``type`` int or float, optional ``step``,
+``log``). When a knob changes a systolic array's shape, its MACs per cycle scale with rows x cols.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..arch.loader import arch_dict
+from ..errors import SpecError
+
+#: metric name -> (direction, unit, meaning)
+METRICS: dict[str, tuple[str, str, str]] = {
+    "latency": ("minimize", "s", "weighted mean of the workloads' step latencies"),
+    "throughput": ("maximize", "tokens/s", "weighted tokens over weighted time"),
+    "energy_per_token": ("minimize", "J/token", "weighted energy over weighted tokens"),
+    "power_w": ("minimize", "W", "average power over the workloads (dynamic + leakage)"),
+    "area_mm2": ("minimize", "mm^2", "modelled die area"),
+    "cost_usd": ("minimize", "USD", "modelled device cost (die with yield + memory)"),
+    "perf_per_area": ("maximize", "tokens/s/mm^2", "throughput / area"),
+    "perf_per_watt": ("maximize", "tokens/J", "throughput / power"),
+    "perf_per_dollar": ("maximize", "tokens/s/USD", "throughput / cost"),
+    "format_error": ("minimize", "", "relative L2 error of a reduced layer in the model's formats"),
+    "memory_fraction": ("minimize", "", "footprint / device memory of the largest workload"),
+}
+KNOB_ROOTS = ("device", "model", "workload", "mapper")
+WORKLOAD_FIELDS = ("model", "phase", "batch", "seq", "context", "weight", "routing")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched parameter."""
+
+    name: str
+    path: tuple[str, ...]
+    choices: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    type: str = "float"
+    step: float | None = None
+    log: bool = False
+    unit: str = ""
+    also: tuple[tuple[str, ...], ...] = ()  # further device paths set to the same value
+
+    def grid(self) -> list[Any]:
+        """Every value of the knob (choices, or the stepped range); grid search needs them."""
+        if self.choices:
+            return list(self.choices)
+        if self.step is None:
+            raise SpecError(f"knob {self.name!r}: grid search needs choices or a step")
+        n = int(round((self.high - self.low) / self.step))
+        vals = [self.low + i * self.step for i in range(n + 1)]
+        return [int(v) for v in vals] if self.type == "int" else vals
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric <= max`` and/or ``metric >= min``; ``fits_memory`` requires every workload to fit."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+
+@dataclass
+class Space:
+    """A parsed design space."""
+
+    name: str
+    base: dict[str, Any]
+    base_name: str
+    knobs: list[Knob]
+    workloads: list[dict[str, Any]]
+    objectives: list[str]
+    constraints: list[Constraint] = field(default_factory=list)
+    sampler: str = "auto"
+    mapper_objective: str = "latency"
+    source: str = ""
+
+    @property
+    def directions(self) -> list[str]:
+        return [METRICS[o][0] for o in self.objectives]
+
+
+def _fail(where: str, msg: str) -> SpecError:
+    return SpecError(f"space {where}: {msg}")
+
+
+def _number(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise _fail(where, f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _knob(name: str, d: Any, where: str) -> Knob:
+    if not isinstance(d, dict):
+        raise _fail(where, f"knob {name!r} must be a mapping with path and choices or low/high")
+    unknown = sorted(set(d) - {"path", "choices", "low", "high", "type", "step", "log", "unit"})
+    if unknown:
+        raise _fail(where, f"knob {name!r}: unknown field(s) {unknown}")
+    raw = d.get("path", "")
+    paths = [tuple(str(x).split(".")) for x in (raw if isinstance(raw, list) and raw else [raw])]
+    path = paths[0]
+    if path[0] not in KNOB_ROOTS or len(path) < 2:
+        raise _fail(where, f"knob {name!r}: path must start with one of {', '.join(KNOB_ROOTS)} (e.g. device.clock), "
+                           f"got {d.get('path')!r}")
+    if len(paths) > 1 and any(q[0] != "device" or len(q) < 2 for q in paths):
+        raise _fail(where, f"knob {name!r}: a list of paths must name device fields only")
+    also = tuple(paths[1:])
+    if "choices" in d:
+        ch = d["choices"]
+        if not isinstance(ch, list) or not ch:
+            raise _fail(where, f"knob {name!r}: choices must be a non-empty list")
+        return Knob(name, path, tuple(ch), unit=str(d.get("unit", "")), also=also)
+    if "low" not in d or "high" not in d:
+        raise _fail(where, f"knob {name!r}: give choices, or low and high")
+    typ = str(d.get("type", "int" if isinstance(d["low"], int) and isinstance(d["high"], int) else "float"))
+    if typ not in ("int", "float"):
+        raise _fail(where, f"knob {name!r}: type must be int or float")
+    low, high = _number(d["low"], f"{where} knob {name!r} low"), _number(d["high"], f"{where} knob {name!r} high")
+    step = _number(d["step"], f"{where} knob {name!r} step") if "step" in d else None
+    log = bool(d.get("log", False))
+    if not low < high:
+        raise _fail(where, f"knob {name!r}: low ({low:g}) must be below high ({high:g})")
+    if log and low <= 0:
+        raise _fail(where, f"knob {name!r}: a log-scale range must be positive")
+    if step is not None and (step <= 0 or log):
+        raise _fail(where, f"knob {name!r}: step must be positive and cannot be combined with log")
+    return Knob(name, path, (), low, high, typ, step, log, str(d.get("unit", "")), also)
+
+
+def _constraints(d: Any, where: str) -> list[Constraint]:
+    if d is None:
+        return []
+    if not isinstance(d, dict):
+        raise _fail(where, "constraints must be a mapping: metric: max, metric: {min: x}, fits_memory: true")
+    out = []
+    for k, v in d.items():
+        if k == "fits_memory":
+            if v is True:
+                out.append(Constraint("fits_memory"))
+            continue
+        if k not in METRICS and k != "latency_s":
+            raise _fail(where, f"unknown constraint {k!r}; use one of {', '.join(METRICS)} or fits_memory")
+        k = "latency" if k == "latency_s" else k
+        if isinstance(v, dict):
+            lo, hi = v.get("min"), v.get("max")
+            out.append(Constraint(k, None if hi is None else _number(hi, f"{where} {k}.max"),
+                                  None if lo is None else _number(lo, f"{where} {k}.min")))
+        else:
+            out.append(Constraint(k, _number(v, f"{where} {k}")))
+    return out
+
+
+def parse_space(d: Any, where: str = "<dict>") -> Space:
+    """Validate a space mapping (see the module docstring)."""
+    if not isinstance(d, dict):
+        raise _fail(where, "expected a mapping with base, knobs, workloads, objectives")
+    unknown = sorted(set(d) - {"name", "base", "knobs", "workloads", "objectives", "constraints", "sampler", "mapper",
+                               "description"})
+    if unknown:
+        raise _fail(where, f"unknown field(s) {unknown}")
+    for k in ("base", "knobs", "workloads", "objectives"):
+        if k not in d:
+            raise _fail(where, f"missing {k!r}")
+    base, base_name = arch_dict(d["base"]) if isinstance(d["base"], str) else (d["base"], "device")
+    if not isinstance(d["knobs"], dict) or not d["knobs"]:
+        raise _fail(where, "knobs must be a non-empty mapping name: {path, choices | low/high}")
+    knobs = [_knob(str(n), k, where) for n, k in d["knobs"].items()]
+    wls = d["workloads"]
+    if not isinstance(wls, list) or not wls:
+        raise _fail(where, "workloads must be a non-empty list of {model, phase, batch, seq|context, weight}")
+    for w in wls:
+        if not isinstance(w, dict) or "model" not in w or "phase" not in w:
+            raise _fail(where, f"each workload needs model and phase, got {w!r}")
+        bad = sorted(set(w) - set(WORKLOAD_FIELDS))
+        if bad:
+            raise _fail(where, f"workload field(s) {bad} unknown; use {', '.join(WORKLOAD_FIELDS)}")
+        if _number(w.get("weight", 1.0), f"{where} workload weight") <= 0:
+            raise _fail(where, "workload weights must be positive")
+    objs = d["objectives"] if isinstance(d["objectives"], list) else [d["objectives"]]
+    for o in objs:
+        if o not in METRICS:
+            raise _fail(where, f"unknown objective {o!r}; use {', '.join(METRICS)}")
+    mapper = d.get("mapper") or {}
+    obj = mapper.get("objective", "latency") if isinstance(mapper, dict) else "latency"
+    if obj not in ("latency", "energy", "edp"):
+        raise _fail(where, "mapper.objective must be latency, energy or edp")
+    sampler = str(d.get("sampler", "auto"))
+    space = Space(str(d.get("name", Path(where).stem)), base, base_name, knobs, [dict(w) for w in wls], list(objs),
+                  _constraints(d.get("constraints"), where), sampler, obj, where)
+    check_sampler(space, sampler)
+    return space
+
+
+SAMPLERS = ("auto", "tpe", "nsga2", "cmaes", "random", "grid")
+
+
+def check_sampler(space: Space, sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise SpecError(f"sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    if sampler == "cmaes" and len(space.objectives) > 1:
+        raise SpecError("sampler cmaes optimises one objective; use nsga2 or tpe for several")
+    if sampler == "grid":
+        for k in space.knobs:
+            k.grid()
+
+
+def load_space(path: str | Path) -> Space:
+    """Read a space YAML file (or a shipped example name under ``explore/spaces/``)."""
+    p = Path(path)
+    if not p.is_file():
+        cand = Path(__file__).parent / "spaces" / f"{path}.yaml"
+        if not cand.is_file():
+            raise SpecError(f"space {str(path)!r} not found; give a YAML file or one of {', '.join(list_spaces())}")
+        p = cand
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SpecError(f"{p}: malformed YAML ({first}); fix the syntax") from None
+    return parse_space(data, str(p))
+
+
+def list_spaces() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).parent / "spaces").glob("*.yaml"))
+
+
+# ---------------------------------------------------------------------------------------- applying
+def _set(doc: Any, path: tuple[str, ...], value: Any, knob: str) -> None:
+    node = doc
+    for i, key in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if key.isdigit():
+                idx = int(key)
+            else:  # a memory level by name
+                idx = next((j for j, lv in enumerate(node) if isinstance(lv, dict) and lv.get("name") == key), -1)
+            if not 0 <= idx < len(node):
+                raise SpecError(f"knob {knob!r}: the base device has no {'.'.join(path[:i + 1])}")
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                if key not in node:
+                    raise SpecError(f"knob {knob!r}: the base device has no {'.'.join(path[:i + 1])}")
+                node = node[key]
+        else:
+            raise SpecError(f"knob {knob!r}: {'.'.join(path[:i])} is not a mapping or list")
+
+
+def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
+    """The base device with the trial's device knobs applied (a systolic array's MAC rates follow
+    its shape)."""
+    doc = copy.deepcopy(space.base)
+    for k in space.knobs:
+        if k.path[0] != "device" or k.name not in params:
+            continue
+        v = params[k.name]
+        for path in (k.path, *k.also):
+            _set(doc, path[1:], f"{v} {k.unit}" if k.unit else v, k.name)
+    base_arr = space.base.get("matrix", {}).get("array")
+    arr = doc.get("matrix", {}).get("array")
+    if base_arr and arr and list(arr) != list(base_arr):
+        scale = (arr[0] * arr[1]) / (base_arr[0] * base_arr[1])
+        rates = space.base["matrix"].get("macs_per_cycle", {})
+        doc["matrix"]["macs_per_cycle"] = {c: v * scale for c, v in rates.items()}
+    return doc

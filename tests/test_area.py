@@ -1,0 +1,266 @@
+"""Area, power and cost model (arch/area.py): the published die areas it predicts, the laws its
+formulas must obey, and the errors bad inputs raise. Sources and numbers: docs/area-power-cost.md."""
+
+import copy
+import math
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from xpusim.arch import arch_from_dict, area, list_archs, load_arch
+from xpusim.errors import SpecError, XpusimError
+from xpusim.validation import fit_area
+
+NPU = {
+    "name": "npu", "class": "systolic", "clock": "1 GHz", "technology_nm": 7,
+    "matrix": {"instances": 4, "array": [64, 64], "dataflow": "ws", "macs_per_cycle": {"bf16": 4096, "int8": 4096}},
+    "vector": {"instances": 1, "flops_per_cycle": {"fp32": 256}},
+    "memory": [
+        {"name": "dram", "kind": "hbm2e", "capacity": "16 GiB", "bandwidth": "400 GB/s"},
+        {"name": "buf", "kind": "sram", "capacity": "8 MiB", "bandwidth": "2 TB/s", "multicast": True},
+    ],
+}
+
+
+def npu(**changes: Any) -> dict[str, Any]:
+    d: dict[str, Any] = copy.deepcopy(NPU)
+    for path, value in changes.items():
+        node: Any = d
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node[int(k)] if k.isdigit() else node[k]
+        node[keys[-1]] = value
+    return d
+
+
+# --- validation against published die areas -------------------------------------------------------
+
+
+def test_a100_modelled_die_area_within_10_percent_of_826():
+    """GA100 (826 mm^2, A100 whitepaper) predicted with the overhead fitted on the H100 only."""
+    a100 = load_arch("a100-80gb")
+    modelled = area.die_area_mm2(a100)
+    assert abs(modelled / 826 - 1) < 0.10, modelled
+    assert a100.meta["die_area_mm2"] == 826
+
+
+def test_overhead_constant_is_the_h100_fit_not_an_a100_one():
+    """The one calibrated constant is what validation/fit_area.py solves on the H100 (814 mm^2)."""
+    assert fit_area.FIT_ON == ("h100-sxm", 814.0)
+    assert fit_area.fit() == pytest.approx(area.CORE_OVERHEAD_MM2_45, abs=0.006)
+    assert area.die_area_mm2(load_arch("h100-sxm")) == pytest.approx(814, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["l40s", "rtx-4090"])
+def test_ad102_predicted_within_10_percent_of_608_5(name):
+    """AD102 (608.5 mm^2, Ada whitepaper) is on the fit chip's node family (TSMC 4N); modelled +4.6 to +6.8 %."""
+    assert abs(area.die_area_mm2(load_arch(name)) / 608.5 - 1) < 0.10
+
+
+def test_presets_on_one_die_model_the_same_area():
+    """Variants of one die (enabled units differ) get the physical die's area."""
+    for group in (("a100-80gb", "a100-40gb"), ("h100-sxm", "h100-pcie", "h200"), ("l40s", "rtx-4090")):
+        areas = [area.die_area_mm2(load_arch(n)) for n in group]
+        assert max(areas) - min(areas) < 40, (group, areas)  # only the matrix lanes of the product differ
+
+
+def test_a100_breakdown_has_every_component_and_sums():
+    b = area.area_breakdown(load_arch("a100-80gb"))
+    assert set(b) == {"matrix", "vector", "sram:l2", "sram:smem", "regfile:rf", "dram_phy", "noc", "io", "other"}
+    assert all(v > 0 for v in b.values())
+    assert sum(b.values()) == pytest.approx(area.die_area_mm2(load_arch("a100-80gb")))
+    # the physical die: 128 SMs, 48 MiB L2, 6 HBM stacks (the product enables 108, 40 MiB, 5)
+    phys = area.physical(load_arch("a100-80gb"))
+    assert phys["cores"] == 128 and [n for k, n, _ in phys["dram"]] == [6]
+    assert dict((name, cap) for name, _, cap, _ in phys["levels"])["l2"] == 48 * 2**20
+
+
+@pytest.mark.parametrize("name", list_archs())
+def test_every_preset_has_finite_positive_area_power_and_cost(name):
+    arch = load_arch(name)
+    a = area.die_area_mm2(arch)
+    assert 1 < a < 5000
+    assert 0 < area.leakage_power_w(arch) < 100
+    assert 0 < area.peak_dynamic_power_w(arch) < 5000
+    assert 0 < area.die_cost_usd(arch) < area.device_cost_usd(arch) < 20000
+
+
+def test_node_between_table_nodes_is_interpolated():
+    at = {n: area.die_area_mm2(arch_from_dict(npu(technology_nm=n))) for n in (7, 6, 5)}
+    assert at[5] < at[6] < at[7]
+    frac = math.log(7 / 6) / math.log(7 / 5)  # log-log, as arch/tech.py interpolates
+    assert area.area_factor(6) == pytest.approx(area.area_factor(7) ** (1 - frac) * area.area_factor(5) ** frac)
+
+
+# --- laws of the formulas ---------------------------------------------------------------------------
+
+
+def test_dies_per_wafer_formula():
+    # 100 mm^2 on 300 mm: pi*150^2/100 - pi*300/sqrt(200) = 706.9 - 66.6
+    assert area.dies_per_wafer(100) == 640
+    assert area.dies_per_wafer(100, wafer_mm=200) == math.floor(math.pi * 100**2 / 100 - math.pi * 200 / math.sqrt(200))
+    assert area.dies_per_wafer(80000) == 0
+
+
+@given(st.floats(1, 3000), st.floats(1.01, 3))
+def test_dies_per_wafer_fall_with_area_and_fit_the_wafer(a, ratio):
+    n = area.dies_per_wafer(a)
+    assert n * a <= math.pi * 150**2
+    assert area.dies_per_wafer(a * ratio) <= n
+
+
+@given(st.floats(0.01, 5000), st.sampled_from([4, 5, 6, 7, 10, 12, 16, 28, 40]))
+def test_yield_is_a_fraction_that_falls_with_area(a, node):
+    y = area.die_yield(a, node)
+    assert 0 < y <= 1
+    assert area.die_yield(a * 1.5, node) < y
+
+
+def test_yield_is_negative_binomial_with_the_node_defect_density():
+    # N7: D0 = 0.09 / cm^2, alpha = 3 -> 826 mm^2: (1 + 8.26 * 0.09 / 3) ** -3
+    assert area.die_yield(826, 7) == pytest.approx((1 + 8.26 * 0.09 / 3) ** -3)
+    assert area.die_yield(1e-6, 7) == pytest.approx(1)
+    assert area.die_yield(400, 16) < area.die_yield(400, 28)  # 0.10 vs 0.05 defects / cm^2
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["matrix__instances", "vector__instances", "memory__1__capacity", "matrix__macs_per_cycle__bf16"]),
+       st.integers(2, 8), st.sampled_from([4, 7, 12, 28]))
+def test_more_macs_or_sram_means_more_area_and_leakage(field, factor, node):
+    base = npu(technology_nm=node)
+    bigger = copy.deepcopy(base)
+    if field == "memory__1__capacity":
+        bigger["memory"][1]["capacity"] = f"{8 * factor} MiB"
+    elif field == "matrix__macs_per_cycle__bf16":
+        bigger["matrix"]["macs_per_cycle"]["bf16"] = 4096 * factor
+    else:
+        unit = field.split("__")[0]
+        bigger[unit]["instances"] = base[unit]["instances"] * factor
+    small, large = arch_from_dict(base), arch_from_dict(bigger)
+    assert area.die_area_mm2(large) > area.die_area_mm2(small)
+    assert area.leakage_power_w(large) > area.leakage_power_w(small)
+    assert area.peak_dynamic_power_w(large) >= area.peak_dynamic_power_w(small)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 8), st.sampled_from([5, 7, 16, 28]))
+def test_die_cost_grows_faster_than_area(factor, node):
+    """Yield falls and edge loss grows with area, so cost per mm^2 of silicon rises with the die."""
+    small = arch_from_dict(npu(technology_nm=node))
+    large = arch_from_dict(npu(technology_nm=node, memory__1__capacity=f"{8 * factor} MiB", matrix__instances=4 * factor))
+    a_small, a_large = area.die_area_mm2(small), area.die_area_mm2(large)
+    assert a_large > 1.2 * a_small
+    assert area.die_cost_usd(large) / a_large > area.die_cost_usd(small) / a_small
+
+
+def test_die_section_spares_follow_a_variant():
+    """A design-space variant with more SMs keeps the preset's spare fraction (128 of 108)."""
+    a100 = load_arch("a100-80gb")
+    more = replace(a100, matrix=replace(a100.matrix, instances=120), vector=replace(a100.vector, instances=120))
+    assert area.physical(more)["cores"] == round(120 * 128 / 108)
+    assert area.die_area_mm2(more) > area.die_area_mm2(a100)
+
+
+def test_die_section_below_the_enabled_units_means_no_spares():
+    """A search that raises the enabled count past the die section's gets a die of exactly what it enables."""
+    d = npu(die={"matrix_instances": 2, "memory": {"buf": {"capacity": "1 MiB"}}})
+    assert area.area_breakdown(arch_from_dict(d)) == area.area_breakdown(arch_from_dict(npu()))
+
+
+def test_peak_dynamic_power_is_the_formula():
+    arch = arch_from_dict(npu(matrix={"instances": 2, "macs_per_cycle": {"int8": 100}, "energy_pj_per_mac": {"int8": 0.5}},
+                              vector={"instances": 1, "flops_per_cycle": {"fp32": 10}, "energy_pj_per_flop": {"fp32": 2.0}},
+                              memory=[{"name": "dram", "kind": "ddr4", "capacity": "1 GiB", "bandwidth": "10 GB/s",
+                                       "read_energy_pj_per_byte": 100, "write_energy_pj_per_byte": 60}]))
+    expected = (100 * 2 * 0.5 + 10 * 2.0) * 1e9 * 1e-12 + 10e9 * 80 * 1e-12
+    assert area.peak_dynamic_power_w(arch) == pytest.approx(expected)
+
+
+def test_device_cost_adds_dram_by_kind_and_package():
+    hbm = arch_from_dict(npu())
+    ddr = arch_from_dict(npu(memory__0__kind="ddr4", memory__0__bandwidth="25.6 GB/s"))
+    assert area.device_cost_usd(hbm) == pytest.approx(area.die_cost_usd(hbm) + 16 * 7.0 + 750)
+    assert area.device_cost_usd(ddr) == pytest.approx(area.die_cost_usd(ddr) + 16 * 2.4 + 21)
+    assert area.area_breakdown(hbm)["dram_phy"] > area.area_breakdown(ddr)["dram_phy"]
+
+
+def test_dram_interfaces_follow_bandwidth_without_a_die_section():
+    one = area.physical(arch_from_dict(npu(memory__0__bandwidth="400 GB/s")))["dram"]
+    two = area.physical(arch_from_dict(npu(memory__0__bandwidth="800 GB/s")))["dram"]
+    assert one[0][1] == 1 and two[0][1] == 2  # HBM2e stack: 3.6 Gb/s x 1024 pins = 460.8 GB/s
+
+
+def test_chiplets_split_the_die_for_yield():
+    mono = arch_from_dict(npu(matrix__instances=64))
+    split = arch_from_dict(npu(matrix__instances=64, die={"chiplets": 4}))
+    assert area.die_area_mm2(split) == pytest.approx(area.die_area_mm2(mono))
+    assert area.die_cost_usd(split) < area.die_cost_usd(mono)
+
+
+# --- bad inputs -----------------------------------------------------------------------------------
+
+
+def test_missing_technology_node_says_to_set_it():
+    d = npu()
+    del d["technology_nm"]
+    arch = arch_from_dict(d)
+    for fn in (area.die_area_mm2, area.area_breakdown, area.leakage_power_w, area.die_cost_usd, area.device_cost_usd):
+        with pytest.raises(SpecError, match="technology_nm") as e:
+            fn(arch)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("node", [3, 2, 65, 90])
+def test_node_outside_the_table_raises(node):
+    arch = replace(arch_from_dict(npu()), meta={"technology_nm": node})
+    with pytest.raises(SpecError, match="outside"):
+        area.die_area_mm2(arch)
+    with pytest.raises(SpecError, match="outside"):
+        area.die_yield(100, node)
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf"), "100", True, None])
+def test_bad_areas_raise(bad):
+    with pytest.raises(SpecError):
+        area.die_yield(bad, 7)
+    with pytest.raises(SpecError):
+        area.dies_per_wafer(bad)
+
+
+def test_bad_wafer_raises():
+    with pytest.raises(SpecError):
+        area.dies_per_wafer(100, wafer_mm=0)
+
+
+@pytest.mark.parametrize("die, match", [
+    ({"cores": 5}, "unknown field"),
+    ({"matrix_instances": 2.5}, "positive integer"),
+    ({"memory": {"nope": {"capacity": "1 MiB"}}}, "no memory level"),
+    ({"memory": {"buf": {"banks": 2}}}, "capacity and/or instances"),
+    ({"io": {"usb": 4}}, "I/O kinds"),
+    ({"chiplets": 0}, "positive integer"),
+    ([1, 2], "mapping"),
+])
+def test_bad_die_section_raises_at_load(die, match):
+    with pytest.raises(SpecError, match=match):
+        arch_from_dict(npu(die=die))
+
+
+def test_unknown_memory_kind_raises_one_line():
+    d = npu()
+    del d["technology_nm"]
+    d["memory"][1]["kind"] = "mram"
+    arch = arch_from_dict(d)
+    arch = replace(arch, meta={**arch.meta, "technology_nm": 7})
+    with pytest.raises(XpusimError, match="unknown memory kind"):
+        area.die_area_mm2(arch)
+
+
+def test_unknown_compute_class_has_no_area():
+    d = npu(matrix={"instances": 1, "macs_per_cycle": {"fp64": 8}})
+    del d["technology_nm"]
+    arch = replace(arch_from_dict(d), meta={"technology_nm": 7})
+    with pytest.raises(SpecError, match="no MAC area"):
+        area.die_area_mm2(arch)

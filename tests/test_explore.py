@@ -1,0 +1,162 @@
+"""Design-space exploration: spaces parse and reject bad input in one line, a study finds the grid
+optimum, workers share a study without losing or duplicating trials, a killed study resumes, and
+the same works against a PostgreSQL server."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from xpusim.errors import XpusimError
+from xpusim.explore.evaluate import evaluate
+from xpusim.explore.space import load_space, parse_space
+from xpusim.explore.study import FINISHED, run_study, trials_frame
+
+SMALL = {
+    "name": "small",
+    "base": "systolic-npu",
+    "knobs": {
+        "rows": {"path": "device.matrix.array.0", "choices": [32, 64, 128]},
+        "gbuf": {"path": "device.memory.gbuf.capacity", "choices": [1, 4, 16], "unit": "MiB"},
+    },
+    "workloads": [{"model": "llama-3-8b", "phase": "decode", "batch": 4, "context": 512}],
+    "objectives": ["latency"],
+}
+
+
+def _study_counts(url, name):
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = study.get_trials(deepcopy=False)
+    return study, trials
+
+
+def test_grid_optimum_is_found(tmp_path):
+    space = parse_space(SMALL)
+    url = f"sqlite:///{tmp_path}/s.db"
+    grid = run_study(space, 9, "grid", url, "grid", seed=0, progress=False)
+    tpe = run_study(space, 9, "tpe", url, "tpe", seed=1, progress=False)
+    best_grid = min(t.value for t in grid.trials)
+    assert len({tuple(sorted(t.params.items())) for t in grid.trials}) == 9  # the grid covers every design
+    assert min(t.value for t in tpe.trials) == pytest.approx(best_grid)
+    brute = min(evaluate(space, {"rows": r, "gbuf": g}).metrics["latency"] for r in (32, 64, 128) for g in (1, 4, 16))
+    assert best_grid == pytest.approx(brute)
+
+
+def test_same_seed_same_study(tmp_path):
+    space = parse_space(SMALL)
+    a = run_study(space, 6, "a", f"sqlite:///{tmp_path}/a.db", "random", seed=5, progress=False)
+    b = run_study(space, 6, "b", f"sqlite:///{tmp_path}/b.db", "random", seed=5, progress=False)
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+    assert [t.value for t in a.trials] == [t.value for t in b.trials]
+
+
+def test_workers_share_a_study_without_losing_trials(tmp_path):
+    space = parse_space(SMALL)
+    url = f"sqlite:///{tmp_path}/w.db"
+    run_study(space, 14, "w", url, "random", seed=0, workers=2, progress=False)
+    study, trials = _study_counts(url, "w")
+    assert len(trials) == 14 and all(t.state in FINISHED for t in trials)
+    assert sorted(t.number for t in trials) == list(range(14))
+    assert len({t._trial_id for t in trials}) == 14
+    assert {t.user_attrs["worker"] for t in trials}.__len__() == 2  # both processes worked
+    run_study(space, 20, "w", url, "random", seed=0, workers=2, progress=False)  # resume: 6 more
+    assert len(optuna.load_study(study_name="w", storage=url).trials) == 20
+
+
+def test_killed_study_resumes_consistently(tmp_path):
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump({**SMALL, "knobs": {**SMALL["knobs"],
+                                          "clock": {"path": "device.clock", "low": 0.5, "high": 1.5, "unit": "GHz"}}}))
+    db = tmp_path / "k.db"
+    url = f"sqlite:///{db}"
+    cmd = [sys.executable, "-m", "xpusim", "explore", "--space", str(space_file), "--trials", "60", "--study", "k",
+           "--storage", url, "--sampler", "random", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and done < 5:
+        time.sleep(0.3)
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    done = con.execute("select count(*) from trials where state in ('COMPLETE','PRUNED')").fetchone()[0]
+            except sqlite3.OperationalError:
+                pass
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 5 <= done < 60
+    with sqlite3.connect(db) as con:
+        assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
+    out = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    _, trials = _study_counts(url, "k")
+    finished = [t for t in trials if t.state in FINISHED]
+    assert summary["finished_trials"] == len(finished) == 60
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # failed stale trials kept, numbered
+
+
+def test_infeasible_designs_are_recorded_with_reasons(tmp_path):
+    d = {**SMALL, "knobs": {"gbuf": {"path": "device.memory.gbuf.capacity", "choices": [-1, 4], "unit": "MiB"}},
+         "constraints": {"fits_memory": True}}
+    space = parse_space(d)
+    study = run_study(space, 4, "inf", f"sqlite:///{tmp_path}/i.db", "grid", seed=0, progress=False)
+    df = trials_frame(study, space)
+    bad = df[df["gbuf"] == -1]
+    assert not bad.empty and (bad["state"] == "pruned").all() and bad["reason"].str.contains("capacity").all()
+    ok = df[df["gbuf"] == 4]
+    # Llama-3-8B (16 GB) does not fit the 4 GiB NPU: measured, then marked infeasible by the constraint
+    assert (ok["state"] == "complete").all() and not ok["feasible"].any() and ok["reason"].str.contains("fits_memory").all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({**SMALL, "objectives": ["speed"]}, "unknown objective 'speed'"),
+    ({**SMALL, "knobs": {"x": {"path": "chip.clock", "low": 1, "high": 2}}}, "path must start with one of"),
+    ({**SMALL, "knobs": {"x": {"path": "device.clock", "low": 2, "high": 1}}}, "must be below high"),
+    ({**SMALL, "workloads": []}, "workloads must be a non-empty list"),
+    ({**SMALL, "base": "no-such-device"}, "unknown device"),
+    ({**SMALL, "constraints": {"speed": 3}}, "unknown constraint"),
+])
+def test_bad_spaces_are_one_line_errors(bad, message):
+    with pytest.raises(XpusimError, match=message) as e:
+        parse_space(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_example_spaces_parse():
+    for name in ("npu", "gpu-chip", "llm-serving"):
+        space = load_space(name)
+        assert space.knobs and space.workloads and space.objectives
+
+
+PG_URL = os.environ.get("XPUSIM_TEST_PG_URL", "")
+
+
+def _pg_ready() -> str:
+    if not PG_URL:
+        return "no PostgreSQL server: set XPUSIM_TEST_PG_URL (.ci/run starts one from Debian's packages)"
+    try:
+        import sqlalchemy
+
+        sqlalchemy.create_engine(PG_URL).connect().close()
+    except Exception as e:  # noqa: BLE001
+        return f"PostgreSQL at XPUSIM_TEST_PG_URL is not reachable: {str(e).splitlines()[0]}"
+    return ""
+
+
+@pytest.mark.skipif(bool(_pg_ready()), reason=_pg_ready() or "ready")
+def test_postgresql_multi_worker_study():
+    space = parse_space(SMALL)
+    name = f"pg-{os.getpid()}-{int(time.time())}"
+    run_study(space, 12, name, PG_URL, "random", seed=0, workers=2, progress=False)
+    _, trials = _study_counts(PG_URL, name)
+    assert len(trials) == 12 and all(t.state in FINISHED for t in trials)
+    assert sorted(t.number for t in trials) == list(range(12))
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
