@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
@@ -57,12 +58,12 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     if a.phase == "speculative":
         if a.context is None or a.draft_tokens is None or a.acceptance is None:
             raise SpecError("speculative needs --context, --draft-tokens and --acceptance (and --draft-model or --medusa-heads)")
-        spec = speculate(a.arch, model, a.batch, a.context, a.draft_tokens, a.acceptance, a.draft_model,
+        spec = speculate(a.arch[0], model, a.batch, a.context, a.draft_tokens, a.acceptance, a.draft_model,
                          a.medusa_heads or 0, a.tree_width, **kw)
         if a.json:
             print(json.dumps(spec.to_dict(), indent=2))
             return 0
-        print(f"xpusim {__version__}: {model.name} speculative decoding on {a.arch}, drafter {spec.drafter}, "
+        print(f"xpusim {__version__}: {model.name} speculative decoding on {a.arch[0]}, drafter {spec.drafter}, "
               f"{spec.draft_tokens} drafted tokens ({spec.tree_nodes} tree nodes), acceptance {spec.acceptance:g}")
         print(f"expected tokens per step {spec.expected_tokens:.3f}   step {_fmt_s(spec.step_s)} "
               f"(draft {_fmt_s(spec.draft_s)}, verify {_fmt_s(spec.verify_s)})   plain decode step {_fmt_s(spec.decode_s)}   "
@@ -78,21 +79,55 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
             if not isinstance(phase, Decode):
                 raise SpecError("--shared-prefix applies to decode: the leading context tokens every sequence shares")
             phase = Decode(phase.batch, phase.context, phase.source, a.shared_prefix)
-    if a.chunk and a.phase == "prefill":
-        res = simulate_chunked_prefill(a.arch, model, a.batch, a.seq, a.chunk, **kw)
-    else:
-        res = simulate(a.arch, model, phase, **kw)
-    if a.format_error:
-        from .workloads.functional.numerics import layer_error
+    from tqdm import tqdm
 
-        res.inputs["format_error"] = layer_error(model)
+    results = []
+    for arch in tqdm(a.arch, desc="devices", unit="device", leave=False, disable=True if a.quiet or len(a.arch) < 2 else None):
+        if a.chunk and a.phase == "prefill":
+            res = simulate_chunked_prefill(arch, model, a.batch, a.seq, a.chunk, **kw)
+        else:
+            res = simulate(arch, model, phase, **kw)
+        if a.format_error:
+            from .workloads.functional.numerics import layer_error
+
+            res.inputs["format_error"] = layer_error(model)
+        results.append(res)
+    _outputs(a, results)
     if a.csv:
-        res.ops.to_csv(a.csv, index=False)
+        import pandas as pd
+
+        pd.concat([r.ops.assign(arch=r.inputs["arch"]) for r in results]).to_csv(a.csv, index=False)
     if a.json:
-        print(res.to_json())
+        print(results[0].to_json() if len(results) == 1 else json.dumps({"results": [r.to_dict() for r in results]},
+                                                                          indent=2, default=float))
         return 0
+    for res in results:
+        _print_result(res, model, phase)
+    if len(results) > 1:
+        print("comparison: " + "   ".join(f"{r.inputs['arch']} {_fmt_s(r.latency_s)}" for r in results))
+    return 0
+
+
+def _outputs(a: argparse.Namespace, results: list) -> None:
+    """--report, --save and --trace of a simulation."""
+    if a.trace:
+        from .reports.sim_figures import chrome_trace
+
+        Path(a.trace).write_text(json.dumps(chrome_trace(results[0])))
+    if a.save:
+        from .reports.build import save
+
+        save(a.save, "simulate", {"results": [r.to_dict() for r in results]})
+    if a.report:
+        from .reports.build import simulate_report
+        from .reports.html import write
+
+        write(a.report, simulate_report(results))
+
+
+def _print_result(res, model, phase) -> None:
     df = res.ops
-    print(f"xpusim {__version__}: {model.name} {phase.name} {vars(phase)} on {a.arch}")
+    print(f"xpusim {__version__}: {model.name} {phase.name} {vars(phase)} on {res.inputs['arch']}")
     cols = ["block", "name", "kind", "repeat", "latency_s", "total_latency_s", "bound", "utilization", "intensity"]
     view = df[cols].copy()
     share = df["total_latency_s"] / df["total_latency_s"].sum()
@@ -113,7 +148,6 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     if "format_error" in res.inputs:
         print(f"format error {res.inputs['format_error']:.3g} (relative L2 error of a width-reduced layer in "
               f"weights {model.weight_dtype} / activations {model.act_dtype} / KV {model.kv_dtype} vs float64)")
-    return 0
 
 
 def _cmd_op(a: argparse.Namespace) -> int:
@@ -133,6 +167,15 @@ def _cmd_op(a: argparse.Namespace) -> int:
         cost = op_cost(op, arch, a.objective, isolated=True)
     out = {"op": "gemm", "m": a.m, "n": a.n, "k": a.k, "dtype": a.dtype, "arch": arch.name,
            "flops": op.flops, **cost.to_dict()}
+    if a.save:
+        from .reports.build import save
+
+        save(a.save, "op", out)
+    if a.report:
+        from .reports.build import op_report
+        from .reports.html import write
+
+        write(a.report, op_report(out))
     if a.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -165,6 +208,15 @@ def _override_array(arch, rows, cols, dataflow):
     rates = {k: v * r * c / old for k, v in arch.matrix.rate_per_cycle.items()}
     mat = replace(arch.matrix, array=(r, c), dataflow=dataflow or arch.matrix.dataflow, rate_per_cycle=rates)
     return replace(arch, name=f"{arch.name}[{r}x{c},{mat.dataflow}]", matrix=mat)
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .reports.build import report_from_file
+    from .reports.html import write
+
+    write(a.output, report_from_file(a.result))
+    print(f"wrote {a.output}")
+    return 0
 
 
 def _cmd_explore(a: argparse.Namespace) -> int:
@@ -200,13 +252,22 @@ def _cmd_validate(a: argparse.Namespace) -> int:
             raise SpecError("validating your own data needs --arch, --kind and --csv together")
         if a.kind not in KINDS:
             raise SpecError(f"unknown kind {a.kind!r}; use one of {', '.join(KINDS)}")
-        df = compare(a.arch, a.kind, a.csv)
+        df = compare(a.arch, a.kind, a.csv, progress=not a.quiet)
         summary = {a.arch: {a.kind: summarise(df)}}
         rows = df
     else:
-        summary, rows = validate_shipped([a.arch] if a.arch else None)
+        summary, rows = validate_shipped([a.arch] if a.arch else None, progress=not a.quiet)
         if not summary:
             raise SpecError(f"no measured data ships for {a.arch!r}; give your own with --kind and --csv")
+    if a.save:
+        from .reports.build import save
+
+        save(a.save, "validate", {"rows": rows.to_dict(orient="records"), "summary": summary})
+    if a.report:
+        from .reports.build import validate_report
+        from .reports.html import write
+
+        write(a.report, validate_report(rows, summary))
     if a.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -225,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     s = sub.add_parser("simulate", help="simulate one prefill or decode step of a model on a device")
-    s.add_argument("--arch", required=True, help="device preset name or YAML file")
+    s.add_argument("--arch", required=True, nargs="+", action="extend",
+                   help="device preset name or YAML file; several give a side-by-side comparison")
     s.add_argument("--model", required=True, help="model preset name, xpusim YAML or Hugging Face config.json")
     s.add_argument("--phase", required=True, choices=["prefill", "decode", "verify", "speculative"])
     s.add_argument("--batch", type=_positive_int, default=1)
@@ -248,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--routing", help="MoE tokens per expert: balanced (default), zipf:S, or a file of per-expert weights")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--csv", metavar="FILE", help="write the per-op table as CSV")
+    s.add_argument("--report", metavar="HTML", help="write an interactive HTML report (offline, self-contained)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--save", metavar="JSON", help="save the result for `xpusim report`")
+    s.add_argument("--trace", metavar="FILE", help="write the timeline as Chrome/Perfetto trace JSON")
     s.set_defaults(func=_cmd_simulate)
 
     o = sub.add_parser("op", help="cost one operator on a device")
@@ -264,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--mapper", default="default", choices=["default", "exhaustive", "sampled"],
                    help="mapping search for generic/systolic devices (exhaustive: exact, small spaces)")
     o.add_argument("--json", action="store_true")
+    o.add_argument("--report", metavar="HTML", help="write an interactive HTML report")
+    o.add_argument("--save", metavar="JSON", help="save the result for `xpusim report`")
     o.set_defaults(func=_cmd_op)
 
     v = sub.add_parser("validate", help="compare predictions with measured kernel latencies")
@@ -271,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--kind", help="kind of your CSV: gemm, softmax, layernorm or gelu")
     v.add_argument("--csv", metavar="FILE", help="your measurements, in a format of validation/README.md")
     v.add_argument("--json", action="store_true")
+    v.add_argument("--report", metavar="HTML", help="write an interactive HTML report")
+    v.add_argument("--save", metavar="JSON", help="save the comparison for `xpusim report`")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.add_argument("--verbose", "-v", action="store_true", help="print every row")
     v.set_defaults(func=_cmd_validate)
 
@@ -279,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(e)
     e.set_defaults(func=_cmd_explore)
+
+    r = sub.add_parser("report", help="write the HTML report of a saved result (--save or --json output)")
+    r.add_argument("result", help="a JSON file from --save, or from simulate/op --json")
+    r.add_argument("-o", "--output", required=True, metavar="HTML")
+    r.set_defaults(func=_cmd_report)
 
     ls = sub.add_parser("list", help="list device and model presets")
     ls.add_argument("--json", action="store_true")

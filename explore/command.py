@@ -22,7 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--export", metavar="DIR", help="write trials and Pareto set as CSV/JSON (and Parquet with pyarrow)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                   help="no progress bar (none either when stderr is not a terminal)")
+    p.add_argument("--report", metavar="HTML", help="write an interactive HTML report of the study")
+    p.add_argument("--save", metavar="JSON", help="save the study's trials for `xpusim report`")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -37,6 +40,8 @@ def run(a: argparse.Namespace) -> int:
     trials = trials_frame(study, space)
     pareto = pareto_frame(study, space)
     files = [str(f) for f in export(study, space, a.export)] if a.export else []
+    if a.report or a.save:
+        _report(a, study, space, trials, pareto, study_name)
     n = finished(study)
     summary = {"study": study_name, "space": space.source, "objectives": space.objectives, "finished_trials": n,
                "feasible_trials": int(trials["feasible"].sum()) if len(trials) else 0, "wall_s": wall,
@@ -55,3 +60,33 @@ def run(a: argparse.Namespace) -> int:
     if files:
         print("exported: " + ", ".join(files))
     return 0
+
+
+def _report(a: argparse.Namespace, study, space, trials, pareto, study_name: str) -> None:
+    """--report and --save: the study's figures (parameter importance by fANOVA when enough
+    feasible trials exist)."""
+    knobs = [k.name for k in space.knobs]
+    importance = None
+    feasible = trials[trials["feasible"]] if len(trials) else trials
+    if len(feasible) >= 8:
+        import optuna
+
+        try:
+            imp = optuna.importance.get_param_importances(
+                study, target=lambda t: t.user_attrs.get("metrics", {}).get(space.objectives[0], float("nan")))
+            importance = {k: float(v) for k, v in imp.items()}
+        except (RuntimeError, ValueError):
+            importance = None  # too few distinct values to attribute variance
+    payload = {"trials": trials.to_dict(orient="records"), "pareto": pareto.to_dict(orient="records"),
+               "objectives": space.objectives, "directions": space.directions, "knobs": knobs, "study": study_name,
+               "space": space.source, "importance": importance}
+    if a.save:
+        from ..reports.build import save
+
+        save(a.save, "explore", payload)
+    if a.report:
+        from ..reports.build import explore_report
+        from ..reports.html import write
+
+        write(a.report, explore_report(trials, pareto, space.objectives, space.directions, knobs, study_name, space.source,
+                                       importance))

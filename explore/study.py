@@ -201,7 +201,7 @@ def _bar(total: int, on: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True, disable=None)  # off if not a tty
 
 
 # ---------------------------------------------------------------------------------------- results

@@ -105,11 +105,15 @@ def measured_op(kind: str, shape: tuple[int, ...]) -> Op:
               {"function": "gelu", "gated": False})
 
 
-def compare(arch: Arch | str, kind: str, path: str | Path) -> pd.DataFrame:
-    """One row per measurement: shape, measured and predicted latency, signed % error."""
+def compare(arch: Arch | str, kind: str, path: str | Path, progress: bool = False) -> pd.DataFrame:
+    """One row per measurement: shape, measured and predicted latency, signed % error
+    (``progress``: a progress bar on a terminal)."""
+    from tqdm import tqdm
+
     arch = load_arch(arch)
     rows: list[dict[str, Any]] = []
-    for ms in read_measurements(kind, path):
+    for ms in tqdm(read_measurements(kind, path), desc=f"{arch.name} {kind}", unit="kernel", leave=False,
+                   disable=None if progress else True):
         pred = op_cost(measured_op(kind, ms.shape), arch, isolated=True).latency_s
         rows.append({"kind": kind, "shape": "x".join(map(str, ms.shape)), "measured_s": ms.latency_s,
                      "predicted_s": pred, "err_pct": (pred - ms.latency_s) / ms.latency_s * 100.0})
@@ -121,7 +125,7 @@ def summarise(df: pd.DataFrame) -> dict[str, float]:
     return {"n": int(len(df)), "mape_pct": float(err.mean()), "max_abs_pct_err": float(err.max())}
 
 
-def validate_shipped(devices: list[str] | None = None) -> tuple[dict[str, dict[str, dict]], pd.DataFrame]:
+def validate_shipped(devices: list[str] | None = None, progress: bool = False) -> tuple[dict[str, dict[str, dict]], pd.DataFrame]:
     """Compare every shipped measured file; returns the summary ``{device: {kind: {...}}}`` and all rows."""
     summary: dict[str, dict[str, dict]] = {}
     frames = []
@@ -130,7 +134,7 @@ def validate_shipped(devices: list[str] | None = None) -> tuple[dict[str, dict[s
             continue
         summary[dev] = {}
         for kind, rel in files.items():
-            df = compare(dev, kind, HERE / rel)
+            df = compare(dev, kind, HERE / rel, progress)
             df.insert(0, "device", dev)
             frames.append(df)
             summary[dev][kind] = summarise(df)

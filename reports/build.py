@@ -1,0 +1,157 @@
+"""Reports for each entry point, and from a saved result file.
+
+* :func:`simulate_report` — one or several devices running the same step: comparison (several),
+  roofline per device, breakdown, timeline, memory, op table;
+* :func:`op_report` — one operator: its place on the roofline, cost terms and mapping;
+* :func:`explore_report` — a study: Pareto front, history, parallel coordinates, importance;
+* :func:`validate_report` — predicted vs measured with the error table.
+
+A saved result (``--save FILE`` or the ``--json`` output) is a JSON object; ``{"report": kind,
+...}`` from ``--save``, or a simulation result as ``simulate --json`` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import SpecError
+from ..sim.result import Result
+from . import html as H
+from . import sim_figures as SF
+from . import study_figures as STF
+
+
+def _header_sim(results: list[Result]) -> dict[str, str]:
+    r = results[0]
+    return {"device(s)": ", ".join(str(x.inputs.get("arch", "")) for x in results), "model": str(r.inputs.get("model", "")),
+            "phase": f"{r.inputs.get('phase', '')} {r.inputs.get('phase_args', {})}"}
+
+
+def simulate_report(results: list[Result], command: str | None = None) -> str:
+    sections: list[tuple[str, str, str]] = []
+    if len(results) > 1:
+        sections.append(("Comparison", "The same step on each device.", H.figure_html(SF.comparison(results), "cmp")))
+    rows = [{"device": r.inputs.get("arch", ""), "latency (ms)": r.latency_s * 1e3, "tokens/s": r.tokens_per_s,
+             "energy (J)": r.energy_j, "memory (GiB)": r.memory_bytes / 2**30, "capacity (GiB)": r.capacity_bytes / 2**30}
+            for r in results]
+    sections.append(("Summary", "", H.table_html(rows, list(rows[0]))))
+    for i, r in enumerate(results):
+        dev = str(r.inputs.get("arch", ""))
+        sections.append((f"Roofline — {dev}", "Each op at its arithmetic intensity and achieved throughput; hover for "
+                         "details.", H.figure_html(SF.roofline(r), f"roofline{i}")))
+        sections.append((f"Breakdown — {dev}", "", H.figure_html(SF.breakdown(r), f"breakdown{i}")))
+        sections.append((f"Timeline — {dev}", "Ops in trace order on the resource that bounds them (export all events "
+                         "with --trace FILE for Perfetto).", H.figure_html(SF.timeline(r), f"timeline{i}", 380)))
+    sections.append(("Memory", "", H.figure_html(SF.memory(results), "memory")))
+    cols = ["block", "name", "kind", "repeat", "latency_s", "flops", "bytes", "intensity", "bound", "utilization"]
+    sections.append((f"Ops — {results[0].inputs.get('arch', '')}", "",
+                     H.table_html(results[0].ops[cols].to_dict(orient="records"), cols)))
+    return H.page(f"xpusim: {results[0].inputs.get('trace', '')}", _header_sim(results), sections, command)
+
+
+def op_report(out: dict[str, Any], command: str | None = None) -> str:
+    """``out``: the dict ``xpusim op --json`` prints."""
+    import plotly.graph_objects as go
+
+    from ..arch.loader import load_arch
+
+    flops, lat = float(out["flops"]), float(out["latency_s"])
+    moved = out.get("bytes_by_level", {})
+    arch = load_arch(str(out["arch"]))
+    dram = float(moved.get(arch.backing.name, 0.0)) or 1.0
+    fig = go.Figure()
+    peak = arch.peak_flops(max(arch.matrix.rate_per_cycle, key=lambda c: arch.matrix.rate_per_cycle[c]))
+    bw = arch.backing.bandwidth_Bps * arch.backing.instances
+    import numpy as np
+
+    xs = np.logspace(-1, 4, 100)
+    fig.add_trace(go.Scatter(x=xs, y=np.minimum(peak, bw * xs), mode="lines", name="roof", line={"color": "#333"}))
+    name = f"gemm {out['m']}x{out['n']}x{out['k']} {out['dtype']}"
+    fig.add_trace(go.Scatter(x=[flops / dram], y=[flops / lat], mode="markers", name=name, marker={"size": 14},
+                             text=[f"<b>{name}</b><br>latency {lat * 1e6:.4g} us<br>bound: {out['bound']}"],
+                             hovertemplate="%{text}<extra></extra>"))
+    fig.update_xaxes(type="log", title=f"FLOP per byte of {arch.backing.name} traffic")
+    fig.update_yaxes(type="log", title="achieved throughput (FLOP/s)")
+    SF._style(fig, f"{name} on {arch.name}")
+    levels = go.Figure(go.Bar(x=list(moved), y=[v / 2**20 for v in moved.values()], marker_color=SF.PALETTE[1]))
+    levels.update_xaxes(title="memory level")
+    levels.update_yaxes(title="bytes moved (MiB)")
+    SF._style(levels, "Traffic per memory level")
+    keys = ["cycles", "compute_cycles", "stall_cycles", "latency_s", "utilization", "energy_j", "bound"]
+    mapping = out.get("mapping") or {}
+    sections = [("Roofline", "", H.figure_html(fig, "oproof")), ("Memory traffic", "", H.figure_html(levels, "oplevels")),
+                ("Cost", "", H.table_html([{k: out.get(k) for k in keys}], keys)),
+                ("Mapping", "", H.table_html([{"field": k, "value": json.dumps(v)} for k, v in mapping.items()],
+                                             ["field", "value"]))]
+    return H.page(f"xpusim: {name}", {"device": str(out["arch"]), "op": name}, sections, command)
+
+
+def explore_report(trials: pd.DataFrame, front: pd.DataFrame, objectives: list[str], directions: list[str],
+                   knobs: list[str], study: str, space: str, importance: dict[str, float] | None = None,
+                   command: str | None = None) -> str:
+    from ..explore.space import METRICS
+
+    units = {m: v[1] for m, v in METRICS.items()}
+    sections = []
+    if len(objectives) >= 2:
+        fig = STF.pareto(trials, front, objectives, knobs, units)
+        sections.append(("Pareto front", "Grey: infeasible designs (a constraint broken); blue: feasible; red: the "
+                         "Pareto-optimal designs.", H.figure_html(fig, "pareto", 520)))
+    feasible = trials[trials["feasible"]] if len(trials) else trials
+    if len(feasible):
+        sections.append(("Optimisation history", "", H.figure_html(
+            STF.history(trials, objectives[0], directions[0] == "minimize", units), "history")))
+        sections.append(("Parallel coordinates", "", H.figure_html(STF.parallel(trials, knobs, objectives[0], units),
+                                                                   "parcoords", 480)))
+    if importance:
+        sections.append(("Parameter importance", "", H.figure_html(STF.importance(importance, objectives[0]), "importance")))
+    cols = ["number", *knobs, *objectives]
+    sections.append((f"Pareto set ({len(front)} designs)", "", H.table_html(front[cols].to_dict(orient="records")
+                                                                          if len(front) else [], cols)))
+    header = {"study": study, "space": space, "objectives": ", ".join(f"{o} ({d})" for o, d in zip(objectives, directions,
+                                                                                                     strict=True)),
+              "trials": f"{len(trials)} finished, {int(trials['feasible'].sum()) if len(trials) else 0} feasible"}
+    return H.page(f"xpusim explore: {study}", header, sections, command)
+
+
+def validate_report(rows: pd.DataFrame, summary: dict[str, dict[str, dict]], command: str | None = None) -> str:
+    table = [{"device": d, "kind": k, "N": v["n"], "MAPE %": v["mape_pct"], "max |err| %": v["max_abs_pct_err"]}
+             for d, kinds in summary.items() for k, v in kinds.items()]
+    sections = [("Predicted vs measured", "Each point is one measured kernel; dotted lines: +-10 %.",
+                 H.figure_html(STF.validation_scatter(rows), "validation", 540)),
+                ("Error per device and kind", "", H.table_html(table, ["device", "kind", "N", "MAPE %", "max |err| %"])),
+                ("Every measurement", "", H.table_html(rows.to_dict(orient="records"), list(rows.columns)))]
+    return H.page("xpusim validate", {"device(s)": ", ".join(summary)}, sections, command)
+
+
+def save(path: str | Path, kind: str, payload: dict[str, Any]) -> Path:
+    """Save what a report needs (``--save FILE``)."""
+    return H.write(path, json.dumps({"report": kind, **payload}, default=float))
+
+
+def report_from_file(path: str | Path, command: str | None = None) -> str:
+    """A report from a saved result: ``--save`` files of every kind, or ``simulate --json`` output."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{path}: not JSON ({e.msg} at line {e.lineno}); give a --json or --save file") from None
+    if not isinstance(d, dict):
+        raise SpecError(f"{path}: expected a JSON object from --json or --save")
+    kind = d.get("report") or ("simulate" if "ops" in d and "latency_s" in d else "op" if d.get("op") == "gemm" else "")
+    if kind == "simulate":
+        results = [Result.from_dict(r) for r in d.get("results", [d])]
+        return simulate_report(results, command)
+    if kind == "op":
+        return op_report(d, command)
+    if kind == "explore":
+        return explore_report(pd.DataFrame(d["trials"]), pd.DataFrame(d["pareto"]), d["objectives"], d["directions"],
+                              d["knobs"], d["study"], d["space"], d.get("importance"), command)
+    if kind == "validate":
+        return validate_report(pd.DataFrame(d["rows"]), d["summary"], command)
+    raise SpecError(f"{path}: not a saved xpusim result (expected the output of --save or simulate/op --json)")

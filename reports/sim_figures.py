@@ -1,0 +1,201 @@
+"""Figures of simulated steps: roofline, latency/energy breakdowns, timeline, memory footprint,
+and a side-by-side comparison of devices."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..arch.loader import load_arch
+from ..errors import XpusimError
+from ..sim.result import Result
+from ..workloads.model import load_model
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+def kind_color(kind: str) -> str:
+    """One colour per op kind in every figure (the order of the Einsum IR's kinds)."""
+    from ..workloads.einsum import KINDS
+
+    order = ["matmul", "attention", *[k for k in KINDS if k != "matmul"], "repeat"]
+    return PALETTE[order.index(kind) % len(PALETTE)] if kind in order else "#999999"
+
+
+AXIS = {"showline": True, "linecolor": "#444", "mirror": True, "gridcolor": "#e5e5e5"}
+
+
+def _style(fig: go.Figure, title: str) -> go.Figure:
+    fig.update_layout(title={"text": title, "x": 0.01}, template="plotly_white", margin={"l": 70, "r": 20, "t": 50, "b": 60},
+                      font={"size": 12}, legend={"orientation": "h", "y": -0.18})
+    fig.update_xaxes(**AXIS)
+    fig.update_yaxes(**AXIS)
+    return fig
+
+
+def _compute_class(res: Result, arch) -> str:
+    """The matrix class the step's GEMMs run in: the model's weight/activation format, resolved on
+    the device (the widest of the two, as the matmuls compute)."""
+    from ..dtypes import get_dtype
+
+    try:
+        model = load_model(str(res.inputs.get("model", "")))
+        fmt = max((model.weight_dtype, model.act_dtype), key=lambda f: get_dtype(f).bits)
+        return arch.matrix.resolve(get_dtype(fmt).compute)
+    except XpusimError:
+        rates = arch.matrix.rate_per_cycle
+        return "bf16" if "bf16" in rates else max(rates, key=lambda c: rates[c])
+
+
+def roofline(res: Result) -> go.Figure:
+    """Every op at (arithmetic intensity, achieved FLOP/s) under the device's compute and memory
+    roofs; hover shows the op, FLOPs, bytes, intensity, bound and latency."""
+    df = res.ops[(res.ops["flops"] > 0) & (res.ops["bytes"] > 0) & (res.ops["latency_s"] > 0)].copy()
+    df["achieved"] = df["flops"] / df["latency_s"]
+    fig = go.Figure()
+    arch_name = str(res.inputs.get("arch", ""))
+    x_lo = max(1e-2, float(df["intensity"].min()) / 3) if len(df) else 1e-2
+    x_hi = max(1e3, float(df["intensity"].max()) * 3) if len(df) else 1e4
+    try:
+        arch = load_arch(arch_name)
+        compute = _compute_class(res, arch)
+        peak = arch.peak_flops(compute)
+        bw = arch.backing.bandwidth_Bps * arch.backing.instances
+        xs = np.logspace(math.log10(x_lo), math.log10(x_hi), 200)
+        fig.add_trace(go.Scatter(x=xs, y=np.minimum(peak, bw * xs), mode="lines", name=f"roof ({compute} peak, "
+                                 f"{arch.backing.name} bandwidth)", line={"color": "#333", "width": 2}, hoverinfo="skip"))
+        fig.add_annotation(x=math.log10(x_hi), y=math.log10(peak), text=f"{peak / 1e12:.0f} TFLOP/s", showarrow=False,
+                           xanchor="right", yanchor="bottom")
+    except XpusimError:
+        pass  # a device file that is no longer there: ops only
+    for kind, g in df.groupby("kind", sort=True):
+        text = [f"<b>{n}</b> ({b})<br>FLOPs {f:.3g}<br>bytes {by:.3g}<br>intensity {it:.3g} FLOP/B<br>bound: {bd}"
+                f"<br>latency {lat * 1e6:.3g} us" for n, b, f, by, it, bd, lat in
+                zip(g["name"], g["block"], g["flops"], g["bytes"], g["intensity"], g["bound"], g["latency_s"], strict=True)]
+        fig.add_trace(go.Scatter(x=g["intensity"], y=g["achieved"], mode="markers", name=kind,
+                                 marker={"size": 9, "color": kind_color(str(kind)), "line": {"width": 0.5, "color": "#222"}},
+                                 text=text, hovertemplate="%{text}<extra></extra>"))
+    fig.update_xaxes(type="log", title="arithmetic intensity (FLOP/byte)")
+    fig.update_yaxes(type="log", title="achieved throughput (FLOP/s)")
+    return _style(fig, f"Roofline: {res.inputs.get('trace', '')} on {arch_name}")
+
+
+def breakdown(res: Result) -> go.Figure:
+    """Stacked latency and energy of the step, per block (layer type) and op kind."""
+    df = res.ops.groupby(["block", "kind"], sort=False)[["total_latency_s", "total_energy_j"]].sum().reset_index()
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("latency per block (ms)", "energy per block (J)"))
+    for kind in df["kind"].unique():
+        g = df[df["kind"] == kind]
+        color = kind_color(str(kind))
+        fig.add_trace(go.Bar(x=g["block"], y=g["total_latency_s"] * 1e3, name=kind, marker_color=color, legendgroup=kind,
+                             hovertemplate=f"{kind}<br>%{{x}}: %{{y:.4g}} ms<extra></extra>"), 1, 1)
+        fig.add_trace(go.Bar(x=g["block"], y=g["total_energy_j"], name=kind, marker_color=color, legendgroup=kind,
+                             showlegend=False, hovertemplate=f"{kind}<br>%{{x}}: %{{y:.4g}} J<extra></extra>"), 1, 2)
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title_text="latency (ms)", row=1, col=1)
+    fig.update_yaxes(title_text="energy (J)", row=1, col=2)
+    fig.update_xaxes(title_text="block (x repeat)", row=1, col=1)
+    fig.update_xaxes(title_text="block (x repeat)", row=1, col=2)
+    return _style(fig, "Where the time and energy go (per block and op kind)")
+
+
+def timeline_events(res: Result, max_repeats: int = 2) -> list[dict[str, Any]]:
+    """Ops in trace order as (name, resource, start, duration) events, seconds; a block repeated
+    N times shows its first ``max_repeats`` repetitions and one summary bar for the rest."""
+    events: list[dict[str, Any]] = []
+    t = 0.0
+    for block, g in res.ops.groupby("block", sort=False):
+        rep = int(g["repeat"].iloc[0])
+        for r in range(min(rep, max_repeats)):
+            for _, op in g.iterrows():
+                events.append({"name": str(op["name"]), "block": f"{block}[{r}]", "resource": str(op["bound"]),
+                               "kind": str(op["kind"]), "start": t, "dur": float(op["latency_s"])})
+                t += float(op["latency_s"])
+        if rep > max_repeats:
+            rest = float(g["latency_s"].sum()) * (rep - max_repeats)
+            events.append({"name": f"{block} x{rep - max_repeats} more", "block": str(block), "resource": "(repeats)",
+                           "kind": "repeat", "start": t, "dur": rest})
+            t += rest
+    return events
+
+
+def timeline(res: Result) -> go.Figure:
+    """Gantt chart of the step: one row per bounding resource (compute, each memory level)."""
+    ev = pd.DataFrame(timeline_events(res))
+    fig = go.Figure()
+    for kind, g in ev.groupby("kind", sort=False):
+        fig.add_trace(go.Bar(y=g["resource"], x=g["dur"] * 1e3, base=g["start"] * 1e3, orientation="h", name=kind,
+                             marker_color=kind_color(str(kind)), text=g["name"], textposition="none",
+                             customdata=np.stack([g["block"], g["dur"] * 1e6], axis=1),
+                             hovertemplate="<b>%{text}</b> %{customdata[0]}<br>start %{base:.4g} ms<br>"
+                                           "%{customdata[1]:.3g} us<extra></extra>"))
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title="time (ms)")
+    fig.update_yaxes(title="bounding resource", categoryorder="category ascending")
+    return _style(fig, "Timeline of one step (first repetitions of each block)")
+
+
+def chrome_trace(res: Result) -> dict[str, Any]:
+    """The timeline as Chrome/Perfetto trace-event JSON (microseconds; one thread per resource)."""
+    ev = timeline_events(res, max_repeats=10**9)
+    tids = {r: i for i, r in enumerate(sorted({e["resource"] for e in ev}))}
+    out = [{"name": e["name"], "cat": e["kind"], "ph": "X", "ts": e["start"] * 1e6, "dur": e["dur"] * 1e6, "pid": 1,
+            "tid": tids[e["resource"]], "args": {"block": e["block"]}} for e in ev]
+    out += [{"name": "thread_name", "ph": "M", "pid": 1, "tid": t, "args": {"name": r}} for r, t in tids.items()]
+    out.append({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"{res.inputs.get('arch', '')}"}})
+    return {"traceEvents": out, "displayTimeUnit": "ms"}
+
+
+def memory(results: list[Result]) -> go.Figure:
+    """Footprint per device (weights, KV cache, SSM state, activations) against capacity, and the
+    KV cache's growth over decode steps."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("footprint vs capacity (GiB)", "footprint over context (GiB)"))
+    gib = 2.0**30
+    names = [str(r.inputs.get("arch", "")) for r in results]
+    parts = (("weights", "weights_bytes"), ("KV cache", "kv_cache_bytes"), ("SSM state", "ssm_state_bytes"),
+             ("activations", "activation_bytes"))
+    for i, (label, attr) in enumerate(parts):
+        fig.add_trace(go.Bar(x=names, y=[getattr(r, attr) / gib for r in results], name=label,
+                             marker_color=PALETTE[i], hovertemplate=f"{label}: %{{y:.3g}} GiB<extra></extra>"), 1, 1)
+    fig.add_trace(go.Scatter(x=names, y=[r.capacity_bytes / gib for r in results], mode="markers", name="capacity",
+                             marker={"symbol": "line-ew-open", "size": 40, "color": "#d62728", "line": {"width": 3}}), 1, 1)
+    r = results[0]
+    args = r.inputs.get("phase_args", {})
+    try:
+        model = load_model(str(r.inputs.get("model", "")))
+        batch = int(args.get("batch", 1))
+        top = int(args.get("context") or args.get("seq") or 1) * 2
+        ctx = np.unique(np.linspace(1, max(top, 2), 60).astype(int))
+        kv = np.array([model.kv_cache_bytes(batch, int(c)) for c in ctx])
+        fig.add_trace(go.Scatter(x=ctx, y=(r.weights_bytes + kv) / gib, mode="lines", name=f"weights + KV (batch {batch})",
+                                 line={"color": PALETTE[1]}), 1, 2)
+        fig.add_trace(go.Scatter(x=ctx, y=np.full(ctx.shape, r.capacity_bytes / gib), mode="lines", name="capacity",
+                                 line={"color": "#d62728", "dash": "dash"}, showlegend=False), 1, 2)
+        fig.update_xaxes(title_text="context (tokens per sequence)", row=1, col=2)
+    except XpusimError:
+        pass
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title_text="memory (GiB)", row=1, col=1)
+    fig.update_yaxes(title_text="memory (GiB)", row=1, col=2)
+    return _style(fig, "Memory footprint")
+
+
+def comparison(results: list[Result]) -> go.Figure:
+    """Devices side by side: step latency per op kind, and throughput."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("step latency per op kind (ms)", "throughput (tokens/s)"))
+    names = [str(r.inputs.get("arch", "")) for r in results]
+    kinds = sorted({k for r in results for k in r.ops["kind"].unique()})
+    for kind in kinds:
+        ys = [float(r.ops.loc[r.ops["kind"] == kind, "total_latency_s"].sum()) * 1e3 for r in results]
+        fig.add_trace(go.Bar(x=names, y=ys, name=kind, marker_color=kind_color(str(kind))), 1, 1)
+    fig.add_trace(go.Bar(x=names, y=[r.tokens_per_s for r in results], name="tokens/s", marker_color="#444",
+                         showlegend=False), 1, 2)
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title_text="latency (ms)", row=1, col=1)
+    fig.update_yaxes(title_text="tokens/s", row=1, col=2)
+    fig.update_xaxes(title_text="device", row=1, col=1)
+    fig.update_xaxes(title_text="device", row=1, col=2)
+    return _style(fig, "Device comparison")
