@@ -50,6 +50,14 @@ def _compute_class(res: Result, arch) -> str:
         return "bf16" if "bf16" in rates else max(rates, key=lambda c: rates[c])
 
 
+def _stacked_pair(fig: go.Figure, left: tuple[str, str], right: tuple[str, str]) -> None:
+    """Stacked bars in two side-by-side panels with their (x, y) axis titles."""
+    fig.update_layout(barmode="stack")
+    for col, (x, y) in ((1, left), (2, right)):
+        fig.update_xaxes(title_text=x, row=1, col=col)
+        fig.update_yaxes(title_text=y, row=1, col=col)
+
+
 def roofline(res: Result) -> go.Figure:
     """Every op at (arithmetic intensity, achieved FLOP/s) under the device's compute and memory
     roofs; hover shows the op, FLOPs, bytes, intensity, bound and latency."""
@@ -94,11 +102,7 @@ def breakdown(res: Result) -> go.Figure:
                              hovertemplate=f"{kind}<br>%{{x}}: %{{y:.4g}} ms<extra></extra>"), 1, 1)
         fig.add_trace(go.Bar(x=g["block"], y=g["total_energy_j"], name=kind, marker_color=color, legendgroup=kind,
                              showlegend=False, hovertemplate=f"{kind}<br>%{{x}}: %{{y:.4g}} J<extra></extra>"), 1, 2)
-    fig.update_layout(barmode="stack")
-    fig.update_yaxes(title_text="latency (ms)", row=1, col=1)
-    fig.update_yaxes(title_text="energy (J)", row=1, col=2)
-    fig.update_xaxes(title_text="block (x repeat)", row=1, col=1)
-    fig.update_xaxes(title_text="block (x repeat)", row=1, col=2)
+    _stacked_pair(fig, ("block (x repeat)", "latency (ms)"), ("block (x repeat)", "energy (J)"))
     return _style(fig, "Where the time and energy go (per block and op kind)")
 
 
@@ -193,9 +197,5 @@ def comparison(results: list[Result]) -> go.Figure:
         fig.add_trace(go.Bar(x=names, y=ys, name=kind, marker_color=kind_color(str(kind))), 1, 1)
     fig.add_trace(go.Bar(x=names, y=[r.tokens_per_s for r in results], name="tokens/s", marker_color="#444",
                          showlegend=False), 1, 2)
-    fig.update_layout(barmode="stack")
-    fig.update_yaxes(title_text="latency (ms)", row=1, col=1)
-    fig.update_yaxes(title_text="tokens/s", row=1, col=2)
-    fig.update_xaxes(title_text="device", row=1, col=1)
-    fig.update_xaxes(title_text="device", row=1, col=2)
+    _stacked_pair(fig, ("device", "latency (ms)"), ("device", "tokens/s"))
     return _style(fig, "Device comparison")
