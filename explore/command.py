@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 
 from .space import METRICS, load_space
 from .study import export, finished, pareto_frame, run_study, trials_frame
@@ -63,17 +64,20 @@ def run(a: argparse.Namespace) -> int:
 
 
 def _report(a: argparse.Namespace, study, space, trials, pareto, study_name: str) -> None:
-    """--report and --save: the study's figures (parameter importance by fANOVA when enough
-    feasible trials exist)."""
+    """--report and --save: the study's figures (parameter importance by Optuna's default
+    evaluator, PED-ANOVA, when enough feasible trials exist)."""
     knobs = [k.name for k in space.knobs]
     importance = None
     feasible = trials[trials["feasible"]] if len(trials) else trials
     if len(feasible) >= 8:
         import optuna
 
+        sign = 1.0 if space.directions[0] == "minimize" else -1.0  # the evaluator ranks low targets best
         try:
-            imp = optuna.importance.get_param_importances(
-                study, target=lambda t: t.user_attrs.get("metrics", {}).get(space.objectives[0], float("nan")))
+            with warnings.catch_warnings():  # it reminds that low targets rank best: the sign above sees to that
+                warnings.simplefilter("ignore", UserWarning)
+                imp = optuna.importance.get_param_importances(
+                    study, target=lambda t: sign * t.user_attrs.get("metrics", {}).get(space.objectives[0], float("nan")))
             importance = {k: float(v) for k, v in imp.items()}
         except (RuntimeError, ValueError):
             importance = None  # too few distinct values to attribute variance

@@ -77,10 +77,10 @@ def parallel(trials: pd.DataFrame, knobs: list[str], objective: str, units: dict
 
 
 def importance(scores: dict[str, float], objective: str) -> go.Figure:
-    """Knob importance for the first objective (fANOVA, ``optuna.importance``)."""
+    """Knob importance for the first objective (``optuna.importance``, its default evaluator)."""
     names = sorted(scores, key=lambda k: scores[k])
     fig = go.Figure(go.Bar(x=[scores[n] for n in names], y=names, orientation="h", marker_color=PALETTE[2]))
-    fig.update_xaxes(title=f"importance for {objective} (fraction of variance)")
+    fig.update_xaxes(title=f"importance for {objective} (normalised, sums to 1)")
     fig.update_yaxes(title="knob")
     return _style(fig, "Parameter importance")
 
