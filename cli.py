@@ -54,7 +54,20 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     model = load_model(a.model)
     if a.weight_dtype or a.act_dtype or a.kv_dtype:
         model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
-    kw = {"objective": a.objective, "routing": a.routing, "mla_form": a.mla_form}
+    kw = {"objective": "latency" if a.objective == "throughput" else a.objective, "routing": a.routing, "mla_form": a.mla_form,
+          "check_memory": not a.ignore_memory}
+    if a.system:
+        from .sim.system_command import run as run_system
+
+        results: list = []
+        rc = run_system(a, model, results)
+        if results:
+            _outputs(a, results)
+        return rc
+    if not a.arch:
+        raise SpecError("simulate needs --arch DEVICE (or --system SYSTEM)")
+    if a.phase == "generate":
+        raise SpecError("--phase generate runs on a system: give --system (e.g. 4x-a100-nvlink) with --tp/--pp or --plan auto")
     if a.phase == "speculative":
         if a.context is None or a.draft_tokens is None or a.acceptance is None:
             raise SpecError("speculative needs --context, --draft-tokens and --acceptance (and --draft-model or --medusa-heads)")
@@ -210,6 +223,12 @@ def _override_array(arch, rows, cols, dataflow):
     return replace(arch, name=f"{arch.name}[{r}x{c},{mat.dataflow}]", matrix=mat)
 
 
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from .sim.serve_command import run
+
+    return run(a)
+
+
 def _cmd_report(a: argparse.Namespace) -> int:
     from .reports.build import report_from_file
     from .reports.html import write
@@ -286,17 +305,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     s = sub.add_parser("simulate", help="simulate one prefill or decode step of a model on a device")
-    s.add_argument("--arch", required=True, nargs="+", action="extend",
+    s.add_argument("--arch", nargs="+", action="extend",
                    help="device preset name or YAML file; several give a side-by-side comparison")
     s.add_argument("--model", required=True, help="model preset name, xpusim YAML or Hugging Face config.json")
-    s.add_argument("--phase", required=True, choices=["prefill", "decode", "verify", "speculative"])
+    s.add_argument("--phase", required=True, choices=["prefill", "decode", "verify", "speculative", "generate"])
+    s.add_argument("--system", help="multi-device system preset or YAML (see docs/systems.md)")
+    s.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree (with --system)")
+    s.add_argument("--pp", type=_positive_int, default=1, help="pipeline stages (with --system)")
+    s.add_argument("--dp", type=_positive_int, default=1, help="data-parallel replicas (with --system)")
+    s.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree: 1, or tp x dp (with --system)")
+    s.add_argument("--sp", action="store_true", help="sequence parallelism: reduce-scatter + all-gather")
+    s.add_argument("--microbatches", type=_positive_int, help="pipeline micro-batches (default: one per stage)")
+    s.add_argument("--plan", choices=["auto"], help="search the parallel plans of the system and take the best")
+    s.add_argument("--gen", type=_positive_int, help="tokens generated per sequence (--phase generate)")
+    s.add_argument("--ignore-memory", action="store_true",
+                   help="simulate even when the footprint exceeds device memory (reported, not refused)")
     s.add_argument("--batch", type=_positive_int, default=1)
     s.add_argument("--seq", type=_positive_int, help="prompt tokens per sequence (prefill)")
     s.add_argument("--context", type=_positive_int, help="tokens attended per sequence (decode)")
     s.add_argument("--weight-dtype", help="override the weight format (e.g. fp8, int4)")
     s.add_argument("--act-dtype", help="override the activation format")
     s.add_argument("--kv-dtype", help="override the KV-cache format")
-    s.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"])
+    s.add_argument("--objective", default="latency", choices=["latency", "energy", "edp", "throughput"],
+                   help="mapper objective; throughput ranks --plan auto by tokens/s")
     s.add_argument("--shared-prefix", type=_positive_int, help="decode: context tokens every sequence shares (Hydragen)")
     s.add_argument("--format-error", action="store_true",
                    help="also emulate the number formats and report the relative error of a reduced layer vs float64")
@@ -350,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(e)
     e.set_defaults(func=_cmd_explore)
+
+    sv = sub.add_parser("serve", help="simulate request-level serving (continuous batching, chunked prefill, ...)")
+    from .sim.serve_command import add_arguments as serve_arguments
+
+    serve_arguments(sv)
+    sv.set_defaults(func=_cmd_serve)
 
     r = sub.add_parser("report", help="write the HTML report of a saved result (--save or --json output)")
     r.add_argument("result", help="a JSON file from --save, or from simulate/op --json")

@@ -228,26 +228,32 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
     return arch
 
 
-def arch_dict(ref: str | Path) -> tuple[dict[str, Any], str]:
-    """The parsed YAML mapping of a device (preset name or YAML path) and its name, before
-    validation: what a design-space search edits knob by knob."""
+def read_preset(ref: str | Path, directory: Path, what: str, names: list[str]) -> tuple[Any, Path]:
+    """The parsed YAML of a ``what`` (``device``, ``system``) given by preset name (a file in
+    ``directory``) or path, and the file's path; one-line errors for missing or malformed files."""
     path = Path(ref)
     if not path.is_file():
-        cand = PRESETS_DIR / f"{ref}.yaml"
+        cand = directory / f"{ref}.yaml"
         if not cand.is_file():
             if path.suffix in (".yaml", ".yml") or "/" in str(ref):
-                raise SpecError(f"device file {str(ref)!r} does not exist")
-            raise PresetNotFound(f"unknown device {str(ref)!r}; presets: {', '.join(list_archs())} (or give a YAML path)")
+                raise SpecError(f"{what} file {str(ref)!r} does not exist")
+            raise PresetNotFound(f"unknown {what} {str(ref)!r}; presets: {', '.join(names)} (or give a YAML path)")
         path = cand
     try:
         text = path.read_text()
     except OSError as e:
         raise SpecError(f"cannot read {path}: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text), path
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SpecError(f"{path}: malformed YAML ({first}); fix the syntax") from None
+
+
+def arch_dict(ref: str | Path) -> tuple[dict[str, Any], str]:
+    """The parsed YAML mapping of a device (preset name or YAML path) and its name, before
+    validation: what a design-space search edits knob by knob."""
+    data, path = read_preset(ref, PRESETS_DIR, "device", list_archs())
     return data, path.stem
 
 

@@ -128,6 +128,38 @@ def validate_report(rows: pd.DataFrame, summary: dict[str, dict[str, dict]], com
     return H.page("xpusim validate", {"device(s)": ", ".join(summary)}, sections, command)
 
 
+def serve_report(res: Any, summary: dict[str, Any], command: str | None = None) -> str:
+    """A serving run: latency distributions, throughput over time, batch composition."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    req = res.requests
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("TTFT (ms)", "TPOT (ms)", "end-to-end latency (s)"))
+    for i, (col, scale) in enumerate((("ttft_s", 1e3), ("tpot_s", 1e3), ("e2e_s", 1.0)), start=1):
+        fig.add_trace(go.Histogram(x=req[col].dropna() * scale, nbinsx=60, marker_color=SF.PALETTE[i - 1], showlegend=False),
+                      1, i)
+        fig.update_yaxes(title_text="requests", row=1, col=i)
+    SF._style(fig, "Request latency distributions")
+    tl = res.timeline
+    comp = go.Figure([go.Scatter(x=tl["start_s"], y=tl["n_decode"], mode="lines", name="decoding requests",
+                                 line={"color": SF.PALETTE[0]}),
+                      go.Scatter(x=tl["start_s"], y=tl["n_prefill_tokens"], mode="lines", name="prefill tokens",
+                                 line={"color": SF.PALETTE[1]}, yaxis="y2")])
+    comp.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "prefill tokens per iteration"})
+    comp.update_xaxes(title="time (s)")
+    comp.update_yaxes(title="decoding requests per iteration")
+    SF._style(comp, "Batch composition over time")
+    wanted = ("scheduler", "n_requests", "throughput_tok_s", "throughput_req_s", "goodput_req_s", "ttft_p50_s", "ttft_p99_s",
+              "tpot_p50_s", "tpot_p99_s", "e2e_p99_s", "preemptions")
+    keys: list[str] = [k for k in wanted if k in summary]
+    engine = summary.get("engine") or {}
+    sections = [("Latency", "", H.figure_html(fig, "latency")), ("Batches", "", H.figure_html(comp, "batches")),
+                ("Summary", "", H.table_html([{k: summary[k] for k in keys}], keys))]
+    return H.page("xpusim serve", {"model": str(engine.get("model", "")), "device": str(engine.get("device", "")),
+                                   "engine": str(engine.get("plan", "")), "scheduler": str(summary.get("scheduler", ""))},
+                  sections, command)
+
+
 def save(path: str | Path, kind: str, payload: dict[str, Any]) -> Path:
     """Save what a report needs (``--save FILE``)."""
     return H.write(path, json.dumps({"report": kind, **payload}, default=float))

@@ -127,7 +127,21 @@ def timeline_events(res: Result, max_repeats: int = 2) -> list[dict[str, Any]]:
 
 
 def timeline(res: Result) -> go.Figure:
-    """Gantt chart of the step: one row per bounding resource (compute, each memory level)."""
+    """Gantt chart of the step: one row per device (pipeline stages and links, from a system
+    simulation's event engine), else one row per bounding resource of a single device."""
+    if res.timeline:
+        ev = pd.DataFrame(res.timeline).rename(columns={"device": "resource"})
+        ev["block"] = ev["name"]
+        fig = go.Figure()
+        for kind, g in ev.groupby("kind", sort=False):
+            fig.add_trace(go.Bar(y=g["resource"], x=g["dur"] * 1e3, base=g["start"] * 1e3, orientation="h", name=kind,
+                                 marker_color=PALETTE[0] if kind == "compute" else PALETTE[1], text=g["name"],
+                                 textposition="inside", hovertemplate="<b>%{text}</b><br>start %{base:.4g} ms<br>"
+                                                                      "%{x:.4g} ms<extra></extra>"))
+        fig.update_layout(barmode="overlay")
+        fig.update_xaxes(title="time (ms)")
+        fig.update_yaxes(title="device", categoryorder="category descending")
+        return _style(fig, f"Timeline of one step on {res.inputs.get('system', '')} ({res.inputs.get('plan', '')})")
     ev = pd.DataFrame(timeline_events(res))
     fig = go.Figure()
     for kind, g in ev.groupby("kind", sort=False):

@@ -15,7 +15,7 @@ from ..arch.gpu import gpu_rules
 from ..arch.loader import load_arch
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
-from ..errors import CapacityError
+from ..errors import CapacityError, SpecError
 from ..mappers.fusion import Group, plan
 from ..mappers.gpu import gpu_gemm_cost
 from ..mappers.gpu_attention import fused_attention_cost
@@ -108,6 +108,22 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
     return cost
 
 
+def collective_cost(op: Op, system: Any) -> OpCost:
+    """A collective op of a parallel trace on ``system``'s interconnect (``bound`` = ``link``)."""
+    if system is None:
+        raise SpecError(f"op {op.name!r} is a {op.attrs.get('collective')} between devices: simulate it on a system "
+                        "(--system), not a single device")
+    from .collectives import collective_time
+
+    c = collective_time(system, str(op.attrs["collective"]), op.tensor_bytes(op.inputs[0]), int(op.attrs["ranks"]))
+    clock = system.device.clock_hz
+    return OpCost(cycles=c.time_s * clock, latency_s=c.time_s, compute_cycles=0.0, stall_cycles=c.time_s * clock,
+                  energy_j=c.energy_j, utilization=0.0, bound="link", bytes_by_level={},
+                  energy_by_component={"link": c.energy_j}, mapping={"algorithm": c.algorithm, "ranks": op.attrs["ranks"],
+                                                                     "busbw_GBps": c.busbw_Bps / 1e9},
+                  detail={"collective": op.attrs["collective"]})
+
+
 def group_cost(group: Group, arch: Arch, objective: str = "latency") -> OpCost:
     """Cost of a kernel group (one op, or a fused attention)."""
     if group.kind == "attention":
@@ -133,16 +149,17 @@ def activation_bytes(trace: Trace) -> float:
 
 
 def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", model: ModelSpec | None = None,
-                   kv_bytes: float = 0.0) -> Result:
+                   kv_bytes: float = 0.0, system: Any = None) -> Result:
     """Simulate every op of ``trace`` on ``arch``; memory accounting uses ``model``'s weights and
-    ``kv_bytes`` of KV cache if a model is given."""
+    ``kv_bytes`` of KV cache if a model is given; ``system`` (a :class:`~xpusim.arch.system.System`)
+    costs the trace's collectives on its interconnect."""
     arch = load_arch(arch)
     rows: list[dict[str, Any]] = []
     mappings: dict[str, Any] = {}
     level_names = [lv.name for lv in arch.memory]
     for block in trace.blocks:
         for group in plan(block.ops, arch):
-            cost = group_cost(group, arch, objective)
+            cost = collective_cost(group.ops[0], system) if group.kind == "collective" else group_cost(group, arch, objective)
             flops = sum(op.flops for op in group.ops)
             if len(group.ops) == 1:
                 nbytes = group.ops[0].bytes

@@ -35,6 +35,7 @@ class Result:
     inputs: dict[str, Any] = field(default_factory=dict)
     mappings: dict[str, Any] = field(default_factory=dict)
     ssm_state_bytes: float = 0.0
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # system events: device, name, kind, start, dur (s)
 
     @property
     def tokens_per_s(self) -> float:
@@ -66,7 +67,7 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         ops = self.ops.to_dict(orient="records")
-        return {**self.summary(), "inputs": self.inputs, "ops": ops, "mappings": self.mappings}
+        return {**self.summary(), "inputs": self.inputs, "ops": ops, "mappings": self.mappings, "timeline": self.timeline}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=float)
@@ -78,4 +79,5 @@ class Result:
             weights_bytes=d["weights_bytes"], kv_cache_bytes=d["kv_cache_bytes"],
             activation_bytes=d["activation_bytes"], capacity_bytes=d["capacity_bytes"],
             inputs=d.get("inputs", {}), mappings=d.get("mappings", {}), ssm_state_bytes=d.get("ssm_state_bytes", 0.0),
+            timeline=d.get("timeline", []),
         )

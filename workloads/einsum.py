@@ -20,7 +20,7 @@ from ..errors import ShapeError, SpecError
 #: does not index; the others are streaming (vector) operators.
 KINDS = (
     "matmul", "softmax", "norm", "elementwise", "activation", "rope", "embedding", "kv_append",
-    "take_last", "route", "gather", "combine", "concat", "conv1d", "scan", "rel_bias", "attn_merge",
+    "take_last", "route", "gather", "combine", "concat", "conv1d", "scan", "rel_bias", "attn_merge", "collective",
 )
 
 #: Tensor roles: what a tensor is, for memory accounting and placement.

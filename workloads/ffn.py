@@ -6,7 +6,7 @@ from __future__ import annotations
 from .einsum import Op, Tensor
 from .model import ModelSpec
 from .opkit import ACT_FLOPS, ROUTE_FLOPS, add, linear, norm
-from .routing import Routing, count_groups, expert_counts
+from .routing import Routing, count_groups, local_counts
 
 
 def mlp_ops(model: ModelSpec, m: int, f: int | None = None, prefix: str = "", out: str = "mlp_out") -> list[Op]:
@@ -38,7 +38,8 @@ def moe_ops(model: ModelSpec, m: int, routing: Routing) -> tuple[list[Op], dict[
     """Router, routing, dispatch, expert GEMMs grouped by token count, combine, shared experts."""
     d, adt, wdt = model.d_model, model.act_dtype, model.weight_dtype
     E, k, f = model.n_experts, model.experts_per_token, model.expert_ff
-    counts, dropped = expert_counts(routing, m, E, k, model.capacity_factor)
+    counts, dropped = local_counts(routing, m, E, k, model.capacity_factor)
+    local = E // max(routing.ep_ranks, 1)  # experts whose weights this device holds
     route = {"top_k": k, "scoring": model.router_scoring, "norm_topk_prob": model.norm_topk_prob,
              "capacity_factor": model.capacity_factor, "routed_scaling": model.routed_scaling}
     ops = [
@@ -50,7 +51,7 @@ def moe_ops(model: ModelSpec, m: int, routing: Routing) -> tuple[list[Op], dict[
     ]
     act = (model.activation, model.gated_mlp)
     for g, (c, n_e) in enumerate(count_groups(counts)):
-        grp = {"moe_group": g, "experts_total": E, "tokens_per_expert": c}
+        grp = {"moe_group": g, "experts_total": local, "tokens_per_expert": c}
 
         def gemm(name: str, n: int, kk: int, x: str, w: str, out: str, g=g, grp=grp, n_e=n_e, c=c) -> Op:
             return Op(f"{name}.{g}", "matmul", (("x", n_e), ("m", c), ("n", n), ("k", kk)),
@@ -77,4 +78,6 @@ def moe_ops(model: ModelSpec, m: int, routing: Routing) -> tuple[list[Op], dict[
         ops.append(add("shared_add", m, d, "moe_out", "shared_out", "mlp_out", adt))
     meta: dict[str, int | str] = {"routing": routing.describe(), "active_experts": int((counts > 0).sum()),
                                   "dropped_assignments": dropped}
+    if routing.ep_ranks > 1:
+        meta["expert_parallel"] = routing.ep_ranks
     return ops, meta

@@ -75,15 +75,37 @@ def period_of(kinds: list[tuple[str, str]]) -> int:
     return next(p for p in range(1, n + 1) if n % p == 0 and kinds == kinds[:p] * (n // p))
 
 
-def layer_blocks(model: ModelSpec, phase: Phase, routing: Routing, form: str) -> tuple[list[Block], dict[str, int | str]]:
-    """The model's layers as blocks with repeat counts, and the MoE routing facts."""
-    kinds = model.layer_kinds()
+def _runs(kinds: list[tuple[str, str]]) -> list[tuple[tuple[str, str], int]]:
     runs: list[tuple[tuple[str, str], int]] = []
     for k in kinds:
         if runs and runs[-1][0] == k:
             runs[-1] = (k, runs[-1][1] + 1)
         else:
             runs.append((k, 1))
+    return runs
+
+
+def layer_block_map(model: ModelSpec) -> list[tuple[str, float]]:
+    """For each layer, the block that holds it and its share of one repetition of that block
+    (1, or 1 / period for a period block): how pipeline stages take their layers from a trace."""
+    kinds = model.layer_kinds()
+    runs = _runs(kinds)
+    period = period_of(kinds)
+    if len(runs) > MAX_RUN_BLOCKS and period < len(kinds):
+        return [("period", 1.0 / period)] * len(kinds)
+    out: list[tuple[str, float]] = []
+    seen: dict[str, int] = {}
+    for k, count in runs:
+        base = BLOCK_NAMES[k]
+        seen[base] = seen.get(base, 0) + 1
+        out += [(base if seen[base] == 1 else f"{base}_{seen[base]}", 1.0)] * count
+    return out
+
+
+def layer_blocks(model: ModelSpec, phase: Phase, routing: Routing, form: str) -> tuple[list[Block], dict[str, int | str]]:
+    """The model's layers as blocks with repeat counts, and the MoE routing facts."""
+    kinds = model.layer_kinds()
+    runs = _runs(kinds)
     meta: dict[str, int | str] = {}
     period = period_of(kinds)
     if len(runs) > MAX_RUN_BLOCKS and period < len(kinds):

@@ -29,11 +29,14 @@ from ..errors import SpecError
 @dataclass(frozen=True)
 class Routing:
     """A routing distribution: ``kind`` balanced, zipf or file; ``skew`` the Zipf exponent;
-    ``weights`` per-expert weights from a file."""
+    ``weights`` per-expert weights from a file; with expert parallelism, ``ep_ranks`` devices hold
+    ``E / ep_ranks`` experts each and receive the assignments of ``ep_tokens`` tokens."""
 
     kind: str = "balanced"
     skew: float = 0.0
     weights: tuple[float, ...] = ()
+    ep_ranks: int = 1  # expert parallelism: experts split evenly over this many devices
+    ep_tokens: int = 0  # tokens routed across those devices in one step (0: the step's own)
 
     def describe(self) -> str:
         return {"balanced": "balanced", "zipf": f"zipf:{self.skew:g}"}.get(self.kind, f"file ({len(self.weights)} experts)")
@@ -119,3 +122,18 @@ def count_groups(counts: np.ndarray) -> list[tuple[int, int]]:
     experts with equal counts run as one batched GEMM."""
     vals, n = np.unique(counts[counts > 0], return_counts=True)
     return [(int(v), int(c)) for v, c in sorted(zip(vals, n, strict=True), reverse=True)]
+
+
+def local_counts(routing: Routing, tokens: int, n_experts: int, top_k: int,
+                 capacity_factor: float = 0.0) -> tuple[np.ndarray, int]:
+    """Tokens per expert on one device: all experts without expert parallelism; with it, the
+    experts of the most loaded of the ``ep_ranks`` devices (contiguous slices of ``E / ep_ranks``
+    experts, hottest first), counted over the ``ep_tokens`` tokens routed across them."""
+    if routing.ep_ranks <= 1:
+        return expert_counts(routing, tokens, n_experts, top_k, capacity_factor)
+    if n_experts % routing.ep_ranks:
+        raise SpecError(f"expert parallelism over {routing.ep_ranks} devices needs the {n_experts} experts to divide "
+                        "evenly; choose an ep that divides the expert count")
+    counts, dropped = expert_counts(routing, routing.ep_tokens or tokens, n_experts, top_k, capacity_factor)
+    slices = counts.reshape(routing.ep_ranks, -1)
+    return slices[int(np.argmax(slices.sum(axis=1)))], dropped

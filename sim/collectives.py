@@ -1,0 +1,515 @@
+"""Collective communication on a :class:`~xpusim.arch.system.System`: all-reduce, all-gather,
+reduce-scatter, all-to-all and send/recv, by ring, tree, recursive halving/doubling, hierarchical
+and direct (one-shot) algorithms, under an alpha-beta model with two protocols.
+
+The time of an algorithm ``a`` run with protocol ``p`` is (the form of NCCL's own tuner,
+``src/graph/tuning.cc``: ``latency + bytes / bandwidth`` per algorithm and protocol)::
+
+    t(a, p) = base_p + steps_intra(a) * alpha_intra + steps_inter(a) * alpha_inter
+              + bandwidth_term(a)   with link bandwidths scaled by efficiency_p
+
+``alpha`` is the per-hop latency of a link (system YAML); ``steps`` counts the message hops on the
+critical path; the bandwidth term is the data the busiest port (or the bisection, or a node's
+NICs) must carry divided by its bandwidth, taken over the phases of the algorithm (pipelined
+phases: the slowest sets the rate; sequential steps: summed). The protocols are a low-latency one
+(``ll``: cheap to start, low achievable bandwidth, as NCCL's LL) and a bulk one (``simple``).
+Their ``base`` latency and bandwidth ``efficiency`` are the fitted rules of a system (written by
+``validation/fit_nccl.py`` into the DGX A100 preset; systems without their own rules use those).
+When no algorithm is named, the cheapest (algorithm, protocol) for the size, topology and rank
+count is taken, as NCCL's tuner does. Formulas per algorithm and topology are in
+``docs/systems.md``.
+
+``nbytes`` follows nccl-tests: all_reduce the buffer per rank, all_gather the output per rank,
+reduce_scatter the input per rank, all_to_all the bytes each rank sends (and keeps), send_recv the
+bytes sent. Ranks are placed contiguously, filling a node before the next.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from ..arch.system import System, load_system
+from ..errors import SpecError
+from ..units import parse_quantity
+
+KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+ALGORITHMS = ("ring", "tree", "halving_doubling", "hierarchical", "direct")  # direct: one-shot over a switch/all-to-all
+PROTOCOLS = ("ll", "simple")
+#: algorithms that implement each kind
+VALID: dict[str, tuple[str, ...]] = {
+    "all_reduce": ("ring", "tree", "halving_doubling", "hierarchical", "direct"),
+    "all_gather": ("ring", "halving_doubling", "hierarchical", "direct"),
+    "reduce_scatter": ("ring", "halving_doubling", "hierarchical", "direct"),
+    "all_to_all": ("direct", "ring", "halving_doubling", "hierarchical"),
+    "send_recv": ("direct",),
+}
+#: achievable fraction of a NIC's line rate: 24 GB/s per 200 Gb/s (25 GB/s) NIC, the peak NCCL
+#: reaches (S. Jeaugey, NVIDIA, github.com/NVIDIA/nccl-tests/issues/119)
+NET_EFFICIENCY = 24.0 / 25.0
+#: the system whose preset carries the fitted rules every other system uses
+CALIBRATION_SYSTEM = "dgx-a100"
+
+
+@dataclass(frozen=True)
+class CollectiveCost:
+    """``time_s`` of the collective; ``algorithm`` used; ``algbw_Bps`` = nbytes / time;
+    ``busbw_Bps`` = algbw x :func:`bus_factor` (nccl-tests); ``energy_j`` of the bytes moved over
+    links (device energy while waiting is not included)."""
+
+    time_s: float
+    algorithm: str
+    algbw_Bps: float
+    busbw_Bps: float
+    energy_j: float
+
+
+@dataclass(frozen=True)
+class Protocol:
+    base_latency_s: float = 0.0
+    efficiency: float = 1.0
+
+
+@dataclass(frozen=True)
+class CollectiveRules:
+    """Fitted constants: per protocol, a fixed latency per collective and the achievable fraction of
+    the intra-node link bandwidth. Without rules: the ideal alpha-beta model."""
+
+    protocols: tuple[tuple[str, Protocol], ...] = (("ll", Protocol()), ("simple", Protocol()))
+
+    def protocol(self, name: str) -> Protocol:
+        return dict(self.protocols)[name]
+
+
+def bus_factor(kind: str, ranks: int) -> float:
+    """nccl-tests' bus-bandwidth factor: all_reduce 2(n-1)/n; all_gather, reduce_scatter and
+    all_to_all (n-1)/n; send_recv 1."""
+    _check_kind(kind)
+    n = _check_int(ranks, "ranks")
+    if kind == "send_recv":
+        return 1.0
+    if kind == "all_reduce":
+        return 2.0 * (n - 1) / n
+    return (n - 1) / n
+
+
+def parse_rules(rules: Any, where: str = "system rules") -> CollectiveRules:
+    """Parse a ``rules:`` section of a system preset (as written by ``validation/fit_nccl.py``)."""
+    if rules is None:
+        return CollectiveRules()
+    if not isinstance(rules, dict):
+        raise SpecError(f"{where}: must be a mapping with protocols: {{ll: ..., simple: ...}}")
+    unknown = sorted(str(k) for k in set(rules) - {"protocols", "fitted_by", "fit_error"})
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: fitted_by, fit_error, protocols")
+    protos = rules.get("protocols", {})
+    if not isinstance(protos, dict):
+        raise SpecError(f"{where}.protocols: must map ll and simple to {{base_latency, efficiency}}")
+    unknown = sorted(str(k) for k in set(protos) - set(PROTOCOLS))
+    if unknown:
+        raise SpecError(f"{where}.protocols: unknown protocol(s) {unknown}; use {', '.join(PROTOCOLS)}")
+    out = []
+    for p in PROTOCOLS:
+        d = protos.get(p, {})
+        if not isinstance(d, dict) or set(d) - {"base_latency", "efficiency"}:
+            raise SpecError(f"{where}.protocols.{p}: must be a mapping with base_latency and efficiency")
+        base = parse_quantity(d.get("base_latency", 0.0), "seconds", f"{where}.protocols.{p}.base_latency")
+        eff = d.get("efficiency", 1.0)
+        if isinstance(eff, bool) or not isinstance(eff, int | float) or not 0 < eff <= 1:
+            raise SpecError(f"{where}.protocols.{p}.efficiency: must be a fraction in (0, 1], got {eff!r}")
+        if base < 0:
+            raise SpecError(f"{where}.protocols.{p}.base_latency: must be >= 0")
+        out.append((p, Protocol(base, float(eff))))
+    return CollectiveRules(tuple(out))
+
+
+@lru_cache(maxsize=1)
+def _calibrated() -> CollectiveRules:
+    try:
+        sysm = load_system(CALIBRATION_SYSTEM)
+    except SpecError:  # pragma: no cover - the shipped preset is tested
+        return CollectiveRules()
+    return parse_rules(sysm.meta.get("rules"), f"system {CALIBRATION_SYSTEM!r} rules")
+
+
+def system_rules(system: System) -> CollectiveRules:
+    """The rules a system's collectives use: its own, else the calibration system's."""
+    if system.meta.get("rules") is not None:
+        return parse_rules(system.meta["rules"], f"system {system.name!r} rules")
+    return _calibrated()
+
+
+# --------------------------------------------------------------------------------------------
+# checks
+
+
+def _check_kind(kind: Any) -> None:
+    if kind not in KINDS:
+        raise SpecError(f"unknown collective {kind!r}; use one of {', '.join(KINDS)}")
+
+
+def _check_int(v: Any, what: str) -> int:
+    x = float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else math.nan
+    if not math.isfinite(x) or int(x) != x or x < 1:
+        raise SpecError(f"{what} must be a whole number >= 1, got {v!r}")
+    return int(x)
+
+
+# --------------------------------------------------------------------------------------------
+# geometry of the ranks of one node
+
+
+@dataclass(frozen=True)
+class _Node:
+    """The fabric of one node as seen by ``r`` contiguous ranks."""
+
+    topo: str
+    B: float          # link (port) bandwidth per direction
+    r: int            # ranks in the node
+    N: int            # devices in the node
+    shape: tuple[int, ...]   # extents of the ranks' block per dimension (torus/mesh/ring)
+    phys: tuple[int, ...]    # physical dims
+    wrap: tuple[bool, ...]   # whether each dim has a wrap-around link (torus or ring, size >= 3)
+    root: float = math.inf   # PCIe root complex bandwidth
+
+    # coordinates of rank i (dimension-major order) within the sub-block
+    def coords(self, i: int) -> tuple[int, ...]:
+        out = []
+        for s in self.shape:
+            out.append(i % s)
+            i //= s
+        return tuple(out)
+
+    def snake(self, i: int) -> tuple[int, ...]:
+        """Coordinates of rank i in boustrophedon order: consecutive ranks are neighbours (the order a
+        library lays a ring or a shift on a torus or mesh in)."""
+        out = []
+        block = 1
+        for s in self.shape:
+            d = (i // block) % s
+            if (i // (block * s)) % 2:
+                d = s - 1 - d
+            out.append(d)
+            block *= s
+        return tuple(out)
+
+    def dist(self, i: int, j: int, snake: bool = False) -> int:
+        """Hops between ranks i and j (1 on a switch, fully connected or PCIe fabric)."""
+        if self.topo in ("switch", "fully_connected", "pcie"):
+            return 0 if i == j else 1
+        d = 0
+        ci, cj = (self.snake(i), self.snake(j)) if snake else (self.coords(i), self.coords(j))
+        for a, b, w, p in zip(ci, cj, self.wrap, self.phys, strict=True):
+            k = abs(a - b)
+            d += min(k, p - k) if w else k
+        return d
+
+    def diameter(self) -> int:
+        if self.topo in ("switch", "fully_connected", "pcie"):
+            return 1 if self.r > 1 else 0
+        return sum(min(s - 1, p // 2) if w else s - 1 for s, w, p in zip(self.shape, self.wrap, self.phys, strict=True))
+
+    def ring_bw(self) -> float:
+        """Per-device bandwidth of (bidirectional, multi-dimensional) logical rings over the ranks."""
+        if self.r < 2:  # a lone rank in its node moves nothing over intra links
+            return math.inf
+        if self.topo == "switch":
+            return self.B
+        if self.topo == "fully_connected":
+            return self.B * (self.r - 1) / (self.N - 1)
+        if self.topo == "pcie":
+            return min(self.B, self.root / self.r)
+        return sum(self.B * (2.0 if w else 1.0) for s, w in zip(self.shape, self.wrap, strict=True) if s >= 2)
+
+    def p2p_bw(self) -> float:
+        """Bandwidth of one device towards one peer."""
+        if self.r < 2:
+            return math.inf
+        if self.topo == "fully_connected":
+            return self.B / (self.N - 1)
+        if self.topo == "pcie":
+            return min(self.B, self.root / self.r)
+        return self.B
+
+    def tree_bw(self) -> float:
+        if self.r < 2:
+            return math.inf
+        if self.topo == "fully_connected":
+            return self.B * min(self.r - 1, 2) / (self.N - 1)
+        return self.p2p_bw()
+
+    def uniform(self, v: float) -> tuple[float, float]:
+        """Every rank sends ``v`` bytes to every other rank: (time at full link speed, total byte-hops)."""
+        r = self.r
+        if r < 2 or v <= 0:
+            return 0.0, 0.0
+        if self.topo == "switch":
+            return (r - 1) * v / self.B, r * (r - 1) * v
+        if self.topo == "fully_connected":
+            return v * (self.N - 1) / self.B, r * (r - 1) * v
+        if self.topo == "pcie":
+            return max((r - 1) * v / self.B, r * (r - 1) * v / self.root), r * (r - 1) * v
+        # direct networks: injection (link-load / link-capacity) and bisection bounds
+        mean_all = 0.0
+        ports = 0.0
+        t_bis = 0.0
+        for s, w, p in zip(self.shape, self.wrap, self.phys, strict=True):
+            if s < 2:
+                continue
+            # mean hop distance over all pairs of positions 0..s-1 (through the wrap-around when it is shorter)
+            mean_all += sum(min(abs(a - b), p - abs(a - b)) if w else abs(a - b) for a in range(s) for b in range(s)) / (s * s)
+            ports += 2.0 if w else 2.0 * (s - 1) / s
+            c = 2.0 if w else 1.0
+            t_bis = max(t_bis, (r * r / 4.0) * v / ((r / s) * c * self.B))
+        hops = mean_all * r / (r - 1)
+        t_inj = (r - 1) * v * hops / (ports * self.B)
+        return max(t_inj, t_bis), r * (r - 1) * v * hops
+
+    def exchange(self, shift: int | None, xor: int | None, m: float, bw: float) -> tuple[float, float]:
+        """Every rank sends ``m`` bytes to its partner (i XOR xor, or i + shift mod r): time at full
+        speed (the longest path's link carries that many flows) and byte-hops."""
+        if m <= 0 or self.r < 2:
+            return 0.0, 0.0
+        worst, total = 0, 0
+        for i in range(self.r):
+            j = (i ^ xor) if xor is not None else (i + (shift or 0)) % self.r
+            if j >= self.r:
+                continue
+            d = self.dist(i, j, snake=xor is None)
+            worst = max(worst, d)
+            total += d
+        return m * worst / bw, m * total
+
+
+def _shape(dims: tuple[int, ...], r: int) -> tuple[int, ...]:
+    """Extents of the smallest block (dimension-major) that holds r contiguous devices; a ring or a
+    shift over ranks that do not fill it is routed through its idle devices."""
+    out = []
+    rem = r
+    for d in dims:
+        if rem <= 1:
+            out.append(1)
+        elif rem >= d:
+            out.append(d)
+            rem = -(-rem // d)
+        else:
+            out.append(rem)
+            rem = 1
+    return tuple(out)
+
+
+def _node(system: System, r: int) -> _Node:
+    topo, B, N = system.intra_topology, system.intra.bandwidth_Bps, system.devices_per_node
+    root = float(system.meta.get("root_Bps", B)) if topo == "pcie" else math.inf
+    if topo in ("switch", "fully_connected", "pcie"):
+        return _Node(topo, B, r, N, (r,), (N,), (False,), root)
+    phys = (N,) if topo == "ring" else tuple(system.dims)
+    wrap_ok = topo in ("ring", "torus")
+    shape = _shape(phys, r)
+    # a torus dimension of 3 or more closes through its wrap-around link, also for a block that does not
+    # fill it (through the idle devices); along a dimension of 2 both neighbours are one device
+    wrap = tuple(wrap_ok and p >= 3 for p in phys)
+    return _Node(topo, B, r, N, shape, phys, wrap, root)
+
+
+# --------------------------------------------------------------------------------------------
+# algorithm plans
+
+
+@dataclass
+class _Plan:
+    steps_intra: float = 0.0
+    steps_inter: float = 0.0
+    t_intra: float = 0.0      # bandwidth term at 100 % link efficiency, intra-node links
+    t_inter: float = 0.0      # the same, NICs
+    serial: bool = False      # True: intra and inter bandwidth terms add (sequential steps); else pipelined (max)
+    bytes_intra: float = 0.0  # byte-hops over intra links (energy)
+    bytes_inter: float = 0.0  # bytes over the network (energy)
+
+
+def _hd_steps(node: _Node, S: float, kind: str) -> tuple[float, float, float]:
+    """Recursive halving/doubling inside a node: (steps, time at full speed, byte-hops) of the
+    reduce-scatter half (kind all_reduce/reduce_scatter/all_gather) or Bruck's all-to-all."""
+    r = node.r
+    bw = node.p2p_bw()
+    if r < 2:
+        return 0.0, 0.0, 0.0
+    L = math.ceil(math.log2(r))
+    steps, t, e = 0.0, 0.0, 0.0
+    if kind == "all_to_all":
+        for k in range(L):
+            blocks = sum(1 for j in range(r) if (j >> k) & 1)
+            dt, de = node.exchange(2 ** k, None, S * blocks / r, bw)
+            steps, t, e = steps + 1, t + dt, e + de
+        return steps, t, e
+    pow2 = 2 ** int(math.floor(math.log2(r)))
+    if pow2 == r:
+        for k in range(L):
+            dt, de = node.exchange(None, 2 ** k, S / 2 ** (k + 1), bw)
+            steps, t, e = steps + 1, t + dt, e + de
+        return steps, t, e
+    # not a power of two: dissemination (Bruck) over ceil(log2 r) steps, (r-1)/r of S in all
+    for k in range(L):
+        dt, de = node.exchange(2 ** k, None, S * min(2 ** k, r - 2 ** k) / r, bw)
+        steps, t, e = steps + 1, t + dt, e + de
+    return steps, t, e
+
+
+def _plan(system: System, kind: str, algo: str, S: float, n: int) -> _Plan:
+    dpn = system.devices_per_node
+    m = -(-n // dpn)                 # nodes used
+    r = min(n, dpn)                  # ranks per (full) node
+    node = _node(system, r)
+    NB = system.nics_per_node * system.inter.bandwidth_Bps if (m > 1 and system.inter is not None) else math.inf
+    P = _Plan()
+    if kind == "send_recv":
+        dt, de = node.exchange(1, None, S, node.p2p_bw())
+        P.steps_intra, P.t_intra, P.bytes_intra = 1, dt, de
+        if m > 1 and system.inter is not None:
+            P.steps_inter, P.t_inter, P.bytes_inter = 1, S / system.inter.bandwidth_Bps, S * m
+        return P
+    ar = kind == "all_reduce"
+    half = 2.0 if ar else 1.0       # all-reduce = reduce-scatter + all-gather
+    if algo == "ring":
+        if kind == "all_to_all":
+            v = S / n
+            vol = v * n * (n - 1) / 2.0          # per ring link: messages travel n/2 hops on average
+            P.t_intra = vol / node.ring_bw()
+            P.t_inter = vol / NB if m > 1 else 0.0
+            P.steps_intra, P.steps_inter = (n - 1) - (m - 1 if m > 1 else 0), (m - 1 if m > 1 else 0)
+            cross = m if m > 1 else 0           # ring hops that leave a node
+            P.bytes_intra = vol * (n - cross)
+            P.bytes_inter = vol * cross
+            return P
+        traffic = half * (n - 1) / n * S
+        P.t_intra = traffic / node.ring_bw()
+        P.t_inter = traffic / NB if m > 1 else 0.0
+        inter_steps = half * (m - 1)
+        P.steps_intra = half * (n - 1) - inter_steps
+        P.steps_inter = inter_steps
+        cross = m if m > 1 else 0               # ring hops that leave a node
+        P.bytes_intra = traffic * (n - cross)
+        P.bytes_inter = traffic * cross
+        return P
+    if algo == "tree":  # pipelined (double) binary trees: reduce up, broadcast down
+        P.steps_intra = 2 * max(math.ceil(math.log2(r)) if r > 1 else 0, node.diameter())
+        P.steps_inter = 2 * math.ceil(math.log2(m)) if m > 1 else 0
+        P.t_intra = 2.0 * S / node.tree_bw() if r > 1 else 0.0
+        P.t_inter = 2.0 * S / NB if m > 1 else 0.0
+        P.bytes_intra = 2.0 * S * (r - 1) * m
+        P.bytes_inter = 2.0 * S * (m - 1)
+        return P
+    if algo == "halving_doubling":
+        if kind == "all_to_all":  # Bruck: ceil(log2 n) steps of about half the data each
+            steps, t, e = _hd_steps(node, S, kind)
+            P.steps_intra, P.t_intra, P.bytes_intra = steps, t, e * m
+            if m > 1:
+                L = math.ceil(math.log2(m))
+                P.steps_inter, P.t_inter, P.bytes_inter = L, L * (S / 2.0) * r / NB, L * (S / 2.0) * n
+            P.serial = True
+            return P
+        steps, t, e = _hd_steps(node, S, kind)
+        pow2 = r > 1 and 2 ** int(math.log2(r)) == r
+        extra = ar and r > 1 and not pow2   # the ranks beyond a power of two fold in first and out last
+        P.steps_intra = half * steps + (2 if extra else 0)
+        P.t_intra = half * t + (2.0 * S / node.p2p_bw() if extra else 0.0)
+        P.bytes_intra = (half * e + (2.0 * S * (r - 2 ** int(math.log2(r))) if extra else 0.0)) * m
+        if m > 1:  # the last log2(m) steps pair ranks of different nodes, each node's ranks sharing its NICs
+            L = math.ceil(math.log2(m))
+            lr = math.ceil(math.log2(r)) if r > 1 else 0
+            inter = sum(S / 2 ** (k + 1) for k in range(lr, lr + L))
+            P.steps_inter = half * L
+            P.t_inter = half * inter * r / NB
+            P.bytes_inter = half * inter * n
+        P.serial = True
+        return P
+    if algo == "direct":
+        v = S if ar else S / n          # one-shot all-reduce: every rank reads every peer's whole buffer
+        t, e = node.uniform(v)
+        P.steps_intra = max(1, node.diameter()) if r > 1 else 0
+        P.t_intra, P.bytes_intra = t, e * m
+        if m > 1:
+            P.steps_inter = 1
+            P.t_inter = r * (n - r) * v / NB
+            P.bytes_inter = n * (n - r) * v
+        return P
+    if algo == "hierarchical":  # intra reduce-scatter, inter all-reduce across nodes, intra all-gather
+        if kind == "all_to_all":
+            v = S / n
+            t, e = node.uniform(v * m)
+            P.steps_intra, P.t_intra, P.bytes_intra = max(1, node.diameter()), t, e * m
+            P.steps_inter, P.t_inter, P.bytes_inter = 1, r * (n - r) * v / NB, n * (n - r) * v
+            return P
+        local = half * (r - 1) / r * S
+        P.steps_intra = half * (r - 1)
+        P.t_intra = local / node.ring_bw() if r > 1 else 0.0
+        P.steps_inter = half * (m - 1)
+        P.t_inter = half * (m - 1) / m * S / NB
+        P.bytes_intra = r * local * m
+        P.bytes_inter = m * half * (m - 1) / m * S
+        return P
+    raise SpecError(f"unknown algorithm {algo!r}; use one of {', '.join(ALGORITHMS)}")  # pragma: no cover
+
+
+def _time(system: System, P: _Plan, proto: Protocol, simple: Protocol) -> float:
+    a_in = system.intra.latency_s
+    a_net = system.inter.latency_s if system.inter is not None else 0.0
+    eff_net = NET_EFFICIENCY * proto.efficiency / simple.efficiency
+    ti = P.t_intra / proto.efficiency
+    tn = P.t_inter / eff_net if P.t_inter > 0 else 0.0
+    bw = ti + tn if P.serial else max(ti, tn)
+    return proto.base_latency_s + P.steps_intra * a_in + P.steps_inter * a_net + bw
+
+
+def _candidates(system: System, kind: str, n: int) -> tuple[str, ...]:
+    multi = n > system.devices_per_node
+    valid = [a for a in VALID[kind] if multi or a != "hierarchical"]
+    listed = (system.meta.get("algorithms") or {}).get(kind)
+    if listed:
+        chosen = [a for a in valid if a in listed]
+        if chosen:
+            return tuple(chosen)
+    return tuple(valid)
+
+
+def collective_time(system: System, kind: str, nbytes: float, ranks: int, algorithm: str | None = None) -> CollectiveCost:
+    """Time, bandwidths and link energy of one collective of ``nbytes`` (nccl-tests convention) over
+    ``ranks`` devices of ``system``; the cheapest algorithm when ``algorithm`` is None."""
+    system = load_system(system)
+    _check_kind(kind)
+    if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Real) or not math.isfinite(nbytes) or nbytes <= 0:
+        raise SpecError(f"{kind}: nbytes must be a positive number of bytes, got {nbytes!r}")
+    if isinstance(ranks, bool) or not isinstance(ranks, numbers.Real) or not math.isfinite(ranks) or int(ranks) != ranks:
+        raise SpecError(f"{kind}: ranks must be a whole number, got {ranks!r}")
+    n = int(ranks)
+    if n < 1 or n > system.n_devices:
+        raise SpecError(f"{kind}: ranks must be between 1 and {system.n_devices} (the devices of {system.name}), got {n}")
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        raise SpecError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)} (or None to choose)")
+    if algorithm is not None and algorithm not in VALID[kind]:
+        raise SpecError(f"algorithm {algorithm!r} does not implement {kind}; use one of {', '.join(VALID[kind])}")
+    if algorithm == "hierarchical" and n <= system.devices_per_node:
+        raise SpecError(f"algorithm 'hierarchical' needs ranks spanning nodes (more than {system.devices_per_node}); "
+                        f"use ring, tree or halving_doubling inside a node")
+    if n == 1:
+        return CollectiveCost(0.0, algorithm or "direct", math.inf, 0.0, 0.0)
+    if kind == "send_recv" and algorithm is None:
+        algorithm = "direct"
+    rules = system_rules(system)
+    simple = rules.protocol("simple")
+    best: tuple[float, str, _Plan] | None = None
+    for algo in ([algorithm] if algorithm else _candidates(system, kind, n)):
+        P = _plan(system, kind, algo, float(nbytes), n)
+        for p in PROTOCOLS:
+            t = _time(system, P, rules.protocol(p), simple)
+            if best is None or t < best[0]:
+                best = (t, algo, P)
+    assert best is not None
+    t, algo, P = best
+    algbw = float(nbytes) / t
+    energy = (P.bytes_intra * system.intra.energy_pj_per_byte
+              + P.bytes_inter * (system.inter.energy_pj_per_byte if system.inter else 0.0)) * 1e-12
+    return CollectiveCost(time_s=t, algorithm=algo, algbw_Bps=algbw, busbw_Bps=algbw * bus_factor(kind, n), energy_j=energy)

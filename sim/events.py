@@ -1,0 +1,152 @@
+"""Whole-system time with a simpy event engine: a step of a parallel plan on a multi-device
+system, and a whole generation (prefill, then decode steps).
+
+Each pipeline stage is a resource (its tensor-parallel ranks work in lock step, their all-reduces
+inside the stage's time, on the critical path as in Megatron inference); each stage boundary is a
+link resource. Micro-batches flow through the stages: a stage starts micro-batch ``j`` once it has
+finished ``j - 1`` and received ``j`` from the previous stage, and the send of one micro-batch
+overlaps the next one's compute. The events become per-stage timelines in the ``Result``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import simpy
+
+from ..arch.system import System, load_system
+from ..errors import CapacityError, SpecError
+from ..workloads.layers import layer_block_map
+from ..workloads.model import ModelSpec, load_model
+from ..workloads.phases import Decode, Phase, Prefill
+from .engine import simulate_trace
+from .parallel import Plan, device_trace, local_phase, shard_model, stage_layers
+from .result import Result
+
+
+def _stage_times(res: Result, model: ModelSpec, plan: Plan) -> tuple[list[float], float]:
+    """Compute time of each stage for one micro-batch (layers, embedding on the first stage, head
+    on the last) and the stage-to-stage send time."""
+    df = res.ops
+    per_block = df.groupby("block", sort=False)["latency_s"].sum().to_dict()
+    layer_cost = [per_block.get(b, 0.0) * f for b, f in layer_block_map(model)]
+    send = float(per_block.get("stage_send", 0.0))
+    edges = np.cumsum([0, *stage_layers(model, plan)])
+    times = [float(sum(layer_cost[edges[s]:edges[s + 1]])) for s in range(plan.pp)]
+    times[0] += float(per_block.get("embed", 0.0))
+    times[-1] += float(per_block.get("head", 0.0))
+    return times, send
+
+
+def pipeline(stage_s: list[float], send_s: float, microbatches: int) -> tuple[float, list[dict[str, Any]]]:
+    """Run ``microbatches`` through the stages with simpy; returns the makespan (s) and the events."""
+    env = simpy.Environment()
+    stages = [simpy.Resource(env, 1) for _ in stage_s]
+    links = [simpy.Resource(env, 1) for _ in stage_s[:-1]]
+    events: list[dict[str, Any]] = []
+
+    def flow(j: int):
+        for s, t in enumerate(stage_s):
+            with stages[s].request() as req:
+                yield req
+                events.append({"device": f"stage {s}", "name": f"micro-batch {j}", "kind": "compute", "start": env.now,
+                               "dur": t})
+                yield env.timeout(t)
+            if s < len(stage_s) - 1 and send_s > 0:
+                with links[s].request() as req:
+                    yield req
+                    events.append({"device": f"link {s}->{s + 1}", "name": f"micro-batch {j}", "kind": "send",
+                                   "start": env.now, "dur": send_s})
+                    yield env.timeout(send_s)
+
+    def start(j: int):  # micro-batches are issued in order
+        yield env.timeout(0)
+        env.process(flow(j))
+
+    for j in range(microbatches):
+        env.process(start(j))
+    env.run()
+    return float(env.now), sorted(events, key=lambda e: (e["start"], e["device"]))
+
+
+def _microbatches(phase: Phase, plan: Plan) -> int:
+    local = phase.batch // plan.dp
+    want = plan.microbatches or plan.pp
+    m = max(1, min(want, local))
+    while local % m:
+        m -= 1
+    return m
+
+
+def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, plan: Plan, objective: str = "latency",
+                    routing: str | None = None, mla_form: str | None = None, check_memory: bool = True) -> Result:
+    """One step of ``phase`` of ``model`` on ``system`` under ``plan``; the result's ops are one
+    tensor-parallel rank's (all layers, collectives included), its latency the pipelined step."""
+    system = load_system(system)
+    model = load_model(model)
+    if plan.devices > system.n_devices:
+        raise SpecError(f"plan {plan.describe()} needs {plan.devices} devices; {system.name} has {system.n_devices}")
+    mb = _microbatches(phase, plan)
+    mb_phase = dataclasses.replace(local_phase(phase, plan), batch=phase.batch // plan.dp // mb)
+    micro_plan = dataclasses.replace(plan, dp=1)
+    trace = device_trace(model, mb_phase, micro_plan, routing, mla_form)
+    res = simulate_trace(trace, system.device, objective, None, system=system)
+    stage_s, send_s = _stage_times(res, model, plan)
+    makespan, events = pipeline(stage_s, send_s, mb)
+    # memory of the busiest device: its stage's share of the layers, embedding or head, KV cache
+    shard = shard_model(model, plan)
+    frac = max(stage_layers(model, plan)) / model.n_layers
+    emb = shard.embedding_params * _bytes(shard.embedding_dtype)
+    weights = (shard.weights_bytes - emb) * frac + emb * (1.0 if plan.pp == 1 else 0.5)
+    lp = local_phase(phase, plan)
+    kv = shard.kv_cache_bytes(lp.batch, lp.kv_len) * frac
+    out = dataclasses.replace(
+        res, latency_s=makespan, energy_j=res.energy_j * mb * plan.tp * plan.dp, tokens=phase.tokens,
+        weights_bytes=weights, kv_cache_bytes=kv, ssm_state_bytes=shard.ssm_state_bytes(lp.batch) * frac,
+        inputs={**res.inputs, "system": system.name, "plan": plan.describe(), "devices": plan.devices, "model": model.name,
+                "phase": phase.name, "phase_args": dict(vars(phase)), "microbatches": mb,
+                "stage_s": stage_s, "send_s": send_s},
+        timeline=events)
+    if check_memory and out.memory_bytes > out.capacity_bytes:
+        gib = 2.0**30
+        raise CapacityError(
+            f"{model.name} {phase.name} under {plan.describe()} needs {out.memory_bytes / gib:.1f} GiB on its busiest "
+            f"device but {system.device.name} has {out.capacity_bytes / gib:.1f} GiB; try a larger --tp or --pp, an fp8 "
+            "KV cache (--kv-dtype fp8), fp8/int4 weights, or a smaller batch")
+    return out
+
+
+def _bytes(fmt: str) -> float:
+    from ..dtypes import get_dtype
+
+    return get_dtype(fmt).bytes
+
+
+def simulate_generate(system: System | str, model: ModelSpec | str, batch: int, seq: int, gen: int, plan: Plan,
+                      objective: str = "latency", routing: str | None = None, points: int = 33,
+                      check_memory: bool = True) -> dict[str, Any]:
+    """Prefill ``batch x seq`` then ``gen - 1`` decode steps (the first token comes from prefill):
+    TTFT (the prefill), TPOT (mean decode step) and the total. Decode steps are simulated at up to
+    ``points`` contexts spread over the range and linearly interpolated in between (a step's cost
+    is linear in its context between those points)."""
+    if gen < 1:
+        raise SpecError(f"--gen must be >= 1 (tokens generated per sequence), got {gen}")
+    model = load_model(model)
+    pre = simulate_system(system, model, Prefill(batch, seq), plan, objective, routing, check_memory=check_memory)
+    contexts = np.arange(seq + 1, seq + gen)
+    if len(contexts):
+        grid = np.unique(np.linspace(contexts[0], contexts[-1], min(points, len(contexts))).round().astype(int))
+        lat = [simulate_system(system, model, Decode(batch, int(c)), plan, objective, routing,
+                               check_memory=check_memory and c == grid[-1]).latency_s for c in grid]
+        steps = np.interp(contexts, grid, lat)
+        decode_total, tpot = float(steps.sum()), float(steps.mean())
+    else:
+        decode_total, tpot = 0.0, 0.0
+    total = pre.latency_s + decode_total
+    return {"ttft_s": pre.latency_s, "tpot_s": tpot, "latency_s": total, "decode_s": decode_total,
+            "tokens": batch * gen, "tokens_per_s": batch * gen / total if total else math.inf,
+            "plan": plan.describe(), "devices": plan.devices, "system": load_system(system).name, "model": model.name,
+            "batch": batch, "seq": seq, "gen": gen, "decode_points": int(min(points, max(len(contexts), 0)))}

@@ -1,0 +1,99 @@
+"""``xpusim serve``: request-level serving of a model on a system (or one device), with the
+iteration times of :class:`~xpusim.sim.serving_model.SimStepModel`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import SpecError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--system", help="system preset or YAML (the engine's devices); or --arch for one device")
+    p.add_argument("--arch", help="one device preset or YAML")
+    p.add_argument("--model", required=True)
+    p.add_argument("--rate", type=float, help="Poisson arrival rate (requests/s)")
+    p.add_argument("--requests", type=int, default=1000, help="number of requests (Poisson)")
+    p.add_argument("--trace", metavar="FILE", help="requests from a CSV/JSONL trace: arrival_s, input_tokens, output_tokens")
+    p.add_argument("--input-tokens", default="1024,256", help="prompt length: N, or MEAN,STD (lognormal)")
+    p.add_argument("--output-tokens", default="256,64", help="output length: N, or MEAN,STD (lognormal)")
+    p.add_argument("--scheduler", default="continuous", choices=["static", "continuous", "chunked", "disaggregated"])
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of an engine")
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--prefill-tp", type=int, help="disaggregated: tensor-parallel degree of the prefill engine")
+    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--max-batched-tokens", type=int, default=8192)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--chunk-size", type=int, default=512)
+    p.add_argument("--slo-ttft", type=float, help="TTFT SLO (s) for goodput")
+    p.add_argument("--slo-tpot", type=float, help="TPOT SLO (s) for goodput")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--report", metavar="HTML", help="write an HTML report")
+
+
+def _tokens(spec: str, name: str):
+    try:
+        parts = [float(x) for x in spec.split(",")]
+    except ValueError:
+        raise SpecError(f"--{name} {spec!r}: give N or MEAN,STD") from None
+    if len(parts) == 1:
+        return int(parts[0])
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    raise SpecError(f"--{name} {spec!r}: give N or MEAN,STD")
+
+
+def run(a: argparse.Namespace) -> int:
+    from ..arch.system import load_system
+    from .parallel import Plan
+    from .serving import simulate_serving
+    from .serving_model import SimStepModel
+    from .serving_requests import poisson_requests, read_trace
+
+    if bool(a.system) == bool(a.arch):
+        raise SpecError("serve needs --system SYSTEM or --arch DEVICE (one of them)")
+    system = load_system(a.system) if a.system else None
+    if a.trace:
+        reqs = read_trace(a.trace)
+    else:
+        if a.rate is None:
+            raise SpecError("serve needs --rate (requests/s) or --trace FILE")
+        reqs = poisson_requests(a.rate, a.requests, _tokens(a.input_tokens, "input-tokens"),
+                                _tokens(a.output_tokens, "output-tokens"), seed=a.seed)
+    plan = Plan(tp=a.tp, pp=a.pp)
+    if system is not None and plan.devices > system.n_devices:
+        raise SpecError(f"an engine of tp {a.tp} x pp {a.pp} needs {plan.devices} devices; {system.name} has "
+                        f"{system.n_devices}")
+    step = SimStepModel(a.model, plan, system, a.arch)
+    prefill = None
+    if a.scheduler == "disaggregated":
+        ptp = a.prefill_tp or a.tp
+        if system is not None and ptp * a.pp + plan.devices > system.n_devices:
+            raise SpecError(f"disaggregated serving needs {ptp * a.pp} prefill + {plan.devices} decode devices; "
+                            f"{system.name} has {system.n_devices}: lower --tp / --prefill-tp")
+        prefill = SimStepModel(a.model, Plan(tp=ptp, pp=a.pp), system, a.arch)
+    res = simulate_serving(reqs, a.scheduler, step, max_batch=a.max_batch, max_batched_tokens=a.max_batched_tokens,
+                           block_size=a.block_size, chunk_size=a.chunk_size, prefill_step=prefill, slo_ttft_s=a.slo_ttft,
+                           slo_tpot_s=a.slo_tpot, progress=not (a.quiet or a.json))
+    summary = {**res.summary(), "engine": step.describe(), "prefill_engine": prefill.describe() if prefill else None}
+    if a.report:
+        from ..reports.build import serve_report
+        from ..reports.html import write
+
+        write(a.report, serve_report(res, summary))
+    if a.json:
+        print(json.dumps(summary, indent=2, default=float))
+        return 0
+    s = summary
+    where = system.name if system else a.arch
+    print(f"{step.model.name} on {where}: {len(reqs)} requests, scheduler {a.scheduler}, engine {plan.describe()} "
+          f"(KV capacity {step.kv_capacity_tokens:,} tokens)")
+    for k in ("ttft", "tpot", "e2e"):
+        vals = {q: s.get(f"{k}_{q}_s") for q in ("mean", "p50", "p90", "p99")}
+        print(f"  {k.upper():5} " + "  ".join(f"{q} {v * 1e3:.1f} ms" for q, v in vals.items() if v is not None))
+    print(f"  throughput {s['throughput_tok_s']:.0f} tokens/s, {s['throughput_req_s']:.2f} requests/s; goodput "
+          f"{s['goodput_req_s']:.2f} requests/s; preemptions {s['preemptions']}")
+    return 0

@@ -1,0 +1,134 @@
+"""The serving simulator's step model, calibrated on the hardware simulator.
+
+An engine iteration runs ``m`` tokens through the model: the prefill chunks' new tokens plus one
+token per decoding request. Its time is split the way the simulator's ops split it:
+
+* ``L(m)`` — everything but attention (projections, MLP or experts, norms, collectives, head) for
+  ``m`` tokens: simulated at a grid of token counts, interpolated linearly in between;
+* decode attention — per request, linear in its context: ``a_d x context`` (the KV read);
+* prefill attention — per chunk of ``t`` new tokens over ``p`` cached ones:
+  ``a_p x t x (p + t / 2)`` (the causal score/context work).
+
+``a_d`` and ``a_p`` are fitted by least squares to the simulated attention time of decode steps and
+prefills at several sizes, so the step model stays within the simulator's own numbers while an
+iteration costs microseconds (10,000-request runs need hundreds of thousands of iterations).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import CapacityError
+from ..workloads.model import ModelSpec, load_model
+from ..workloads.phases import Decode, Prefill
+from .parallel import Plan, shard_model
+
+TOKEN_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+MEMORY_UTILIZATION = 0.9  # fraction of device memory an engine plans with (vLLM's default gpu_memory_utilization)
+
+
+class SimStepModel:
+    """Iteration times and KV capacity of one engine (``plan`` over ``system``'s devices, or one
+    device ``arch`` when ``system`` is None)."""
+
+    def __init__(self, model: ModelSpec | str, plan: Plan | None = None, system: Any = None, arch: Any = None,
+                 max_tokens: int = 16384) -> None:
+        self.model = load_model(model)
+        plan = plan or Plan()
+        self.plan, self.system = plan, system
+        if system is None and arch is None:
+            raise CapacityError("a step model needs a system or a device")
+        from ..arch.loader import load_arch
+
+        self.arch = system.device if system is not None else load_arch(arch)
+        grid = [t for t in TOKEN_GRID if t <= max_tokens]
+        self._grid = np.array(grid, dtype=float)
+        self._linear = np.array([self._nonattention(t) for t in grid])
+        self.a_decode = self._fit_decode()
+        self.a_prefill = self._fit_prefill()
+        shard = shard_model(self.model, plan)
+        frac = 1.0 / plan.pp
+        weights = shard.weights_bytes * frac
+        free = MEMORY_UTILIZATION * self.arch.backing.capacity_bytes * self.arch.backing.instances - weights
+        per_token = shard.kv_bytes_per_token * frac
+        if free <= 0:
+            raise CapacityError(f"{self.model.name}'s weights ({weights / 2**30:.1f} GiB per device under "
+                                f"{plan.describe()}) leave no room for a KV cache on {self.arch.name}; use more devices "
+                                "(--tp/--pp) or smaller weight formats")
+        self.kv_capacity_tokens = int(free // per_token) * plan.dp if per_token else 10**12
+        self.kv_bytes_per_token = self.model.kv_bytes_per_token
+
+    # ------------------------------------------------------------------ calibration on the simulator
+    def _step(self, phase) -> Any:
+        if self.system is not None:
+            from .events import simulate_system
+
+            return simulate_system(self.system, self.model, phase, self.plan, check_memory=False)
+        from .engine import simulate
+
+        return simulate(self.arch, self.model, phase, check_memory=False)
+
+    @staticmethod
+    def _attention_s(res) -> float:
+        return float(res.ops.loc[res.ops["kind"] == "attention", "total_latency_s"].sum())
+
+    def _nonattention(self, tokens: int) -> float:
+        res = self._step(Decode(tokens * self.plan.dp, 2))
+        return max(res.latency_s - self._attention_s(res), 0.0)
+
+    def _fit_decode(self) -> float:
+        xs, ys = [], []
+        for b, c in ((8, 1024), (32, 2048), (8, 8192)):
+            res = self._step(Decode(b * self.plan.dp, c))
+            xs.append(b * c)
+            ys.append(self._attention_s(res))
+        return float(np.dot(xs, ys) / np.dot(xs, xs))
+
+    def _fit_prefill(self) -> float:
+        xs, ys = [], []
+        for t in (512, 2048, 4096):
+            res = self._step(Prefill(self.plan.dp, t))
+            xs.append(t * t / 2)
+            ys.append(self._attention_s(res))
+        return float(np.dot(xs, ys) / np.dot(xs, xs))
+
+    # ------------------------------------------------------------------ the serving simulator's interface
+    def linear_time(self, tokens: int) -> float:
+        if tokens <= 0:
+            return 0.0
+        return float(np.interp(tokens, self._grid, self._linear, right=np.nan)) if tokens <= self._grid[-1] else \
+            float(self._linear[-1] * tokens / self._grid[-1])
+
+    def iteration_time(self, prefill, decode) -> float:
+        """Seconds for one iteration: ``prefill`` chunks (new tokens, cached tokens), one decode
+        token for each context in ``decode``."""
+        m = sum(t for t, _ in prefill) + len(decode)
+        t = self.linear_time(m)
+        t += self.a_decode * float(sum(decode))
+        t += self.a_prefill * float(sum(n * (p + n / 2) for n, p in prefill))
+        return t
+
+    def kv_transfer_time(self, tokens: int) -> float:
+        """Moving ``tokens`` of KV cache from a prefill engine to a decode engine over the system's
+        fabric (each tensor-parallel rank sends its share in parallel)."""
+        nbytes = tokens * self.kv_bytes_per_token
+        if self.system is None:
+            return nbytes / (self.arch.backing.bandwidth_Bps * self.arch.backing.instances)
+        link = self.system.inter if self.system.nodes > 1 and self.system.inter is not None else self.system.intra
+        return link.latency_s + nbytes / (link.bandwidth_Bps * self.plan.tp)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model.name, "device": self.arch.name, "plan": self.plan.describe(),
+                "kv_capacity_tokens": self.kv_capacity_tokens, "a_decode_s_per_token": self.a_decode,
+                "a_prefill_s": self.a_prefill, "linear_s_at_1": float(self._linear[0]),
+                "linear_s_at_max": float(self._linear[-1]), "devices": self.plan.devices}
+
+
+def scaled(model: SimStepModel, **changes: Any) -> SimStepModel:
+    """A copy with some attributes changed (tests)."""
+    out = SimStepModel.__new__(SimStepModel)
+    out.__dict__.update({**model.__dict__, **changes})
+    return out
+

@@ -1,0 +1,69 @@
+"""``xpusim simulate --system S``: a step or a whole generation of a model on a multi-device
+system under a parallel plan (given, or ``--plan auto``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..errors import SpecError
+from ..workloads.model import ModelSpec
+from ..workloads.phases import make_phase
+from .parallel import Plan
+
+
+def _plan(a: argparse.Namespace, system, model: ModelSpec, phase) -> tuple[Plan, Any]:
+    if a.plan == "auto":
+        from .planner import plan_auto
+
+        return plan_auto(system, model, phase, "throughput" if a.objective == "throughput" else "latency", a.routing)
+    return Plan(tp=a.tp, pp=a.pp, dp=a.dp, ep=a.ep, sp=a.sp, microbatches=a.microbatches or 0), None
+
+
+def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
+    """Returns the exit code; appends the step's Result (not for ``generate``) to ``results_out``."""
+    from ..arch.system import load_system
+    from .events import simulate_generate, simulate_system
+
+    system = load_system(a.system)
+    if a.phase == "generate":
+        if a.seq is None or a.gen is None:
+            raise SpecError("generate needs --seq (prompt tokens) and --gen (tokens generated per sequence)")
+        from ..workloads.phases import Prefill
+
+        plan, table = _plan(a, system, model, Prefill(a.batch, a.seq))
+        out = simulate_generate(system, model, a.batch, a.seq, a.gen, plan, routing=a.routing,
+                                check_memory=not a.ignore_memory)
+        if a.json:
+            print(json.dumps(out, indent=2))
+            return 0
+        print(f"{model.name} on {system.name} ({plan.describe()}): prefill {a.batch} x {a.seq} tokens, then {a.gen} tokens "
+              f"per sequence")
+        print(f"TTFT {out['ttft_s'] * 1e3:.1f} ms   TPOT {out['tpot_s'] * 1e3:.2f} ms   total {out['latency_s']:.3f} s   "
+              f"{out['tokens_per_s']:.1f} tokens/s")
+        return 0
+    if a.phase not in ("prefill", "decode"):
+        raise SpecError(f"--system runs the prefill, decode or generate phase, not {a.phase}")
+    phase = make_phase(a.phase, a.batch, a.seq, a.context)
+    plan, table = _plan(a, system, model, phase)
+    res = simulate_system(system, model, phase, plan, a.objective if a.objective != "throughput" else "latency",
+                          a.routing, a.mla_form, check_memory=not a.ignore_memory)
+    results_out.append(res)
+    if table is not None:
+        res.inputs["plans"] = table.to_dict(orient="records")
+    if a.json:
+        print(res.to_json())
+        return 0
+    if table is not None:
+        print(table.drop(columns=["reason"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    stages = ", ".join(f"{t * 1e3:.3g}" for t in res.inputs["stage_s"])
+    print(f"{model.name} {phase.name} {vars(phase)} on {system.name}: plan {plan.describe()} ({plan.devices} of "
+          f"{system.n_devices} x {system.device.name}), {res.inputs['microbatches']} micro-batch(es)")
+    print(f"stage times per micro-batch (ms): {stages}; send {res.inputs['send_s'] * 1e6:.3g} us")
+    comm = res.ops[res.ops["kind"] == "collective"]
+    share = float(comm["total_latency_s"].sum()) / float(res.ops["total_latency_s"].sum()) if len(res.ops) else 0.0
+    print(f"latency {res.latency_s * 1e3:.3f} ms   throughput {res.tokens_per_s:.1f} tokens/s   collectives "
+          f"{share * 100:.1f} % of a rank's time   busiest device memory {res.memory_bytes / 2**30:.1f} of "
+          f"{res.capacity_bytes / 2**30:.0f} GiB")
+    return 0

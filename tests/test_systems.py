@@ -1,0 +1,116 @@
+"""Multi-device simulation: parallel plans, the pipeline event engine, the planner, generation and
+serving on real systems."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from xpusim import CapacityError, SpecError
+from xpusim.arch.system import load_system
+from xpusim.cli import main
+from xpusim.sim.events import pipeline, simulate_generate, simulate_system
+from xpusim.sim.parallel import Plan, device_trace, shard_model
+from xpusim.sim.planner import plan_auto
+from xpusim.workloads import Decode, Prefill, load_model
+
+
+@settings(max_examples=60, deadline=None)
+@given(stages=st.lists(st.floats(1e-4, 1e-2), min_size=1, max_size=6), send=st.floats(0, 1e-3), mb=st.integers(1, 8))
+def test_pipeline_makespan_bounds(stages, send, mb):
+    """simpy pipeline: at least the classic bubble bound, at most every micro-batch run serially."""
+    makespan, events = pipeline(stages, send, mb)
+    crit = sum(stages) + send * (len(stages) - 1)
+    assert makespan >= crit + (mb - 1) * max(max(stages), send) - 1e-12
+    assert makespan <= mb * crit + 1e-12
+    if send == 0:  # no link: the textbook (stages + micro-batches - 1) x stage time for equal stages
+        eq, _ = pipeline([stages[0]] * len(stages), 0.0, mb)
+        assert eq == pytest.approx((len(stages) + mb - 1) * stages[0])
+    per_stage = [e for e in events if e["device"] == "stage 0"]
+    assert len(per_stage) == mb
+    assert all(b["start"] >= a["start"] + a["dur"] - 1e-15 for a, b in zip(per_stage, per_stage[1:], strict=False))
+
+
+def test_tensor_parallel_shards_and_collectives():
+    m = load_model("llama-3-70b")
+    shard = shard_model(m, Plan(tp=8))
+    assert shard.n_heads == 8 and shard.n_kv_heads == 1 and shard.d_ff == m.d_ff // 8
+    trace = device_trace(m, Decode(16, 1024), Plan(tp=8))
+    layer = next(b for b in trace.blocks if b.name == "layer")
+    ars = [op for op in layer.ops if op.kind == "collective"]
+    assert [op.attrs["collective"] for op in ars] == ["all_reduce", "all_reduce"]  # after o_proj and down_proj
+    assert ars[0].tensor_bytes(ars[0].inputs[0]) == 16 * m.d_model * 2
+    sp = device_trace(m, Decode(16, 1024), Plan(tp=8, sp=True))
+    kinds = [op.attrs["collective"] for op in next(b for b in sp.blocks if b.name == "layer").ops if op.kind == "collective"]
+    assert kinds == ["reduce_scatter", "all_gather"] * 2
+    with pytest.raises(SpecError, match="does not divide"):
+        shard_model(m, Plan(tp=3))
+
+
+def test_allreduce_share_of_decode_grows_with_tp():
+    m = load_model("llama-3-70b")
+    shares = []
+    for tp in (2, 4, 8):
+        res = simulate_system("dgx-h100", m, Decode(32, 2048), Plan(tp=tp), check_memory=False)
+        ops = res.ops
+        shares.append(float(ops.loc[ops["kind"] == "collective", "total_latency_s"].sum() / ops["total_latency_s"].sum()))
+    assert shares[0] < shares[1] < shares[2]
+
+
+def test_pipeline_parallel_fills_with_microbatches():
+    m = load_model("llama-3-70b")
+    one = simulate_system("dgx-a100", m, Prefill(8, 1024), Plan(tp=4, pp=2, microbatches=1), check_memory=False)
+    four = simulate_system("dgx-a100", m, Prefill(8, 1024), Plan(tp=4, pp=2, microbatches=4), check_memory=False)
+    assert four.latency_s < one.latency_s  # the second stage works while the first takes the next micro-batch
+    assert {e["device"] for e in four.timeline} >= {"stage 0", "stage 1", "link 0->1"}
+    assert len([e for e in four.timeline if e["device"] == "stage 1"]) == 4
+
+
+def test_planner_and_memory():
+    m = load_model("llama-3-70b")
+    plan, table = plan_auto("dgx-h100", m, Decode(64, 4096))
+    assert plan.devices == 8 and table["feasible"].any()
+    best = table[table["feasible"]]["latency_s"].min()
+    chosen = simulate_system("dgx-h100", m, Decode(64, 4096), plan).latency_s
+    assert chosen == pytest.approx(best)
+    assert not table[table["plan"] == "tp1 pp1 dp8"]["feasible"].any()  # 140 GB of weights on each device
+    with pytest.raises(CapacityError, match="busiest device"):
+        simulate_system("4x-a100-nvlink", "gpt3-175b", Prefill(8, 2048), Plan(tp=4))
+    with pytest.raises(SpecError, match="needs 16 devices"):
+        simulate_system("dgx-h100", m, Decode(8, 128), Plan(tp=8, pp=2))
+
+
+def test_generate_matches_step_sums():
+    m = load_model("llama-3-8b")
+    out = simulate_generate("dgx-a100", m, 4, 512, 65, Plan(tp=2), points=65)
+    pre = simulate_system("dgx-a100", m, Prefill(4, 512), Plan(tp=2))
+    steps = [simulate_system("dgx-a100", m, Decode(4, c), Plan(tp=2)).latency_s for c in range(513, 577)]
+    assert out["ttft_s"] == pytest.approx(pre.latency_s)
+    assert out["latency_s"] == pytest.approx(pre.latency_s + sum(steps), rel=1e-9)
+    coarse = simulate_generate("dgx-a100", m, 4, 512, 65, Plan(tp=2), points=5)
+    assert coarse["latency_s"] == pytest.approx(out["latency_s"], rel=0.01)  # interpolated decode steps
+
+
+def test_generate_cli_json(capsys):
+    rc = main(["simulate", "--system", "4x-a100-nvlink", "--model", "gpt3-175b", "--tp", "4", "--phase", "generate",
+               "--batch", "8", "--seq", "2048", "--gen", "1024", "--json", "--ignore-memory"])
+    import json
+
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0 and d["ttft_s"] > 0 and d["tpot_s"] > 0
+    assert d["latency_s"] == pytest.approx(d["ttft_s"] + 1023 * d["tpot_s"], rel=1e-9)
+
+
+def test_serve_on_a_system_deterministic(capsys):
+    import json
+
+    args = ["serve", "--system", "dgx-h100", "--model", "llama-3-8b", "--tp", "2", "--rate", "10", "--requests", "300",
+            "--scheduler", "chunked", "--slo-tpot", "0.05", "--json"]
+    assert main(args) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    b = json.loads(capsys.readouterr().out)
+    assert a == b and a["n_requests"] == 300 and math.isfinite(a["tpot_p99_s"])
+    sys_ = load_system("dgx-h100")
+    assert sys_.n_devices == 8 and np.isfinite(a["goodput_req_s"])
