@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..errors import SpecError
@@ -141,14 +142,18 @@ def serve_report(res: Any, summary: dict[str, Any], command: str | None = None) 
         fig.update_yaxes(title_text="requests", row=1, col=i)
     SF._style(fig, "Request latency distributions")
     tl = res.timeline
-    comp = go.Figure([go.Scatter(x=tl["start_s"], y=tl["n_decode"], mode="lines", name="decoding requests",
-                                 line={"color": SF.PALETTE[0]}),
-                      go.Scatter(x=tl["start_s"], y=tl["n_prefill_tokens"], mode="lines", name="prefill tokens",
-                                 line={"color": SF.PALETTE[1]}, yaxis="y2")])
-    comp.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "prefill tokens per iteration"})
+    span = float((tl["start_s"] + tl["duration_s"]).max()) if len(tl) else 1.0
+    edges = np.linspace(0.0, span, 101)
+    width = edges[1] - edges[0]
+    comp = go.Figure()
+    for col, name, color in (("n_prefill_tokens", "prefill tokens/s", SF.PALETTE[1]), ("n_decode", "decode tokens/s",
+                                                                                      SF.PALETTE[0])):
+        tokens, _ = np.histogram(tl["start_s"], bins=edges, weights=tl[col])
+        comp.add_trace(go.Bar(x=edges[:-1] + width / 2, y=tokens / width, width=width, name=name, marker_color=color))
+    comp.update_layout(barmode="stack")
     comp.update_xaxes(title="time (s)")
-    comp.update_yaxes(title="decoding requests per iteration")
-    SF._style(comp, "Batch composition over time")
+    comp.update_yaxes(title="tokens processed per second")
+    SF._style(comp, "Engine throughput over time (prefill and decode tokens)")
     wanted = ("scheduler", "n_requests", "throughput_tok_s", "throughput_req_s", "goodput_req_s", "ttft_p50_s", "ttft_p99_s",
               "tpot_p50_s", "tpot_p99_s", "e2e_p99_s", "preemptions")
     keys: list[str] = [k for k in wanted if k in summary]

@@ -41,6 +41,12 @@ def reports(tmp_path_factory):
     assert run("explore", "--space", "npu", "--trials", "24", "--storage", f"sqlite:///{d}/s.db", "--sampler", "random",
                "--report", str(d / "exp.html"), "--save", str(d / "exp.json"), "--quiet") == 0
     out["explore"] = (d / "exp.html", 4)
+    assert run("serve", "--system", "dgx-h100", "--model", "llama-3-8b", "--tp", "2", "--rate", "5", "--requests", "200",
+               "--scheduler", "chunked", "--report", str(d / "serve.html"), "--quiet") == 0
+    out["serve"] = (d / "serve.html", 2)
+    assert run("simulate", "--system", "dgx-a100", "--model", "llama-3-70b", "--tp", "4", "--pp", "2", "--phase", "prefill",
+               "--batch", "8", "--seq", "1024", "--report", str(d / "system.html"), "--quiet") == 0
+    out["system"] = (d / "system.html", 4)
     assert run("report", str(d / "sim.json"), "-o", str(d / "from_saved.html")) == 0
     out["from_saved"] = (d / "from_saved.html", 4)
     return out
