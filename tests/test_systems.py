@@ -22,7 +22,8 @@ def test_pipeline_makespan_bounds(stages, send, mb):
     """simpy pipeline: at least the classic bubble bound, at most every micro-batch run serially."""
     makespan, events = pipeline(stages, send, mb)
     crit = sum(stages) + send * (len(stages) - 1)
-    assert makespan >= crit + (mb - 1) * max(max(stages), send) - 1e-12
+    bottleneck = max(max(stages), send if len(stages) > 1 else 0.0)  # one stage has no link to wait for
+    assert makespan >= crit + (mb - 1) * bottleneck - 1e-12
     assert makespan <= mb * crit + 1e-12
     if send == 0:  # no link: the textbook (stages + micro-batches - 1) x stage time for equal stages
         eq, _ = pipeline([stages[0]] * len(stages), 0.0, mb)
