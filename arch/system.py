@@ -44,7 +44,7 @@ TOPOLOGIES = {
 
 _TOP = {"name", "description", "device", "devices_per_node", "nodes", "intra", "inter", "algorithms", "rules",
         "sources", "notes"}
-_INTRA = {"topology", "bandwidth", "latency", "energy_per_byte", "dims", "root_bandwidth"}
+_INTRA = {"topology", "bandwidth", "latency", "energy_per_byte", "dims", "root_bandwidth", "in_switch_reduction"}
 _INTER = {"bandwidth", "latency", "energy_per_byte", "nics_per_node"}
 
 
@@ -69,7 +69,8 @@ class Link:
 class System:
     """``devices_per_node`` x ``nodes`` identical devices; ``intra`` joins the devices of a node in
     ``intra_topology`` (of shape ``dims`` for a torus or mesh), ``inter`` joins the nodes through
-    ``nics_per_node`` NICs per node."""
+    ``nics_per_node`` NICs per node. ``in_switch_reduction``: the switch reduces and multicasts
+    (NVSwitch gen3 NVLink SHARP), which the ``nvls`` collectives use."""
 
     name: str
     device: Arch
@@ -81,6 +82,7 @@ class System:
     inter: Link | None = None
     nics_per_node: int = 0
     description: str = ""
+    in_switch_reduction: bool = False
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +106,11 @@ class System:
                                 f"{self.devices_per_node}; make their product equal")
         elif dims:
             raise SpecError(f"{where}: dims apply to a torus or mesh only, not to a {self.intra_topology}; remove them")
+        if not isinstance(self.in_switch_reduction, bool):
+            raise SpecError(f"{where}: in_switch_reduction must be true or false, got {self.in_switch_reduction!r}")
+        if self.in_switch_reduction and self.intra_topology != "switch":
+            raise SpecError(f"{where}: in_switch_reduction needs a switch topology (the switch reduces), "
+                            f"not {self.intra_topology}; remove it")
         if isinstance(self.nics_per_node, bool) or not isinstance(self.nics_per_node, int) or self.nics_per_node < 0:
             raise SpecError(f"{where}: nics_per_node must be a whole number >= 0, got {self.nics_per_node!r}")
         if self.inter is not None and not isinstance(self.inter, Link):
@@ -226,6 +233,11 @@ def system_from_dict(d: Any, name: str = "system", base: Path | None = None) -> 
         if not root > 0:
             raise SpecError(f"{where}.intra.root_bandwidth: must be > 0")
         meta["root_Bps"] = root
+    isr = intra_d.get("in_switch_reduction", False)
+    if not isinstance(isr, bool):
+        raise SpecError(f"{where}.intra.in_switch_reduction: must be true or false, got {isr!r}")
+    if isr and topo != "switch":
+        raise SpecError(f"{where}.intra.in_switch_reduction: needs topology switch (the switch reduces), not {topo}")
     inter = None
     nics = 0
     if d.get("inter") is not None:
@@ -239,6 +251,8 @@ def system_from_dict(d: Any, name: str = "system", base: Path | None = None) -> 
         nics = _whole(inter_d["nics_per_node"], f"{where}.inter.nics_per_node")
     if "algorithms" in d:
         meta["algorithms"] = _algorithms(d["algorithms"], f"{where}.algorithms")
+        if not isr and any("nvls" in a for a in meta["algorithms"].values()):
+            raise SpecError(f"{where}.algorithms: nvls needs a switch that reduces (intra: in_switch_reduction: true)")
     if "rules" in d:
         if not isinstance(d["rules"], dict):
             raise SpecError(f"{where}.rules: must be a mapping (as written by validation/fit_nccl.py)")
@@ -250,7 +264,8 @@ def system_from_dict(d: Any, name: str = "system", base: Path | None = None) -> 
         if k in d:
             meta[k] = d[k]
     return System(name=name, device=device, devices_per_node=dpn, nodes=nodes, intra=intra, intra_topology=str(topo),
-                  dims=dims, inter=inter, nics_per_node=nics, description=str(d.get("description", "")), meta=meta)
+                  dims=dims, inter=inter, nics_per_node=nics, description=str(d.get("description", "")),
+                  in_switch_reduction=isr, meta=meta)
 
 
 def system_dict(ref: str | Path) -> tuple[dict[str, Any], str, Path]:

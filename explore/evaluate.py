@@ -16,7 +16,7 @@ from ..errors import XpusimError
 from ..sim.engine import simulate
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import make_phase
-from .space import METRICS, Space, device_dict
+from .space import METRICS, Space, device_dict, plan_values, system_doc
 
 AREA_METRICS = ("area_mm2", "cost_usd", "perf_per_area", "perf_per_dollar", "power_w", "perf_per_watt")
 
@@ -61,20 +61,36 @@ def build_device(space: Space, params: dict[str, Any]) -> Arch:
 def evaluate(space: Space, params: dict[str, Any]) -> Evaluation:
     """Evaluate the design ``params`` (knob name -> value) on every workload of ``space``."""
     try:
-        arch = build_device(space, params)
         mapper_obj = next((params[k.name] for k in space.knobs if k.path == ("mapper", "objective") and k.name in params),
                           space.mapper_objective)
+        devices = 1
         runs = []
-        for w in space.workloads:
-            model = _model(space, w, params)
-            res = simulate(arch, model, _phase(space, w, params), str(mapper_obj), check_memory=False,
-                           routing=w.get("routing"))
-            runs.append((float(w.get("weight", 1.0)), res, model))
+        if space.system is not None:
+            from ..arch.system import system_from_dict
+            from ..sim.events import simulate_system
+            from ..sim.parallel import Plan
+
+            system = system_from_dict(system_doc(space, params), "system")
+            arch = system.device
+            plan = Plan(**plan_values(space, params))
+            devices = plan.devices
+            for w in space.workloads:
+                model = _model(space, w, params)
+                res = simulate_system(system, model, _phase(space, w, params), plan, str(mapper_obj), w.get("routing"),
+                                      check_memory=False)
+                runs.append((float(w.get("weight", 1.0)), res, model))
+        else:
+            arch = build_device(space, params)
+            for w in space.workloads:
+                model = _model(space, w, params)
+                res = simulate(arch, model, _phase(space, w, params), str(mapper_obj), check_memory=False,
+                               routing=w.get("routing"))
+                runs.append((float(w.get("weight", 1.0)), res, model))
     except XpusimError as e:
         return Evaluation(reason=str(e))
     needed = set(space.objectives) | {c.metric for c in space.constraints}
     try:
-        metrics = _metrics(arch, runs, needed)
+        metrics = _metrics(arch, runs, needed, devices)
     except XpusimError as e:
         return Evaluation(reason=str(e))
     ev = Evaluation(metrics)
@@ -90,7 +106,7 @@ def evaluate(space: Space, params: dict[str, Any]) -> Evaluation:
     return ev
 
 
-def _metrics(arch: Arch, runs: list, needed: set[str]) -> dict[str, float]:
+def _metrics(arch: Arch, runs: list, needed: set[str], devices: int = 1) -> dict[str, float]:
     wsum = sum(w for w, _, _ in runs)
     latency = sum(w * r.latency_s for w, r, _ in runs)
     energy = sum(w * r.energy_j for w, r, _ in runs)
@@ -104,10 +120,10 @@ def _metrics(arch: Arch, runs: list, needed: set[str]) -> dict[str, float]:
     if needed & set(AREA_METRICS):
         from ..arch import area
 
-        leak = 0.0 if arch.static_power_w else area.leakage_power_w(arch)  # simulated energy already has static
+        leak = 0.0 if arch.static_power_w else area.leakage_power_w(arch) * devices  # energy already has static
         m["power_w"] = (energy / latency if latency else 0.0) + leak
-        m["area_mm2"] = area.die_area_mm2(arch)
-        m["cost_usd"] = area.device_cost_usd(arch)
+        m["area_mm2"] = area.die_area_mm2(arch) * devices  # silicon of every device used
+        m["cost_usd"] = area.device_cost_usd(arch) * devices
         m["perf_per_area"] = throughput / m["area_mm2"]
         m["perf_per_watt"] = throughput / m["power_w"] if m["power_w"] else 0.0
         m["perf_per_dollar"] = throughput / m["cost_usd"]

@@ -9,7 +9,11 @@ A knob names what it sets with a ``path``:
 * ``model.<field>`` — a :class:`~xpusim.workloads.model.ModelSpec` field of every workload's model
   (``model.weight_dtype``, ``model.kv_dtype``);
 * ``workload.<field>`` — a phase field of every workload (``workload.batch``, ``workload.context``);
-* ``mapper.objective`` — what the inner mapper optimises (latency, energy, edp).
+* ``mapper.objective`` — what the inner mapper optimises (latency, energy, edp);
+* with a ``system:`` base (a multi-device system preset instead of ``base:``): ``system.<field>``
+  edits the system's YAML (``system.nodes``, ``system.intra.bandwidth``) and ``device.<field>``
+  its device's; ``plan.tp`` / ``plan.pp`` / ``plan.dp`` / ``plan.ep`` / ``plan.sp`` set the
+  parallel plan (defaults from the space's ``plan:``).
 
 Each knob has ``choices`` or a ``low``/``high`` range (``type`` int or float, optional ``step``,
 ``log``). When a knob changes a systolic array's shape, its MACs per cycle scale with rows x cols.
@@ -42,7 +46,7 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "format_error": ("minimize", "", "relative L2 error of a reduced layer in the model's formats"),
     "memory_fraction": ("minimize", "", "footprint / device memory of the largest workload"),
 }
-KNOB_ROOTS = ("device", "model", "workload", "mapper")
+KNOB_ROOTS = ("device", "model", "workload", "mapper", "system", "plan")
 WORKLOAD_FIELDS = ("model", "phase", "batch", "seq", "context", "weight", "routing")
 
 
@@ -95,6 +99,8 @@ class Space:
     sampler: str = "auto"
     mapper_objective: str = "latency"
     source: str = ""
+    system: dict[str, Any] | None = None  # a multi-device system's YAML (its device is ``base``)
+    plan: dict[str, Any] = field(default_factory=dict)
 
     @property
     def directions(self) -> list[str]:
@@ -176,13 +182,26 @@ def parse_space(d: Any, where: str = "<dict>") -> Space:
     if not isinstance(d, dict):
         raise _fail(where, "expected a mapping with base, knobs, workloads, objectives")
     unknown = sorted(set(d) - {"name", "base", "knobs", "workloads", "objectives", "constraints", "sampler", "mapper",
-                               "description"})
+                               "description", "system", "plan"})
     if unknown:
         raise _fail(where, f"unknown field(s) {unknown}")
+    system = None
+    if "system" in d:
+        from ..arch.system import system_dict
+
+        system, _, _ = system_dict(d["system"]) if isinstance(d["system"], str) else (d["system"], "", None)
+        if not isinstance(system, dict) or not isinstance(system.get("device"), str):
+            raise _fail(where, "system must name a system preset or YAML whose device is a preset name")
+        d = {**d, "base": d.get("base", system["device"])}
     for k in ("base", "knobs", "workloads", "objectives"):
         if k not in d:
             raise _fail(where, f"missing {k!r}")
     base, base_name = arch_dict(d["base"]) if isinstance(d["base"], str) else (d["base"], "device")
+    plan = d.get("plan") or {}
+    if not isinstance(plan, dict) or set(plan) - {"tp", "pp", "dp", "ep", "sp"}:
+        raise _fail(where, "plan must be a mapping of tp, pp, dp, ep, sp")
+    if plan and system is None:
+        raise _fail(where, "a plan needs a system: add system: <preset>")
     if not isinstance(d["knobs"], dict) or not d["knobs"]:
         raise _fail(where, "knobs must be a non-empty mapping name: {path, choices | low/high}")
     knobs = [_knob(str(n), k, where) for n, k in d["knobs"].items()]
@@ -206,8 +225,10 @@ def parse_space(d: Any, where: str = "<dict>") -> Space:
     if obj not in ("latency", "energy", "edp"):
         raise _fail(where, "mapper.objective must be latency, energy or edp")
     sampler = str(d.get("sampler", "auto"))
+    if system is None and any(k.path[0] in ("system", "plan") for k in knobs):
+        raise _fail(where, "system.* and plan.* knobs need a system: add system: <preset>")
     space = Space(str(d.get("name", Path(where).stem)), base, base_name, knobs, [dict(w) for w in wls], list(objs),
-                  _constraints(d.get("constraints"), where), sampler, obj, where)
+                  _constraints(d.get("constraints"), where), sampler, obj, where, system, dict(plan))
     check_sampler(space, sampler)
     return space
 
@@ -289,3 +310,23 @@ def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
         rates = space.base["matrix"].get("macs_per_cycle", {})
         doc["matrix"]["macs_per_cycle"] = {c: v * scale for c, v in rates.items()}
     return doc
+
+
+def system_doc(space: Space, params: dict[str, Any]) -> dict[str, Any]:
+    """The space's system YAML with the trial's system knobs applied and its device built from
+    ``device_dict`` (an inline device)."""
+    doc = copy.deepcopy(space.system or {})
+    for k in space.knobs:
+        if k.path[0] == "system" and k.name in params:
+            v = params[k.name]
+            _set(doc, k.path[1:], f"{v} {k.unit}" if k.unit else v, k.name)
+    doc["device"] = {**device_dict(space, params), "name": space.base_name}
+    return doc
+
+
+def plan_values(space: Space, params: dict[str, Any]) -> dict[str, Any]:
+    out = dict(space.plan)
+    for k in space.knobs:
+        if k.path[0] == "plan" and k.name in params:
+            out[k.path[1]] = params[k.name]
+    return out

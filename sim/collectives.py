@@ -1,6 +1,7 @@
 """Collective communication on a :class:`~xpusim.arch.system.System`: all-reduce, all-gather,
-reduce-scatter, all-to-all and send/recv, by ring, tree, recursive halving/doubling, hierarchical
-and direct (one-shot) algorithms, under an alpha-beta model with two protocols.
+reduce-scatter, all-to-all and send/recv, by ring, tree, recursive halving/doubling, hierarchical,
+direct (one-shot) and in-switch (NVLink SHARP, ``nvls``) algorithms, under an alpha-beta model with
+NCCL's three protocols.
 
 The time of an algorithm ``a`` run with protocol ``p`` is (the form of NCCL's own tuner,
 ``src/graph/tuning.cc``: ``latency + bytes / bandwidth`` per algorithm and protocol)::
@@ -11,13 +12,15 @@ The time of an algorithm ``a`` run with protocol ``p`` is (the form of NCCL's ow
 ``alpha`` is the per-hop latency of a link (system YAML); ``steps`` counts the message hops on the
 critical path; the bandwidth term is the data the busiest port (or the bisection, or a node's
 NICs) must carry divided by its bandwidth, taken over the phases of the algorithm (pipelined
-phases: the slowest sets the rate; sequential steps: summed). The protocols are a low-latency one
-(``ll``: cheap to start, low achievable bandwidth, as NCCL's LL) and a bulk one (``simple``).
-Their ``base`` latency and bandwidth ``efficiency`` are the fitted rules of a system (written by
-``validation/fit_nccl.py`` into the DGX A100 preset; systems without their own rules use those).
-When no algorithm is named, the cheapest (algorithm, protocol) for the size, topology and rank
-count is taken, as NCCL's tuner does. Formulas per algorithm and topology are in
-``docs/systems.md``.
+phases: the slowest sets the rate; sequential steps: summed). The protocols are NCCL's: ``ll``
+(cheap to start, low achievable bandwidth), ``ll128`` (near-bulk bandwidth at a low start-up cost;
+NCCL enables it only on NVLink fabrics, here the ``switch`` and ``fully_connected`` topologies) and
+``simple`` (bulk). Their ``base`` latency and bandwidth ``efficiency`` are the fitted rules of a
+system (written by ``validation/fit_nccl.py`` into the DGX A100 preset; systems without their own
+rules use those). ``nvls`` reduces in the switch (systems whose intra fabric declares
+``in_switch_reduction``) and runs the ``simple`` protocol only, as in NCCL. When no algorithm is
+named, the cheapest (algorithm, protocol) for the size, topology and rank count is taken, as NCCL's
+tuner does. Formulas per algorithm and topology are in ``docs/systems.md``.
 
 ``nbytes`` follows nccl-tests: all_reduce the buffer per rank, all_gather the output per rank,
 reduce_scatter the input per rank, all_to_all the bytes each rank sends (and keeps), send_recv the
@@ -37,13 +40,14 @@ from ..errors import SpecError
 from ..units import parse_quantity
 
 KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
-ALGORITHMS = ("ring", "tree", "halving_doubling", "hierarchical", "direct")  # direct: one-shot over a switch/all-to-all
-PROTOCOLS = ("ll", "simple")
-#: algorithms that implement each kind
+# direct: one-shot over a switch/all-to-all; nvls: NVLink SHARP, reduction and multicast in the switch
+ALGORITHMS = ("ring", "tree", "halving_doubling", "hierarchical", "direct", "nvls")
+PROTOCOLS = ("ll", "ll128", "simple")
+#: algorithms that implement each kind (nvls: as NCCL >= 2.18, all-reduce, all-gather and reduce-scatter)
 VALID: dict[str, tuple[str, ...]] = {
-    "all_reduce": ("ring", "tree", "halving_doubling", "hierarchical", "direct"),
-    "all_gather": ("ring", "halving_doubling", "hierarchical", "direct"),
-    "reduce_scatter": ("ring", "halving_doubling", "hierarchical", "direct"),
+    "all_reduce": ("ring", "tree", "halving_doubling", "hierarchical", "direct", "nvls"),
+    "all_gather": ("ring", "halving_doubling", "hierarchical", "direct", "nvls"),
+    "reduce_scatter": ("ring", "halving_doubling", "hierarchical", "direct", "nvls"),
     "all_to_all": ("direct", "ring", "halving_doubling", "hierarchical"),
     "send_recv": ("direct",),
 }
@@ -52,19 +56,28 @@ VALID: dict[str, tuple[str, ...]] = {
 NET_EFFICIENCY = 24.0 / 25.0
 #: the system whose preset carries the fitted rules every other system uses
 CALIBRATION_SYSTEM = "dgx-a100"
+#: NVLink fabrics, the only ones NCCL enables LL128 on ("Enable LL128 by default only on
+#: Volta/Ampere/Hopper+NVLink", NVIDIA/nccl src/graph/tuning.cc, v2.20.3)
+LL128_TOPOLOGIES = ("switch", "fully_connected")
+#: NVLS algorithm bandwidth over the bandwidth its channels claim on each port: NCCL's tuner,
+#: ``ratio *= 5.0/6.0`` for NCCL_ALGO_NVLS (NVIDIA/nccl src/graph/tuning.cc, v2.20.3)
+NVLS_EFFICIENCY = 5.0 / 6.0
+#: the protocols each algorithm runs (NCCL: NVLS is Simple only)
+ALGO_PROTOCOLS: dict[str, tuple[str, ...]] = {"nvls": ("simple",)}
 
 
 @dataclass(frozen=True)
 class CollectiveCost:
     """``time_s`` of the collective; ``algorithm`` used; ``algbw_Bps`` = nbytes / time;
     ``busbw_Bps`` = algbw x :func:`bus_factor` (nccl-tests); ``energy_j`` of the bytes moved over
-    links (device energy while waiting is not included)."""
+    links (device energy while waiting is not included); ``protocol`` used."""
 
     time_s: float
     algorithm: str
     algbw_Bps: float
     busbw_Bps: float
     energy_j: float
+    protocol: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,12 +89,15 @@ class Protocol:
 @dataclass(frozen=True)
 class CollectiveRules:
     """Fitted constants: per protocol, a fixed latency per collective and the achievable fraction of
-    the intra-node link bandwidth. Without rules: the ideal alpha-beta model."""
+    the intra-node link bandwidth. Without rules: the ideal alpha-beta model (every protocol ideal)."""
 
-    protocols: tuple[tuple[str, Protocol], ...] = (("ll", Protocol()), ("simple", Protocol()))
+    protocols: tuple[tuple[str, Protocol], ...] = tuple((p, Protocol()) for p in PROTOCOLS)
 
     def protocol(self, name: str) -> Protocol:
         return dict(self.protocols)[name]
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(p for p, _ in self.protocols)
 
 
 def bus_factor(kind: str, ranks: int) -> float:
@@ -97,31 +113,38 @@ def bus_factor(kind: str, ranks: int) -> float:
 
 
 def parse_rules(rules: Any, where: str = "system rules") -> CollectiveRules:
-    """Parse a ``rules:`` section of a system preset (as written by ``validation/fit_nccl.py``)."""
+    """Parse a ``rules:`` section of a system preset (as written by ``validation/fit_nccl.py``). The
+    protocols listed are the ones used; ``simple`` must be among them (it is the NICs' reference)."""
     if rules is None:
         return CollectiveRules()
     if not isinstance(rules, dict):
-        raise SpecError(f"{where}: must be a mapping with protocols: {{ll: ..., simple: ...}}")
+        raise SpecError(f"{where}: must be a mapping with protocols: {{ll: ..., ll128: ..., simple: ...}}")
     unknown = sorted(str(k) for k in set(rules) - {"protocols", "fitted_by", "fit_error"})
     if unknown:
         raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: fitted_by, fit_error, protocols")
-    protos = rules.get("protocols", {})
-    if not isinstance(protos, dict):
-        raise SpecError(f"{where}.protocols: must map ll and simple to {{base_latency, efficiency}}")
+    protos = rules.get("protocols")
+    if protos is None:
+        return CollectiveRules()
+    if not isinstance(protos, dict) or not protos:
+        raise SpecError(f"{where}.protocols: must map {', '.join(PROTOCOLS)} to {{base_latency, efficiency}}")
     unknown = sorted(str(k) for k in set(protos) - set(PROTOCOLS))
     if unknown:
         raise SpecError(f"{where}.protocols: unknown protocol(s) {unknown}; use {', '.join(PROTOCOLS)}")
+    if "simple" not in protos:
+        raise SpecError(f"{where}.protocols: missing 'simple' (the bulk protocol every algorithm can run)")
     out = []
     for p in PROTOCOLS:
-        d = protos.get(p, {})
+        if p not in protos:
+            continue
+        d = protos[p]
         if not isinstance(d, dict) or set(d) - {"base_latency", "efficiency"}:
             raise SpecError(f"{where}.protocols.{p}: must be a mapping with base_latency and efficiency")
         base = parse_quantity(d.get("base_latency", 0.0), "seconds", f"{where}.protocols.{p}.base_latency")
         eff = d.get("efficiency", 1.0)
         if isinstance(eff, bool) or not isinstance(eff, int | float) or not 0 < eff <= 1:
             raise SpecError(f"{where}.protocols.{p}.efficiency: must be a fraction in (0, 1], got {eff!r}")
-        if base < 0:
-            raise SpecError(f"{where}.protocols.{p}.base_latency: must be >= 0")
+        if not base >= 0 or not math.isfinite(base):
+            raise SpecError(f"{where}.protocols.{p}.base_latency: must be a finite time >= 0")
         out.append((p, Protocol(base, float(eff))))
     return CollectiveRules(tuple(out))
 
@@ -323,7 +346,7 @@ def _node(system: System, r: int) -> _Node:
 class _Plan:
     steps_intra: float = 0.0
     steps_inter: float = 0.0
-    t_intra: float = 0.0      # bandwidth term at 100 % link efficiency, intra-node links
+    t_intra: float = 0.0      # bandwidth term at 100 % protocol efficiency, intra-node links
     t_inter: float = 0.0      # the same, NICs
     serial: bool = False      # True: intra and inter bandwidth terms add (sequential steps); else pipelined (max)
     bytes_intra: float = 0.0  # byte-hops over intra links (energy)
@@ -426,6 +449,14 @@ def _plan(system: System, kind: str, algo: str, S: float, n: int) -> _Plan:
             P.bytes_inter = half * inter * n
         P.serial = True
         return P
+    if algo == "nvls":  # NVLink SHARP, one node: the switch reduces (multimem ld_reduce) and multicasts (multimem st)
+        # busiest direction of each port: all_reduce S up to be reduced (every slice of the rank, its own too) and
+        # S/r of results up to be multicast, the same down; reduce_scatter S up; all_gather S down
+        port = S * (r + 1) / r if ar else S
+        P.steps_intra = 2 if ar else 1   # a reduction and a multicast, each one switched hop
+        P.t_intra = port / (node.B * NVLS_EFFICIENCY)
+        P.bytes_intra = S * (r + 1) if ar else S * (r + 1) / 2.0   # hops of two link traversals, as every switched hop
+        return P
     if algo == "direct":
         v = S if ar else S / n          # one-shot all-reduce: every rank reads every peer's whole buffer
         t, e = node.uniform(v)
@@ -464,9 +495,18 @@ def _time(system: System, P: _Plan, proto: Protocol, simple: Protocol) -> float:
     return proto.base_latency_s + P.steps_intra * a_in + P.steps_inter * a_net + bw
 
 
+def _protocols(system: System, rules: CollectiveRules, algo: str) -> tuple[str, ...]:
+    """The protocols ``algo`` runs on ``system``: those of the rules, LL128 only on NVLink fabrics, NVLS
+    Simple only (NCCL's tuner)."""
+    allowed = ALGO_PROTOCOLS.get(algo, PROTOCOLS)
+    return tuple(p for p in rules.names()
+                 if p in allowed and (p != "ll128" or system.intra_topology in LL128_TOPOLOGIES))
+
+
 def _candidates(system: System, kind: str, n: int) -> tuple[str, ...]:
     multi = n > system.devices_per_node
-    valid = [a for a in VALID[kind] if multi or a != "hierarchical"]
+    valid = [a for a in VALID[kind] if (multi or a != "hierarchical")
+             and (a != "nvls" or (system.in_switch_reduction and not multi))]
     listed = (system.meta.get("algorithms") or {}).get(kind)
     if listed:
         chosen = [a for a in valid if a in listed]
@@ -494,22 +534,29 @@ def collective_time(system: System, kind: str, nbytes: float, ranks: int, algori
     if algorithm == "hierarchical" and n <= system.devices_per_node:
         raise SpecError(f"algorithm 'hierarchical' needs ranks spanning nodes (more than {system.devices_per_node}); "
                         f"use ring, tree or halving_doubling inside a node")
+    if algorithm == "nvls" and not system.in_switch_reduction:
+        raise SpecError(f"algorithm 'nvls' needs a switch that reduces in the fabric (intra: in_switch_reduction: true); "
+                        f"system {system.name!r} has none")
+    if algorithm == "nvls" and n > system.devices_per_node:
+        raise SpecError(f"algorithm 'nvls' runs inside one node (at most {system.devices_per_node} ranks), got {n} ranks; "
+                        f"use hierarchical or ring across nodes")
     if n == 1:
         return CollectiveCost(0.0, algorithm or "direct", math.inf, 0.0, 0.0)
     if kind == "send_recv" and algorithm is None:
         algorithm = "direct"
     rules = system_rules(system)
     simple = rules.protocol("simple")
-    best: tuple[float, str, _Plan] | None = None
+    best: tuple[float, str, str, _Plan] | None = None
     for algo in ([algorithm] if algorithm else _candidates(system, kind, n)):
         P = _plan(system, kind, algo, float(nbytes), n)
-        for p in PROTOCOLS:
+        for p in _protocols(system, rules, algo):
             t = _time(system, P, rules.protocol(p), simple)
             if best is None or t < best[0]:
-                best = (t, algo, P)
+                best = (t, algo, p, P)
     assert best is not None
-    t, algo, P = best
+    t, algo, proto, P = best
     algbw = float(nbytes) / t
     energy = (P.bytes_intra * system.intra.energy_pj_per_byte
               + P.bytes_inter * (system.inter.energy_pj_per_byte if system.inter else 0.0)) * 1e-12
-    return CollectiveCost(time_s=t, algorithm=algo, algbw_Bps=algbw, busbw_Bps=algbw * bus_factor(kind, n), energy_j=energy)
+    return CollectiveCost(time_s=t, algorithm=algo, algbw_Bps=algbw, busbw_Bps=algbw * bus_factor(kind, n), energy_j=energy,
+                          protocol=proto)
