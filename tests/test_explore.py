@@ -160,3 +160,19 @@ def test_postgresql_multi_worker_study():
     assert len(trials) == 12 and all(t.state in FINISHED for t in trials)
     assert sorted(t.number for t in trials) == list(range(12))
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_system_space_counts_every_device():
+    from xpusim.arch import area, load_arch
+
+    space = load_space("llm-serving")
+    base = {"pp": 1, "batch": 64, "weights": "fp8-e4m3", "kv": "fp8-e4m3"}
+    eight = evaluate(space, {**base, "tp": 8})
+    four = evaluate(space, {**base, "tp": 4})
+    assert eight.metrics["cost_usd"] == pytest.approx(8 * area.device_cost_usd(load_arch("h100-sxm")))
+    assert eight.metrics["cost_usd"] == pytest.approx(2 * four.metrics["cost_usd"])
+    assert eight.metrics["latency"] < four.metrics["latency"]
+    one = evaluate(space, {**base, "tp": 1, "weights": "bf16", "kv": "bf16"})
+    assert one.violations["fits_memory"] > 0  # 140 GB of weights on one 80 GB GPU
+    too_many = evaluate(space, {**base, "tp": 8, "pp": 2})
+    assert "needs 16 devices" in too_many.reason
