@@ -248,8 +248,12 @@ def _cmd_list(a: argparse.Namespace) -> int:
     from .arch.loader import list_archs, load_arch
     from .workloads.model import list_models, load_model
 
+    from .arch.system import list_systems, load_system
+    from .explore.space import list_spaces
+
     if a.json:
-        print(json.dumps({"archs": list_archs(), "models": list_models()}))
+        print(json.dumps({"archs": list_archs(), "models": list_models(), "systems": list_systems(),
+                          "spaces": list_spaces()}))
         return 0
     print("devices:")
     for n in list_archs():
@@ -258,7 +262,12 @@ def _cmd_list(a: argparse.Namespace) -> int:
     print("models:")
     for n in list_models():
         m = load_model(n)
-        print(f"  {n:<14} {m.params / 1e9:7.2f} B params, {m.n_layers} layers, d_model {m.d_model}")
+        print(f"  {n:<18} {m.params / 1e9:7.2f} B params, {m.n_layers} layers, d_model {m.d_model}")
+    print("systems:")
+    for n in list_systems():
+        sy = load_system(n)
+        print(f"  {n:<18} {sy.n_devices} x {sy.device.name}, {sy.intra_topology}")
+    print("design spaces (xpusim explore --space NAME): " + ", ".join(list_spaces()))
     return 0
 
 
