@@ -229,6 +229,29 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     return run(a)
 
 
+def _cmd_reproduce(a: argparse.Namespace) -> int:
+    from .validation.reproduce import list_cases, load_case, run_case
+
+    if a.list:
+        for n in list_cases():
+            c = load_case(n)
+            print(f"{n:<28} {c['paper']}: {c['claim']}")
+        return 0
+    names = list_cases() if a.all else [a.name] if a.name else []
+    if not names:
+        raise SpecError("give a case name, --all or --list")
+    out = [run_case(n) for n in names]
+    if a.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for r in out:
+        claimed = r["claimed"] if not isinstance(r["claimed"], list) else "..".join(str(v) for v in r["claimed"])
+        tol = f" +-{r['tolerance_pct']:g} %" if r["tolerance_pct"] else ""
+        print(f"{'PASS' if r['passed'] else 'FAIL'}  {r['name']:<28} claimed {claimed}{tol}  simulated {r['simulated']:.4g}"
+              f"  ({r['paper']})")
+    return 0 if all(r["passed"] for r in out) else 1
+
+
 def _cmd_report(a: argparse.Namespace) -> int:
     from .reports.build import report_from_file
     from .reports.html import write
@@ -396,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_arguments(sv)
     sv.set_defaults(func=_cmd_serve)
+
+    rp = sub.add_parser("reproduce", help="run the shipped paper reproductions (claimed vs simulated)")
+    rp.add_argument("name", nargs="?", help="a case (see --list)")
+    rp.add_argument("--list", action="store_true", help="name every case")
+    rp.add_argument("--all", action="store_true", help="run every case")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=_cmd_reproduce)
 
     r = sub.add_parser("report", help="write the HTML report of a saved result (--save or --json output)")
     r.add_argument("result", help="a JSON file from --save, or from simulate/op --json")

@@ -1,0 +1,122 @@
+"""Paper reproductions: a published result xpusim can reproduce, shipped as a runnable case.
+
+A case is ``validation/reproductions/<name>.yaml``::
+
+    name: duplex-opb-gqa-attention
+    paper: "Duplex (He et al., MICRO 2024)"
+    claim: "GQA decode attention of Llama-3-70B runs at 4-8 Op/B"
+    claimed_range: [4, 8]          # or claimed: 2.4 with tolerance_pct: 25
+    kind: op_per_byte              # a function of CASE_KINDS below
+    params: {...}                  # its inputs
+
+``xpusim reproduce --list`` names every case; ``xpusim reproduce NAME`` runs one; ``--all --json``
+prints a list of objects with ``name, paper, claim, claimed, simulated, tolerance_pct, passed``.
+A case passes when the simulated value is within ``tolerance_pct`` of ``claimed``, or inside
+``claimed_range`` (a bound may be null: open).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import PresetNotFound, SpecError
+
+CASES_DIR = Path(__file__).parent / "reproductions"
+CASE_KINDS: dict[str, Callable[[dict[str, Any]], float]] = {}
+
+
+def case_kind(name: str) -> Callable[[Callable[[dict[str, Any]], float]], Callable[[dict[str, Any]], float]]:
+    """Register a function ``params -> simulated value`` as a case kind."""
+    def register(fn: Callable[[dict[str, Any]], float]) -> Callable[[dict[str, Any]], float]:
+        CASE_KINDS[name] = fn
+        return fn
+    return register
+
+
+def _step(spec: dict[str, Any]):
+    """Simulate one step from a spec: ``arch`` or ``system`` (+ ``tp``/``pp``/``dp``/``ep``),
+    ``model``, ``phase`` (prefill/decode), ``batch``, ``seq``/``context``, optional formats."""
+    from ..sim.engine import simulate
+    from ..workloads.model import load_model
+    from ..workloads.phases import make_phase
+
+    model = load_model(spec["model"])
+    fmts = {k: spec.get(k) for k in ("weights", "activations", "kv")}
+    if any(fmts.values()):
+        model = model.with_formats(fmts["weights"], fmts["activations"], fmts["kv"])
+    phase = make_phase(spec["phase"], int(spec.get("batch", 1)), spec.get("seq"), spec.get("context"))
+    if "system" in spec:
+        from ..sim.events import simulate_system
+        from ..sim.parallel import Plan
+
+        plan = Plan(**{k: int(spec[k]) for k in ("tp", "pp", "dp", "ep") if k in spec})
+        return simulate_system(spec["system"], model, phase, plan, routing=spec.get("routing"), check_memory=False)
+    return simulate(spec["arch"], model, phase, routing=spec.get("routing"), check_memory=False)
+
+
+@case_kind("op_per_byte")
+def op_per_byte(p: dict[str, Any]) -> float:
+    """Op/B of the ops of one kind in a step as the PIM papers count it: the FLOPs of their matrix
+    products (2 per multiply-accumulate; a fused attention's softmax excluded) per byte of
+    operands the op reads and writes; ``stat`` min or max over the matching ops."""
+    res = _step(p["step"])
+    ops = res.ops[res.ops["kind"] == p["op_kind"]]
+    if "name_contains" in p:
+        ops = ops[ops["name"].str.contains(str(p["name_contains"]), regex=False)]
+    if ops.empty:
+        raise SpecError(f"case: no {p['op_kind']} op in the step")
+    flops = ops["flops"]
+    if p["op_kind"] == "attention":  # the two GEMMs: the fused group also counts its softmax (5 FLOPs per score)
+        from ..workloads.model import load_model
+        from ..workloads.opkit import SOFTMAX_FLOPS
+
+        e = float(load_model(p["step"]["model"]).head_dim)
+        flops = flops * (4 * e) / (4 * e + SOFTMAX_FLOPS)
+    values = flops / ops["bytes"]
+    return float(values.max() if p.get("stat", "min") == "max" else values.min())
+
+
+@case_kind("latency_ratio")
+def latency_ratio(p: dict[str, Any]) -> float:
+    """Latency of the ``baseline`` step over that of the ``design`` step (a speedup)."""
+    return _step(p["baseline"]).latency_s / _step(p["design"]).latency_s
+
+
+def list_cases() -> list[str]:
+    return sorted(f.stem for f in CASES_DIR.glob("*.yaml"))
+
+
+def load_case(name: str) -> dict[str, Any]:
+    path = CASES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise PresetNotFound(f"unknown reproduction {name!r}; cases: {', '.join(list_cases()) or 'none'}")
+    d = yaml.safe_load(path.read_text())
+    for k in ("name", "paper", "claim", "kind", "params"):
+        if k not in d:
+            raise SpecError(f"reproduction {name}: missing {k!r}")
+    if d["kind"] not in CASE_KINDS:
+        raise SpecError(f"reproduction {name}: unknown kind {d['kind']!r}; kinds: {', '.join(sorted(CASE_KINDS))}")
+    if ("claimed" in d) == ("claimed_range" in d):
+        raise SpecError(f"reproduction {name}: give claimed (with tolerance_pct) or claimed_range")
+    return d
+
+
+def run_case(name: str) -> dict[str, Any]:
+    """Run one case: claimed vs simulated and whether it passes."""
+    d = load_case(name)
+    sim = float(CASE_KINDS[d["kind"]](d["params"]))
+    out: dict[str, Any] = {"name": d["name"], "paper": d["paper"], "claim": d["claim"], "simulated": sim}
+    if "claimed_range" in d:
+        lo, hi = d["claimed_range"]
+        out.update(claimed=[lo, hi], tolerance_pct=float(d.get("tolerance_pct", 0.0)),
+                   passed=(lo is None or sim >= lo) and (hi is None or sim <= hi))
+    else:
+        tol = float(d.get("tolerance_pct", 0.0))
+        out.update(claimed=float(d["claimed"]), tolerance_pct=tol,
+                   passed=abs(sim - d["claimed"]) <= tol / 100.0 * abs(d["claimed"]))
+    out["note"] = str(d.get("note", ""))
+    return out
