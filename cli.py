@@ -269,10 +269,9 @@ def _cmd_explore(a: argparse.Namespace) -> int:
 
 def _cmd_list(a: argparse.Namespace) -> int:
     from .arch.loader import list_archs, load_arch
-    from .workloads.model import list_models, load_model
-
     from .arch.system import list_systems, load_system
     from .explore.space import list_spaces
+    from .workloads.model import list_models, load_model
 
     if a.json:
         print(json.dumps({"archs": list_archs(), "models": list_models(), "systems": list_systems(),

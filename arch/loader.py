@@ -15,7 +15,7 @@ from .spec import Arch, ComputeUnit, MemoryLevel
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 _TOP = {"name", "class", "description", "clock", "matrix", "vector", "memory", "launch_overhead",
-        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features", "die"}
+        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features", "die", "pim"}
 _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_pj_per_byte",
           "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind",
           "serves"}
@@ -225,6 +225,16 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         from .gpu import parse_gpu_rules
 
         parse_gpu_rules(arch.rules, f"device {name!r}")
+    if arch.device_class == "pim" or "pim" in d:  # bank-level DRAM PIM: organisation, timing, PUs (arch/pim.py)
+        from .pim import check_pim_arch, parse_pim
+
+        if arch.device_class != "pim":
+            raise SpecError(f"device {name!r}: a pim: section needs class: pim (the device is {arch.device_class})")
+        if "pim" not in d:
+            raise SpecError(f"device {name!r}: class pim needs a pim: section (DRAM organisation, timing, PUs)")
+        spec = parse_pim(d["pim"], name)
+        check_pim_arch(spec, arch.matrix.instances, name)
+        arch.rules["pim"] = spec
     return arch
 
 

@@ -19,6 +19,7 @@ from ..errors import CapacityError, SpecError
 from ..mappers.fusion import Group, plan
 from ..mappers.gpu import gpu_gemm_cost
 from ..mappers.gpu_attention import fused_attention_cost
+from ..mappers.pim import pim_matmul_cost
 from ..mappers.search import search
 from ..workloads.builder import build_trace
 from ..workloads.einsum import Op
@@ -100,6 +101,8 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
         cost = streaming_cost(op, arch, launch)
     elif arch.device_class == "gpu" and len(op.inputs) == 2:
         cost = with_dequant(gpu_gemm_cost(problem_from_op(op), arch, launch), op, arch)
+    elif arch.device_class == "pim" and len(op.inputs) == 2:  # standalone PIM: contractions in the banks' PUs
+        cost = with_dequant(pim_matmul_cost(op, arch, launch), op, arch)
     else:
         cost = with_dequant(matmul_cost(op, arch, objective), op, arch)
     _CACHE[key] = (cost, cost.mapping)

@@ -3,7 +3,7 @@
 A case is ``validation/reproductions/<name>.yaml``::
 
     name: duplex-opb-gqa-attention
-    paper: "Duplex (He et al., MICRO 2024)"
+    paper: "Duplex (Yun et al., MICRO 2024)"
     claim: "GQA decode attention of Llama-3-70B runs at 4-8 Op/B"
     claimed_range: [4, 8]          # or claimed: 2.4 with tolerance_pct: 25
     kind: op_per_byte              # a function of CASE_KINDS below
