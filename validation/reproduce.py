@@ -53,7 +53,7 @@ def _step(spec: dict[str, Any]):
         from ..sim.events import simulate_system
         from ..sim.parallel import Plan
 
-        plan = Plan(**{k: int(spec[k]) for k in ("tp", "pp", "dp", "ep") if k in spec})
+        plan = Plan(tp=int(spec.get("tp", 1)), pp=int(spec.get("pp", 1)), dp=int(spec.get("dp", 1)), ep=int(spec.get("ep", 1)))
         return simulate_system(spec["system"], model, phase, plan, routing=spec.get("routing"), check_memory=False)
     return simulate(spec["arch"], model, phase, routing=spec.get("routing"), check_memory=False)
 

@@ -1,0 +1,354 @@
+"""PIM device class (bank-level DRAM processing-in-memory): the pim: section, the GEMV mapper, its
+functional reference, and the presets hbm2-pim (Samsung HBM-PIM) and aim-gddr6 (SK hynix AiM)."""
+
+import copy
+import math
+import time
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from xpusim import simulate
+from xpusim.arch import arch_from_dict, load_arch
+from xpusim.arch.loader import PRESETS_DIR
+from xpusim.arch.pim import pim_spec
+from xpusim.errors import CapacityError, DtypeError, SpecError, XpusimError
+from xpusim.mappers.pim import as_gemv, candidates, counts, evaluate, pim_matmul_cost
+from xpusim.sim.engine import clear_cache, op_cost
+from xpusim.workloads.einsum import Op, Tensor, gemm_op
+from xpusim.workloads.functional.pim import pim_gemv
+from xpusim.workloads.model import load_model
+from xpusim.workloads.phases import Decode
+
+PRESETS = {"hbm2-pim": "fp16", "aim-gddr6": "bf16"}
+RAW = {n: yaml.safe_load((PRESETS_DIR / f"{n}.yaml").read_text()) for n in PRESETS}
+FAST = settings(max_examples=25, deadline=None)
+
+
+def variant(name, **pim):
+    """A preset with some pim: fields replaced (and the matrix/vector units resized to match)."""
+    d = copy.deepcopy(RAW[name])
+    for k, v in pim.items():
+        if k == "pu":
+            d["pim"]["pu"].update(v)
+        else:
+            d["pim"][k] = v
+    n = d["pim"]["channels"] * d["pim"]["pu"]["per_channel"]
+    d["matrix"]["instances"] = d["vector"]["instances"] = n
+    return arch_from_dict(d)
+
+
+def batched_gemv(g, m, n, k, dtype):
+    """y[g, m, n] = sum_k x[g, m, k] w[g, n, k] with w a weight."""
+    dims = (("g", g), ("m", m), ("n", n), ("k", k))
+    return Op("gemv", "matmul", dims, (Tensor("x", ("g", "m", "k"), dtype), Tensor("w", ("g", "n", "k"), dtype, "weight")),
+              Tensor("y", ("g", "m", "n"), dtype))
+
+
+# --- presets and the pim: section -----------------------------------------------------------------
+
+
+def test_presets_match_published_peaks_and_bandwidth_ratios():
+    """HBM-PIM: 1.2 TFLOPS, 4x the off-chip bandwidth; AiM: 1 TFLOPS, 16x (docs/devices.md, PIM)."""
+    hbm, aim = load_arch("hbm2-pim"), load_arch("aim-gddr6")
+    assert hbm.peak_flops("fp16") == pytest.approx(1.2e12, rel=0.03)
+    assert aim.peak_flops("bf16") == pytest.approx(1.0e12, rel=0.03)
+    assert pim_spec(hbm).internal_bandwidth() / hbm.backing.bandwidth_Bps == pytest.approx(4.0)
+    assert pim_spec(aim).internal_bandwidth() / aim.backing.bandwidth_Bps == pytest.approx(16.0)
+    # the PUs consume exactly what the all-bank column stream delivers (one burst per PU cycle)
+    for arch, dtype in ((hbm, "fp16"), (aim, "bf16")):
+        spec = pim_spec(arch)
+        burst_elems = spec.column_bytes / 2
+        assert burst_elems / arch.matrix.rate(dtype) / arch.matrix_clock_hz == pytest.approx(spec.column_period)
+
+
+BAD = [
+    (lambda d: d["pim"].pop("timing"), "timing"),
+    (lambda d: d["pim"]["timing"].pop("tRCD"), "tRCD"),
+    (lambda d: d["pim"]["timing"].update(tRP="14 furlongs"), "tRP"),
+    (lambda d: d["pim"]["timing"].update(tRAS="-3 ns"), "tRAS"),
+    (lambda d: d["pim"]["timing"].update(tCK=1), "tCK"),
+    (lambda d: d["pim"]["timing"].update(tRFC="5 us"), "tRFC"),
+    (lambda d: d["pim"]["timing"].update(tRAS="1 ns"), "tRAS"),
+    (lambda d: d["pim"]["timing"].update(tFAW="x tCK"), "tFAW"),
+    (lambda d: d["pim"]["timing"].update(tWTR="3 ns"), "tWTR"),
+    (lambda d: d["pim"].update(banks=0), "banks"),
+    (lambda d: d["pim"].update(banks=10), "bank_groups"),
+    (lambda d: d["pim"].update(row="1000 B"), "row"),
+    (lambda d: d["pim"].update(column="1.5 B"), "column"),
+    (lambda d: d["pim"].update(mode="some_banks"), "mode"),
+    (lambda d: d["pim"].update(all_bank_activate="yes"), "all_bank_activate"),
+    (lambda d: d["pim"].update(ranks=2), "ranks"),
+    (lambda d: d["pim"]["pu"].update(per_channel=3), "per_channel"),
+    (lambda d: d["pim"]["pu"].update(adder_tree=1), "adder_tree"),
+    (lambda d: d["pim"]["pu"].pop("accumulators"), "accumulators"),
+    (lambda d: d["pim"].update(pu=[8]), "pu"),
+    (lambda d: d.update(pim=[1, 2]), "pim"),
+    (lambda d: d["matrix"].update(instances=64), "matrix.instances"),
+    (lambda d: d.pop("pim"), "pim: section"),
+    (lambda d: d.update({"class": "systolic"}), "class: pim"),
+]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("mutate,field", BAD)
+def test_bad_pim_sections_raise_one_line_spec_errors(name, mutate, field):
+    d = copy.deepcopy(RAW[name])
+    mutate(d)
+    with pytest.raises(SpecError) as e:
+        arch_from_dict(d)
+    msg = str(e.value)
+    assert "\n" not in msg and field in msg
+
+
+def test_timing_accepts_times_clocks_and_frequencies():
+    d = copy.deepcopy(RAW["hbm2-pim"])
+    d["pim"]["timing"].update(tCK="0.8333333333333334 ns", tCCD_L=4, tRCD="16.8 tCK")
+    spec = pim_spec(arch_from_dict(d))
+    ref = pim_spec(load_arch("hbm2-pim"))
+    assert spec.tCCD_L == pytest.approx(ref.tCCD_L)
+    assert spec.tRCD == pytest.approx(14e-9)
+
+
+# --- functional reference: the mapping computes y = W x, and its layout implies the mapper's counts ---
+
+
+def _check_functional(arch, dtype, g, m, n, k, rng, pick=None):
+    op = batched_gemv(g, m, n, k, dtype)
+    gemv = as_gemv(op, arch)
+    spec = pim_spec(arch)
+    w = rng.standard_normal((g, n, k))
+    x = rng.standard_normal((g, m, k))
+    lanes = arch.matrix.rate(dtype)
+    if pick is None:
+        cost = pim_matmul_cost(op, arch)
+        plan = cost.mapping
+        expect = {"bursts_per_pu": cost.detail["bursts_per_pu"], "rows_per_pu": cost.detail["rows_per_pu"],
+                  "act_groups": cost.detail["activations_per_channel"],
+                  "input_bytes": cost.detail["input_bytes_per_channel"] / m,
+                  "output_bytes": cost.detail["output_bytes_per_channel"] / m}
+    else:  # any candidate mapping, not only the chosen one
+        cand = candidates(gemv, spec)
+        i = pick % len(cand["pg"])
+        c = counts(gemv, spec, lanes, cand)
+        if not c["valid"][i]:
+            return
+        from xpusim.mappers.pim import plan_of
+
+        plan = plan_of(cand, c, i, spec)
+        expect = {"bursts_per_pu": c["bursts_per_pu"][i], "rows_per_pu": c["rows_per_pu"][i],
+                  "act_groups": c["act_groups"][i], "input_bytes": c["input_bytes"][i], "output_bytes": c["output_bytes"][i]}
+    y, got = pim_gemv(w, x, plan, gemv.w_bytes, gemv.x_bytes, gemv.acc_bytes, int(lanes), spec.adder_tree)
+    np.testing.assert_allclose(y, np.einsum("gnk,gmk->gmn", w, x), rtol=1e-9, atol=1e-9)
+    for key, v in expect.items():
+        assert got[key] == pytest.approx(float(v)), key
+
+
+@FAST
+@given(st.sampled_from(list(PRESETS)), st.integers(1, 3), st.integers(1, 4), st.integers(1, 60), st.integers(1, 400),
+       st.integers(0, 10_000))
+def test_functional_pim_gemv_equals_numpy_and_the_mapper_counts(name, g, m, n, k, seed):
+    rng = np.random.default_rng(seed)
+    arch = load_arch(name)
+    _check_functional(arch, PRESETS[name], g, m, n, k, rng)
+    _check_functional(arch, PRESETS[name], g, m, n, k, rng, pick=seed)
+
+
+@FAST
+@given(st.integers(1, 24), st.integers(1025, 2600), st.integers(1, 3), st.integers(0, 10_000))
+def test_functional_reference_with_chunked_reduction_on_aim(n, k, m, seed):
+    """K beyond AiM's 2 KiB global buffer: chunks, spilled partial sums, rewritten inputs."""
+    rng = np.random.default_rng(seed)
+    arch = load_arch("aim-gddr6")
+    _check_functional(arch, "bf16", 1, m, n, k, rng)
+    _check_functional(arch, "bf16", 1, m, n, k, rng, pick=seed)
+
+
+# --- cost properties ---------------------------------------------------------------------------------
+
+
+@FAST
+@given(st.sampled_from(list(PRESETS)), st.integers(1, 4), st.integers(1, 20_000), st.integers(1, 20_000),
+       st.integers(1, 8192), st.integers(1, 8192))
+def test_time_never_falls_as_n_or_k_grow(name, m, n1, n2, k1, k2):
+    arch, dtype = load_arch(name), PRESETS[name]
+    t = lambda n, k: pim_matmul_cost(gemm_op(m, n, k, dtype), arch).latency_s  # noqa: E731
+    n1, n2, k1, k2 = min(n1, n2), max(n1, n2), min(k1, k2), max(k1, k2)
+    assert t(n1, k1) <= t(n2, k1) * (1 + 1e-12)
+    assert t(n1, k1) <= t(n1, k2) * (1 + 1e-12)
+
+
+@FAST
+@given(st.integers(1, 3), st.integers(1, 16_384), st.integers(1, 8192), st.integers(1, 4))
+def test_more_banks_computing_in_all_bank_mode_is_never_slower(b, n, k, m):
+    """More banks (each with its PU) per channel, all-bank mode: never slower; the per-bank mode
+    (one bank per column command) never beats the all-bank mode of the same device."""
+    op = gemm_op(m, n, k, "bf16")
+    t = [pim_matmul_cost(op, variant("aim-gddr6", banks=banks, pu={"per_channel": banks // b})).latency_s
+         for banks in (4 * b, 8 * b, 16 * b) if banks // b >= 1]
+    assert all(t[i + 1] <= t[i] * (1 + 1e-12) for i in range(len(t) - 1))
+    for name, dtype in PRESETS.items():
+        op = gemm_op(m, n, k, dtype)
+        per_bank = pim_matmul_cost(op, variant(name, mode="per_bank")).latency_s
+        assert per_bank >= pim_matmul_cost(op, load_arch(name)).latency_s * (1 - 1e-12)
+
+
+def _candidate_time(arch, n, k):
+    """The time of one mapping worked out by hand for an M = 1 GEMV with N a multiple of the PUs:
+    rows split over the channels, the input chunk outer; the mapper's best is never slower."""
+    s = pim_spec(arch)
+    U, b, C = s.pu_per_channel, s.banks_per_pu, s.row_columns
+    e = 2.0
+    kc = min(k, int(s.input_buffer_bytes // e))
+    chunks = math.ceil(k / kc)
+    n_u = n // s.pus
+    bursts = n_u * ((chunks - 1) * math.ceil(kc * e / s.column_bytes) + math.ceil((k - (chunks - 1) * kc) * e / s.column_bytes))
+    groups = math.ceil(math.ceil(bursts / C) / b)
+    stream = bursts * s.column_period
+    act = groups * (s.tRCD + s.tRP)
+    act += max(groups * (s.tRAS + s.tRP) - act - stream, 0.0)
+    spill = chunks if n_u > s.accumulators else 1
+    partials = 1 if s.adder_tree else arch.matrix.rate("bf16" if "bf16" in arch.matrix.rate_per_cycle else "fp16")
+    io_bytes = k * e + n_u * U * spill * partials * 2.0
+    adds = (spill * partials - 1) * n
+    bw_ch = arch.backing.bandwidth_Bps / s.channels
+    vec = max(arch.vector.rate_per_cycle.values()) * arch.vector.instances * arch.vector_clock_hz
+    return s.refresh_factor * (act + stream + io_bytes / bw_ch + adds / vec)
+
+
+@FAST
+@given(st.sampled_from(list(PRESETS)), st.integers(1, 64), st.sampled_from([1024, 2048, 4096, 8192, 14336]))
+def test_pim_gemv_beats_streaming_it_through_the_external_interface(name, rows_per_pu, k):
+    """The reason PIM exists: a decode GEMV (M = 1) reads its weights at the internal all-bank
+    bandwidth. streamed = bytes / external bandwidth; the ratio streamed / PIM is at most
+    internal / external (scaled by the vector and output bytes the streamed version also moves),
+    and at least streamed over the hand-derived time of one particular mapping."""
+    arch, dtype = load_arch(name), PRESETS[name]
+    spec = pim_spec(arch)
+    n = rows_per_pu * spec.pus
+    cost = pim_matmul_cost(gemm_op(1, n, k, dtype), arch)
+    ext = arch.backing.bandwidth_Bps
+    w = n * k * 2.0
+    streamed = (w + k * 2.0 + n * 2.0) / ext
+    assert cost.detail["streamed_s"] == pytest.approx(streamed)
+    ratio = streamed / cost.latency_s
+    t_hand = _candidate_time(arch, n, k)
+    assert ratio >= streamed / t_hand * (1 - 1e-9)
+    assert ratio <= spec.internal_bandwidth() / ext * (w + k * 2.0 + n * 2.0) / w * (1 + 1e-9)
+    assert ratio > 1.0
+
+
+def test_decode_gemv_ratios_of_the_presets():
+    """Llama-3-8B's gate projection at M = 1: HBM-PIM ~3x and AiM ~10x faster than streaming the
+    weights over their external interfaces (4x and 16x bandwidth, less the row activations that a
+    lock-step all-bank row switch exposes and refresh)."""
+    ratios = {}
+    for name, dtype in PRESETS.items():
+        arch = load_arch(name)
+        spec = pim_spec(arch)
+        cost = pim_matmul_cost(gemm_op(1, 14336, 4096, dtype), arch)
+        ratio = ratios[name] = cost.detail["streamed_s"] / cost.latency_s
+        peak = spec.internal_bandwidth() / arch.backing.bandwidth_Bps
+        act = (spec.tRCD + spec.tRP) / (spec.banks_per_pu * spec.row_columns * spec.column_period)
+        expect = peak / (spec.refresh_factor * (1 + act))
+        # the rest is the IO (input chunks in, partial sums out); HBM-PIM's 256 B input buffer costs the most
+        io = cost.detail["io_s"] / cost.latency_s
+        assert expect * (1 - io) * (1 - 1e-3) <= ratio <= expect
+        assert cost.bound in ("activation", "column", "compute")
+    assert ratios["aim-gddr6"] > ratios["hbm2-pim"] > 1  # 16x vs 4x the external bandwidth inside
+
+
+def test_batched_gemv_reuse_is_limited_by_the_pu():
+    """M > 1 reuses a weight burst for up to ``accumulators`` vectors: AiM (one MAC register per
+    bank) streams the weights once per vector; HBM-PIM's PCU is already fed at its MAC rate, so
+    reuse cannot make a pass cheaper than its MACs."""
+    aim = load_arch("aim-gddr6")
+    one = pim_matmul_cost(gemm_op(1, 4096, 4096, "bf16"), aim)
+    four = pim_matmul_cost(gemm_op(4, 4096, 4096, "bf16"), aim)
+    assert four.detail["passes"] == 4 and four.latency_s == pytest.approx(4 * one.latency_s, rel=0.05)
+    hbm = load_arch("hbm2-pim")
+    c = pim_matmul_cost(gemm_op(8, 4096, 4096, "fp16"), hbm)
+    macs = 8 * 4096 * 4096
+    assert c.latency_s >= macs / (hbm.matrix.rate("fp16") * hbm.matrix.instances * hbm.matrix_clock_hz)
+    assert 0 < c.utilization <= 1
+
+
+def test_attention_products_map_the_kv_cache_as_the_matrix():
+    model = load_model("llama-3-8b")
+    from xpusim.workloads.builder import build_trace
+
+    trace = build_trace(model, Decode(batch=2, context=1024))
+    ops = {op.name: op for _, op in trace.ops()}
+    arch = load_arch("aim-gddr6")
+    score, context = as_gemv(ops["attn_score"], arch), as_gemv(ops["attn_context"], arch)
+    assert (score.groups, score.m, score.n, score.k) == (2 * 8, 4, 1024, 128)  # b x kv heads, GQA group, s, e
+    assert (context.groups, context.m, context.n, context.k) == (2 * 8, 4, 128, 1024)
+    assert score.matrix == "k_cache" and context.matrix == "v_cache"
+
+
+def test_same_inputs_give_identical_results():
+    arch = load_arch("hbm2-pim")
+    op = gemm_op(3, 5000, 3000, "fp16")
+    a, b = pim_matmul_cost(op, arch), pim_matmul_cost(op, load_arch("hbm2-pim"))
+    assert a.to_dict() == b.to_dict() and a.detail == b.detail
+
+
+# --- whole decode steps -------------------------------------------------------------------------------
+
+
+def test_llama3_8b_decode_step_on_aim_is_fast_and_gemv_bound_in_the_banks():
+    clear_cache()
+    t0 = time.perf_counter()
+    r = simulate("aim-gddr6", "llama-3-8b", Decode(batch=1, context=2048), check_memory=False)
+    wall = time.perf_counter() - t0
+    assert wall < 0.2
+    mm = r.ops[r.ops["kind"] == "matmul"]
+    assert set(mm["bound"]) <= {"activation", "column", "compute"}
+    assert r.latency_s > 0 and math.isfinite(r.energy_j)
+    # the weights alone, read at the internal bandwidth, bound the step from below
+    spec = pim_spec(load_arch("aim-gddr6"))
+    assert r.latency_s >= r.weights_bytes / spec.internal_bandwidth()
+    # one 1 GiB chip cannot hold the 16 GB of bf16 weights: the memory check says so
+    with pytest.raises(CapacityError):
+        simulate("aim-gddr6", "llama-3-8b", Decode(batch=1, context=2048))
+
+
+def test_hbm_pim_runs_fp16_models_and_names_the_format_for_bf16():
+    model = load_model("llama-3-8b").with_formats(weights="fp16", activations="fp16", kv="fp16")
+    r = simulate("hbm2-pim", model, Decode(batch=1, context=1024), check_memory=False)
+    assert set(r.ops[r.ops["kind"] == "matmul"]["bound"]) <= {"activation", "column", "compute"}
+    with pytest.raises(DtypeError) as e:
+        op_cost(gemm_op(1, 4096, 4096, "bf16"), load_arch("hbm2-pim"))
+    assert "fp16" in str(e.value) and "\n" not in str(e.value)
+    assert issubclass(DtypeError, XpusimError)
+
+
+def test_evaluate_costs_every_candidate_and_keeps_the_fastest():
+    arch = load_arch("hbm2-pim")
+    op = gemm_op(2, 3000, 700, "fp16")
+    g = as_gemv(op, arch)
+    cand = candidates(g, pim_spec(arch))
+    _, times = evaluate(g, arch, cand)
+    assert len(times["total"]) == len(cand["pg"]) > 1
+    assert pim_matmul_cost(op, arch).latency_s == pytest.approx(float(np.min(times["total"])))
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_functional_reference_covers_spilled_partials_and_rewritten_inputs(name):
+    """Every candidate of two shapes whose rows exceed the accumulators and whose K exceeds the
+    input buffer: both loop orders, partial sums read per chunk, inputs written per row block."""
+    arch, dtype = load_arch(name), PRESETS[name]
+    seen = set()
+    for g, m, n, k in ((2, 3, 60, 400), (1, 2, 24, 2600)):
+        gemv = as_gemv(batched_gemv(g, m, n, k, dtype), arch)
+        spec = pim_spec(arch)
+        cand = candidates(gemv, spec)
+        c = counts(gemv, spec, arch.matrix.rate(dtype), cand)
+        for i in np.flatnonzero(c["valid"]):
+            key = (int(cand["order"][i]), bool(c["readouts"][i] > 1), bool(c["input_writes"][i] > 1))
+            if key not in seen:
+                seen.add(key)
+                _check_functional(arch, dtype, g, m, n, k, np.random.default_rng(int(i)), pick=int(i))
+    assert {(0, True, False), (1, False, True)} <= seen
