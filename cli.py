@@ -66,6 +66,22 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         return rc
     if not a.arch:
         raise SpecError("simulate needs --arch DEVICE (or --system SYSTEM)")
+    if a.pim:
+        from .sim.hetero import pim_stacks, simulate_hetero
+
+        if a.phase not in ("prefill", "decode"):
+            raise SpecError("--pim runs the prefill or decode phase")
+        res = simulate_hetero(a.arch[0], pim_stacks(a.pim, a.pim_stacks), model, make_phase(a.phase, a.batch, a.seq, a.context),
+                              a.placement, a.pim_mode, a.routing)
+        _outputs(a, [res])
+        if a.json:
+            print(res.to_json())
+            return 0
+        view = res.ops[["block", "name", "kind", "repeat", "device", "host_s", "pim_s"]].copy()
+        print(view.to_string(index=False, float_format=lambda v: f"{v * 1e6:.3g} us"))
+        print(f"{model.name} {a.phase} on {res.inputs['arch']} ({a.placement} placement, {a.pim_mode}): latency "
+              f"{res.latency_s * 1e3:.3f} ms, PIM share of the work {res.inputs['pim_share'] * 100:.1f} %")
+        return 0
     if a.phase == "generate":
         raise SpecError("--phase generate runs on a system: give --system (e.g. 4x-a100-nvlink) with --tp/--pp or --plan auto")
     if a.phase == "speculative":
@@ -349,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--microbatches", type=_positive_int, help="pipeline micro-batches (default: one per stage)")
     s.add_argument("--plan", choices=["auto"], help="search the parallel plans of the system and take the best")
     s.add_argument("--gen", type=_positive_int, help="tokens generated per sequence (--phase generate)")
+    s.add_argument("--pim", help="a PIM device (class pim) in the --arch host's memory: host + PIM execution")
+    s.add_argument("--pim-stacks", type=_positive_int, default=1, help="copies of the --pim device (e.g. HBM stacks)")
+    s.add_argument("--placement", default="auto", choices=["auto", "attention", "host", "pim"],
+                   help="host + PIM op placement: the faster side (Duplex), attention on PIM (AttAcc), or one side")
+    s.add_argument("--pim-mode", default="blocked", choices=["blocked", "concurrent"],
+                   help="host and PIM alternate, or two sub-batches interleave (NeuPIMs)")
     s.add_argument("--ignore-memory", action="store_true",
                    help="simulate even when the footprint exceeds device memory (reported, not refused)")
     s.add_argument("--batch", type=_positive_int, default=1)

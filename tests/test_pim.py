@@ -352,3 +352,26 @@ def test_functional_reference_covers_spilled_partials_and_rewritten_inputs(name)
                 seen.add(key)
                 _check_functional(arch, dtype, g, m, n, k, np.random.default_rng(int(i)), pick=int(i))
     assert {(0, True, False), (1, False, True)} <= seen
+
+
+def test_host_plus_pim_placement_and_interleaving():
+    """Duplex-style placement never loses to either side alone (blocked), AttAcc-style places the
+    attention on the PIM, and NeuPIMs-style sub-batches overlap host and PIM work in time."""
+    from xpusim.sim.hetero import pim_stacks, simulate_hetero
+    from xpusim.workloads import Decode, load_model
+
+    pim = pim_stacks("hbm2-pim", 5)
+    model = load_model("llama-3-8b").with_formats("fp16", "fp16", "fp16")
+    phase = Decode(32, 4096)
+    host = simulate_hetero("a100-80gb", pim, model, phase, "host")
+    only_pim = simulate_hetero("a100-80gb", pim, model, phase, "pim")
+    auto = simulate_hetero("a100-80gb", pim, model, phase, "auto")
+    assert auto.latency_s <= min(host.latency_s, only_pim.latency_s) + 1e-12
+    assert (auto.ops["latency_s"] <= auto.ops[["host_s", "pim_s"]].min(axis=1) + 1e-15).all()
+    att = simulate_hetero("a100-80gb", pim, model, phase, "attention")
+    assert set(att.ops.loc[att.ops["kind"] == "attention", "device"]) == {"pim"}
+    assert set(att.ops.loc[att.ops["kind"] == "matmul", "device"]) == {"host"}
+    conc = simulate_hetero("a100-80gb", pim, model, phase, "attention", "concurrent")
+    ev = [(e["device"], e["start"], e["start"] + e["dur"]) for e in conc.timeline]
+    assert any(a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for a in ev for b in ev)  # host and PIM busy at once
+    assert pim_stacks("hbm2-pim", 5).matrix.instances == 5 * 128

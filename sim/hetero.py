@@ -1,0 +1,152 @@
+"""Host + PIM heterogeneous execution: a host device (GPU or NPU) whose memory computes.
+
+Every kernel group of the host's plan is costed on both sides (on the PIM op by op) and placed:
+
+* ``auto`` — where it runs faster: the Duplex rule (Yun et al., MICRO 2024): low-Op/B work
+  (decode attention, small-batch GEMV, few-token experts) goes to the PIM, the rest to the host;
+* ``attention`` — attention on the PIM, everything else on the host (AttAcc, Park et al.,
+  ASPLOS 2024);
+* ``host`` / ``pim`` — everything on one side (the baselines).
+
+The two sides share the memory (the PIM is the host's memory), so no data is copied between them.
+Execution is ``blocked`` (host and PIM alternate: the step is the sum of its placed ops) or
+``concurrent`` (NeuPIMs, Heo et al., ASPLOS 2024: the batch is split in two sub-batches whose
+host and PIM segments interleave, so one sub-batch's PIM work overlaps the other's host work; a
+simpy run of the two resources gives the step time and the timeline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pandas as pd
+import simpy
+
+from ..arch.loader import load_arch
+from ..arch.spec import Arch
+from ..errors import SpecError
+from ..mappers.fusion import plan
+from ..workloads.builder import build_trace
+from ..workloads.model import ModelSpec, load_model
+from ..workloads.phases import Phase
+from .engine import _kv_bytes, activation_bytes, group_cost, op_cost
+from .result import COLUMNS, Result
+
+PLACEMENTS = ("auto", "attention", "host", "pim")
+MODES = ("blocked", "concurrent")
+
+
+def _placed_ops(host: Arch, pim: Arch, model: ModelSpec, phase: Phase, placement: str,
+                routing: str | None) -> list[dict[str, Any]]:
+    """One record per kernel group in trace order: costs on both sides and the chosen side."""
+    trace = build_trace(model, phase, routing)
+    rows = []
+    for block in trace.blocks:
+        for group in plan(block.ops, host):
+            h = group_cost(group, host)
+            p_lat, p_energy = 0.0, 0.0
+            for op in group.ops:
+                c = op_cost(op, pim)
+                p_lat += c.latency_s
+                p_energy += c.energy_j
+            if placement == "auto":
+                side = "pim" if p_lat < h.latency_s else "host"
+            elif placement == "attention":
+                side = "pim" if group.kind == "attention" or group.ops[0].name.startswith("attn_") else "host"
+            else:
+                side = placement
+            flops = sum(op.flops for op in group.ops)
+            nbytes = sum(op.bytes for op in group.ops)
+            lat = p_lat if side == "pim" else h.latency_s
+            rows.append({"block": block.name, "name": group.name, "kind": group.kind, "repeat": block.repeat,
+                         "flops": flops, "bytes": nbytes, "intensity": flops / nbytes if nbytes else 0.0,
+                         "cycles": lat * host.clock_hz, "latency_s": lat, "total_latency_s": lat * block.repeat,
+                         "energy_j": p_energy if side == "pim" else h.energy_j,
+                         "total_energy_j": (p_energy if side == "pim" else h.energy_j) * block.repeat,
+                         "bound": "pim" if side == "pim" else h.bound, "utilization": 0.0 if side == "pim" else h.utilization,
+                         "device": side, "host_s": h.latency_s, "pim_s": p_lat})
+    return rows
+
+
+def _segments(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """The step as alternating (side, seconds) segments, blocks unrolled by their repeat."""
+    segs: list[tuple[str, float]] = []
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        blocks.setdefault(r["block"], []).append(r)
+    for block_rows in blocks.values():
+        for _ in range(block_rows[0]["repeat"]):
+            for r in block_rows:
+                if segs and segs[-1][0] == r["device"]:
+                    segs[-1] = (r["device"], segs[-1][1] + r["latency_s"])
+                else:
+                    segs.append((r["device"], r["latency_s"]))
+    return segs
+
+
+def _interleave(segs: list[tuple[str, float]], streams: int) -> tuple[float, list[dict[str, Any]]]:
+    """``streams`` sub-batches each running ``segs`` on the host and PIM resources (simpy)."""
+    env = simpy.Environment()
+    res = {"host": simpy.Resource(env, 1), "pim": simpy.Resource(env, 1)}
+    events: list[dict[str, Any]] = []
+
+    def run(j: int):
+        for side, t in segs:
+            with res[side].request() as req:
+                yield req
+                events.append({"device": side, "name": f"sub-batch {j}", "kind": side, "start": env.now, "dur": t})
+                yield env.timeout(t)
+
+    for j in range(streams):
+        env.process(run(j))
+    env.run()
+    return float(env.now), events
+
+
+def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, phase: Phase, placement: str = "auto",
+                    mode: str = "blocked", routing: str | None = None) -> Result:
+    """One step of ``model`` on a host with processing-in-memory (see the module docstring)."""
+    if placement not in PLACEMENTS:
+        raise SpecError(f"placement {placement!r}: use one of {', '.join(PLACEMENTS)}")
+    if mode not in MODES:
+        raise SpecError(f"PIM mode {mode!r}: use {' or '.join(MODES)}")
+    host, pim, model = load_arch(host), load_arch(pim), load_model(model)
+    if pim.device_class != "pim":
+        raise SpecError(f"{pim.name} is a {pim.device_class} device, not a PIM: give a class: pim preset (e.g. aim-gddr6)")
+    streams = 2 if mode == "concurrent" and phase.batch >= 2 else 1
+    if mode == "concurrent" and phase.batch % 2:
+        raise SpecError(f"concurrent host/PIM execution splits the batch in two: give an even batch, not {phase.batch}")
+    sub = dataclasses.replace(phase, batch=phase.batch // streams)
+    rows = _placed_ops(host, pim, model, sub, placement, routing)
+    makespan, events = _interleave(_segments(rows), streams)
+    df = pd.DataFrame(rows, columns=[*COLUMNS, "device", "host_s", "pim_s"])
+    trace = build_trace(model, phase, routing)
+    return Result(ops=df, latency_s=makespan, energy_j=float(df["total_energy_j"].sum()) * streams, tokens=phase.tokens,
+                  weights_bytes=model.weights_bytes, kv_cache_bytes=_kv_bytes(model, phase),
+                  activation_bytes=activation_bytes(trace),
+                  capacity_bytes=host.backing.capacity_bytes * host.backing.instances,
+                  inputs={"arch": f"{host.name} + {pim.name}", "device_class": "hetero", "trace": trace.name,
+                          "phase": phase.name, "model": model.name, "phase_args": dict(vars(phase)),
+                          "placement": placement, "mode": mode, "streams": streams, "meta": trace.meta,
+                          "pim_share": float(df.loc[df["device"] == "pim", "total_latency_s"].sum()
+                                             / max(df["total_latency_s"].sum(), 1e-30))},
+                  timeline=events)
+
+
+def pim_stacks(pim: Arch | str, stacks: int) -> Arch:
+    """``stacks`` copies of a PIM device side by side (e.g. every HBM stack of a host made PIM):
+    channels, processing units, vector lanes and memory multiplied, timings unchanged."""
+    pim = load_arch(pim)
+    if not isinstance(stacks, int) or isinstance(stacks, bool) or stacks < 1:
+        raise SpecError(f"--pim-stacks must be a positive integer, got {stacks!r}")
+    if stacks == 1:
+        return pim
+    spec = pim.rules["pim"]
+    mem = tuple(dataclasses.replace(lv, instances=lv.instances * stacks) if i == 0 else lv
+                for i, lv in enumerate(pim.memory))
+    return dataclasses.replace(
+        pim, name=f"{pim.name} x{stacks}", memory=mem,
+        matrix=dataclasses.replace(pim.matrix, instances=pim.matrix.instances * stacks),
+        vector=dataclasses.replace(pim.vector, instances=pim.vector.instances * stacks),
+        rules={**pim.rules, "pim": dataclasses.replace(spec, channels=spec.channels * stacks)})
