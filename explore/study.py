@@ -104,23 +104,40 @@ def objective_fn(space: Space):
     return run
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def register_worker(study: optuna.Study) -> None:
+    """Record this process as a worker of the study (before it creates any trial), so a trial it
+    leaves running without its own mark can still be traced to it."""
+    study.set_user_attr(f"worker:{socket.gethostname()}:{os.getpid()}", time.time())
+
+
 def _fail_stale(study: optuna.Study) -> int:
-    """Mark failed the running trials whose process on this host is gone (a killed run); other
-    hosts' stale trials are failed by their heartbeat."""
+    """Mark failed the running trials whose process is gone (a killed run): a trial marked with
+    its worker is stale when that process on this host is dead; an unmarked one (killed between
+    its creation and its mark) when no registered worker of the study is alive on this host and
+    none is registered elsewhere. Other hosts' stale trials are failed by their heartbeat."""
     host = socket.gethostname()
+    workers = [k.split(":", 2)[1:] for k in study.user_attrs if k.startswith("worker:")]
+    local_alive = any(h == host and p.isdigit() and _pid_alive(int(p)) for h, p in workers)
+    remote = any(h != host for h, _ in workers)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = str(t.user_attrs.get("worker", ""))
         h, _, pid = worker.rpartition(":")
-        alive = True
-        if h == host and pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                pass
-        if not alive:
+        if worker:
+            stale = h == host and pid.isdigit() and not _pid_alive(int(pid))
+        else:
+            stale = not local_alive and not remote
+        if stale:
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             n += 1
     if isinstance(study._storage, optuna.storages.RDBStorage):
@@ -151,6 +168,7 @@ def _worker(space: Space, study: str, storage: str | None, sampler: str, seed: i
             timeout: float | None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = load_or_create(space, study, storage, sampler, seed)
+    register_worker(s)
     s.optimize(objective_fn(space), n_trials=n, timeout=timeout, catch=(), gc_after_trial=False)
 
 
@@ -162,6 +180,7 @@ def run_study(space: Space, trials: int, study: str = "xpusim", storage: str | N
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = load_or_create(space, study, storage, sampler, seed)
     _fail_stale(s)
+    register_worker(s)
     todo = trials - finished(s)
     if todo <= 0:
         return s
