@@ -303,6 +303,12 @@ def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
         v = params[k.name]
         for path in (k.path, *k.also):
             _set(doc, path[1:], f"{v} {k.unit}" if k.unit else v, k.name)
+    pim = doc.get("pim")
+    if isinstance(pim, dict) and isinstance(pim.get("pu"), dict):  # a PIM's units follow its PUs per channel
+        pus = int(pim.get("channels", 0)) * int(pim["pu"].get("per_channel", 0))
+        for unit in ("matrix", "vector"):
+            if isinstance(doc.get(unit), dict):
+                doc[unit]["instances"] = pus
     base_arr = space.base.get("matrix", {}).get("array")
     arr = doc.get("matrix", {}).get("array")
     if base_arr and arr and list(arr) != list(base_arr):

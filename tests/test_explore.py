@@ -131,7 +131,7 @@ def test_bad_spaces_are_one_line_errors(bad, message):
 
 
 def test_example_spaces_parse():
-    for name in ("npu", "gpu-chip", "llm-serving"):
+    for name in ("npu", "gpu-chip", "llm-serving", "pim"):
         space = load_space(name)
         assert space.knobs and space.workloads and space.objectives
 
@@ -176,3 +176,15 @@ def test_system_space_counts_every_device():
     assert one.violations["fits_memory"] > 0  # 140 GB of weights on one 80 GB GPU
     too_many = evaluate(space, {**base, "tp": 8, "pp": 2})
     assert "needs 16 devices" in too_many.reason
+
+
+def test_pim_space_units_follow_the_pus():
+    from xpusim.explore.evaluate import build_device
+
+    space = load_space("pim")
+    fmt = {"weights": "fp16", "activations": "fp16", "kv": "fp16"}
+    dev = build_device(space, {**fmt, "pus_per_channel": 4, "pu_lanes": 16, "pu_clock_mhz": 300})
+    assert dev.matrix.instances == 16 * 4 and dev.vector.instances == 16 * 4
+    fast = evaluate(space, {**fmt, "pus_per_channel": 16, "pu_lanes": 32, "pu_clock_mhz": 600})
+    slow = evaluate(space, {**fmt, "pus_per_channel": 2, "pu_lanes": 8, "pu_clock_mhz": 200})
+    assert fast.metrics["latency"] < slow.metrics["latency"]
