@@ -280,6 +280,9 @@ def area_breakdown(arch: Arch) -> dict[str, float]:
     """Die area per component, mm^2 (all chiplets together): ``matrix``, ``vector``, one entry per on-chip
     memory level (``sram:<name>`` / ``regfile:<name>``), ``dram_phy`` (PHYs + controllers), ``noc``, ``io``
     and ``other`` (fitted per-core control logic)."""
+    if arch.device_class == "wafer":
+        raise SpecError(f"{arch.name} is a wafer-scale device: the area and cost model covers reticle-sized dies "
+                        "(its published wafer area is in the preset's die_area_mm2)")
     node = _node(arch)
     phys, f, dens = physical(arch), area_factor(node), _interp(DENSITY_MTR_MM2, node)
     out = {"matrix": phys["cores"] * f * 1e-6 * max(r * mac_area_um2_45(c) for c, r in arch.matrix.rate_per_cycle.items()),

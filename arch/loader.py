@@ -15,7 +15,8 @@ from .spec import Arch, ComputeUnit, MemoryLevel
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 _TOP = {"name", "class", "description", "clock", "matrix", "vector", "memory", "launch_overhead",
-        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features", "die", "pim"}
+        "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features", "die", "pim",
+        "wafer"}
 _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_pj_per_byte",
           "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind",
           "serves"}
@@ -235,6 +236,14 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         spec = parse_pim(d["pim"], name)
         check_pim_arch(spec, arch.matrix.instances, name)
         arch.rules["pim"] = spec
+    if arch.device_class == "wafer" or "wafer" in d:  # wafer-scale mesh of cores (arch/wafer.py)
+        from .wafer import check_wafer_arch, parse_wafer
+
+        if arch.device_class != "wafer" or "wafer" not in d:
+            raise SpecError(f"device {name!r}: class wafer and a wafer: section (mesh, cores, SRAM, links) go together")
+        wspec = parse_wafer(d["wafer"], arch.matrix_clock_hz, name)
+        check_wafer_arch(wspec, arch.matrix.instances, name)
+        arch.rules["wafer"] = wspec
     return arch
 
 

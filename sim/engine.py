@@ -21,6 +21,7 @@ from ..mappers.gpu import gpu_gemm_cost
 from ..mappers.gpu_attention import fused_attention_cost
 from ..mappers.pim import pim_matmul_cost
 from ..mappers.search import search
+from ..mappers.wafer import wafer_matmul_cost
 from ..workloads.builder import build_trace
 from ..workloads.einsum import Op
 from ..workloads.model import ModelSpec, load_model
@@ -103,6 +104,8 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
         cost = with_dequant(gpu_gemm_cost(problem_from_op(op), arch, launch), op, arch)
     elif arch.device_class == "pim" and len(op.inputs) == 2:  # standalone PIM: contractions in the banks' PUs
         cost = with_dequant(pim_matmul_cost(op, arch, launch), op, arch)
+    elif arch.device_class == "wafer" and len(op.inputs) == 2:  # wafer-scale mesh: MeshGEMM / MeshGEMV (WaferLLM)
+        cost = with_dequant(wafer_matmul_cost(op, arch, launch), op, arch)
     else:
         cost = with_dequant(matmul_cost(op, arch, objective), op, arch)
     _CACHE[key] = (cost, cost.mapping)
