@@ -309,6 +309,20 @@ def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
         for unit in ("matrix", "vector"):
             if isinstance(doc.get(unit), dict):
                 doc[unit]["instances"] = pus
+    wafer = doc.get("wafer")
+    if isinstance(wafer, dict):  # a wafer's units follow its mesh; a knob's per-core value replaces the total
+        w, h = wafer.get("mesh", [0, 0])
+        if space.base.get("wafer", {}).get("mesh") != [w, h]:
+            n = int(w) * int(h)
+            wafer["cores"] = n
+            for unit in ("matrix", "vector"):
+                doc[unit]["instances"] = n
+            doc["memory"][0]["instances"] = n
+        for knob, total in (("core_sram", "sram_total"), ("link_bandwidth", "fabric_bandwidth")):
+            if knob in wafer and total in wafer and any(k.path[1:] == ("wafer", knob) for k in space.knobs):
+                del wafer[total]
+        if "core_sram" in wafer and isinstance(doc["memory"][0], dict):
+            doc["memory"][0]["capacity"] = wafer["core_sram"]
     base_arr = space.base.get("matrix", {}).get("array")
     arr = doc.get("matrix", {}).get("array")
     if base_arr and arr and list(arr) != list(base_arr):

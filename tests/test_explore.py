@@ -131,7 +131,7 @@ def test_bad_spaces_are_one_line_errors(bad, message):
 
 
 def test_example_spaces_parse():
-    for name in ("npu", "gpu-chip", "llm-serving", "pim"):
+    for name in ("npu", "gpu-chip", "llm-serving", "pim", "wafer"):
         space = load_space(name)
         assert space.knobs and space.workloads and space.objectives
 
@@ -188,3 +188,14 @@ def test_pim_space_units_follow_the_pus():
     fast = evaluate(space, {**fmt, "pus_per_channel": 16, "pu_lanes": 32, "pu_clock_mhz": 600})
     slow = evaluate(space, {**fmt, "pus_per_channel": 2, "pu_lanes": 8, "pu_clock_mhz": 200})
     assert fast.metrics["latency"] < slow.metrics["latency"]
+
+
+def test_wafer_space_units_follow_the_mesh():
+    from xpusim.explore.evaluate import build_device
+
+    space = load_space("wafer")
+    dev = build_device(space, {"side": 448, "sram": "24 KiB", "link_bpc": 4, "clock_ghz": 1.0})
+    assert dev.matrix.instances == 448 * 448 == dev.memory[0].instances
+    assert dev.memory[0].capacity_bytes == 24 * 1024
+    small = evaluate(space, {"side": 448, "sram": "24 KiB", "link_bpc": 4, "clock_ghz": 1.0})
+    assert small.violations["fits_memory"] > 0  # 200k cores x 24 KiB cannot hold 16 GB of weights
