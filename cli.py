@@ -56,6 +56,10 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
     kw = {"objective": "latency" if a.objective == "throughput" else a.objective, "routing": a.routing, "mla_form": a.mla_form,
           "check_memory": not a.ignore_memory}
+    wafer = {k: v for k, v in (("wafers", a.wafers), ("weight_streaming", a.weight_streaming or None),
+                               ("side", a.wafer_side), ("algorithm", a.wafer_algorithm)) if v is not None}
+    if wafer:
+        kw["wafer_options"] = wafer
     if a.system:
         from .sim.system_command import run as run_system
 
@@ -174,6 +178,11 @@ def _print_result(res, model, phase) -> None:
     print(f"memory {_fmt_b(s['memory_bytes'])} of {_fmt_b(s['capacity_bytes'])} "
           f"(weights {_fmt_b(s['weights_bytes'])}, KV cache {_fmt_b(s['kv_cache_bytes'])}{state}, "
           f"activations {_fmt_b(s['activation_bytes'])})")
+    plan = res.inputs.get("wafer_plan")
+    if plan:
+        print(f"wafer placement: {plan['mode']}, {plan['stages']} stage(s) on {plan['side']} x {plan['side']}-core regions "
+              f"({plan['regions_per_wafer']} per wafer, {plan['wafers']} wafer(s)); fullest core holds "
+              f"{plan['peak_core_bytes']:,.0f} of {plan['core_sram_bytes']:,} B")
     if "format_error" in res.inputs:
         print(f"format error {res.inputs['format_error']:.3g} (relative L2 error of a width-reduced layer in "
               f"weights {model.weight_dtype} / activations {model.act_dtype} / KV {model.kv_dtype} vs float64)")
@@ -261,7 +270,9 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     for r in out:
-        claimed = r["claimed"] if not isinstance(r["claimed"], list) else "..".join(str(v) for v in r["claimed"])
+        lo, hi = r["claimed"] if isinstance(r["claimed"], list) else (None, None)
+        claimed = (r["claimed"] if not isinstance(r["claimed"], list) else f">= {lo}" if hi is None
+                   else f"<= {hi}" if lo is None else f"{lo}..{hi}")
         tol = f" +-{r['tolerance_pct']:g} %" if r["tolerance_pct"] else ""
         print(f"{'PASS' if r['passed'] else 'FAIL'}  {r['name']:<28} claimed {claimed}{tol}  simulated {r['simulated']:.4g}"
               f"  ({r['paper']})")
@@ -371,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host + PIM op placement: the faster side (Duplex), attention on PIM (AttAcc), or one side")
     s.add_argument("--pim-mode", default="blocked", choices=["blocked", "concurrent"],
                    help="host and PIM alternate, or two sub-batches interleave (NeuPIMs)")
+    s.add_argument("--wafers", type=_positive_int, help="wafer-scale devices: wafers in a pipeline of layer stages")
+    s.add_argument("--weight-streaming", action="store_true",
+                   help="wafer-scale devices: keep the weights off-wafer and stream them in over the wafer's I/O")
+    s.add_argument("--wafer-side", type=_positive_int, help="wafer-scale devices: fix the side of the square core regions")
+    s.add_argument("--wafer-algorithm", choices=["meshgemm", "meshgemv", "naive"],
+                   help="wafer-scale devices: force one contraction mapping (naive: the GPU-style baseline)")
     s.add_argument("--ignore-memory", action="store_true",
                    help="simulate even when the footprint exceeds device memory (reported, not refused)")
     s.add_argument("--batch", type=_positive_int, default=1)

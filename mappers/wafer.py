@@ -23,14 +23,23 @@ Algorithms (cycles per wave):
   most :func:`interleave_hops` hops): an alignment (skew) of one tile over up to ``p`` hops, then
   ``p`` steps, each ``max(compute, shift)`` (the shift of the next tiles overlaps the local GEMM):
   ``compute = mt kt nt / rate``, ``shift = max(A tile, B tile) / link + hops x hop_latency``;
-* ``meshgemv``: the matrix blocked ``p x p`` (``nt x kt`` per core), the vector chunk broadcast down
-  each column (``m kt x / link + (p - 1) hop``), local GEMV ``m nt kt / rate``, then a binary-tree
-  reduction of the ``m nt`` partial sums along each row: ``ceil(log2 p)`` serial message stages
-  (``m nt acc / link`` each) and ``p - 1`` hops of distance in all;
-* ``naive`` (a GPU-style 1-D mapping that ignores the mesh): the ``p^2`` cores form a row-major ring,
-  the matrix split by columns (``ceil(n / p^2) x k`` per core); the activations are all-gathered
-  around the ring in ``p^2 - 1`` synchronous steps, each as slow as the ring's longest link (the
-  wrap from the last core back to the first, ``2 (p - 1)`` hops); compute overlaps the gather.
+* ``meshgemv``: the matrix blocked ``p x p`` (``nt x kt`` per core; the vector chunk of a grid
+  column already replicated down it, as WaferLLM's alternating weight layouts leave the previous
+  op's output), local GEMV ``m nt kt / rate``, then a K-tree allreduce of the ``m nt`` partial sums
+  along each row (:func:`ktree_phases`, ``K = 2`` as WaferLLM implements it): in each phase groups of
+  ``g = ceil(p^(1/K))`` roots reduce into their centre member, ``ceil((g - 1) / 2)`` serial steps of
+  one message (``m nt acc / link``) and one add per partial sum; the reduced chunk is multicast back
+  along the row; the hop distance, to the centre and back, is counted once per hop;
+* ``naive`` (the layout a shared-memory, GPU-designed compiler gives the mesh): the matrix in
+  row-major chunks of ``ceil(n k / p^2)`` elements over the ``p^2`` cores taken as a ring in serpentine
+  row order (every ring link one hop but the closing one, ``p - 1`` hops); the activations are
+  all-gathered to every core around the ring, pipelined: ``p^2 - 1`` forwarding steps of one message
+  (``m ceil(k / p^2) x`` bytes) and one hop each, plus the closing link's hops once; compute overlaps
+  the gather; a matrix row spread over ``s`` cores then reduces its ``s`` partial sums along the
+  ring (``s - 1`` neighbour steps). Per core it holds the whole ``m x k`` activation (WaferLLM's
+  "inflated buffers" of all-gather GEMM).
+
+Messages are whole flits: ``ceil(bytes / link)`` cycles.
 
 WaferLLM's two algorithms are both costed and the faster one that fits memory and routing is kept;
 the naive mapping is reported in ``detail`` for comparison (and chosen only if nothing else fits).
@@ -51,10 +60,17 @@ from ..workloads.einsum import Op
 from .pim import Gemv, as_gemv
 
 ALGORITHMS = ("meshgemm", "meshgemv", "naive")
+#: phases of MeshGEMV's K-tree allreduce (WaferLLM, section 6.1: its implementation uses K = 2)
+KTREE_K = 2
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _msg(nbytes: float, link: float) -> float:
+    """Cycles to push one message of ``nbytes`` over a link of ``link`` bytes per cycle (whole flits)."""
+    return float(math.ceil(nbytes / link - 1e-9)) if nbytes > 0 else 0.0
 
 
 def interleave_order(p: int) -> np.ndarray:
@@ -75,6 +91,23 @@ def interleave_hops(p: int) -> int:
     return int(np.abs(pos - np.roll(pos, -1)).max())
 
 
+def ktree_phases(p: int, k: int = KTREE_K) -> list[tuple[int, int]]:
+    """``(steps, hops)`` of each phase of a K-tree reduction of ``p`` cores in a line: groups of
+    ``g = ceil(p^(1/k))`` consecutive roots (``g^j`` cores apart in phase ``j``) reduce into their
+    centre member in ``ceil((g - 1) / 2)`` serial steps; ``hops`` is the distance from the group's
+    farthest member to its root. Phases stop once one root is left (at most ``k``)."""
+    if p <= 1:
+        return []
+    g = max(2, math.ceil(round(p ** (1.0 / k), 9)))
+    out, roots, stride = [], p, 1
+    while roots > 1:
+        size = min(g, roots)
+        steps = math.ceil((size - 1) / 2)
+        out.append((steps, steps * stride))
+        roots, stride = _cdiv(roots, g), stride * g
+    return out
+
+
 def region_of(spec: WaferSpec, region: tuple[int, int] | None) -> tuple[int, int]:
     """The region's ``(width, height)``, validated against the mesh (default: the whole wafer)."""
     if region is None:
@@ -93,30 +126,31 @@ def parallelism(g: Gemv, w: int, h: int) -> dict[str, int]:
     concurrent = min(g.groups, (w // p) * (h // p))
     waves = _cdiv(g.groups, concurrent)
     return {"p": p, "concurrent": concurrent, "waves": waves, "cores_used": p * p * concurrent,
-            "mt": _cdiv(g.m, p), "kt": _cdiv(g.k, p), "nt": _cdiv(g.n, p), "n_ring": _cdiv(g.n, p * p)}
+            "mt": _cdiv(g.m, p), "kt": _cdiv(g.k, p), "nt": _cdiv(g.n, p),
+            "chunk": _cdiv(g.n * g.k, p * p)}
 
 
 def core_bytes(g: Gemv, par: dict[str, int]) -> dict[str, float]:
     """M: bytes one core holds under each algorithm (operand tiles; MeshGEMM double-buffers the
-    shifted tiles, MeshGEMV the vector chunk; the naive mapping holds the whole gathered activation)."""
+    shifted tiles, MeshGEMV the partial sums it receives; the naive mapping holds the whole gathered
+    activation)."""
     mt, kt, nt = par["mt"], par["kt"], par["nt"]
     a, b, c = mt * kt * g.x_bytes, kt * nt * g.w_bytes, mt * nt * g.acc_bytes
     return {
         "meshgemm": 2 * (a + b) + c,
-        "meshgemv": nt * kt * g.w_bytes + 2 * g.m * kt * g.x_bytes + g.m * nt * g.acc_bytes,
-        "naive": par["n_ring"] * g.k * g.w_bytes + g.m * g.k * g.x_bytes + g.m * par["n_ring"] * g.acc_bytes,
+        "meshgemv": nt * kt * g.w_bytes + g.m * kt * g.x_bytes + 2 * g.m * nt * g.acc_bytes,
+        "naive": par["chunk"] * g.w_bytes + g.m * g.k * g.x_bytes + g.m * (_cdiv(par["chunk"], g.k) + 1) * g.acc_bytes,
     }
 
 
 def routes_needed(par: dict[str, int]) -> dict[str, int]:
     """R: routes a router holds at once. MeshGEMM: A along rows and B along columns, each with its
-    own route and one passing through (interleaved shifts skip a core): 4. MeshGEMV: the column
-    broadcast plus one route per reduction-tree level along the row. Naive: the ring and the
-    wrap-around route passing through every core of a row: 2."""
+    own route and one passing through (interleaved shifts skip a core): 4. MeshGEMV: ``K + 1`` at a
+    tree root (one per phase plus the multicast back; WaferLLM section 6.1). Naive: the ring and the
+    closing route passing through every core of the first column: 2."""
     p = par["p"]
-    levels = math.ceil(math.log2(p)) if p > 1 else 0
     return {"meshgemm": 4 if p > 2 else (2 if p == 2 else 0),
-            "meshgemv": 1 + levels, "naive": 2}
+            "meshgemv": (len(ktree_phases(p)) + 1) if p > 1 else 0, "naive": 2}
 
 
 def check_core_memory(need: float, spec: WaferSpec, what: str) -> None:
@@ -134,23 +168,27 @@ def times(g: Gemv, spec: WaferSpec, rate: float, par: dict[str, int]) -> dict[st
     # MeshGEMM: skew, then p overlapped steps of local GEMM and a bounded-hop shift
     shift_hops = interleave_hops(p)
     comp_step = mt * kt * nt / rate
-    shift = (max(a, b) / link + shift_hops * hop) if p > 1 else 0.0
-    align = (max(a, b) / link + p * hop) if p > 1 else 0.0
+    shift = (_msg(max(a, b), link) + shift_hops * hop) if p > 1 else 0.0
+    align = (_msg(max(a, b), link) + p * hop) if p > 1 else 0.0
     gemm = {"compute": p * comp_step, "comm": align + p * shift, "hops": shift_hops,
             "total": align + p * max(comp_step, shift)}
-    # MeshGEMV: column broadcast of the vector chunk, local GEMV, tree reduction along the row
-    levels = math.ceil(math.log2(p)) if p > 1 else 0
-    bcast = (g.m * kt * g.x_bytes / link + (p - 1) * hop) if p > 1 else 0.0
-    red = levels * (g.m * nt * g.acc_bytes / link) + (p - 1) * hop
-    comp = g.m * nt * kt / rate + levels * g.m * nt / rate  # MACs, plus one add per partial sum per tree level
-    gemv = {"compute": comp, "comm": bcast + red, "hops": 2 * (p - 1), "total": bcast + comp + red}
-    # naive 1-D ring all-gather over the row-major order of the p x p cores
+    # MeshGEMV: local GEMV, K-tree allreduce of the partial sums along the row, multicast back
+    phases = ktree_phases(p)
+    steps = sum(st for st, _ in phases)
+    dist = sum(d for _, d in phases)
+    msg = _msg(g.m * nt * g.acc_bytes, link)
+    local = g.m * nt * kt / rate
+    adds = steps * g.m * nt / rate  # one add per received partial sum per step
+    red = steps * msg + (msg if p > 1 else 0.0) + 2 * dist * hop
+    gemv = {"compute": local + adds, "comm": red, "hops": 2 * dist, "total": local + adds + red}
+    # naive: row-major chunks of the matrix on a serpentine ring, activations all-gathered (pipelined)
     ring = p * p
-    ring_hops = 2 * (p - 1) if p > 1 else 0
-    step = g.m * _cdiv(g.k, ring) * g.x_bytes / link + ring_hops * hop
-    gather = (ring - 1) * step
-    comp_n = g.m * par["n_ring"] * g.k / rate
-    naive = {"compute": comp_n, "comm": gather, "hops": ring_hops, "total": max(comp_n, gather)}
+    close = (p - 1) if p > 1 else 0
+    gather = ((ring - 1) * (_msg(g.m * _cdiv(g.k, ring) * g.x_bytes, link) + hop) + close * hop) if ring > 1 else 0.0
+    span = _cdiv(g.k, par["chunk"]) if par["chunk"] < g.k else 1  # cores one matrix row is spread over
+    row_red = (span - 1) * (_msg(g.m * g.acc_bytes, link) + hop + g.m / rate)
+    comp_n = g.m * par["chunk"] / rate
+    naive = {"compute": comp_n, "comm": gather + row_red, "hops": close, "total": max(comp_n, gather) + row_red}
     return {"meshgemm": gemm, "meshgemv": gemv, "naive": naive}
 
 
@@ -173,6 +211,7 @@ def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[i
                       algorithm: str | None = None) -> OpCost:
     """Cost of a two-input contraction on a wafer-scale device: the faster of MeshGEMM and MeshGEMV
     that fits per-core memory and routing (or ``algorithm`` when given)."""
+    algorithm = algorithm or (arch.rules.get("wafer_algorithm") if isinstance(arch.rules, dict) else None)
     if algorithm is not None and algorithm not in ALGORITHMS:
         raise SpecError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     ev = evaluate(op, arch, region)
@@ -219,4 +258,50 @@ def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[i
         bound="compute" if t[best]["compute"] >= t[best]["comm"] else "fabric",
         bytes_by_level={lv.name: sram_bytes}, energy_by_component=energy,
         mapping={"algorithm": best, "p": par["p"], "region": list(ev["region"]), "waves": waves}, detail=detail,
+    )
+
+
+#: row allreduces a streaming op needs on a mesh: a norm's sum of squares (mean and variance in one
+#: pass of sums), a softmax's running maximum and its sum of exponentials
+_REDUCTIONS = {"norm": 1, "softmax": 2}
+
+
+def allreduce_cycles(p: int, rows: int, spec: WaferSpec, add_rate: float, stat_bytes: float = 4.0) -> float:
+    """Cycles of a K-tree allreduce (as MeshGEMV's) of ``rows`` statistics per core along a row of
+    ``p`` cores: serial steps of one message and one add, the multicast back, the hop distance twice."""
+    phases = ktree_phases(p)
+    if not phases:
+        return 0.0
+    steps = sum(st for st, _ in phases)
+    dist = sum(d for _, d in phases)
+    msg = rows * stat_bytes / spec.link_bytes_per_cycle
+    return steps * (msg + rows / add_rate) + msg + 2 * dist * spec.hop_latency_cycles
+
+
+def wafer_streaming_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
+    """A streaming op on the mesh: the SRAM/vector-lane time of :func:`~xpusim.sim.streaming.streaming_cost`
+    over every core, plus the row allreduces a reduction needs when its row (the normalised dimension)
+    is spread over a row of ``p`` cores (:data:`_REDUCTIONS`; the rows themselves over the other axis)."""
+    from ..sim.streaming import _ROW_DIM, streaming_cost, vector_rate
+
+    base = streaming_cost(op, arch, launch_s)
+    n_red = _REDUCTIONS.get(op.kind, 0)
+    dim = _ROW_DIM.get(op.kind)
+    if not n_red or dim not in op.sizes:
+        return base
+    spec = wafer_spec(arch)
+    p = min(spec.width, spec.height)
+    rows = max(1, math.prod(op.sizes.values()) // op.sizes[dim])
+    rows_core = _cdiv(rows, p)
+    rate, _ = vector_rate(arch, op.output.dtype)
+    extra = n_red * allreduce_cycles(p, rows_core, spec, rate)
+    cycles = base.cycles + extra
+    latency = cycles / arch.clock_hz
+    energy = {**base.energy_by_component, "static": arch.static_power_w * latency}
+    return OpCost(
+        cycles=cycles, latency_s=latency, compute_cycles=base.compute_cycles, stall_cycles=max(cycles - base.compute_cycles, 0.0),
+        energy_j=float(sum(energy.values())), utilization=base.compute_cycles / cycles if cycles else 0.0,
+        bound="fabric" if extra > base.cycles else base.bound, bytes_by_level=base.bytes_by_level,
+        energy_by_component=energy, mapping={"allreduces": n_red, "p": p},
+        detail={**base.detail, "allreduce_cycles": extra, "rows_per_core": rows_core},
     )

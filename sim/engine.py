@@ -21,7 +21,7 @@ from ..mappers.gpu import gpu_gemm_cost
 from ..mappers.gpu_attention import fused_attention_cost
 from ..mappers.pim import pim_matmul_cost
 from ..mappers.search import search
-from ..mappers.wafer import wafer_matmul_cost
+from ..mappers.wafer import wafer_matmul_cost, wafer_streaming_cost
 from ..workloads.builder import build_trace
 from ..workloads.einsum import Op
 from ..workloads.model import ModelSpec, load_model
@@ -98,7 +98,9 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
         return hit[0]
     # expert groups after the first run inside the same grouped-GEMM launch (fused-MoE kernels)
     launch = 0.0 if op.attrs.get("moe_group", 0) > 0 else launch_overhead(op.kind, arch, isolated)
-    if op.kind != "matmul":
+    if op.kind != "matmul" and arch.device_class == "wafer":  # row reductions cross the mesh
+        cost = wafer_streaming_cost(op, arch, launch)
+    elif op.kind != "matmul":
         cost = streaming_cost(op, arch, launch)
     elif arch.device_class == "gpu" and len(op.inputs) == 2:
         cost = with_dequant(gpu_gemm_cost(problem_from_op(op), arch, launch), op, arch)
@@ -247,17 +249,32 @@ def _objective_value(r: Result, objective: str) -> float:
 
 
 def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: str = "latency",
-             check_memory: bool = True, routing: str | None = None, mla_form: str | None = None) -> Result:
+             check_memory: bool = True, routing: str | None = None, mla_form: str | None = None,
+             wafer_options: dict[str, Any] | None = None) -> Result:
     """Simulate one step of ``phase`` of ``model`` on ``arch``; ``routing`` (``balanced``,
     ``zipf:S`` or a per-expert weights file) sizes a mixture-of-experts model's expert GEMMs.
     Multi-head latent attention runs in ``mla_form`` (``naive`` or ``absorbed``); by default both
     are simulated and the one better for ``objective`` is kept (``meta.mla_form``).
+
+    A wafer-scale device places the model on regions of its mesh (``sim/wafer_placement.py``;
+    ``wafer_options``: ``wafers``, ``weight_streaming``, ``side``, ``algorithm``).
 
     Raises :class:`~xpusim.errors.CapacityError` if the weights, KV cache and activations do not
     fit device memory (unless ``check_memory`` is false).
     """
     arch = load_arch(arch)
     model = load_model(model)
+    if wafer_options and arch.device_class != "wafer":
+        raise SpecError(f"wafer options ({', '.join(wafer_options)}) apply to wafer-scale devices; {arch.name} is a "
+                        f"{arch.device_class} device")
+    if arch.device_class == "wafer":  # regions, stages, streaming (sim/wafer_placement.py)
+        from .wafer_placement import simulate_wafer
+
+        result = simulate_wafer(arch, model, phase, objective, check_memory, routing, mla_form, **(wafer_options or {}))
+        result.ssm_state_bytes = model.ssm_state_bytes(phase.batch)
+        result.inputs["model"] = model.name
+        result.inputs["phase_args"] = {k: v for k, v in vars(phase).items()}
+        return result
     kv = _kv_bytes(model, phase)
     forms = [mla_form] if mla_form or not model.is_mla else ["naive", "absorbed"]
     results = [simulate_trace(build_trace(model, phase, routing, f), arch, objective, model, kv_bytes=kv) for f in forms]

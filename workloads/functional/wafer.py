@@ -5,8 +5,9 @@ all blocks at once (``np.roll`` for a shift along a grid axis), never on one cor
 
 * :func:`cannon_matmul`: MeshGEMM's Cannon schedule: skew (row ``i`` of A left by ``i``, column ``j``
   of B up by ``j``), then ``p`` steps of a local block product and a shift of A left and B up by one;
-* :func:`mesh_gemv`: MeshGEMV: local block GEMVs, then a binary-tree reduction of the partial sums
-  along each row of the grid (``ceil(log2 p)`` stages).
+* :func:`mesh_gemv`: MeshGEMV: local block GEMVs, then a K-tree allreduce of the partial sums along
+  each row of the grid (groups of ``ceil(p^(1/K))`` roots reduce into their centre member, phase by
+  phase, and the total is sent back to every core of the row).
 """
 
 from __future__ import annotations
@@ -45,26 +46,42 @@ def cannon_matmul(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
     return _unblock(c, (a.shape[0], b.shape[1]))
 
 
-def mesh_gemv(w: np.ndarray, x: np.ndarray, p: int) -> np.ndarray:
-    """``w @ x`` (``w``: n x k, ``x``: k or k x m) by blocked GEMVs and a tree reduction along rows."""
+def ktree_allreduce(part: np.ndarray, k: int = 2) -> tuple[np.ndarray, list[int]]:
+    """Allreduce ``part`` (axis 1: the ``p`` cores of a grid row) by a K-tree: in each phase the live
+    roots, in groups of ``g = ceil(p^(1/k))`` consecutive ones, add their values into the group's
+    centre member; then the total goes back to every core. Returns the array with every core of a
+    row holding the row's sum, and the group size of each phase."""
+    p = part.shape[1]
+    part = part.copy()
+    sizes: list[int] = []
+    if p > 1:
+        g = max(2, int(np.ceil(round(p ** (1.0 / k), 9))))
+        roots = np.arange(p)
+        while roots.size > 1:
+            ngroups = -(-roots.size // g)
+            sizes.append(min(g, roots.size))
+            new = []
+            for grp in np.array_split(roots, np.arange(g, roots.size, g)):  # a loop over groups of one phase
+                centre = grp[(grp.size - 1) // 2]
+                part[:, centre] = part[:, grp].sum(axis=1)
+                new.append(centre)
+            roots = np.array(new)
+            assert roots.size == ngroups
+        part[:] = part[:, roots[0]][:, None]  # multicast the total back along the row
+    return part, sizes
+
+
+def mesh_gemv(w: np.ndarray, x: np.ndarray, p: int, k: int = 2) -> np.ndarray:
+    """``w @ x`` (``w``: n x k, ``x``: k or k x m) by blocked GEMVs and a K-tree allreduce along rows;
+    checks every core of a row ends with the same chunk (an allreduce)."""
     xm = x.reshape(x.shape[0], -1)
     if p < 1 or w.ndim != 2 or w.shape[1] != xm.shape[0]:
         raise ShapeError(f"mesh_gemv needs p >= 1 and shapes (n, k) x (k, m), got p={p}, {w.shape} x {x.shape}")
     wb = _blocks(w, p, p)  # (p, p, nt, kt)
-    xb = _blocks(xm, p, 1)[:, 0]  # (p, kt, m): chunk j broadcast down grid column j
+    xb = _blocks(xm, p, 1)[:, 0]  # (p, kt, m): chunk j replicated down grid column j
     part = np.einsum("ijnk,jkm->ijnm", wb, xb)
-    stride = 1
-    while stride < p:  # stage s: column j (a multiple of 2s) adds column j + s
-        recv = part[:, 0:p - stride:2 * stride]
-        recv += part[:, stride:p:2 * stride]
-        stride *= 2
-    y = part[:, 0].reshape(-1, xm.shape[1])[: w.shape[0]]
+    red, _ = ktree_allreduce(part, k)
+    if not np.array_equal(red, np.broadcast_to(red[:, :1], red.shape)):
+        raise AssertionError("K-tree allreduce left different values along a row")
+    y = red[:, 0].reshape(-1, xm.shape[1])[: w.shape[0]]
     return y.reshape(w.shape[0], *x.shape[1:])
-
-
-def tree_stages(p: int) -> int:
-    """Reduction stages :func:`mesh_gemv` runs for a row of ``p`` blocks."""
-    s, stride = 0, 1
-    while stride < p:
-        s, stride = s + 1, stride * 2
-    return s

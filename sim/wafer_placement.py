@@ -1,0 +1,277 @@
+"""Placement of a model on wafer-scale devices: regions, pipeline stages, multi-wafer, weight streaming.
+
+A wafer has no shared memory: every byte of weights and KV cache lives in some core's SRAM. The
+layers are laid out on ``side x side`` square **regions** of the mesh, as WaferLLM does (He et al.,
+OSDI 2025, sections 4 and 7.5: 48 KB per core forces pipeline parallelism; the core grid per phase
+is tuned offline):
+
+* the trace's blocks are unrolled into **units** (the embedding, each layer, the head), each with
+  its weight bytes and its share of the KV cache; units are packed in order into **stages**, one
+  region each, as many as fit a core's SRAM after the op working buffers (:func:`pack_units`);
+* a wafer holds ``floor(width / side) x floor(height / side)`` regions; ``wafers`` wafers in a
+  pipeline hold that many times more;
+* every op of a unit runs on its stage's region (``mappers/wafer.py`` on a ``side x side`` mesh); a
+  step's latency is the sum of its ops plus the hand-off of the activations from one stage to the
+  next: across the wafer ``bytes / (side x link) + side x hop`` cycles, between wafers ``bytes /
+  io_bandwidth``;
+* the side is chosen among every candidate that fits (:func:`candidate_sides`) for the objective;
+* **weight streaming** (``weight_streaming=True``): the weights stay in external memory and stream in
+  over the wafer's I/O, one unit ahead (double-buffered): each unit takes ``max(its ops, its weight
+  bytes / io_bandwidth)``, the whole wafer is one region holding the KV cache and two units' weights.
+
+When nothing fits, :class:`~xpusim.errors.CapacityError` names the bytes per core needed and the
+two remedies (more wafers, or weight streaming).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..arch.spec import Arch
+from ..arch.wafer import wafer_spec
+from ..errors import CapacityError, SpecError
+from ..mappers.wafer import ALGORITHMS, as_gemv, core_bytes, parallelism
+from ..workloads.trace import Trace
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One placed piece of the model: a block instance (``block`` index ``i`` of its repeats)."""
+
+    block: str
+    index: int
+    weight_bytes: float
+    kv_bytes: float
+
+
+@dataclass(frozen=True)
+class WaferPlan:
+    """Where a model runs: region side, stages, wafers, mode, and the per-core bytes of the fullest stage."""
+
+    side: int
+    stages: int
+    regions_per_wafer: int
+    wafers: int
+    mode: str  # "resident" or "streaming"
+    core_sram_bytes: int
+    buffer_bytes: float  # op working buffers per core
+    stage_core_bytes: tuple[float, ...]  # weights + KV per core of each stage
+    units_per_stage: tuple[int, ...]
+
+    @property
+    def peak_core_bytes(self) -> float:
+        return max(self.stage_core_bytes) + self.buffer_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"side": self.side, "stages": self.stages, "regions_per_wafer": self.regions_per_wafer,
+                "wafers": self.wafers, "mode": self.mode, "core_sram_bytes": self.core_sram_bytes,
+                "buffer_bytes": self.buffer_bytes, "peak_core_bytes": self.peak_core_bytes,
+                "units_per_stage": list(self.units_per_stage)}
+
+
+def region_arch(arch: Arch, side: int) -> Arch:
+    """``arch`` restricted to a ``side x side`` region: the mesh, cores, lanes and SRAMs of the region."""
+    spec = wafer_spec(arch)
+    if not (isinstance(side, int) and 1 <= side <= min(spec.width, spec.height)):
+        raise SpecError(f"wafer region side {side!r} must be an integer in 1..{min(spec.width, spec.height)} (the mesh)")
+    if (side, side) == (spec.width, spec.height):
+        return arch
+    n = side * side
+    mem = tuple(dataclasses.replace(lv, instances=n) if i == 0 else lv for i, lv in enumerate(arch.memory))
+    return dataclasses.replace(
+        arch, name=f"{arch.name}[{side}x{side}]", memory=mem,
+        matrix=dataclasses.replace(arch.matrix, instances=n), vector=dataclasses.replace(arch.vector, instances=n),
+        rules={**arch.rules, "wafer": dataclasses.replace(spec, width=side, height=side)})
+
+
+def units_of(trace: Trace, weights_total: float, kv_total: float) -> list[Unit]:
+    """The trace's blocks unrolled into units with their weight and KV bytes; weights scaled so they
+    sum to ``weights_total`` (the model's resident weights: every expert, not only the routed ones)."""
+    rows = []
+    for b in trace.blocks:
+        w = sum(op.tensor_bytes(t) for op in b.ops for t in op.inputs if t.role == "weight")
+        kv = sum(1 for op in b.ops for t in op.inputs if t.role == "kv")
+        rows.append((b, w, kv))
+    w_sum = sum(w * b.repeat for b, w, _ in rows) or 1.0
+    kv_sum = sum(kv * b.repeat for b, _, kv in rows) or 1.0
+    return [Unit(b.name, i, w * weights_total / w_sum, kv * kv_total / kv_sum)
+            for b, w, kv in rows for i in range(b.repeat)]
+
+
+def buffer_bytes(trace: Trace, arch: Arch, side: int) -> float:
+    """Per-core working buffers of the largest contraction on a ``side x side`` region: activation
+    tiles, received partial sums and accumulators (the weight tile is counted with the units)."""
+    reg = region_arch(arch, side)
+    worst = 0.0
+    for _, op in trace.ops():
+        if op.kind != "matmul" or len(op.inputs) != 2:
+            continue
+        g = as_gemv(op, reg)
+        par = parallelism(g, side, side)
+        mem = core_bytes(g, par)
+        tile = par["nt"] * par["kt"] * g.w_bytes
+        worst = max(worst, min(mem["meshgemm"], mem["meshgemv"]) - min(tile, mem["meshgemv"]))
+    return worst
+
+
+def pack_units(units: list[Unit], per_stage_bytes: float) -> list[list[Unit]] | None:
+    """Units packed in order into stages of at most ``per_stage_bytes``; None if one unit alone is larger."""
+    stages: list[list[Unit]] = [[]]
+    used = 0.0
+    for u in units:
+        b = u.weight_bytes + u.kv_bytes
+        if b > per_stage_bytes:
+            return None
+        if used + b > per_stage_bytes and stages[-1]:
+            stages.append([])
+            used = 0.0
+        stages[-1].append(u)
+        used += b
+    return stages
+
+
+def candidate_sides(arch: Arch, count: int = 10) -> list[int]:
+    """Region sides to try: geometric from 32 cores to the mesh's shorter side (and that side)."""
+    spec = wafer_spec(arch)
+    top = min(spec.width, spec.height)
+    lo = min(32, top)
+    return sorted({int(v) for v in np.geomspace(lo, top, count)} | {top})
+
+
+def wafers_needed(units: list[Unit], arch: Arch, side: int, buffers: float) -> int | None:
+    """Wafers a layout on ``side x side`` regions needs (None: a unit alone overflows a region)."""
+    spec = wafer_spec(arch)
+    free = spec.core_sram_bytes - buffers
+    stages = pack_units(units, free * side * side) if free > 0 else None
+    if stages is None:
+        return None
+    return math.ceil(len(stages) / ((spec.width // side) * (spec.height // side)))
+
+
+def plan_for_side(units: list[Unit], arch: Arch, side: int, buffers: float, wafers: int) -> WaferPlan | None:
+    """The stage layout on ``side x side`` regions, or None when it needs more regions than ``wafers`` wafers have."""
+    spec = wafer_spec(arch)
+    free = spec.core_sram_bytes - buffers
+    if free <= 0:
+        return None
+    stages = pack_units(units, free * side * side)
+    regions = (spec.width // side) * (spec.height // side)
+    if stages is None or len(stages) > regions * wafers:
+        return None
+    per_core = tuple(sum(u.weight_bytes + u.kv_bytes for u in st) / (side * side) for st in stages)
+    return WaferPlan(side=side, stages=len(stages), regions_per_wafer=regions, wafers=wafers, mode="resident",
+                     core_sram_bytes=spec.core_sram_bytes, buffer_bytes=buffers, stage_core_bytes=per_core,
+                     units_per_stage=tuple(len(st) for st in stages))
+
+
+def streaming_plan(units: list[Unit], arch: Arch, buffers: float) -> WaferPlan:
+    """Weight streaming on the whole wafer: the KV cache and two units' weights per core must fit."""
+    spec = wafer_spec(arch)
+    side = min(spec.width, spec.height)
+    kv = sum(u.kv_bytes for u in units)
+    two = sorted((u.weight_bytes for u in units), reverse=True)[:2]
+    per_core = (kv + sum(two)) / (side * side)
+    plan = WaferPlan(side=side, stages=1, regions_per_wafer=1, wafers=1, mode="streaming",
+                     core_sram_bytes=spec.core_sram_bytes, buffer_bytes=buffers, stage_core_bytes=(per_core,),
+                     units_per_stage=(len(units),))
+    if plan.peak_core_bytes > spec.core_sram_bytes:
+        raise CapacityError(f"weight streaming on {arch.name} still needs {plan.peak_core_bytes:,.0f} B per core "
+                            f"(KV cache {kv / 1e9:.2f} GB + two layers' weights + buffers) but a core has "
+                            f"{spec.core_sram_bytes:,} B; use a smaller batch or context")
+    return plan
+
+
+def handoff_s(arch: Arch, plan: WaferPlan, act_bytes: float) -> float:
+    """Seconds to pass a step's activations through every stage boundary (on-wafer and between wafers)."""
+    spec = wafer_spec(arch)
+    if plan.stages <= 1:
+        return 0.0
+    per_wafer = plan.regions_per_wafer
+    between_wafers = (plan.stages - 1) // per_wafer if plan.wafers > 1 else 0
+    on_wafer = plan.stages - 1 - between_wafers
+    cyc = act_bytes / (plan.side * spec.link_bytes_per_cycle) + plan.side * spec.hop_latency_cycles
+    return on_wafer * cyc / arch.clock_hz + between_wafers * act_bytes / spec.io_bandwidth_Bps
+
+
+def no_fit_error(arch: Arch, model_name: str, units: list[Unit], trace: Trace, wafers: int,
+                 sides: list[int]) -> CapacityError:
+    """The one-line error when the model fits no region layout on ``wafers`` wafers, with the fewest
+    wafers that would hold it."""
+    spec = wafer_spec(arch)
+    total = sum(u.weight_bytes + u.kv_bytes for u in units)
+    need = [n for s in sides if (n := wafers_needed(units, arch, s, buffer_bytes(trace, arch, s))) is not None]
+    more = (f"run it on {min(need)} wafers (--wafers {min(need)})" if need
+            else "shard its largest layer (it overflows a whole wafer)")
+    return CapacityError(
+        f"{model_name} needs {total / 1e9:.1f} GB of weights and KV cache but {wafers} x {arch.name} hold "
+        f"{wafers * spec.core_sram_bytes * spec.width * spec.height / 1e9:.1f} GB in {spec.core_sram_bytes:,} B per core "
+        f"and no layout of its layers on square regions fits; {more} or stream the weights from external memory "
+        "(--weight-streaming)")
+
+
+def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency", check_memory: bool = True,
+                   routing: str | None = None, mla_form: str | None = None, wafers: int = 1,
+                   weight_streaming: bool = False, side: int | None = None, algorithm: str | None = None) -> Any:
+    """One step of ``model`` on ``wafers`` wafer-scale devices ``arch`` (see the module docstring);
+    ``side`` fixes the region side instead of searching it; ``algorithm`` forces one contraction
+    mapping (``meshgemm``, ``meshgemv`` or ``naive``: the GPU-style baseline). The result's
+    ``inputs['wafer_plan']`` says where the model went."""
+    from ..workloads.builder import build_trace
+    from .engine import _kv_bytes, _objective_value, simulate_trace
+
+    if isinstance(wafers, bool) or not isinstance(wafers, int) or wafers < 1:
+        raise SpecError(f"--wafers must be a positive integer, got {wafers!r}")
+    if weight_streaming and wafers > 1:
+        raise SpecError("weight streaming runs on one wafer; give --wafers 1 or drop --weight-streaming")
+    if algorithm is not None:
+        if algorithm not in ALGORITHMS:
+            raise SpecError(f"wafer algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
+        arch = dataclasses.replace(arch, rules={**arch.rules, "wafer_algorithm": algorithm})
+    kv = _kv_bytes(model, phase)
+    forms = [mla_form] if mla_form or not model.is_mla else ["naive", "absorbed"]
+    spec = wafer_spec(arch)
+    best = None
+    cands: list[tuple[WaferPlan | None, Any]]
+    for form in forms:
+        trace = build_trace(model, phase, routing, form)
+        units = units_of(trace, model.weights_bytes, kv)
+        act = phase.tokens * model.d_model * 2.0  # the residual stream handed from stage to stage (16-bit)
+        if weight_streaming:
+            stream_plan = streaming_plan(units, arch, buffer_bytes(trace, arch, min(spec.width, spec.height)))
+            res = simulate_trace(trace, arch, objective, model, kv_bytes=kv)
+            per_inst = (res.ops["latency_s"]).groupby(res.ops["block"], sort=False).sum().to_dict()
+            stream = [u.weight_bytes / spec.io_bandwidth_Bps for u in units]
+            res.latency_s = stream[0] + sum(max(per_inst.get(u.block, 0.0), s) for u, s in zip(units, stream, strict=True))
+            cands = [(stream_plan, res)]
+        else:
+            sides = [side] if side is not None else candidate_sides(arch)
+            cands = []
+            for s in sides:
+                buf = buffer_bytes(trace, arch, s)
+                plan = plan_for_side(units, arch, s, buf, wafers)
+                if plan is None:
+                    continue
+                try:
+                    res = simulate_trace(trace, region_arch(arch, s), objective, model, kv_bytes=kv)
+                except CapacityError:  # an op's working set overflows a core of this region
+                    continue
+                res.latency_s += handoff_s(arch, plan, act)
+                cands.append((plan, res))
+            if not cands:
+                if check_memory:
+                    raise no_fit_error(arch, model.name, units, trace, wafers, sides)
+                res = simulate_trace(trace, arch, objective, model, kv_bytes=kv)
+                cands = [(None, res)]
+        for plan, res in cands:
+            res.inputs["wafer_plan"] = plan.to_dict() if plan is not None else None
+            if best is None or _objective_value(res, objective) < _objective_value(best, objective):
+                best = res
+    assert best is not None
+    best.capacity_bytes = float(spec.core_sram_bytes) * spec.width * spec.height * wafers
+    best.inputs["arch"] = arch.name if wafers == 1 else f"{wafers} x {arch.name}"
+    return best
