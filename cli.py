@@ -70,13 +70,22 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         return rc
     if not a.arch:
         raise SpecError("simulate needs --arch DEVICE (or --system SYSTEM)")
+    from .sim.hetero import load_hetero
+
+    combo = load_hetero(a.arch[0]) if len(a.arch) == 1 and not a.pim else None
+    if combo is not None:  # a shipped host + PIM preset (arch/hetero/): its host, PIM and policy unless overridden
+        a.arch, a.pim = [combo["host"]], combo["pim"]
+        a.pim_stacks = a.pim_stacks or combo["pim_stacks"]
+        a.placement = a.placement or combo["placement"]
+        a.pim_mode = a.pim_mode or combo["mode"]
     if a.pim:
         from .sim.hetero import pim_stacks, simulate_hetero
 
         if a.phase not in ("prefill", "decode"):
             raise SpecError("--pim runs the prefill or decode phase")
-        res = simulate_hetero(a.arch[0], pim_stacks(a.pim, a.pim_stacks), model, make_phase(a.phase, a.batch, a.seq, a.context),
-                              a.placement, a.pim_mode, a.routing)
+        a.placement, a.pim_mode = a.placement or "auto", a.pim_mode or "blocked"
+        res = simulate_hetero(a.arch[0], pim_stacks(a.pim, a.pim_stacks or 1), model,
+                              make_phase(a.phase, a.batch, a.seq, a.context), a.placement, a.pim_mode, a.routing)
         _outputs(a, [res])
         if a.json:
             print(res.to_json())
@@ -301,8 +310,10 @@ def _cmd_list(a: argparse.Namespace) -> int:
     from .workloads.model import list_models, load_model
 
     if a.json:
-        print(json.dumps({"archs": list_archs(), "models": list_models(), "systems": list_systems(),
-                          "spaces": list_spaces()}))
+        from .sim.hetero import list_hetero
+
+        print(json.dumps({"archs": list_archs(), "hetero": list_hetero(), "models": list_models(),
+                          "systems": list_systems(), "spaces": list_spaces()}))
         return 0
     print("devices:")
     for n in list_archs():
@@ -312,6 +323,11 @@ def _cmd_list(a: argparse.Namespace) -> int:
     for n in list_models():
         m = load_model(n)
         print(f"  {n:<18} {m.params / 1e9:7.2f} B params, {m.n_layers} layers, d_model {m.d_model}")
+    from .sim.hetero import list_hetero, load_hetero
+
+    print("host + PIM devices (simulate --arch NAME):")
+    for n in list_hetero():
+        print(f"  {n:<14} {load_hetero(n)['description']}")  # type: ignore[index]
     print("systems:")
     for n in list_systems():
         sy = load_system(n)
@@ -377,10 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plan", choices=["auto"], help="search the parallel plans of the system and take the best")
     s.add_argument("--gen", type=_positive_int, help="tokens generated per sequence (--phase generate)")
     s.add_argument("--pim", help="a PIM device (class pim) in the --arch host's memory: host + PIM execution")
-    s.add_argument("--pim-stacks", type=_positive_int, default=1, help="copies of the --pim device (e.g. HBM stacks)")
-    s.add_argument("--placement", default="auto", choices=["auto", "attention", "host", "pim"],
+    s.add_argument("--pim-stacks", type=_positive_int, help="copies of the --pim device (e.g. HBM stacks; default 1)")
+    s.add_argument("--placement", choices=["auto", "attention", "host", "pim"],
                    help="host + PIM op placement: the faster side (Duplex), attention on PIM (AttAcc), or one side")
-    s.add_argument("--pim-mode", default="blocked", choices=["blocked", "concurrent"],
+    s.add_argument("--pim-mode", choices=["blocked", "concurrent"],
                    help="host and PIM alternate, or two sub-batches interleave (NeuPIMs)")
     s.add_argument("--wafers", type=_positive_int, help="wafer-scale devices: wafers in a pipeline of layer stages")
     s.add_argument("--weight-streaming", action="store_true",

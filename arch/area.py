@@ -283,6 +283,9 @@ def area_breakdown(arch: Arch) -> dict[str, float]:
     if arch.device_class == "wafer":
         raise SpecError(f"{arch.name} is a wafer-scale device: the area and cost model covers reticle-sized dies "
                         "(its published wafer area is in the preset's die_area_mm2)")
+    if arch.device_class == "pim":
+        raise SpecError(f"{arch.name} is a PIM device: its PUs sit in DRAM dies, which the logic-die area and cost "
+                        "model (fitted per-core overhead, logic density) does not cover")
     node = _node(arch)
     phys, f, dens = physical(arch), area_factor(node), _interp(DENSITY_MTR_MM2, node)
     out = {"matrix": phys["cores"] * f * 1e-6 * max(r * mac_area_um2_45(c) for c, r in arch.matrix.rate_per_cycle.items()),

@@ -17,7 +17,11 @@ A PIM device is DRAM whose banks feed processing units (PUs) next to them. The s
   per lane);
 * ``mode``: ``all_bank`` (one PIM column command makes every PU of a channel compute on its own
   bank) or ``per_bank`` (a column command drives one bank); ``all_bank_activate``: one ACT opens
-  the row in every bank of the channel (tRRD/tFAW do not apply to it).
+  the row in every bank of the channel (tRRD/tFAW do not apply to it);
+* ``location``: ``bank`` (PUs on the DRAM dies next to their banks, the default) or ``logic_die``
+  (PUs on the HBM base die, as Duplex's Logic-PIM: each channel's PU is fed through the TSVs by the
+  banks it reads at once; ``column`` is then the bytes one column period brings down the TSVs to the
+  PU, so ``column / column_period`` per channel is the TSV bandwidth).
 
 The PU count, MACs per cycle and PU clock are the preset's ``matrix`` unit (instances = channels x
 PUs per channel); the external interface is the backing memory level's bandwidth. The cost model
@@ -34,7 +38,8 @@ from typing import Any
 from ..errors import SpecError
 from ..units import parse_quantity
 
-_KEYS = {"channels", "bank_groups", "banks", "row", "column", "timing", "pu", "mode", "all_bank_activate"}
+_KEYS = {"channels", "bank_groups", "banks", "row", "column", "timing", "pu", "mode", "all_bank_activate", "location"}
+LOCATIONS = ("bank", "logic_die")
 _TIMING = ("tCK", "tRCD", "tRP", "tRAS", "tCCD_S", "tCCD_L", "tRRD", "tFAW", "tREFI", "tRFC")
 _TIMING_OPT = ("column_period", "command_period")
 _PU = {"per_channel", "input_buffer", "accumulators", "adder_tree"}
@@ -68,6 +73,7 @@ class PimSpec:
     adder_tree: bool
     mode: str = "all_bank"
     all_bank_activate: bool = True
+    location: str = "bank"
 
     @property
     def banks_per_pu(self) -> int:
@@ -185,6 +191,9 @@ def parse_pim(d: Any, name: str = "device") -> PimSpec:
     mode = d.get("mode", "all_bank")
     if mode not in MODES:
         raise SpecError(f"{where}.mode: must be all_bank or per_bank, got {mode!r}")
+    location = d.get("location", "bank")
+    if location not in LOCATIONS:
+        raise SpecError(f"{where}.location: must be bank or logic_die, got {location!r}")
     aba = d.get("all_bank_activate", True)
     if not isinstance(aba, bool):
         raise SpecError(f"{where}.all_bank_activate: must be true or false, got {aba!r}")
@@ -193,7 +202,7 @@ def parse_pim(d: Any, name: str = "device") -> PimSpec:
         column_period=col, command_period=cmd, pu_per_channel=per_channel,
         input_buffer_bytes=_bytes(pu, "input_buffer", f"{where}.pu"),
         accumulators=_count(pu, "accumulators", f"{where}.pu"), adder_tree=tree, mode=str(mode),
-        all_bank_activate=aba,
+        all_bank_activate=aba, location=str(location),
     )
 
 

@@ -18,10 +18,12 @@ simpy run of the two resources gives the step time and the timeline).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import simpy
+import yaml
 
 from ..arch.loader import load_arch
 from ..arch.spec import Arch
@@ -35,6 +37,27 @@ from .result import COLUMNS, Result
 
 PLACEMENTS = ("auto", "attention", "host", "pim")
 MODES = ("blocked", "concurrent")
+HETERO_DIR = Path(__file__).resolve().parent.parent / "arch" / "hetero"
+_HETERO_KEYS = {"name", "description", "host", "pim", "pim_stacks", "placement", "mode"}
+
+
+def list_hetero() -> list[str]:
+    """Names of the shipped host + PIM presets (``arch/hetero/*.yaml``)."""
+    return sorted(p.stem for p in HETERO_DIR.glob("*.yaml"))
+
+
+def load_hetero(name: str) -> dict[str, Any] | None:
+    """A host + PIM preset (``host``, ``pim``, ``pim_stacks``, ``placement``, ``mode``), or None if
+    ``name`` is not one; a malformed preset is a one-line :class:`SpecError`."""
+    path = HETERO_DIR / f"{name}.yaml"
+    if not isinstance(name, str) or not path.is_file():
+        return None
+    d = yaml.safe_load(path.read_text())
+    if not isinstance(d, dict) or not {"host", "pim"} <= set(d) or set(d) - _HETERO_KEYS:
+        raise SpecError(f"host + PIM preset {name!r}: needs host and pim, and only {', '.join(sorted(_HETERO_KEYS))}")
+    return {"host": d["host"], "pim": d["pim"], "pim_stacks": int(d.get("pim_stacks", 1)),
+            "placement": d.get("placement", "auto"), "mode": d.get("mode", "blocked"),
+            "description": str(d.get("description", ""))}
 
 
 def _placed_ops(host: Arch, pim: Arch, model: ModelSpec, phase: Phase, placement: str,

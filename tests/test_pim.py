@@ -375,3 +375,66 @@ def test_host_plus_pim_placement_and_interleaving():
     ev = [(e["device"], e["start"], e["start"] + e["dur"]) for e in conc.timeline]
     assert any(a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for a in ev for b in ev)  # host and PIM busy at once
     assert pim_stacks("hbm2-pim", 5).matrix.instances == 5 * 128
+
+
+# --- logic-die PIM and the shipped host + PIM presets -------------------------------------------------------
+
+
+def test_duplex_logic_pim_has_four_times_the_stack_bandwidth_at_8_flop_per_byte():
+    a = load_arch("duplex-logic-pim")
+    s = pim_spec(a)
+    assert s.location == "logic_die"
+    tsv = s.internal_bandwidth()
+    assert tsv / a.backing.bandwidth_Bps == pytest.approx(4.0, rel=0.01)  # 4x the TSVs (Duplex section IV)
+    assert a.peak_flops("fp16") == pytest.approx(21.3e12, rel=0.01)  # 32 x 512 MACs x 2 x 650 MHz
+    assert a.peak_flops("fp16") / tsv == pytest.approx(8.0, rel=0.01)  # its Op/B
+
+
+def test_location_is_validated():
+    d = yaml.safe_load((PRESETS_DIR / "duplex-logic-pim.yaml").read_text())
+    d["pim"]["location"] = "interposer"
+    with pytest.raises(SpecError, match="location"):
+        arch_from_dict(d)
+
+
+def test_logic_die_pim_speeds_up_mixtral_decode_below_its_bandwidth_ceiling():
+    from xpusim.sim.hetero import pim_stacks, simulate_hetero
+
+    m = load_model("mixtral-8x7b").with_formats("fp16", "fp16", "fp16")
+    host = simulate("h100-sxm", m, Decode(64, 4096), check_memory=False)
+    duplex = simulate_hetero("h100-sxm", pim_stacks("duplex-logic-pim", 5), m, Decode(64, 4096), "auto", "blocked")
+    speedup = host.latency_s / duplex.latency_s
+    assert 1.0 < speedup < 4.0  # never slower; never above the 4x TSV bandwidth ceiling
+    assert duplex.inputs["pim_share"] > 0.5  # the experts and the GQA attention go to the base dies
+
+
+@pytest.mark.parametrize("name", ["duplex", "neupims", "attacc-a100"])
+def test_host_plus_pim_presets_simulate_from_the_cli(name, capsys):
+    from xpusim.cli import main
+    from xpusim.sim.hetero import list_hetero, load_hetero
+
+    assert name in list_hetero()
+    combo = load_hetero(name)
+    assert combo is not None and load_arch(combo["pim"]).device_class == "pim"
+    assert main(["simulate", "--arch", name, "--model", "llama-2-7b", "--phase", "decode", "--batch", "8",
+                 "--context", "512", "--weight-dtype", "fp16", "--act-dtype", "fp16", "--kv-dtype", "fp16"]) == 0
+    out = capsys.readouterr().out
+    assert f"({combo['placement']} placement, {combo['mode']})" in out
+    assert main(["simulate", "--arch", name, "--pim-mode", "blocked", "--model", "llama-2-7b", "--phase", "decode",
+                 "--batch", "8", "--context", "512", "--weight-dtype", "fp16", "--act-dtype", "fp16", "--kv-dtype", "fp16"]) == 0
+    assert ", blocked)" in capsys.readouterr().out  # a flag overrides the preset's policy
+
+
+def test_neupims_subbatch_interleaving_pays_only_at_large_batch():
+    # NeuPIMs (ASPLOS 2024, Fig. 13): sub-batch interleaving hurts at small batches and helps at >= 256,
+    # where the NPU's share is compute-bound and halving the batch does not double its time
+    from xpusim.sim.hetero import simulate_hetero
+
+    m = load_model("llama-2-7b").with_formats("fp16", "fp16", "fp16")
+
+    def ratio(batch):
+        b = simulate_hetero("neupims-npu", "neupims-pim", m, Decode(batch, 512), "attention", "blocked")
+        c = simulate_hetero("neupims-npu", "neupims-pim", m, Decode(batch, 512), "attention", "concurrent")
+        return b.latency_s / c.latency_s
+
+    assert ratio(16) < 1.0 < ratio(512)
