@@ -32,7 +32,7 @@ from ..mappers.fusion import plan
 from ..workloads.builder import build_trace
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Phase
-from .engine import _kv_bytes, activation_bytes, group_cost, op_cost
+from .engine import _kv_bytes, activation_bytes, collective_cost, group_cost, op_cost
 from .result import COLUMNS, Result
 
 PLACEMENTS = ("auto", "attention", "host", "pim")
@@ -60,13 +60,20 @@ def load_hetero(name: str) -> dict[str, Any] | None:
             "description": str(d.get("description", ""))}
 
 
-def _placed_ops(host: Arch, pim: Arch, model: ModelSpec, phase: Phase, placement: str,
-                routing: str | None) -> list[dict[str, Any]]:
-    """One record per kernel group in trace order: costs on both sides and the chosen side."""
-    trace = build_trace(model, phase, routing)
+def _placed_ops(host: Arch, pim: Arch, trace: Any, placement: str, system: Any = None) -> list[dict[str, Any]]:
+    """One record per kernel group in trace order: costs on both sides and the chosen side
+    (collectives run over the system's fabric, on the host side)."""
     rows = []
     for block in trace.blocks:
         for group in plan(block.ops, host):
+            if group.kind == "collective":
+                c = collective_cost(group.ops[0], system)
+                rows.append({"block": block.name, "name": group.name, "kind": group.kind, "repeat": block.repeat,
+                             "flops": 0.0, "bytes": group.ops[0].bytes, "intensity": 0.0, "cycles": c.cycles,
+                             "latency_s": c.latency_s, "total_latency_s": c.latency_s * block.repeat,
+                             "energy_j": c.energy_j, "total_energy_j": c.energy_j * block.repeat, "bound": "link",
+                             "utilization": 0.0, "device": "host", "host_s": c.latency_s, "pim_s": float("inf")})
+                continue
             h = group_cost(group, host)
             p_lat, p_energy = 0.0, 0.0
             for op in group.ops:
@@ -128,8 +135,12 @@ def _interleave(segs: list[tuple[str, float]], streams: int) -> tuple[float, lis
 
 
 def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, phase: Phase, placement: str = "auto",
-                    mode: str = "blocked", routing: str | None = None) -> Result:
-    """One step of ``model`` on a host with processing-in-memory (see the module docstring)."""
+                    mode: str = "blocked", routing: str | None = None, system: Any = None, tp: int = 1) -> Result:
+    """One step of ``model`` on a host with processing-in-memory (see the module docstring).
+
+    With ``tp > 1`` the step is one tensor-parallel rank's (``sim/parallel.py``: its share of heads,
+    widths and vocabulary, with the all-reduces) on ``tp`` such devices joined by ``system``'s
+    fabric (a system preset whose devices are the hosts, e.g. ``dgx-h100``)."""
     if placement not in PLACEMENTS:
         raise SpecError(f"placement {placement!r}: use one of {', '.join(PLACEMENTS)}")
     if mode not in MODES:
@@ -141,7 +152,19 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     if mode == "concurrent" and phase.batch % 2:
         raise SpecError(f"concurrent host/PIM execution splits the batch in two: give an even batch, not {phase.batch}")
     sub = dataclasses.replace(phase, batch=phase.batch // streams)
-    rows = _placed_ops(host, pim, model, sub, placement, routing)
+    if tp > 1:
+        from ..arch.system import load_system
+        from .parallel import Plan, device_trace
+
+        if system is None:
+            raise SpecError(f"tensor parallelism over {tp} host + PIM devices needs a system for the fabric (e.g. dgx-h100)")
+        system = load_system(system)
+        if tp > system.n_devices:
+            raise SpecError(f"--tp {tp} exceeds the {system.n_devices} devices of {system.name}")
+        step_trace = device_trace(model, sub, Plan(tp=tp), routing)
+    else:
+        step_trace = build_trace(model, sub, routing)
+    rows = _placed_ops(host, pim, step_trace, placement, system)
     makespan, events = _interleave(_segments(rows), streams)
     df = pd.DataFrame(rows, columns=[*COLUMNS, "device", "host_s", "pim_s"])
     trace = build_trace(model, phase, routing)
@@ -149,7 +172,8 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
                   weights_bytes=model.weights_bytes, kv_cache_bytes=_kv_bytes(model, phase),
                   activation_bytes=activation_bytes(trace),
                   capacity_bytes=host.backing.capacity_bytes * host.backing.instances,
-                  inputs={"arch": f"{host.name} + {pim.name}", "device_class": "hetero", "trace": trace.name,
+                  inputs={"arch": f"{host.name} + {pim.name}" + (f" (tp{tp} on {system.name})" if tp > 1 else ""),
+                          "device_class": "hetero", "trace": trace.name, "tp": tp,
                           "phase": phase.name, "model": model.name, "phase_args": dict(vars(phase)),
                           "placement": placement, "mode": mode, "streams": streams, "meta": trace.meta,
                           "pim_share": float(df.loc[df["device"] == "pim", "total_latency_s"].sum()

@@ -137,6 +137,60 @@ def op_energy_ratio(p: dict[str, Any]) -> float:
     return base.energy_j / design.energy_j
 
 
+def _model(p: dict[str, Any]):
+    from ..workloads.model import load_model
+
+    model = load_model(p["model"])
+    fmts = {k: p.get(k) for k in ("weights", "activations", "kv")}
+    return model.with_formats(fmts["weights"], fmts["activations"], fmts["kv"]) if any(fmts.values()) else model
+
+
+def _side_step(side: dict[str, Any], model: Any, phase: Any) -> float:
+    """Seconds of one step on a case side: ``hetero`` (a host + PIM preset, optionally ``tp`` over a
+    ``system``), ``system`` with ``tp`` (host only), or ``arch``."""
+    tp = int(side.get("tp", 1))
+    if "hetero" in side:
+        from ..sim.hetero import load_hetero, pim_stacks, simulate_hetero
+
+        combo = load_hetero(side["hetero"])
+        if combo is None:
+            raise SpecError(f"case: {side['hetero']!r} is not a host + PIM preset")
+        return simulate_hetero(combo["host"], pim_stacks(combo["pim"], combo["pim_stacks"]), model, phase,
+                               side.get("placement", combo["placement"]), side.get("mode", combo["mode"]),
+                               system=side.get("system"), tp=tp).latency_s
+    if "system" in side:
+        from ..sim.events import simulate_system
+        from ..sim.parallel import Plan
+
+        return simulate_system(side["system"], model, phase, Plan(tp=tp), check_memory=False).latency_s
+    from ..sim.engine import simulate
+
+    return simulate(side["arch"], model, phase, check_memory=False).latency_s
+
+
+@case_kind("continuous_batching_speedup")
+def continuous_batching_speedup(p: dict[str, Any]) -> float:
+    """Serving throughput of ``design`` over ``baseline`` under continuous batching in steady state,
+    ``stat`` (max or mean) over every batch x (input, output length) pair: an iteration decodes one
+    token of each of ``batch`` requests at the mean context ``lin + lout / 2`` and prefills the
+    ``batch / lout`` requests that join per iteration, so throughput = batch / (decode step +
+    (batch / lout) x prefill of one ``lin``-token prompt)."""
+    from ..workloads.phases import Decode, Prefill
+
+    model = _model(p)
+    ratios = []
+    for batch in p["batches"]:
+        for lin in p["lin"]:
+            for lout in p["lout"]:
+                t = {}
+                for side in ("baseline", "design"):
+                    dec = _side_step(p[side], model, Decode(int(batch), int(lin + lout // 2)))
+                    pre = _side_step(p[side], model, Prefill(1, int(lin)))
+                    t[side] = dec + pre * batch / lout
+                ratios.append(t["baseline"] / t["design"])
+    return float(max(ratios) if p.get("stat", "max") == "max" else sum(ratios) / len(ratios))
+
+
 def list_cases() -> list[str]:
     return sorted(f.stem for f in CASES_DIR.glob("*.yaml"))
 
