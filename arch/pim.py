@@ -21,7 +21,9 @@ A PIM device is DRAM whose banks feed processing units (PUs) next to them. The s
 * ``location``: ``bank`` (PUs on the DRAM dies next to their banks, the default) or ``logic_die``
   (PUs on the HBM base die, as Duplex's Logic-PIM: each channel's PU is fed through the TSVs by the
   banks it reads at once; ``column`` is then the bytes one column period brings down the TSVs to the
-  PU, so ``column / column_period`` per channel is the TSV bandwidth).
+  PU, so ``column / column_period`` per channel is the TSV bandwidth);
+* ``internal_read_energy`` (optional, pJ per bit): energy of a read that stays inside the DRAM
+  (bank to its PU) instead of the memory level's interface energy (which includes the I/O).
 
 The PU count, MACs per cycle and PU clock are the preset's ``matrix`` unit (instances = channels x
 PUs per channel); the external interface is the backing memory level's bandwidth. The cost model
@@ -38,7 +40,8 @@ from typing import Any
 from ..errors import SpecError
 from ..units import parse_quantity
 
-_KEYS = {"channels", "bank_groups", "banks", "row", "column", "timing", "pu", "mode", "all_bank_activate", "location"}
+_KEYS = {"channels", "bank_groups", "banks", "row", "column", "timing", "pu", "mode", "all_bank_activate", "location",
+         "internal_read_energy"}
 LOCATIONS = ("bank", "logic_die")
 _TIMING = ("tCK", "tRCD", "tRP", "tRAS", "tCCD_S", "tCCD_L", "tRRD", "tFAW", "tREFI", "tRFC")
 _TIMING_OPT = ("column_period", "command_period")
@@ -74,6 +77,7 @@ class PimSpec:
     mode: str = "all_bank"
     all_bank_activate: bool = True
     location: str = "bank"
+    internal_read_energy_pj_per_bit: float | None = None
 
     @property
     def banks_per_pu(self) -> int:
@@ -191,6 +195,9 @@ def parse_pim(d: Any, name: str = "device") -> PimSpec:
     mode = d.get("mode", "all_bank")
     if mode not in MODES:
         raise SpecError(f"{where}.mode: must be all_bank or per_bank, got {mode!r}")
+    ire = d.get("internal_read_energy")
+    if ire is not None and (isinstance(ire, bool) or not isinstance(ire, int | float) or not math.isfinite(ire) or ire <= 0):
+        raise SpecError(f"{where}.internal_read_energy: must be a positive number of pJ per bit, got {ire!r}")
     location = d.get("location", "bank")
     if location not in LOCATIONS:
         raise SpecError(f"{where}.location: must be bank or logic_die, got {location!r}")
@@ -203,6 +210,7 @@ def parse_pim(d: Any, name: str = "device") -> PimSpec:
         input_buffer_bytes=_bytes(pu, "input_buffer", f"{where}.pu"),
         accumulators=_count(pu, "accumulators", f"{where}.pu"), adder_tree=tree, mode=str(mode),
         all_bank_activate=aba, location=str(location),
+        internal_read_energy_pj_per_bit=float(ire) if ire is not None else None,
     )
 
 

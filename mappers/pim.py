@@ -232,8 +232,10 @@ def pim_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     io_bytes = g.m * spec.channels * float(c["input_bytes"][i] + c["output_bytes"][i])
     internal = passes * g.groups * g.n * g.k * g.w_bytes
     lv = arch.backing
+    inside = (8.0 * spec.internal_read_energy_pj_per_bit if spec.internal_read_energy_pj_per_bit is not None
+              else lv.read_energy_pj_per_byte)
     energy = {"compute": g.macs * arch.matrix.energy(g.compute) * 1e-12,
-              lv.name: (internal * lv.read_energy_pj_per_byte + io_bytes * 0.5 * (lv.read_energy_pj_per_byte
+              lv.name: (internal * inside + io_bytes * 0.5 * (lv.read_energy_pj_per_byte
                                                                                   + lv.write_energy_pj_per_byte)) * 1e-12,
               "static": arch.static_power_w * latency}
     ideal = g.macs / (arch.matrix.rate_per_cycle[g.compute] * arch.matrix.instances * arch.matrix_clock_hz)

@@ -60,6 +60,15 @@ def load_hetero(name: str) -> dict[str, Any] | None:
             "description": str(d.get("description", ""))}
 
 
+def _is_attention(group: Any) -> bool:
+    """A fused attention, or one of its unfused parts: a product with the KV cache, or the softmax
+    over its scores (what AttAcc moves to the PIM)."""
+    if group.kind == "attention":
+        return True
+    op = group.ops[0]
+    return op.kind == "softmax" or (op.kind == "matmul" and any(t.role == "kv" for t in op.inputs))
+
+
 def _placed_ops(host: Arch, pim: Arch, trace: Any, placement: str, system: Any = None) -> list[dict[str, Any]]:
     """One record per kernel group in trace order: costs on both sides and the chosen side
     (collectives run over the system's fabric, on the host side)."""
@@ -72,7 +81,8 @@ def _placed_ops(host: Arch, pim: Arch, trace: Any, placement: str, system: Any =
                              "flops": 0.0, "bytes": group.ops[0].bytes, "intensity": 0.0, "cycles": c.cycles,
                              "latency_s": c.latency_s, "total_latency_s": c.latency_s * block.repeat,
                              "energy_j": c.energy_j, "total_energy_j": c.energy_j * block.repeat, "bound": "link",
-                             "utilization": 0.0, "device": "host", "host_s": c.latency_s, "pim_s": float("inf")})
+                             "utilization": 0.0, "device": "host", "host_s": c.latency_s, "pim_s": float("inf"),
+                             "ops": (group.ops[0].name,)})
                 continue
             h = group_cost(group, host)
             p_lat, p_energy = 0.0, 0.0
@@ -83,7 +93,7 @@ def _placed_ops(host: Arch, pim: Arch, trace: Any, placement: str, system: Any =
             if placement == "auto":
                 side = "pim" if p_lat < h.latency_s else "host"
             elif placement == "attention":
-                side = "pim" if group.kind == "attention" or group.ops[0].name.startswith("attn_") else "host"
+                side = "pim" if _is_attention(group) else "host"
             else:
                 side = placement
             flops = sum(op.flops for op in group.ops)
@@ -95,38 +105,52 @@ def _placed_ops(host: Arch, pim: Arch, trace: Any, placement: str, system: Any =
                          "energy_j": p_energy if side == "pim" else h.energy_j,
                          "total_energy_j": (p_energy if side == "pim" else h.energy_j) * block.repeat,
                          "bound": "pim" if side == "pim" else h.bound, "utilization": 0.0 if side == "pim" else h.utilization,
-                         "device": side, "host_s": h.latency_s, "pim_s": p_lat})
+                         "device": side, "host_s": h.latency_s, "pim_s": p_lat, "ops": tuple(op.name for op in group.ops)})
     return rows
 
 
-def _segments(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
-    """The step as alternating (side, seconds) segments, blocks unrolled by their repeat."""
-    segs: list[tuple[str, float]] = []
+@dataclasses.dataclass
+class Segment:
+    """A run of consecutive kernel groups on one side: seconds, and the ops it runs as
+    ``(block, repeat index, op names)`` items in order."""
+
+    side: str
+    seconds: float
+    items: list[tuple[str, int, tuple[str, ...]]]
+
+
+def _segments(rows: list[dict[str, Any]]) -> list[Segment]:
+    """The step as alternating host/PIM segments, blocks unrolled by their repeat."""
+    segs: list[Segment] = []
     blocks: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         blocks.setdefault(r["block"], []).append(r)
-    for block_rows in blocks.values():
-        for _ in range(block_rows[0]["repeat"]):
+    for name, block_rows in blocks.items():
+        for i in range(block_rows[0]["repeat"]):
             for r in block_rows:
-                if segs and segs[-1][0] == r["device"]:
-                    segs[-1] = (r["device"], segs[-1][1] + r["latency_s"])
+                item = (name, i, tuple(r.get("ops", (r["name"],))))
+                if segs and segs[-1].side == r["device"]:
+                    segs[-1].seconds += r["latency_s"]
+                    segs[-1].items.append(item)
                 else:
-                    segs.append((r["device"], r["latency_s"]))
+                    segs.append(Segment(r["device"], r["latency_s"], [item]))
     return segs
 
 
-def _interleave(segs: list[tuple[str, float]], streams: int) -> tuple[float, list[dict[str, Any]]]:
-    """``streams`` sub-batches each running ``segs`` on the host and PIM resources (simpy)."""
+def _interleave(segs: list[Segment], streams: int) -> tuple[float, list[dict[str, Any]]]:
+    """``streams`` sub-batches each running ``segs`` in order on the host and PIM resources (simpy);
+    events name the sub-batch (``stream``) and the segment index each interval runs."""
     env = simpy.Environment()
     res = {"host": simpy.Resource(env, 1), "pim": simpy.Resource(env, 1)}
     events: list[dict[str, Any]] = []
 
     def run(j: int):
-        for side, t in segs:
-            with res[side].request() as req:
+        for k, seg in enumerate(segs):
+            with res[seg.side].request() as req:
                 yield req
-                events.append({"device": side, "name": f"sub-batch {j}", "kind": side, "start": env.now, "dur": t})
-                yield env.timeout(t)
+                events.append({"device": seg.side, "name": f"sub-batch {j}", "kind": seg.side, "start": env.now,
+                               "dur": seg.seconds, "stream": j, "segment": k})
+                yield env.timeout(seg.seconds)
 
     for j in range(streams):
         env.process(run(j))

@@ -438,3 +438,48 @@ def test_neupims_subbatch_interleaving_pays_only_at_large_batch():
         return b.latency_s / c.latency_s
 
     assert ratio(16) < 1.0 < ratio(512)
+
+
+def test_attention_placement_moves_only_the_attention_to_the_pim():
+    from xpusim.sim.hetero import simulate_hetero
+
+    m = load_model("llama-2-7b").with_formats("fp16", "fp16", "fp16")
+    r = simulate_hetero("a100-80gb", "hbm2-pim", m, Decode(8, 512), "attention", "blocked")
+    assert set(r.ops.loc[r.ops["device"] == "pim", "name"]) == {"attention"}  # the fused kernel on a GPU host
+    r = simulate_hetero("neupims-npu", "neupims-pim", m, Decode(8, 512), "attention", "blocked")
+    assert set(r.ops.loc[r.ops["device"] == "pim", "name"]) == {"attn_score", "softmax", "attn_context"}  # unfused parts
+
+
+def test_interleaved_subbatch_schedule_computes_what_the_blocked_step_computes():
+    # NeuPIMs' dual row buffers let one sub-batch's PIM attention run while the other's NPU GEMMs do:
+    # executing the simulator's interleaved schedule functionally gives the blocked step's logits
+    from xpusim.sim.hetero import _interleave, _placed_ops, _segments
+    from xpusim.workloads import ModelSpec, Prefill, build_trace
+    from xpusim.workloads.functional.pim import execute_schedule
+    from xpusim.workloads.functional.reference import execute, init_weights
+
+    tiny = ModelSpec(name="tiny-gpt", n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, head_dim=16, d_ff=256,
+                     vocab_size=97, max_seq_len=64, activation="gelu", gated_mlp=False, norm="layernorm",
+                     position="learned", tied_embeddings=True, weight_dtype="fp16", act_dtype="fp16", kv_dtype="fp16")
+    batch, ctx = 4, 6
+    r = np.random.default_rng(3)
+    prompt, nxt = r.integers(0, 97, (batch, ctx)), r.integers(0, 97, (batch, 1))
+    w = init_weights(build_trace(tiny, Decode(batch, ctx + 1)), seed=1)
+    _, cache = execute(build_trace(tiny, Prefill(batch, ctx)), w, prompt)
+    blocked, _ = execute(build_trace(tiny, Decode(batch, ctx + 1)), w, nxt, cache)
+
+    half = batch // 2
+    sub = build_trace(tiny, Decode(half, ctx + 1))
+    rows = _placed_ops(load_arch("neupims-npu"), load_arch("neupims-pim"), sub, "attention")
+    segs = _segments(rows)
+    makespan, events = _interleave(segs, 2)
+    assert {e["device"] for e in events} == {"host", "pim"} and len(events) == 2 * len(segs)
+    busy = sum(e["dur"] for e in events)
+    assert makespan < busy  # the two sub-batches overlapped somewhere
+    caches = [execute(build_trace(tiny, Prefill(half, ctx)), w, prompt[j * half:(j + 1) * half])[1] for j in range(2)]
+    out = execute_schedule(sub, segs, events, w, [nxt[:half], nxt[half:]], caches)
+    np.testing.assert_allclose(np.concatenate(out), blocked, rtol=1e-10, atol=1e-12)
+    # the same ops in an order that breaks a dependency do not run
+    bad = [dict(e, start=-e["start"]) for e in events]
+    with pytest.raises((KeyError, XpusimError)):
+        execute_schedule(sub, segs, bad, w, [nxt[:half], nxt[half:]], caches)

@@ -97,3 +97,26 @@ def pim_gemv(w: np.ndarray, x: np.ndarray, plan: dict[str, Any], w_bytes: float,
         "output_bytes": float(outputs.max()),
     }
     return np.moveaxis(y, 2, 1), counts
+
+
+def execute_schedule(trace: Any, segments: list[Any], events: list[dict[str, Any]], weights: dict[str, np.ndarray],
+                     token_ids: list[np.ndarray], caches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """Run a host + PIM schedule functionally: every sub-batch (``stream``) executes ``trace``'s ops
+    (the sub-batch's trace) segment by segment, in the order the schedule's ``events`` started them
+    (:func:`~xpusim.sim.hetero._interleave`: ``stream``, ``segment``, ``start``), each with its own
+    activations and KV cache. Returns each sub-batch's last output (the logits). A schedule that
+    started a segment before the one it depends on fails here (its inputs would be missing)."""
+    from .reference import _execute_op, weight_key
+
+    ops = {b.name: {op.name: op for op in b.ops} for b in trace.blocks}
+    repeats = {b.name: b.repeat for b in trace.blocks}
+    envs = [{"token_ids": np.asarray(t).reshape(-1)} for t in token_ids]
+    state = [dict(c) for c in caches]
+    last: list[Any] = [None] * len(envs)
+    for ev in sorted(events, key=lambda e: (e["start"], e["stream"])):
+        j = ev["stream"]
+        for block, i, names in segments[ev["segment"]].items:
+            for name in names:
+                key = (lambda n, b=block, i=i: weight_key(b, repeats[b], i, n))
+                last[j] = _execute_op(ops[block][name], envs[j], weights, state[j], key)
+    return last
