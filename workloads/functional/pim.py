@@ -17,6 +17,7 @@ elements in the same layout, for the most loaded channel and PU.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -99,6 +100,10 @@ def pim_gemv(w: np.ndarray, x: np.ndarray, plan: dict[str, Any], w_bytes: float,
     return np.moveaxis(y, 2, 1), counts
 
 
+def _key_of(weight_key: Any, block: str, repeat: int, index: int, name: str) -> str:
+    return weight_key(block, repeat, index, name)
+
+
 def execute_schedule(trace: Any, segments: list[Any], events: list[dict[str, Any]], weights: dict[str, np.ndarray],
                      token_ids: list[np.ndarray], caches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
     """Run a host + PIM schedule functionally: every sub-batch (``stream``) executes ``trace``'s ops
@@ -116,7 +121,7 @@ def execute_schedule(trace: Any, segments: list[Any], events: list[dict[str, Any
     for ev in sorted(events, key=lambda e: (e["start"], e["stream"])):
         j = ev["stream"]
         for block, i, names in segments[ev["segment"]].items:
+            key = functools.partial(_key_of, weight_key, block, repeats[block], i)
             for name in names:
-                key = (lambda n, b=block, i=i: weight_key(b, repeats[b], i, n))
                 last[j] = _execute_op(ops[block][name], envs[j], weights, state[j], key)
     return last
