@@ -283,9 +283,11 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
         claimed = (r["claimed"] if not isinstance(r["claimed"], list) else f">= {lo}" if hi is None
                    else f"<= {hi}" if lo is None else f"{lo}..{hi}")
         tol = f" +-{r['tolerance_pct']:g} %" if r["tolerance_pct"] else ""
-        print(f"{'PASS' if r['passed'] else 'FAIL'}  {r['name']:<28} claimed {claimed}{tol}  simulated {r['simulated']:.4g}"
-              f"  ({r['paper']})")
-    return 0 if all(r["passed"] for r in out) else 1
+        status = "PASS" if r["passed"] else "GAP " if r["known_gap"] else "FAIL"
+        print(f"{status}  {r['name']:<28} claimed {claimed}{tol}  simulated {r['simulated']:.4g}  ({r['paper']})")
+        if r["known_gap"] and not r["passed"]:
+            print(f"      known gap: {r['known_gap']}")
+    return 0 if all(r["passed"] or r["known_gap"] for r in out) else 1
 
 
 def _cmd_report(a: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_
           "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind",
           "serves"}
 _UNIT = {"instances", "macs_per_cycle", "flops_per_cycle", "energy_pj_per_mac", "energy_pj_per_flop", "array",
-         "dataflow", "clock", "accumulator_bits"}
+         "dataflow", "clock", "accumulator_bits", "preload"}
 
 
 #: class-specific hardware features a preset may declare, with their meaning
@@ -108,6 +108,9 @@ def _unit(d: Any, kind: str, where: str) -> ComputeUnit:
     energy = _rates(energy, f"{where}.{e_key}") if energy else {}
     if "dataflow" in d and d["dataflow"] not in ("ws", "os", "is"):
         raise SpecError(f"{where}.dataflow: must be ws, os or is, got {d['dataflow']!r}")
+    preload = d.get("preload", False)
+    if not isinstance(preload, bool) or (preload and "array" not in d):
+        raise SpecError(f"{where}.preload: must be true or false, and applies to a systolic array (give array:)")
     return ComputeUnit(
         kind=kind,
         instances=_int(d.get("instances", 1), f"{where}.instances"),
@@ -117,6 +120,7 @@ def _unit(d: Any, kind: str, where: str) -> ComputeUnit:
         dataflow=d.get("dataflow"),
         clock_hz=parse_quantity(d["clock"], "hz", f"{where}.clock") if "clock" in d else None,
         accumulator_bits=_int(d["accumulator_bits"], f"{where}.accumulator_bits") if "accumulator_bits" in d else None,
+        preload=preload,
     )
 
 

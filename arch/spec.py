@@ -63,7 +63,9 @@ class ComputeUnit:
     class (``bf16``, ``fp8``, ``int8``...); ``energy_pj``: pJ per MAC (matrix) or per FLOP (vector)
     keyed likewise; ``array``: (rows, cols) of a systolic array; ``clock_hz`` overrides the device
     clock for this unit; ``accumulator_bits``: width of the partial sums the unit keeps and spills
-    (``None``: the dtype's accumulation type, e.g. 32 bits for int8 and fp32 for bf16).
+    (``None``: the dtype's accumulation type, e.g. 32 bits for int8 and fp32 for bf16);
+    ``preload``: a systolic array double-buffers its stationary operand, so only the first fold pays
+    the ``R`` cycles of loading it.
     """
 
     kind: str
@@ -74,6 +76,7 @@ class ComputeUnit:
     dataflow: str | None = None
     clock_hz: float | None = None
     accumulator_bits: int | None = None
+    preload: bool = False  # systolic: the next fold's stationary operand loads while the current fold streams
 
     def resolve(self, compute: str) -> str:
         """The compute class that runs work of class ``compute``: itself when the unit has it,

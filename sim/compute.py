@@ -48,25 +48,29 @@ def gemm_roles(prob: Problem) -> tuple[int, int, int]:
     return idx["m"], idx["n"], idx["k"]
 
 
-def systolic_fold_cycles(rows: int, cols: int, stream: int, dataflow: str) -> int:
+def systolic_fold_cycles(rows: int, cols: int, stream: int, dataflow: str, preload: bool = False) -> int:
     """Cycles of one fold as SCALE-Sim v3 builds its demand matrices: ``T + R + C - 2`` for
     output-stationary, ``2R + C + T - 2`` for weight- and input-stationary (an extra R cycles to
-    load the stationary operand). A partial fold is padded to the full array and costs the same."""
-    return stream + rows + cols - 2 + (rows if dataflow in ("ws", "is") else 0)
+    load the stationary operand; hidden behind the previous fold when the array ``preload``s it).
+    A partial fold is padded to the full array and costs the same."""
+    return stream + rows + cols - 2 + (rows if dataflow in ("ws", "is") and not preload else 0)
 
 
-def systolic_compute_cycles(prob: Problem, rows: int, cols: int, dataflow: str, arrays: int = 1) -> int:
+def systolic_compute_cycles(prob: Problem, rows: int, cols: int, dataflow: str, arrays: int = 1,
+                            preload: bool = False) -> int:
     """Compute cycles of a GEMM-like problem on an R x C array, exactly as SCALE-Sim v3 reports
     them for a GEMM row ``M, N, K`` (its total minus stall cycles): ``Fr * Fc * D - 1`` with
     ``Fr = ceil(Sr / R)``, ``Fc = ceil(Sc / C)``, ``D`` the fold cycles of the streamed extent ``T``
     (the whole dimension: buffer limits become stalls, not extra folds). Batch dims repeat the GEMM;
-    a device with several arrays deals the folds out to them (``arrays`` = 1 is SCALE-Sim's case)."""
+    a device with several arrays deals the folds out to them (``arrays`` = 1 is SCALE-Sim's case).
+    ``preload``: the stationary operand of every fold but the first loads during the previous one."""
     rd, cd, sd = systolic_roles(prob, dataflow)
     size = lambda i: int(prob.sizes[i]) if i >= 0 else 1  # noqa: E731
     batch = int(np.prod([prob.sizes[d] for d in range(prob.n_dims) if prob.rel[:, d].all()])) or 1
     folds = -(-size(rd) // rows) * -(-size(cd) // cols)
     per_array = -(-(batch * folds) // arrays)
-    return per_array * systolic_fold_cycles(rows, cols, size(sd), dataflow) - 1
+    first = rows if preload and dataflow in ("ws", "is") else 0
+    return per_array * systolic_fold_cycles(rows, cols, size(sd), dataflow, preload) + first - 1
 
 
 def min_tile(prob: Problem, arch: Arch) -> np.ndarray:
@@ -90,5 +94,5 @@ def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarr
         return steps.astype(np.float64)
     rows, cols = arch.matrix.array
     arrays = arch.matrix.instances
-    cyc = systolic_compute_cycles(prob, rows, cols, arch.matrix.dataflow or "ws", arrays)
+    cyc = systolic_compute_cycles(prob, rows, cols, arch.matrix.dataflow or "ws", arrays, arch.matrix.preload)
     return np.full(steps.shape, float(cyc))

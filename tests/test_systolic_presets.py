@@ -141,3 +141,29 @@ def test_agrees_with_zigzag_where_dram_bound(shape, lat_tol, energy_tol):
     cost = op_cost(gemm_op(*shape, "int8"), load_arch("zigzag-tpu-like"), "latency", isolated=True)
     assert cost.cycles == pytest.approx(float(ref["latency_cycles"]), rel=lat_tol)
     assert cost.energy_j * 1e12 == pytest.approx(float(ref["energy_pj"]), rel=energy_tol)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 700), n=st.integers(1, 700), k=st.integers(1, 700), df=st.sampled_from(["ws", "is", "os"]))
+def test_preloaded_stationary_operand_saves_r_cycles_per_fold_but_the_first(m, n, k, df):
+    from xpusim.sim.compute import systolic_compute_cycles, systolic_roles
+
+    prob = gemm_problem(m, n, k)
+    base = systolic_compute_cycles(prob, 128, 128, df)
+    pre = systolic_compute_cycles(prob, 128, 128, df, preload=True)
+    rd, cd, _ = systolic_roles(prob, df)
+    folds = -(-int(prob.sizes[rd]) // 128) * -(-int(prob.sizes[cd]) // 128)
+    if df == "os":  # nothing stationary to load
+        assert pre == base
+    else:
+        assert base - pre == 128 * (folds - 1)
+
+
+def test_preload_is_validated_and_only_for_arrays():
+    d = {**TINY_SYSTOLIC, "matrix": {**TINY_SYSTOLIC["matrix"], "preload": "yes"}}
+    with pytest.raises(SpecError, match="preload"):
+        arch_from_dict(d)
+    d = {**TINY_SYSTOLIC, "matrix": {"instances": 1, "macs_per_cycle": {"bf16": 4}, "preload": True}}
+    with pytest.raises(SpecError, match="preload"):
+        arch_from_dict(d)
+    assert load_arch("neupims-npu").matrix.preload and not load_arch("tpu-v4").matrix.preload
