@@ -16,7 +16,7 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 
 _TOP = {"name", "class", "description", "clock", "matrix", "vector", "memory", "launch_overhead",
         "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features", "die", "pim",
-        "wafer"}
+        "wafer", "rdu"}
 _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_pj_per_byte",
           "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind",
           "serves"}
@@ -248,6 +248,14 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         wspec = parse_wafer(d["wafer"], arch.matrix_clock_hz, name)
         check_wafer_arch(wspec, arch.matrix.instances, name)
         arch.rules["wafer"] = wspec
+    if arch.device_class == "dataflow" or "rdu" in d:  # reconfigurable dataflow unit: PCUs, PMUs, tiers (arch/rdu.py)
+        from .rdu import check_rdu_arch, parse_rdu
+
+        if arch.device_class != "dataflow" or "rdu" not in d:
+            raise SpecError(f"device {name!r}: class dataflow and an rdu: section (PCUs, PMUs, DDR tier) go together")
+        rspec = parse_rdu(d["rdu"], name)
+        check_rdu_arch(rspec, arch, name)
+        arch.rules["rdu"] = rspec
     return arch
 
 

@@ -43,7 +43,7 @@ TOPOLOGIES = {
 }
 
 _TOP = {"name", "description", "device", "devices_per_node", "nodes", "intra", "inter", "algorithms", "rules",
-        "sources", "notes"}
+        "sources", "notes", "host_link"}
 _INTRA = {"topology", "bandwidth", "latency", "energy_per_byte", "dims", "root_bandwidth", "in_switch_reduction"}
 _INTER = {"bandwidth", "latency", "energy_per_byte", "nics_per_node"}
 
@@ -263,6 +263,11 @@ def system_from_dict(d: Any, name: str = "system", base: Path | None = None) -> 
     for k in ("sources", "notes"):
         if k in d:
             meta[k] = d[k]
+    if "host_link" in d:  # host memory to one device (PCIe): what loading a model from host DRAM runs at
+        hl = parse_quantity(d["host_link"], "bytes_per_s", f"{where}.host_link")
+        if not (math.isfinite(hl) and hl > 0):
+            raise SpecError(f"{where}.host_link: must be a positive bandwidth, e.g. '63 GB/s'")
+        meta["host_link_Bps"] = hl
     return System(name=name, device=device, devices_per_node=dpn, nodes=nodes, intra=intra, intra_topology=str(topo),
                   dims=dims, inter=inter, nics_per_node=nics, description=str(d.get("description", "")),
                   in_switch_reduction=isr, meta=meta)

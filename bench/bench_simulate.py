@@ -3,9 +3,9 @@
 Prints the median of 5 runs after one warm-up, with the op-cost memo cleared before every run
 (cold: every distinct op is mapped from scratch), and the warm time (memo kept) for reference.
 
-    python bench/bench_simulate.py [--arch h100-sxm] [--wafer wse-3] [--pim hbm2-pim]
+    python bench/bench_simulate.py [--arch h100-sxm] [--wafer wse-3] [--pim hbm2-pim] [--rdu sn40l-node]
 
-Target (issues 2, 9 and 10): under 0.2 s each, cold.
+Target (issues 2, 9, 10 and 11): under 0.2 s each, cold.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="h100-sxm")
     ap.add_argument("--wafer", default="wse-3", help="wafer-scale device for the wafer case ('' to skip)")
+    ap.add_argument("--rdu", default="sn40l-node", help="dataflow system for the RDU case ('' to skip)")
     ap.add_argument("--pim", default="hbm2-pim", help="PIM device (8 stacks) for the host + PIM case ('' to skip)")
     args = ap.parse_args()
     arch = load_arch(args.arch)
@@ -65,6 +66,13 @@ def main() -> None:
         l70 = load_model("llama-3-70b").with_formats("fp16", "fp16", "fp16")
         cases[f"llama-3-70b decode b=8 ctx=4096, {arch.name} + {pim.name}"] = (
             lambda: simulate_hetero(arch, pim, l70, Decode(8, 4096)))
+    if args.rdu:  # a Llama-3-70B decode step on an 8-socket dataflow node, TP8, fused pipelines (issue 11)
+        from xpusim.sim.events import simulate_system
+        from xpusim.sim.parallel import Plan
+
+        l70b = load_model("llama-3-70b")
+        cases[f"llama-3-70b decode b=1 ctx=4096 on {args.rdu} (tp8)"] = (
+            lambda: simulate_system(args.rdu, l70b, Decode(1, 4096), Plan(tp=8)))
     if args.wafer:  # a whole-wafer decode step, region search and stage placement included (issue 10)
         wafer = load_arch(args.wafer)
         cases[f"llama-3-8b decode b=1 ctx=4096 on {wafer.name}"] = lambda: simulate(wafer, llama, Decode(1, 4096))

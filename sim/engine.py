@@ -146,6 +146,41 @@ def group_cost(group: Group, arch: Arch, objective: str = "latency") -> OpCost:
     return op_cost(group.ops[0], arch, objective)
 
 
+def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of a trace on a dataflow device: each block's compute ops as one fused pipeline (or kernel
+    by kernel when the device's ``rules['rdu_fused']`` is false), its collectives after it; every op
+    row carries its share of the block's time and energy."""
+    from ..mappers.rdu import block_cost, tiers
+
+    weights = sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "weight")
+    kv = sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "kv")
+    place = tiers(arch, weights, kv)
+    fused = bool(arch.rules.get("rdu_fused", True)) if isinstance(arch.rules, dict) else True
+    rows: list[dict[str, Any]] = []
+    for block in trace.blocks:
+        ops = [op for op in block.ops if op.kind != "collective"]
+        bc = block_cost(ops, arch, place, fused) if ops else None
+        position = {id(op): i for i, op in enumerate(ops)}
+        for op in block.ops:
+            if op.kind == "collective":
+                c = collective_cost(op, system)
+                lat, energy, bound, util = c.latency_s, c.energy_j, "link", 0.0
+            else:
+                assert bc is not None
+                i = position[id(op)]
+                lat, energy = bc.latency_s * float(bc.share[i]), bc.energy_j * float(bc.share[i])
+                bound, util = bc.bound, bc.utilization
+            row = {"block": block.name, "name": op.name, "kind": op.kind, "repeat": block.repeat, "flops": op.flops,
+                   "bytes": op.bytes, "intensity": op.flops / op.bytes if op.bytes else 0.0, "cycles": lat * arch.clock_hz,
+                   "latency_s": lat, "total_latency_s": lat * block.repeat, "energy_j": energy,
+                   "total_energy_j": energy * block.repeat, "bound": bound, "utilization": util}
+            for n in level_names:
+                row[f"bytes_{n}"] = 0.0
+            rows.append(row)
+    mappings = {"rdu": {"tiers": place, "fused": fused}}
+    return rows, mappings
+
+
 def activation_bytes(trace: Trace) -> float:
     """Peak bytes of activations live at one op: its non-weight, non-KV operands and result, plus
     the residual stream."""
@@ -165,7 +200,9 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
     rows: list[dict[str, Any]] = []
     mappings: dict[str, Any] = {}
     level_names = [lv.name for lv in arch.memory]
-    for block in trace.blocks:
+    if arch.device_class == "dataflow":  # a block is one fused spatial pipeline (mappers/rdu.py)
+        rows, mappings = _rdu_rows(trace, arch, level_names, system)
+    for block in trace.blocks if arch.device_class != "dataflow" else []:
         for group in plan(block.ops, arch):
             cost = collective_cost(group.ops[0], system) if group.kind == "collective" else group_cost(group, arch, objective)
             flops = sum(op.flops for op in group.ops)

@@ -77,7 +77,7 @@ def test_a100_breakdown_has_every_component_and_sums():
     assert dict((name, cap) for name, _, cap, _ in phys["levels"])["l2"] == 48 * 2**20
 
 
-@pytest.mark.parametrize("name", [n for n in list_archs() if load_arch(n).device_class not in ("wafer", "pim")])
+@pytest.mark.parametrize("name", [n for n in list_archs() if load_arch(n).device_class not in ("wafer", "pim", "dataflow")])
 def test_every_preset_has_finite_positive_area_power_and_cost(name):
     arch = load_arch(name)
     a = area.die_area_mm2(arch)
@@ -271,8 +271,9 @@ def test_wafer_scale_devices_are_refused_by_the_die_model():
         area.die_area_mm2(load_arch("wse-3"))
 
 
-@pytest.mark.parametrize("name", ["hbm2-pim", "neupims-pim", "duplex-logic-pim"])
-def test_pim_devices_are_refused_by_the_logic_die_model(name):
-    with pytest.raises(SpecError, match="PIM device") as e:
+@pytest.mark.parametrize("name, what", [("hbm2-pim", "PIM device"), ("neupims-pim", "PIM device"),
+                                        ("duplex-logic-pim", "PIM device"), ("sn40l", "dataflow")])
+def test_pim_and_dataflow_devices_are_refused_by_the_logic_die_model(name, what):
+    with pytest.raises(SpecError, match=what) as e:
         area.die_area_mm2(load_arch(name))
     assert "\n" not in str(e.value)

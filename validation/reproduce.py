@@ -40,6 +40,18 @@ def case_kind(name: str) -> Callable[[Callable[[dict[str, Any]], float]], Callab
     return register
 
 
+def _kernel_by_kernel(arch: Any) -> Any:
+    """A dataflow device that runs every op as its own kernel (no spatial fusion)."""
+    import dataclasses
+
+    from ..arch.loader import load_arch
+
+    arch = load_arch(arch)
+    if arch.device_class != "dataflow":
+        raise SpecError(f"case: fused: false applies to dataflow devices, not {arch.name} ({arch.device_class})")
+    return dataclasses.replace(arch, rules={**arch.rules, "rdu_fused": False})
+
+
 def _step(spec: dict[str, Any]):
     """Simulate one step from a spec: ``arch`` or ``system`` (+ ``tp``/``pp``/``dp``/``ep``),
     ``model``, ``phase`` (prefill/decode), ``batch``, ``seq``/``context``, optional formats and, on a
@@ -58,8 +70,19 @@ def _step(spec: dict[str, Any]):
         from ..sim.parallel import Plan
 
         plan = Plan(tp=int(spec.get("tp", 1)), pp=int(spec.get("pp", 1)), dp=int(spec.get("dp", 1)), ep=int(spec.get("ep", 1)))
-        return simulate_system(spec["system"], model, phase, plan, routing=spec.get("routing"), check_memory=False)
-    return simulate(spec["arch"], model, phase, routing=spec.get("routing"), check_memory=False,
+        system: Any = spec["system"]
+        if spec.get("fused") is False:
+            import dataclasses
+
+            from ..arch.system import load_system
+
+            system = load_system(system)
+            system = dataclasses.replace(system, device=_kernel_by_kernel(system.device))
+        return simulate_system(system, model, phase, plan, routing=spec.get("routing"), check_memory=False)
+    arch: Any = spec["arch"]
+    if spec.get("fused") is False:
+        arch = _kernel_by_kernel(arch)
+    return simulate(arch, model, phase, routing=spec.get("routing"), check_memory=False,
                     wafer_options=spec.get("wafer"))
 
 
@@ -279,6 +302,92 @@ def decode_throughput_ratio(p: dict[str, Any]) -> float:
             phase = Decode(int(batch), int(p["lin"] + p["lout"] // 2))
             ratios.append(_side_step(p["baseline"], model, phase) / _side_step(p["design"], model, phase))
     return float(max(ratios) if p.get("stat", "mean") == "max" else sum(ratios) / len(ratios))
+
+
+def _unfused(side: dict[str, Any]) -> dict[str, Any]:
+    return {**side, "fused": False}
+
+
+@case_kind("fusion_speedup")
+def fusion_speedup(p: dict[str, Any]) -> float:
+    """Step time of the unfused (kernel by kernel) over the fused (spatial pipeline) execution on a
+    dataflow system, ``stat`` (min or max) over ``workloads`` (each a step spec without the device)."""
+    ratios = []
+    for w in p["workloads"]:
+        fused = _step({**w, **p["device"]})
+        unfused = _step({**w, **p["device"], "fused": False})
+        ratios.append(unfused.latency_s / fused.latency_s)
+    return float(min(ratios) if p.get("stat", "min") == "min" else max(ratios))
+
+
+def _switch_s(side: dict[str, Any], nbytes: float) -> float:
+    """Seconds to bring a model of ``nbytes`` into device memory: a dataflow system copies it DDR to HBM
+    on every socket at once (the model split over them); a GPU system over one GPU's host link."""
+    from ..arch.rdu import rdu_spec
+
+    system = _system(side)
+    if system is None:
+        raise SpecError("case: a model switch needs a system on each side")
+    if system.device.device_class == "dataflow":
+        return nbytes / (rdu_spec(system.device).ddr_Bps * system.n_devices)
+    link = system.meta.get("host_link_Bps")
+    if not link:
+        raise SpecError(f"case: system {system.name} gives no host_link bandwidth to load a model over")
+    return nbytes / link
+
+
+@case_kind("model_switch_speedup")
+def model_switch_speedup(p: dict[str, Any]) -> float:
+    """Time to switch in a model (its weights from host/DDR memory into HBM) on ``baseline`` over ``design``."""
+    nbytes = _model(p).weights_bytes
+    return _switch_s(p["baseline"], nbytes) / _switch_s(p["design"], nbytes)
+
+
+@case_kind("coe_speedup")
+def coe_speedup(p: dict[str, Any]) -> float:
+    """Composition of experts, one request after another, every request to an expert not in HBM: switch the
+    expert in, prefill ``prompt`` tokens, decode ``output`` tokens (at the mean context), ``batch``
+    sequences at a time; the time per request of ``baseline`` over ``design``."""
+    from ..workloads.phases import Decode, Prefill
+
+    model = _model(p)
+    b, prompt, out = int(p.get("batch", 1)), int(p["prompt"]), int(p["output"])
+    t = {}
+    for side in ("baseline", "design"):
+        pre = _side_step(p[side], model, Prefill(b, prompt))
+        dec = _side_step(p[side], model, Decode(b, prompt + out // 2))
+        t[side] = _switch_s(p[side], model.weights_bytes) + pre + out * dec
+    return t["baseline"] / t["design"]
+
+
+@case_kind("attention_memory_growth")
+def attention_memory_growth(p: dict[str, Any]) -> float:
+    """How the on-chip intermediates of ``form`` attention grow with the sequence length, measured by
+    the functional execution (:mod:`xpusim.workloads.functional.rdu`) over ``lengths``: ``growth:
+    constant`` gives the largest over the smallest element count (1.0: constant); ``growth: linear``
+    the largest over the smallest increment per added token between consecutive lengths (1.0: linear)."""
+    import numpy as np
+
+    from ..workloads.functional.rdu import naive_attention_with_peak, streaming_attention
+
+    rng = np.random.default_rng(int(p.get("seed", 0)))
+    d, rows, tile = int(p["head_dim"]), int(p["rows"]), int(p["kv_tile"])
+    lengths = [int(n) for n in p["lengths"]]
+    counts = []
+    for n in lengths:
+        q, k, v = (rng.standard_normal((r, d)) for r in (rows, n, n))
+        ref, naive_peak = naive_attention_with_peak(q, k, v)
+        if p["form"] == "streaming":
+            out, peak = streaming_attention(q, k, v, tile)
+            if not np.allclose(out, ref, atol=1e-10):
+                raise SpecError("case: the streamed attention differs from the reference")
+        else:
+            peak = naive_peak
+        counts.append(peak)
+    if p["growth"] == "constant":
+        return float(max(counts) / min(counts))
+    slopes = [(b - a) / (m - n) for a, b, n, m in zip(counts, counts[1:], lengths, lengths[1:], strict=False)]
+    return float(max(slopes) / min(slopes))
 
 
 def list_cases() -> list[str]:

@@ -1,0 +1,106 @@
+"""Dataflow (RDU) device class: the ``rdu:`` section of a reconfigurable dataflow unit preset.
+
+A reconfigurable dataflow unit (SambaNova's RDU, after Plasticine, Prabhakar et al., ISCA 2017)
+is a grid of **pattern compute units** (PCUs: SIMD lanes x pipeline stages, or a systolic array)
+and **pattern memory units** (PMUs: banked SRAM with address generation) joined by an on-chip
+network; a whole fused subgraph is laid out on it as a spatial pipeline. Three memory tiers sit
+behind it: the PMUs' SRAM, HBM and DDR. The section describes
+
+* ``pcus``, ``pmus``: unit counts (the preset's ``matrix`` unit is the PCUs: ``instances = pcus``;
+  its first memory level after the backing one is the PMUs' SRAM: ``instances = pmus``);
+* ``pcu``: ``lanes`` and ``stages`` of a PCU's SIMD pipeline (its systolic MAC rate is the matrix
+  unit's ``macs_per_cycle``);
+* ``pmu``: ``banks`` of a PMU's SRAM (its capacity and bandwidth are the SRAM level's);
+* ``ddr``: ``capacity`` and ``bandwidth`` of the DDR tier behind the HBM (the backing level);
+* ``kernel_launch``: the time to start one kernel (a fused pipeline or an unfused operator) on
+  the RDU — what fusion saves besides the HBM round trips of intermediates.
+
+The cost model that reads this section is ``mappers/rdu.py``; sources in ``docs/devices.md``
+(section Dataflow).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SpecError
+from ..units import parse_quantity
+
+_KEYS = {"pcus", "pmus", "pcu", "pmu", "ddr", "kernel_launch"}
+
+
+@dataclass(frozen=True)
+class RduSpec:
+    """A parsed ``rdu:`` section. Sizes in bytes, bandwidths in bytes/s, times in seconds."""
+
+    pcus: int
+    pmus: int
+    pcu_lanes: int
+    pcu_stages: int
+    pmu_banks: int
+    ddr_bytes: float
+    ddr_Bps: float
+    kernel_launch_s: float
+
+
+def _where(name: str) -> str:
+    return f"device {name!r} rdu"
+
+
+def _count(d: Any, key: str, where: str) -> int:
+    v = d.get(key) if isinstance(d, dict) else None
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise SpecError(f"{where}.{key}: must be a positive integer, got {v!r}")
+    return v
+
+
+def _positive(v: float, where: str, example: str) -> float:
+    if not (math.isfinite(v) and v > 0):
+        raise SpecError(f"{where}: must be positive, e.g. {example}")
+    return v
+
+
+def parse_rdu(d: Any, name: str = "device") -> RduSpec:
+    """Parse and validate an ``rdu:`` section (one-line :class:`SpecError` on any bad field)."""
+    where = _where(name)
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: must be a mapping with pcus, pmus, pcu, pmu, ddr, kernel_launch")
+    unknown = sorted(set(d) - _KEYS)
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: {', '.join(sorted(_KEYS))}")
+    missing = [k for k in sorted(_KEYS) if k not in d]
+    if missing:
+        raise SpecError(f"{where}: missing {', '.join(missing)}")
+    ddr = d["ddr"]
+    if not isinstance(ddr, dict) or set(ddr) != {"capacity", "bandwidth"}:
+        raise SpecError(f"{where}.ddr: must give capacity and bandwidth, e.g. {{capacity: 1.5 TB, bandwidth: 200 GB/s}}")
+    return RduSpec(
+        pcus=_count(d, "pcus", where), pmus=_count(d, "pmus", where),
+        pcu_lanes=_count(d["pcu"], "lanes", f"{where}.pcu"), pcu_stages=_count(d["pcu"], "stages", f"{where}.pcu"),
+        pmu_banks=_count(d["pmu"], "banks", f"{where}.pmu"),
+        ddr_bytes=_positive(parse_quantity(ddr["capacity"], "bytes", f"{where}.ddr.capacity"), f"{where}.ddr.capacity",
+                            "'1.5 TB'"),
+        ddr_Bps=_positive(parse_quantity(ddr["bandwidth"], "bytes_per_s", f"{where}.ddr.bandwidth"),
+                          f"{where}.ddr.bandwidth", "'200 GB/s'"),
+        kernel_launch_s=_positive(parse_quantity(d["kernel_launch"], "seconds", f"{where}.kernel_launch"),
+                                  f"{where}.kernel_launch", "'10 us'"),
+    )
+
+
+def check_rdu_arch(spec: RduSpec, arch: Any, name: str) -> None:
+    """The PCUs are the matrix unit and the PMUs the on-chip SRAM level."""
+    if arch.matrix.instances != spec.pcus:
+        raise SpecError(f"{_where(name)}: matrix.instances ({arch.matrix.instances}) must equal pcus ({spec.pcus})")
+    if len(arch.memory) < 2 or arch.memory[1].instances != spec.pmus:
+        raise SpecError(f"{_where(name)}: the memory level after the HBM must be the PMUs' SRAM with "
+                        f"instances = pmus ({spec.pmus})")
+
+
+def rdu_spec(arch: Any) -> RduSpec:
+    """The :class:`RduSpec` of a dataflow device (stored under ``rules['rdu']`` by the loader)."""
+    spec = arch.rules.get("rdu") if isinstance(arch.rules, dict) else None
+    if not isinstance(spec, RduSpec):
+        raise SpecError(f"device {arch.name!r} is not a dataflow device with an rdu: section (class {arch.device_class!r})")
+    return spec

@@ -1,0 +1,222 @@
+"""Cost of a block of ops (a decoder layer) on a reconfigurable dataflow unit: one fused spatial
+pipeline, or kernel after kernel.
+
+**Fused** (the RDU's way, SN40L: Prabhakar et al., MICRO 2024): every op of the block is a pipeline
+stage; the PCUs are dealt out to the stages in proportion to their work (:func:`allocate`: at least
+one each, at most what the op's parallelism can use), so the stages run at nearly the same rate;
+the ``m`` rows of the block (tokens) flow through the pipeline in tiles of ``lanes`` rows. With
+stage times ``t_i`` (the whole op on its PCUs) and ``n`` tiles, the pipeline takes
+``sum(t_i) / n + (n - 1) max(t_i) / n`` cycles (fill and drain, then one tile per slowest stage).
+Intermediates stay in the PMUs (double-buffered tiles); only the block's input and output, the
+weights and the KV cache move to and from their tiers (:func:`tiers`: weights and KV in HBM when
+they fit it, else in DDR). The block takes the longest of its pipeline and its tier transfers,
+plus one kernel launch. A block with more stages than PCUs is cut into several pipelines (one
+launch each). When the intermediates' tiles overflow the PMUs' SRAM they spill to HBM and back.
+
+**Unfused** (kernel by kernel, the GPU way): each op uses every PCU its parallelism allows, reads
+its inputs from and writes its output to HBM (intermediates included), and pays a kernel launch.
+
+Every term is arithmetic on the ops' sizes; per-op shares of the block's time (for the result
+table) are the ops' shares of their unfused times.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..arch.rdu import rdu_spec
+from ..arch.spec import Arch
+from ..arch.tech import dram_energy_pj_per_byte
+from ..dtypes import get_dtype
+from ..errors import DtypeError, SpecError
+from ..workloads.einsum import Op
+
+
+def _compute_class(op: Op) -> str:
+    return get_dtype(op.inputs[0].dtype).compute
+
+
+def op_work_cycles(op: Op, arch: Arch) -> float:
+    """Cycles the op needs on one PCU: MACs over the PCU's MAC rate for a contraction, FLOPs over its
+    SIMD lanes x stages (one operation per lane per stage per cycle) otherwise."""
+    spec = rdu_spec(arch)
+    if op.kind == "matmul" and len(op.inputs) == 2:
+        try:
+            rate = arch.matrix.rate(arch.matrix.resolve(_compute_class(op)))
+        except DtypeError:  # a class the systolic mode lacks (fp32 SSM scans) runs in SIMD mode
+            return op.flops / (spec.pcu_lanes * spec.pcu_stages)
+        return op.flops / 2.0 / rate
+    elems = float(np.prod([op.sizes[d] for d in op.output.dims])) if op.output.dims else 1.0
+    return max(op.flops, elems) / (spec.pcu_lanes * spec.pcu_stages)
+
+
+def op_parallelism(op: Op, arch: Arch) -> int:
+    """PCUs the op can keep busy: one per ``lanes``-wide slice of its output."""
+    out = int(np.prod([op.sizes[d] for d in op.output.dims])) if op.output.dims else 1
+    return max(1, math.ceil(out / rdu_spec(arch).pcu_lanes))
+
+
+def allocate(work: np.ndarray, cap: np.ndarray, units: int) -> np.ndarray:
+    """Integer units per stage: at least one, at most ``cap``, the rest in proportion to ``work``
+    (largest remainders first); the stages' times ``work / units`` are then as even as the
+    integers allow. Needs ``len(work) <= units``."""
+    s = len(work)
+    alloc = np.ones(s, dtype=np.int64)
+    free = units - s
+    while free > 0:
+        room = cap - alloc
+        if not (room > 0).any():
+            break
+        share = np.where(room > 0, work, 0.0)
+        if share.sum() <= 0:
+            break
+        want = np.minimum(np.floor(share / share.sum() * free), room).astype(np.int64)
+        if want.sum() == 0:  # hand the next unit to the slowest stage that can take one
+            t = np.where(room > 0, work / alloc, -1.0)
+            want[int(np.argmax(t))] = 1
+        alloc += want
+        free -= int(want.sum())
+    return alloc
+
+
+@dataclass
+class BlockCost:
+    """A block's time and traffic on an RDU; ``share``: each op's part of the time (sums to 1)."""
+
+    latency_s: float
+    compute_s: float
+    tier_s: dict[str, float]
+    bytes_by_tier: dict[str, float]
+    sram_bytes: float
+    launches: int
+    bound: str
+    energy_j: float
+    energy_by_component: dict[str, float]
+    share: np.ndarray
+    utilization: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def tiers(arch: Arch, weights_bytes: float, kv_bytes: float) -> dict[str, str]:
+    """Where the weights and the KV cache live: HBM while they fit it (weights first), else DDR."""
+    hbm = arch.backing.capacity_bytes * arch.backing.instances
+    w = "hbm" if weights_bytes <= hbm else "ddr"
+    kv = "hbm" if (weights_bytes if w == "hbm" else 0.0) + kv_bytes <= hbm else "ddr"
+    return {"weights": w, "kv": kv}
+
+
+def _op_bytes(op: Op) -> dict[str, float]:
+    """Bytes an op moves by operand role: weights, KV (read, and written by an append), activations."""
+    out = {"weights": 0.0, "kv": 0.0, "act": 0.0}
+    for t in op.inputs:
+        role = "weights" if t.role == "weight" else "kv" if t.role == "kv" else "act"
+        out[role] += op.tensor_bytes(t)
+    out["kv" if op.kind == "kv_append" or op.output.role == "kv" else "act"] += op.tensor_bytes(op.output)
+    return out
+
+
+def attention_form(arch: Arch) -> str:
+    """``streaming`` (reordered, online softmax: the default) or ``naive`` (every score kept), from
+    the device's ``rules['rdu_attention']``."""
+    form = arch.rules.get("rdu_attention", "streaming") if isinstance(arch.rules, dict) else "streaming"
+    if form not in ("streaming", "naive"):
+        raise SpecError(f"attention form {form!r}: use streaming or naive")
+    return str(form)
+
+
+def intermediates(ops: list[Op], tiles: int, kv_tile: int, form: str) -> tuple[float, float, float]:
+    """(bytes the block exchanges with HBM besides weights and KV: its external activation inputs and
+    its outputs; bytes of its intermediates; their double-buffered on-chip tiles). A tensor made and
+    used inside the block is an intermediate; the scores and probabilities of attention keep, in the
+    streaming form, one ``kv_tile`` of keys per query row instead of every key
+    (:func:`~xpusim.workloads.functional.rdu.attention_intermediate_bytes`)."""
+    made = {op.output.name: op for op in ops}
+    used = {t.name for op in ops for t in op.inputs}
+    external: dict[str, float] = {}
+    for op in ops:
+        for t in op.inputs:
+            if t.role in ("activation", "input") and t.name not in made:
+                external[t.name] = max(external.get(t.name, 0.0), op.tensor_bytes(t))
+    outputs = sum(op.tensor_bytes(op.output) for op in ops if op.output.name not in used and op.output.role != "kv")
+    inter, tile_bytes = 0.0, 0.0
+    for name, op in made.items():
+        if name not in used or op.output.role == "kv":
+            continue
+        b = op.tensor_bytes(op.output)
+        inter += b
+        s = op.sizes.get("s")
+        if form == "streaming" and s and "s" in op.output.dims:  # attention scores / probabilities
+            b = b * min(kv_tile, s) / s
+        tile_bytes += b / tiles
+    return sum(external.values()) + outputs, inter, 2.0 * tile_bytes
+
+
+def block_cost(ops: list[Op], arch: Arch, placement: dict[str, str], fused: bool = True) -> BlockCost:
+    """Time, traffic and energy of ``ops`` (one block instance) on ``arch`` (see the module docstring)."""
+    spec = rdu_spec(arch)
+    clock = arch.matrix_clock_hz
+    sram = arch.memory[1]
+    hbm_bw = arch.backing.bandwidth_Bps * arch.backing.instances
+    bw = {"hbm": hbm_bw, "ddr": spec.ddr_Bps}
+    work = np.array([op_work_cycles(op, arch) for op in ops])
+    cap = np.array([op_parallelism(op, arch) for op in ops], dtype=np.int64)
+    moved = [_op_bytes(op) for op in ops]
+    by_tier = {"hbm": 0.0, "ddr": 0.0}
+    for b in moved:
+        by_tier[placement["weights"]] += b["weights"]
+        by_tier[placement["kv"]] += b["kv"]
+    # unfused: every op alone on the PCUs it can use, its activations through HBM
+    alone = work / np.minimum(cap, spec.pcus)
+    act = np.array([b["act"] for b in moved])
+    unfused_op_s = np.maximum(alone / clock, np.array([b["weights"] / bw[placement["weights"]] + b["kv"] / bw[placement["kv"]]
+                                                       for b in moved]) + act / hbm_bw) + spec.kernel_launch_s
+    share = unfused_op_s / unfused_op_s.sum() if unfused_op_s.sum() > 0 else np.full(len(ops), 1.0 / len(ops))
+    if fused:
+        sections = [list(range(i, min(i + spec.pcus, len(ops)))) for i in range(0, len(ops), spec.pcus)]
+        rows = max((op.sizes.get("m", 1) for op in ops if op.kind == "matmul"), default=1)
+        tiles = max(1, math.ceil(rows / spec.pcu_lanes))
+        compute_cyc = 0.0
+        for sec in sections:
+            alloc = allocate(work[sec], cap[sec], spec.pcus)
+            t = work[sec] / alloc
+            compute_cyc += t.sum() / tiles + (tiles - 1) * t.max() / tiles
+        # the block's external activations and outputs cross HBM once; intermediates stay in the PMUs
+        # (double-buffered tiles) unless they overflow the SRAM
+        ext, inter, buffers = intermediates(ops, tiles, spec.pcu_lanes, attention_form(arch))
+        capacity = sram.capacity_bytes * sram.instances
+        spill = inter if buffers > capacity else 0.0
+        by_tier["hbm"] += ext + 2.0 * spill
+        launches = len(sections)
+        compute_s = compute_cyc / clock
+        sram_bytes = min(buffers, capacity)
+    else:
+        by_tier["hbm"] += act.sum()
+        launches = len(ops)
+        compute_s = float(alone.sum() / clock)
+        sram_bytes = 0.0
+        inter = 0.0
+    tier_s = {k: v / bw[k] for k, v in by_tier.items()}
+    if fused:
+        busy = max([compute_s, *tier_s.values()])
+    else:  # kernel by kernel: each op is bound by its own compute or traffic
+        busy = float((unfused_op_s - spec.kernel_launch_s).sum())
+    latency = busy + launches * spec.kernel_launch_s
+    bound = max([("compute", compute_s), *tier_s.items()], key=lambda kv: kv[1])[0]
+    macs = sum(op.flops / 2.0 for op in ops if op.kind == "matmul")
+    vec = sum(op.flops for op in ops if op.kind != "matmul")
+    classes = [_compute_class(op) for op in ops if op.kind == "matmul"]
+    cc = next((c for c in classes if c in arch.matrix.rate_per_cycle), next(iter(arch.matrix.rate_per_cycle)))
+    energy = {"compute": (macs * arch.matrix.energy(cc) + vec * arch.vector.energy("fp32")) * 1e-12,
+              "hbm": by_tier["hbm"] * arch.backing.read_energy_pj_per_byte * 1e-12,
+              "ddr": by_tier["ddr"] * dram_energy_pj_per_byte("ddr5") * 1e-12,
+              "sram": 2.0 * inter * sram.read_energy_pj_per_byte * 1e-12,
+              "static": arch.static_power_w * latency}
+    ideal = macs / (arch.matrix.rate(cc) * arch.matrix.instances) / clock if macs else 0.0
+    return BlockCost(latency_s=latency, compute_s=compute_s, tier_s=tier_s, bytes_by_tier=by_tier, sram_bytes=sram_bytes,
+                     launches=launches, bound=bound, energy_j=float(sum(energy.values())), energy_by_component=energy,
+                     share=share, utilization=ideal / latency if latency else 0.0,
+                     detail={"fused": fused, "stages": len(ops), "unfused_s": float(unfused_op_s.sum())})
