@@ -39,6 +39,7 @@ from typing import Any
 
 from ..errors import SpecError
 from ..units import parse_quantity
+from .sections import check_section
 
 _KEYS = {"channels", "bank_groups", "banks", "row", "column", "timing", "pu", "mode", "all_bank_activate", "location",
          "internal_read_energy"}
@@ -152,11 +153,7 @@ def _time(v: Any, tck: float | None, where: str) -> float:
 def parse_pim(d: Any, name: str = "device") -> PimSpec:
     """Parse and validate a ``pim:`` section (one-line :class:`SpecError` on any bad field)."""
     where = _where(name)
-    if not isinstance(d, dict):
-        raise SpecError(f"{where}: must be a mapping with channels, banks, row, column, timing, pu")
-    unknown = sorted(set(d) - _KEYS)
-    if unknown:
-        raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: {', '.join(sorted(_KEYS))}")
+    check_section(d, _KEYS, [], where, "channels, banks, row, column, timing, pu")
     channels, groups, banks = (_count(d, k, where) for k in ("channels", "bank_groups", "banks"))
     row, column = _bytes(d, "row", where), _bytes(d, "column", where)
     if banks % groups:

@@ -21,12 +21,12 @@ The cost model that reads this section is ``mappers/rdu.py``; sources in ``docs/
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SpecError
 from ..units import parse_quantity
+from .sections import check_section, positive
 
 _KEYS = {"pcus", "pmus", "pcu", "pmu", "ddr", "kernel_launch"}
 
@@ -56,23 +56,10 @@ def _count(d: Any, key: str, where: str) -> int:
     return v
 
 
-def _positive(v: float, where: str, example: str) -> float:
-    if not (math.isfinite(v) and v > 0):
-        raise SpecError(f"{where}: must be positive, e.g. {example}")
-    return v
-
-
 def parse_rdu(d: Any, name: str = "device") -> RduSpec:
     """Parse and validate an ``rdu:`` section (one-line :class:`SpecError` on any bad field)."""
     where = _where(name)
-    if not isinstance(d, dict):
-        raise SpecError(f"{where}: must be a mapping with pcus, pmus, pcu, pmu, ddr, kernel_launch")
-    unknown = sorted(set(d) - _KEYS)
-    if unknown:
-        raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: {', '.join(sorted(_KEYS))}")
-    missing = [k for k in sorted(_KEYS) if k not in d]
-    if missing:
-        raise SpecError(f"{where}: missing {', '.join(missing)}")
+    check_section(d, _KEYS, sorted(_KEYS), where, "pcus, pmus, pcu, pmu, ddr, kernel_launch")
     ddr = d["ddr"]
     if not isinstance(ddr, dict) or set(ddr) != {"capacity", "bandwidth"}:
         raise SpecError(f"{where}.ddr: must give capacity and bandwidth, e.g. {{capacity: 1.5 TB, bandwidth: 200 GB/s}}")
@@ -80,11 +67,11 @@ def parse_rdu(d: Any, name: str = "device") -> RduSpec:
         pcus=_count(d, "pcus", where), pmus=_count(d, "pmus", where),
         pcu_lanes=_count(d["pcu"], "lanes", f"{where}.pcu"), pcu_stages=_count(d["pcu"], "stages", f"{where}.pcu"),
         pmu_banks=_count(d["pmu"], "banks", f"{where}.pmu"),
-        ddr_bytes=_positive(parse_quantity(ddr["capacity"], "bytes", f"{where}.ddr.capacity"), f"{where}.ddr.capacity",
+        ddr_bytes=positive(parse_quantity(ddr["capacity"], "bytes", f"{where}.ddr.capacity"), f"{where}.ddr.capacity",
                             "'1.5 TB'"),
-        ddr_Bps=_positive(parse_quantity(ddr["bandwidth"], "bytes_per_s", f"{where}.ddr.bandwidth"),
+        ddr_Bps=positive(parse_quantity(ddr["bandwidth"], "bytes_per_s", f"{where}.ddr.bandwidth"),
                           f"{where}.ddr.bandwidth", "'200 GB/s'"),
-        kernel_launch_s=_positive(parse_quantity(d["kernel_launch"], "seconds", f"{where}.kernel_launch"),
+        kernel_launch_s=positive(parse_quantity(d["kernel_launch"], "seconds", f"{where}.kernel_launch"),
                                   f"{where}.kernel_launch", "'10 us'"),
     )
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import SpecError
 from ..units import parse_quantity
+from .sections import check_section, positive
 
 _KEYS = {"mesh", "cores", "core_sram", "sram_total", "link_bandwidth", "fabric_bandwidth", "links_per_core",
          "hop_latency", "routes_per_core", "io_bandwidth"}
@@ -63,17 +64,11 @@ def _count(d: dict[str, Any], key: str, where: str) -> int:
     return int(v)
 
 
-def _positive(v: float, where: str, example: str) -> float:
-    if not (math.isfinite(v) and v > 0):
-        raise SpecError(f"{where}: must be positive, e.g. {example}")
-    return v
-
-
 def _rate_Bps(v: Any, where: str) -> float:
     """A bandwidth given in bytes/s (``'20 PB/s'``) or bits/s (``'220 Pb/s'``)."""
     if isinstance(v, str) and v.strip().endswith(("b/s", "bps")) and not v.strip().endswith(("B/s", "Bps")):
-        return _positive(parse_quantity(v, "bits_per_s", where) / 8.0, where, "'1.2 Tb/s'")
-    return _positive(parse_quantity(v, "bytes_per_s", where), where, "'150 GB/s'")
+        return positive(parse_quantity(v, "bits_per_s", where) / 8.0, where, "'1.2 Tb/s'")
+    return positive(parse_quantity(v, "bytes_per_s", where), where, "'150 GB/s'")
 
 
 def _one_of(d: dict[str, Any], a: str, b: str, where: str) -> str:
@@ -85,14 +80,8 @@ def _one_of(d: dict[str, Any], a: str, b: str, where: str) -> str:
 def parse_wafer(d: Any, clock_hz: float, name: str = "device") -> WaferSpec:
     """Parse and validate a ``wafer:`` section (one-line :class:`SpecError` on any bad field)."""
     where = _where(name)
-    if not isinstance(d, dict):
-        raise SpecError(f"{where}: must be a mapping with mesh, cores, sram, link bandwidth, hop_latency, io_bandwidth")
-    unknown = sorted(set(d) - _KEYS)
-    if unknown:
-        raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: {', '.join(sorted(_KEYS))}")
-    missing = [k for k in ("mesh", "cores", "hop_latency", "io_bandwidth") if k not in d]
-    if missing:
-        raise SpecError(f"{where}: missing {', '.join(missing)}")
+    check_section(d, _KEYS, ["mesh", "cores", "hop_latency", "io_bandwidth"], where,
+                  "mesh, cores, sram, link bandwidth, hop_latency, io_bandwidth")
     mesh = d["mesh"]
     if not (isinstance(mesh, list | tuple) and len(mesh) == 2):
         raise SpecError(f"{where}.mesh: must be [width, height] of the core grid, got {mesh!r}")
@@ -111,7 +100,7 @@ def parse_wafer(d: Any, clock_hz: float, name: str = "device") -> WaferSpec:
         v = d[key]
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise SpecError(f"{where}.link_bandwidth: must be bytes per cycle per direction, e.g. 4, got {v!r}")
-        link = _positive(float(v), f"{where}.link_bandwidth", "4 (bytes per cycle)")
+        link = positive(float(v), f"{where}.link_bandwidth", "4 (bytes per cycle)")
     else:
         link = _rate_Bps(d[key], f"{where}.{key}") / (cores * links) / clock_hz
     hop = d["hop_latency"]
