@@ -295,7 +295,7 @@ def _set(doc: Any, path: tuple[str, ...], value: Any, knob: str) -> None:
 
 def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
     """The base device with the trial's device knobs applied (a systolic array's MAC rates follow
-    its shape)."""
+    its shape; a PIM's, a wafer's and an RDU's unit counts follow their sections)."""
     doc = copy.deepcopy(space.base)
     for k in space.knobs:
         if k.path[0] != "device" or k.name not in params:
@@ -323,6 +323,11 @@ def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
                 del wafer[total]
         if "core_sram" in wafer and isinstance(doc["memory"][0], dict):
             doc["memory"][0]["capacity"] = wafer["core_sram"]
+    rdu = doc.get("rdu")
+    if isinstance(rdu, dict) and isinstance(doc.get("memory"), list) and len(doc["memory"]) > 1:
+        for unit in ("matrix", "vector"):  # an RDU's PCUs are its matrix and vector units
+            doc[unit]["instances"] = rdu.get("pcus")
+        doc["memory"][1]["instances"] = rdu.get("pmus")  # and its PMUs the SRAM level
     base_arr = space.base.get("matrix", {}).get("array")
     arr = doc.get("matrix", {}).get("array")
     if base_arr and arr and list(arr) != list(base_arr):

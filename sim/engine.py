@@ -181,6 +181,16 @@ def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any) -> 
     return rows, mappings
 
 
+def _capacity(arch: Arch) -> float:
+    """Bytes of device memory for weights, KV cache and activations: the backing level, and an RDU's DDR tier."""
+    cap = arch.backing.capacity_bytes * arch.backing.instances
+    if arch.device_class == "dataflow":
+        from ..arch.rdu import rdu_spec
+
+        cap += rdu_spec(arch).ddr_bytes
+    return float(cap)
+
+
 def activation_bytes(trace: Trace) -> float:
     """Peak bytes of activations live at one op: its non-weight, non-KV operands and result, plus
     the residual stream."""
@@ -236,7 +246,7 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
     result = Result(
         ops=df, latency_s=float(df["total_latency_s"].sum()), energy_j=float(df["total_energy_j"].sum()),
         tokens=trace.tokens, weights_bytes=float(weights), kv_cache_bytes=float(kv),
-        activation_bytes=activation_bytes(trace), capacity_bytes=arch.backing.capacity_bytes * arch.backing.instances,
+        activation_bytes=activation_bytes(trace), capacity_bytes=_capacity(arch),
         inputs={"arch": arch.name, "device_class": arch.device_class, "trace": trace.name, "phase": trace.phase,
                 "meta": trace.meta, "objective": objective, "xpusim_version": __version__},
         mappings=mappings,

@@ -131,7 +131,7 @@ def test_bad_spaces_are_one_line_errors(bad, message):
 
 
 def test_example_spaces_parse():
-    for name in ("npu", "gpu-chip", "llm-serving", "pim", "wafer"):
+    for name in ("npu", "gpu-chip", "llm-serving", "pim", "wafer", "rdu"):
         space = load_space(name)
         assert space.knobs and space.workloads and space.objectives
 
@@ -199,3 +199,17 @@ def test_wafer_space_units_follow_the_mesh():
     assert dev.memory[0].capacity_bytes == 24 * 1024
     small = evaluate(space, {"side": 448, "sram": "24 KiB", "link_bpc": 4, "clock_ghz": 1.0})
     assert small.violations["fits_memory"] > 0  # 200k cores x 24 KiB cannot hold 16 GB of weights
+
+
+def test_rdu_space_units_follow_the_pcu_pmu_pairs():
+    from xpusim.explore.evaluate import build_device
+
+    space = load_space("rdu")
+    params = {"units": 640, "pmu_sram": "1 MiB", "hbm_tbs": 3.0, "ddr_gbs": 200, "sockets": 8}
+    dev = build_device(space, params)
+    spec = dev.rules["rdu"]
+    assert spec.pcus == spec.pmus == dev.matrix.instances == dev.vector.instances == dev.memory[1].instances == 640
+    assert dev.memory[1].capacity_bytes == 2**20 and dev.backing.bandwidth_Bps == 3.0e12 and spec.ddr_Bps == 200e9
+    fast = evaluate(space, params)
+    slow = evaluate(space, {**params, "hbm_tbs": 1.0, "sockets": 2})
+    assert fast.feasible and fast.metrics["latency"] < slow.metrics["latency"]
