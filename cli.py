@@ -124,7 +124,13 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     results = []
-    for arch in tqdm(a.arch, desc="devices", unit="device", leave=False, disable=True if a.quiet or len(a.arch) < 2 else None):
+    archs: list = list(a.arch)
+    if a.rdu_mode:
+        from .arch.loader import load_arch
+        from .arch.rdu import with_mode
+
+        archs = [with_mode(load_arch(x), a.rdu_mode) for x in archs]
+    for arch in tqdm(archs, desc="devices", unit="device", leave=False, disable=True if a.quiet or len(a.arch) < 2 else None):
         if a.chunk and a.phase == "prefill":
             res = simulate_chunked_prefill(arch, model, a.batch, a.seq, a.chunk, **kw)
         else:
@@ -406,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wafer-side", type=_positive_int, help="wafer-scale devices: fix the side of the square core regions")
     s.add_argument("--wafer-algorithm", choices=["meshgemm", "meshgemv", "naive"],
                    help="wafer-scale devices: force one contraction mapping (naive: the GPU-style baseline)")
+    s.add_argument("--rdu-mode", choices=["fused", "looped", "unfused"],
+                   help="dataflow devices: fused pipelines (default), kernel looping, or kernel by kernel")
     s.add_argument("--ignore-memory", action="store_true",
                    help="simulate even when the footprint exceeds device memory (reported, not refused)")
     s.add_argument("--batch", type=_positive_int, default=1)

@@ -91,3 +91,17 @@ def rdu_spec(arch: Any) -> RduSpec:
     if not isinstance(spec, RduSpec):
         raise SpecError(f"device {arch.name!r} is not a dataflow device with an rdu: section (class {arch.device_class!r})")
     return spec
+
+
+def with_mode(arch: Any, mode: str) -> Any:
+    """``arch`` (a dataflow device) running traces in execution ``mode`` (``fused``, ``looped``,
+    ``unfused``: see ``mappers/rdu.py``)."""
+    import dataclasses
+
+    from ..mappers.rdu import RDU_MODES
+
+    if getattr(arch, "device_class", None) != "dataflow":
+        raise SpecError(f"--rdu-mode applies to dataflow devices; {arch.name} is a {arch.device_class} device")
+    if mode not in RDU_MODES:
+        raise SpecError(f"RDU execution mode {mode!r}: use one of {', '.join(RDU_MODES)}")
+    return dataclasses.replace(arch, rules={**arch.rules, "rdu_mode": mode})

@@ -35,6 +35,10 @@ from ..dtypes import get_dtype
 from ..errors import DtypeError, SpecError
 from ..workloads.einsum import Op
 
+#: how a dataflow device runs a trace: fused pipelines (a kernel per block instance), looped (a kernel
+#: per repeated block, Kernel Looping), unfused (a kernel per op)
+RDU_MODES = ("fused", "looped", "unfused")
+
 
 def _compute_class(op: Op) -> str:
     return get_dtype(op.inputs[0].dtype).compute

@@ -3,6 +3,7 @@ order with block repeats, and account for memory."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from typing import Any
@@ -147,19 +148,30 @@ def group_cost(group: Group, arch: Arch, objective: str = "latency") -> OpCost:
 
 
 def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows of a trace on a dataflow device: each block's compute ops as one fused pipeline (or kernel
-    by kernel when the device's ``rules['rdu_fused']`` is false), its collectives after it; every op
-    row carries its share of the block's time and energy."""
-    from ..mappers.rdu import block_cost, tiers
+    """Rows of a trace on a dataflow device: each block's compute ops as one fused pipeline, its
+    collectives after it; every op row carries its share of the block's time and energy. The
+    device's ``rules['rdu_mode']``: ``fused`` (default: one kernel per block instance), ``looped``
+    (kernel looping: a repeated block's instances run as one kernel with a pipelined outer loop,
+    so its launch is paid once per step, not once per repeat) or ``unfused`` (kernel by kernel)."""
+    from ..arch.rdu import rdu_spec
+    from ..mappers.rdu import RDU_MODES, block_cost, tiers
 
     weights = sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "weight")
     kv = sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "kv")
     place = tiers(arch, weights, kv)
-    fused = bool(arch.rules.get("rdu_fused", True)) if isinstance(arch.rules, dict) else True
+    mode = arch.rules.get("rdu_mode", "fused") if isinstance(arch.rules, dict) else "fused"
+    if mode not in RDU_MODES:
+        raise SpecError(f"RDU execution mode {mode!r}: use one of {', '.join(RDU_MODES)}")
+    fused = mode != "unfused"
+    launch = rdu_spec(arch).kernel_launch_s
     rows: list[dict[str, Any]] = []
     for block in trace.blocks:
         ops = [op for op in block.ops if op.kind != "collective"]
         bc = block_cost(ops, arch, place, fused) if ops else None
+        if bc is not None and mode == "looped" and block.repeat > 1:  # one launch for all the repeats
+            saved = bc.launches * launch * (1.0 - 1.0 / block.repeat)
+            scale = (bc.latency_s - saved) / bc.latency_s
+            bc = dataclasses.replace(bc, latency_s=bc.latency_s - saved, energy_j=bc.energy_j * scale)
         position = {id(op): i for i, op in enumerate(ops)}
         for op in block.ops:
             if op.kind == "collective":
@@ -177,7 +189,7 @@ def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any) -> 
             for n in level_names:
                 row[f"bytes_{n}"] = 0.0
             rows.append(row)
-    mappings = {"rdu": {"tiers": place, "fused": fused}}
+    mappings = {"rdu": {"tiers": place, "mode": mode}}
     return rows, mappings
 
 

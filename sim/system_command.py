@@ -27,6 +27,12 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
     from .events import simulate_generate, simulate_system
 
     system = load_system(a.system)
+    if getattr(a, "rdu_mode", None):
+        import dataclasses
+
+        from ..arch.rdu import with_mode
+
+        system = dataclasses.replace(system, device=with_mode(system.device, a.rdu_mode))
     if a.phase == "generate":
         if a.seq is None or a.gen is None:
             raise SpecError("generate needs --seq (prompt tokens) and --gen (tokens generated per sequence)")

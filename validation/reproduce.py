@@ -42,14 +42,10 @@ def case_kind(name: str) -> Callable[[Callable[[dict[str, Any]], float]], Callab
 
 def _kernel_by_kernel(arch: Any) -> Any:
     """A dataflow device that runs every op as its own kernel (no spatial fusion)."""
-    import dataclasses
-
     from ..arch.loader import load_arch
+    from ..arch.rdu import with_mode
 
-    arch = load_arch(arch)
-    if arch.device_class != "dataflow":
-        raise SpecError(f"case: fused: false applies to dataflow devices, not {arch.name} ({arch.device_class})")
-    return dataclasses.replace(arch, rules={**arch.rules, "rdu_fused": False})
+    return with_mode(load_arch(arch), "unfused")
 
 
 def _step(spec: dict[str, Any]):
