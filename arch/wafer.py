@@ -8,7 +8,8 @@ WaferLLM, He et al., OSDI 2025, arXiv 2502.04563: Parallelism, Latency, Memory, 
 * ``cores``: the published core count the per-core figures below are derived from;
 * ``core_sram`` (bytes per core) or ``sram_total`` (the published total, divided by ``cores``);
 * ``link_bandwidth`` (bytes per cycle per direction of one router link) or ``fabric_bandwidth``
-  (the published aggregate, divided by ``cores x links_per_core`` and the clock);
+  (the published aggregate, both directions of every link: divided by ``2 x cores x links_per_core``
+  and the clock);
 * ``links_per_core``: router links of a core (4 in a 2-D mesh);
 * ``hop_latency``: cycles one router hop adds (latency);
 * ``routes_per_core``: routes (Cerebras "colours") a router can hold at once (routing; optional:
@@ -102,7 +103,7 @@ def parse_wafer(d: Any, clock_hz: float, name: str = "device") -> WaferSpec:
             raise SpecError(f"{where}.link_bandwidth: must be bytes per cycle per direction, e.g. 4, got {v!r}")
         link = positive(float(v), f"{where}.link_bandwidth", "4 (bytes per cycle)")
     else:
-        link = _rate_Bps(d[key], f"{where}.{key}") / (cores * links) / clock_hz
+        link = _rate_Bps(d[key], f"{where}.{key}") / (2 * cores * links) / clock_hz  # the aggregate counts both directions
     hop = d["hop_latency"]
     if isinstance(hop, bool) or not isinstance(hop, int | float) or not math.isfinite(hop) or hop < 0:
         raise SpecError(f"{where}.hop_latency: must be a number of cycles >= 0, got {hop!r}")

@@ -8,10 +8,11 @@ the ``m`` rows of the block (tokens) flow through the pipeline in tiles of ``lan
 stage times ``t_i`` (the whole op on its PCUs) and ``n`` tiles, the pipeline takes
 ``sum(t_i) / n + (n - 1) max(t_i) / n`` cycles (fill and drain, then one tile per slowest stage).
 Intermediates stay in the PMUs (double-buffered tiles); only the block's input and output, the
-weights and the KV cache move to and from their tiers (:func:`tiers`: weights and KV in HBM when
-they fit it, else in DDR). The block takes the longest of its pipeline and its tier transfers,
-plus one kernel launch. A block with more stages than PCUs is cut into several pipelines (one
-launch each). When the intermediates' tiles overflow the PMUs' SRAM they spill to HBM and back.
+weights and the KV cache move to and from their tiers (:func:`tiers`: the KV cache in HBM when it
+fits, the weights filling the rest of the HBM and overflowing into DDR, both tiers streaming at
+once). The block takes the longest of its pipeline and its tier transfers, plus one kernel
+launch. A block with more stages than PCUs is cut into several pipelines (one launch each). The
+part of the intermediates' tiles the PMUs' SRAM cannot hold spills to HBM and back.
 
 **Unfused** (kernel by kernel, the GPU way): each op uses every PCU its parallelism allows, reads
 its inputs from and writes its output to HBM (intermediates included), and pays a kernel launch.
@@ -105,12 +106,15 @@ class BlockCost:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def tiers(arch: Arch, weights_bytes: float, kv_bytes: float) -> dict[str, str]:
-    """Where the weights and the KV cache live: HBM while they fit it (weights first), else DDR."""
+def tiers(arch: Arch, weights_bytes: float, kv_bytes: float) -> dict[str, Any]:
+    """Where the weights and the KV cache live: the KV cache in HBM when it fits (else DDR), the
+    weights filling the rest of the HBM and overflowing into DDR (``weights_hbm``: the fraction of
+    the weights, and so of their traffic, the HBM holds; both tiers stream at once)."""
     hbm = arch.backing.capacity_bytes * arch.backing.instances
-    w = "hbm" if weights_bytes <= hbm else "ddr"
-    kv = "hbm" if (weights_bytes if w == "hbm" else 0.0) + kv_bytes <= hbm else "ddr"
-    return {"weights": w, "kv": kv}
+    kv = "hbm" if kv_bytes <= hbm else "ddr"
+    room = hbm - (kv_bytes if kv == "hbm" else 0.0)
+    frac = 1.0 if weights_bytes <= room else max(0.0, room) / weights_bytes
+    return {"weights": "hbm" if frac >= 1.0 else "ddr" if frac <= 0.0 else "hbm+ddr", "weights_hbm": frac, "kv": kv}
 
 
 def _op_bytes(op: Op) -> dict[str, float]:
@@ -133,28 +137,34 @@ def attention_form(arch: Arch) -> str:
 
 
 def intermediates(ops: list[Op], tiles: int, kv_tile: int, form: str) -> tuple[float, float, float]:
-    """(bytes the block exchanges with HBM besides weights and KV: its external activation inputs and
-    its outputs; bytes of its intermediates; their double-buffered on-chip tiles). A tensor made and
-    used inside the block is an intermediate; the scores and probabilities of attention keep, in the
-    streaming form, one ``kv_tile`` of keys per query row instead of every key
-    (:func:`~xpusim.workloads.functional.rdu.attention_intermediate_bytes`)."""
-    made = {op.output.name: op for op in ops}
-    used = {t.name for op in ops for t in op.inputs}
+    """(bytes the block exchanges with HBM besides weights and KV: the activations it reads before
+    making them — its input, e.g. the residual stream — and those it makes and no later op of the
+    block reads — its output —; bytes of its intermediates, as they stay on chip; their
+    double-buffered tiles). Walks the ops in order, so a name the block both reads first and
+    rewrites last (the residual stream ``x``) counts as input and output. In the streaming attention
+    form the scores and probabilities exist one ``kv_tile`` of keys per query row at a time (the
+    tile :func:`~xpusim.workloads.functional.rdu.streaming_attention` streams), in the naive form whole."""
     external: dict[str, float] = {}
-    for op in ops:
+    made: dict[str, tuple[int, Op]] = {}
+    last_read: dict[str, int] = {}
+    for i, op in enumerate(ops):
         for t in op.inputs:
             if t.role in ("activation", "input") and t.name not in made:
                 external[t.name] = max(external.get(t.name, 0.0), op.tensor_bytes(t))
-    outputs = sum(op.tensor_bytes(op.output) for op in ops if op.output.name not in used and op.output.role != "kv")
-    inter, tile_bytes = 0.0, 0.0
-    for name, op in made.items():
-        if name not in used or op.output.role == "kv":
+            last_read[t.name] = i
+        made[op.output.name] = (i, op)
+    outputs, inter, tile_bytes = 0.0, 0.0, 0.0
+    for name, (i, op) in made.items():
+        if op.output.role == "kv":
             continue
         b = op.tensor_bytes(op.output)
-        inter += b
+        if last_read.get(name, -1) <= i:  # no later op reads it: it leaves the block
+            outputs += b
+            continue
         s = op.sizes.get("s")
         if form == "streaming" and s and "s" in op.output.dims:  # attention scores / probabilities
             b = b * min(kv_tile, s) / s
+        inter += b
         tile_bytes += b / tiles
     return sum(external.values()) + outputs, inter, 2.0 * tile_bytes
 
@@ -170,29 +180,34 @@ def block_cost(ops: list[Op], arch: Arch, placement: dict[str, str], fused: bool
     cap = np.array([op_parallelism(op, arch) for op in ops], dtype=np.int64)
     moved = [_op_bytes(op) for op in ops]
     by_tier = {"hbm": 0.0, "ddr": 0.0}
+    frac = float(placement.get("weights_hbm", 1.0 if placement["weights"] == "hbm" else 0.0))
     for b in moved:
-        by_tier[placement["weights"]] += b["weights"]
+        by_tier["hbm"] += b["weights"] * frac
+        by_tier["ddr"] += b["weights"] * (1.0 - frac)
         by_tier[placement["kv"]] += b["kv"]
     # unfused: every op alone on the PCUs it can use, its activations through HBM
     alone = work / np.minimum(cap, spec.pcus)
     act = np.array([b["act"] for b in moved])
-    unfused_op_s = np.maximum(alone / clock, np.array([b["weights"] / bw[placement["weights"]] + b["kv"] / bw[placement["kv"]]
-                                                       for b in moved]) + act / hbm_bw) + spec.kernel_launch_s
+    traffic_s = np.array([max(b["weights"] * frac / hbm_bw, b["weights"] * (1 - frac) / spec.ddr_Bps)
+                          + b["kv"] / bw[placement["kv"]] for b in moved]) + act / hbm_bw
+    unfused_op_s = np.maximum(alone / clock, traffic_s) + spec.kernel_launch_s
     share = unfused_op_s / unfused_op_s.sum() if unfused_op_s.sum() > 0 else np.full(len(ops), 1.0 / len(ops))
     if fused:
         sections = [list(range(i, min(i + spec.pcus, len(ops)))) for i in range(0, len(ops), spec.pcus)]
         rows = max((op.sizes.get("m", 1) for op in ops if op.kind == "matmul"), default=1)
+        # a decode step (rows <= lanes) is one tile: the stages run one after another (no overlap), which
+        # is harmless while the step is bound by streaming the weights from HBM
         tiles = max(1, math.ceil(rows / spec.pcu_lanes))
         compute_cyc = 0.0
         for sec in sections:
             alloc = allocate(work[sec], cap[sec], spec.pcus)
             t = work[sec] / alloc
             compute_cyc += t.sum() / tiles + (tiles - 1) * t.max() / tiles
-        # the block's external activations and outputs cross HBM once; intermediates stay in the PMUs
-        # (double-buffered tiles) unless they overflow the SRAM
+        # the block's input and output activations cross HBM once; intermediates stay in the PMUs
+        # (double-buffered tiles); the part of them the SRAM cannot hold goes to HBM and back
         ext, inter, buffers = intermediates(ops, tiles, spec.pcu_lanes, attention_form(arch))
         capacity = sram.capacity_bytes * sram.instances
-        spill = inter if buffers > capacity else 0.0
+        spill = inter * max(0.0, 1.0 - capacity / buffers) if buffers > 0 else 0.0
         by_tier["hbm"] += ext + 2.0 * spill
         launches = len(sections)
         compute_s = compute_cyc / clock

@@ -147,18 +147,22 @@ def group_cost(group: Group, arch: Arch, objective: str = "latency") -> OpCost:
     return op_cost(group.ops[0], arch, objective)
 
 
-def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any,
+              resident: tuple[float, float] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of a trace on a dataflow device: each block's compute ops as one fused pipeline, its
     collectives after it; every op row carries its share of the block's time and energy. The
     device's ``rules['rdu_mode']``: ``fused`` (default: one kernel per block instance), ``looped``
     (kernel looping: a repeated block's instances run as one kernel with a pipelined outer loop,
-    so its launch is paid once per step, not once per repeat) or ``unfused`` (kernel by kernel)."""
+    so its launch is paid once per step, not once per repeat) or ``unfused`` (kernel by kernel).
+    ``resident``: the (weights, KV) bytes the device holds, which decide their tiers (default: what
+    the trace reads, which misses a mixture of experts' idle experts)."""
     from ..arch.rdu import rdu_spec
     from ..mappers.rdu import RDU_MODES, block_cost, tiers
 
-    weights = sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "weight")
-    kv = sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "kv")
-    place = tiers(arch, weights, kv)
+    if resident is None:
+        resident = (sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "weight"),
+                    sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "kv"))
+    place = tiers(arch, *resident)
     mode = arch.rules.get("rdu_mode", "fused") if isinstance(arch.rules, dict) else "fused"
     if mode not in RDU_MODES:
         raise SpecError(f"RDU execution mode {mode!r}: use one of {', '.join(RDU_MODES)}")
@@ -169,9 +173,8 @@ def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any) -> 
         ops = [op for op in block.ops if op.kind != "collective"]
         bc = block_cost(ops, arch, place, fused) if ops else None
         if bc is not None and mode == "looped" and block.repeat > 1:  # one launch for all the repeats
-            saved = bc.launches * launch * (1.0 - 1.0 / block.repeat)
-            scale = (bc.latency_s - saved) / bc.latency_s
-            bc = dataclasses.replace(bc, latency_s=bc.latency_s - saved, energy_j=bc.energy_j * scale)
+            saved = bc.launches * launch * (1.0 - 1.0 / block.repeat)  # launches move no bytes: only static energy
+            bc = dataclasses.replace(bc, latency_s=bc.latency_s - saved, energy_j=bc.energy_j - arch.static_power_w * saved)
         position = {id(op): i for i, op in enumerate(ops)}
         for op in block.ops:
             if op.kind == "collective":
@@ -188,6 +191,8 @@ def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any) -> 
                    "total_energy_j": energy * block.repeat, "bound": bound, "utilization": util}
             for n in level_names:
                 row[f"bytes_{n}"] = 0.0
+            if bc is not None and op.kind != "collective":  # the op's share of the block's HBM traffic
+                row[f"bytes_{level_names[0]}"] = bc.bytes_by_tier["hbm"] * float(bc.share[position[id(op)]])
             rows.append(row)
     mappings = {"rdu": {"tiers": place, "mode": mode}}
     return rows, mappings
@@ -214,16 +219,19 @@ def activation_bytes(trace: Trace) -> float:
 
 
 def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", model: ModelSpec | None = None,
-                   kv_bytes: float = 0.0, system: Any = None) -> Result:
+                   kv_bytes: float = 0.0, system: Any = None, resident: tuple[float, float] | None = None) -> Result:
     """Simulate every op of ``trace`` on ``arch``; memory accounting uses ``model``'s weights and
     ``kv_bytes`` of KV cache if a model is given; ``system`` (a :class:`~xpusim.arch.system.System`)
-    costs the trace's collectives on its interconnect."""
+    costs the trace's collectives on its interconnect; ``resident``: (weights, KV) bytes one device
+    holds, for a dataflow device's tier choice (default: the model's, else what the trace reads)."""
     arch = load_arch(arch)
     rows: list[dict[str, Any]] = []
     mappings: dict[str, Any] = {}
     level_names = [lv.name for lv in arch.memory]
     if arch.device_class == "dataflow":  # a block is one fused spatial pipeline (mappers/rdu.py)
-        rows, mappings = _rdu_rows(trace, arch, level_names, system)
+        if resident is None and model is not None:
+            resident = (model.weights_bytes, kv_bytes)
+        rows, mappings = _rdu_rows(trace, arch, level_names, system, resident)
     for block in trace.blocks if arch.device_class != "dataflow" else []:
         for group in plan(block.ops, arch):
             cost = collective_cost(group.ops[0], system) if group.kind == "collective" else group_cost(group, arch, objective)

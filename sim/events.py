@@ -93,9 +93,6 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
     mb_phase = dataclasses.replace(local_phase(phase, plan), batch=phase.batch // plan.dp // mb)
     micro_plan = dataclasses.replace(plan, dp=1)
     trace = device_trace(model, mb_phase, micro_plan, routing, mla_form)
-    res = simulate_trace(trace, system.device, objective, None, system=system)
-    stage_s, send_s = _stage_times(res, model, plan)
-    makespan, events = pipeline(stage_s, send_s, mb)
     # memory of the busiest device: its stage's share of the layers, embedding or head, KV cache
     shard = shard_model(model, plan)
     frac = max(stage_layers(model, plan)) / model.n_layers
@@ -103,6 +100,9 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
     weights = (shard.weights_bytes - emb) * frac + emb * (1.0 if plan.pp == 1 else 0.5)
     lp = local_phase(phase, plan)
     kv = shard.kv_cache_bytes(lp.batch, lp.kv_len) * frac
+    res = simulate_trace(trace, system.device, objective, None, system=system, resident=(weights, kv))
+    stage_s, send_s = _stage_times(res, model, plan)
+    makespan, events = pipeline(stage_s, send_s, mb)
     out = dataclasses.replace(
         res, latency_s=makespan, energy_j=res.energy_j * mb * plan.tp * plan.dp, tokens=phase.tokens,
         weights_bytes=weights, kv_cache_bytes=kv, ssm_state_bytes=shard.ssm_state_bytes(lp.batch) * frac,

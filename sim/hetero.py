@@ -33,6 +33,7 @@ from ..workloads.builder import build_trace
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Phase
 from .engine import _kv_bytes, activation_bytes, collective_cost, group_cost, op_cost
+from .parallel import Plan
 from .result import COLUMNS, Result
 
 PLACEMENTS = ("auto", "attention", "host", "pim")
@@ -164,7 +165,8 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
 
     With ``tp > 1`` the step is one tensor-parallel rank's (``sim/parallel.py``: its share of heads,
     widths and vocabulary, with the all-reduces) on ``tp`` such devices joined by ``system``'s
-    fabric (a system preset whose devices are the hosts, e.g. ``dgx-h100``)."""
+    fabric (a system preset whose devices are the hosts, e.g. ``dgx-h100``); the memory figures are
+    one device's, the energy every device's (as ``simulate_system`` reports them)."""
     if placement not in PLACEMENTS:
         raise SpecError(f"placement {placement!r}: use one of {', '.join(PLACEMENTS)}")
     if mode not in MODES:
@@ -172,13 +174,13 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     host, pim, model = load_arch(host), load_arch(pim), load_model(model)
     if pim.device_class != "pim":
         raise SpecError(f"{pim.name} is a {pim.device_class} device, not a PIM: give a class: pim preset (e.g. aim-gddr6)")
-    streams = 2 if mode == "concurrent" and phase.batch >= 2 else 1
+    streams = 2 if mode == "concurrent" else 1
     if mode == "concurrent" and phase.batch % 2:
         raise SpecError(f"concurrent host/PIM execution splits the batch in two: give an even batch, not {phase.batch}")
     sub = dataclasses.replace(phase, batch=phase.batch // streams)
     if tp > 1:
         from ..arch.system import load_system
-        from .parallel import Plan, device_trace
+        from .parallel import device_trace
 
         if system is None:
             raise SpecError(f"tensor parallelism over {tp} host + PIM devices needs a system for the fabric (e.g. dgx-h100)")
@@ -192,8 +194,13 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     makespan, events = _interleave(_segments(rows), streams)
     df = pd.DataFrame(rows, columns=[*COLUMNS, "device", "host_s", "pim_s"])
     trace = build_trace(model, phase, routing)
-    return Result(ops=df, latency_s=makespan, energy_j=float(df["total_energy_j"].sum()) * streams, tokens=phase.tokens,
-                  weights_bytes=model.weights_bytes, kv_cache_bytes=_kv_bytes(model, phase),
+    held = model  # what one device holds: its tensor-parallel shard
+    if tp > 1:
+        from .parallel import shard_model
+
+        held = shard_model(model, Plan(tp=tp))
+    return Result(ops=df, latency_s=makespan, energy_j=float(df["total_energy_j"].sum()) * streams * tp,  # every rank's
+                  tokens=phase.tokens, weights_bytes=held.weights_bytes, kv_cache_bytes=_kv_bytes(held, phase),
                   activation_bytes=activation_bytes(trace),
                   capacity_bytes=host.backing.capacity_bytes * host.backing.instances,
                   inputs={"arch": f"{host.name} + {pim.name}" + (f" (tp{tp} on {system.name})" if tp > 1 else ""),

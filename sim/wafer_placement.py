@@ -34,6 +34,7 @@ import numpy as np
 
 from ..arch.spec import Arch
 from ..arch.wafer import wafer_spec
+from ..dtypes import get_dtype
 from ..errors import CapacityError, SpecError
 from ..mappers.wafer import ALGORITHMS, as_gemv, core_bytes, parallelism
 from ..workloads.trace import Trace
@@ -89,17 +90,31 @@ def region_arch(arch: Arch, side: int) -> Arch:
         rules={**arch.rules, "wafer": dataclasses.replace(spec, width=side, height=side)})
 
 
-def units_of(trace: Trace, weights_total: float, kv_total: float) -> list[Unit]:
-    """The trace's blocks unrolled into units with their weight and KV bytes; weights scaled so they
-    sum to ``weights_total`` (the model's resident weights: every expert, not only the routed ones)."""
+def _is_moe(block: Any) -> bool:
+    return any(op.attrs.get("moe_group") is not None or op.name.startswith("expert") for op in block.ops)
+
+
+def units_of(trace: Trace, weights_total: float, kv_total: float, embedding_bytes: float = 0.0) -> list[Unit]:
+    """The trace's blocks unrolled into units with their weight and KV bytes. An embedding gather
+    reads a few rows; its unit holds the whole table (``embedding_bytes``; 0 when the table lives with
+    a tied head). A mixture of experts' trace reads only the routed experts: the weights it still
+    misses (``weights_total`` less the rest) are added to its MoE blocks, evenly per instance; a model
+    without MoE blocks has its units scaled to ``weights_total``."""
     rows = []
     for b in trace.blocks:
         w = sum(op.tensor_bytes(t) for op in b.ops for t in op.inputs if t.role == "weight")
+        if embedding_bytes and any(op.kind == "embedding" for op in b.ops):
+            w += embedding_bytes - sum(op.tensor_bytes(t) for op in b.ops if op.kind == "embedding"
+                                       for t in op.inputs if t.role == "weight")
         kv = sum(1 for op in b.ops for t in op.inputs if t.role == "kv")
         rows.append((b, w, kv))
-    w_sum = sum(w * b.repeat for b, w, _ in rows) or 1.0
+    w_sum = sum(w * b.repeat for b, w, _ in rows)
     kv_sum = sum(kv * b.repeat for b, _, kv in rows) or 1.0
-    return [Unit(b.name, i, w * weights_total / w_sum, kv * kv_total / kv_sum)
+    moe_instances = sum(b.repeat for b, _, _ in rows if _is_moe(b))
+    missing = max(0.0, weights_total - w_sum)
+    extra = missing / moe_instances if moe_instances else 0.0
+    scale = weights_total / w_sum if (w_sum and not moe_instances) else 1.0
+    return [Unit(b.name, i, w * scale + (extra if _is_moe(b) else 0.0), kv * kv_total / kv_sum)
             for b, w, kv in rows for i in range(b.repeat)]
 
 
@@ -239,14 +254,16 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
     cands: list[tuple[WaferPlan | None, Any]]
     for form in forms:
         trace = build_trace(model, phase, routing, form)
-        units = units_of(trace, model.weights_bytes, kv)
+        table = 0.0 if model.tied_embeddings else model.embedding_params * get_dtype(model.embedding_dtype).bytes
+        units = units_of(trace, model.weights_bytes, kv, table)
         act = phase.tokens * model.d_model * 2.0  # the residual stream handed from stage to stage (16-bit)
         if weight_streaming:
             stream_plan = streaming_plan(units, arch, buffer_bytes(trace, arch, min(spec.width, spec.height)))
             res = simulate_trace(trace, arch, objective, model, kv_bytes=kv)
             per_inst = (res.ops["latency_s"]).groupby(res.ops["block"], sort=False).sum().to_dict()
-            stream = [u.weight_bytes / spec.io_bandwidth_Bps for u in units]
-            res.latency_s = stream[0] + sum(max(per_inst.get(u.block, 0.0), s) for u, s in zip(units, stream, strict=True))
+            stream = [u.weight_bytes / spec.io_bandwidth_Bps for u in units] + [0.0]
+            # the first unit streams in alone; then each unit computes while the next one streams in
+            res.latency_s = stream[0] + sum(max(per_inst.get(u.block, 0.0), stream[i + 1]) for i, u in enumerate(units))
             cands = [(stream_plan, res)]
         else:
             sides = [side] if side is not None else candidate_sides(arch)

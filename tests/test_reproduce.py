@@ -40,3 +40,18 @@ def test_malformed_case_yaml_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(XpusimError, match="malformed YAML") as e:
         rep.load_case("broken")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("body, msg", [
+    ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed: 2\nparams: {baseline: {arch: a100-80gb}}\n", "malformed params"),
+    ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed_range: [1, 2, 3]\nparams: {}\n", "claimed_range"),
+    ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed: lots\nparams: {}\n", "claimed must be a number"),
+])
+def test_bad_cases_are_one_line_errors(tmp_path, monkeypatch, body, msg):
+    import xpusim.validation.reproduce as rep
+
+    (tmp_path / "b.yaml").write_text(body)
+    monkeypatch.setattr(rep, "CASES_DIR", tmp_path)
+    with pytest.raises(XpusimError, match=msg) as e:
+        rep.run_case("b")
+    assert "\n" not in str(e.value)

@@ -340,3 +340,16 @@ def test_cli_wafer_flags(capsys):
     assert main(["simulate", "--arch", "wse-2", "--model", "llama-3-70b", "--phase", "decode", "--context", "4096",
                  "--wafers", "6"]) == 0
     assert "wafer placement: resident" in capsys.readouterr().out
+
+
+def test_moe_units_carry_their_idle_experts_and_nothing_else_is_scaled():
+    from xpusim.sim.wafer_placement import units_of
+    from xpusim.workloads.builder import build_trace
+    from xpusim.workloads.model import load_model
+
+    m = load_model("mixtral-8x7b")
+    trace = build_trace(m, Decode(1, 1024))
+    units = units_of(trace, m.weights_bytes, 0.0, m.embedding_params * 2)
+    assert sum(u.weight_bytes for u in units) == pytest.approx(m.weights_bytes)
+    emb = [u for u in units if u.block == "embed"][0]
+    assert emb.weight_bytes == pytest.approx(m.embedding_params * 2)  # bf16 table, unscaled

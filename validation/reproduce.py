@@ -223,11 +223,9 @@ def _side_result(side: dict[str, Any], model: Any, phase: Any) -> Any:
         combo = load_hetero(side["hetero"])
         if combo is None:
             raise SpecError(f"case: {side['hetero']!r} is not a host + PIM preset")
-        res = simulate_hetero(combo["host"], pim_stacks(combo["pim"], combo["pim_stacks"]), model, phase,
-                              side.get("placement", combo["placement"]), side.get("mode", combo["mode"]),
-                              system=_system(side), tp=tp)
-        res.energy_j *= tp  # every rank's
-        return res
+        return simulate_hetero(combo["host"], pim_stacks(combo["pim"], combo["pim_stacks"]), model, phase,
+                               side.get("placement", combo["placement"]), side.get("mode", combo["mode"]),
+                               system=_system(side), tp=tp)
     if "system" in side:
         from ..sim.events import simulate_system
         from ..sim.parallel import Plan
@@ -407,13 +405,27 @@ def load_case(name: str) -> dict[str, Any]:
         raise SpecError(f"reproduction {name}: unknown kind {d['kind']!r}; kinds: {', '.join(sorted(CASE_KINDS))}")
     if ("claimed" in d) == ("claimed_range" in d):
         raise SpecError(f"reproduction {name}: give claimed (with tolerance_pct) or claimed_range")
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    rng = d.get("claimed_range")
+    if rng is not None and not (isinstance(rng, list) and len(rng) == 2 and all(v is None or number(v) for v in rng)):
+        raise SpecError(f"reproduction {name}: claimed_range must be [low, high] (numbers, or null for open), got {rng!r}")
+    if "claimed" in d and not number(d["claimed"]):
+        raise SpecError(f"reproduction {name}: claimed must be a number, got {d['claimed']!r}")
+    if not number(d.get("tolerance_pct", 0)):
+        raise SpecError(f"reproduction {name}: tolerance_pct must be a number, got {d['tolerance_pct']!r}")
     return d
 
 
 def run_case(name: str) -> dict[str, Any]:
     """Run one case: claimed vs simulated and whether it passes."""
     d = load_case(name)
-    sim = float(CASE_KINDS[d["kind"]](d["params"]))
+    try:
+        sim = float(CASE_KINDS[d["kind"]](d["params"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SpecError(f"reproduction {name}: malformed params for kind {d['kind']} ({type(e).__name__}: {e}); "
+                        f"see the kind's docstring in validation/reproduce.py") from None
     out: dict[str, Any] = {"name": d["name"], "paper": d["paper"], "claim": d["claim"], "simulated": sim}
     if "claimed_range" in d:
         lo, hi = d["claimed_range"]

@@ -47,7 +47,7 @@ def streaming_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, kv_tile: in
     """The reordered form: key/value tiles of ``kv_tile`` rows stream past the queries (a loop over
     tiles, every query at once). Returns the output and the largest number of intermediate elements
     held at once (one tile of scores, the running max and sum, the accumulator)."""
-    if kv_tile < 1 or q.ndim != 2 or k.shape != v.shape[:1] + k.shape[1:] or k.shape[1] != q.shape[1]:
+    if kv_tile < 1 or q.ndim != 2 or k.ndim != 2 or v.ndim != 2 or k.shape[0] != v.shape[0] or k.shape[1] != q.shape[1]:
         raise ShapeError(f"streaming_attention needs kv_tile >= 1 and q (rows, d), k and v (n, d); got {kv_tile}, "
                          f"{q.shape}, {k.shape}, {v.shape}")
     rows, d = q.shape
