@@ -283,6 +283,9 @@ def area_breakdown(arch: Arch) -> dict[str, float]:
     if arch.device_class == "wafer":
         raise SpecError(f"{arch.name} is a wafer-scale device: the area and cost model covers reticle-sized dies "
                         "(its published wafer area is in the preset's die_area_mm2)")
+    if arch.device_class == "fpga":
+        raise SpecError(f"{arch.name} is an FPGA: its die is the part's, and a template's cost is the resources it "
+                        "uses (xpusim.arch.fpga.estimate_resources), not die area")
     if arch.device_class == "dataflow":
         raise SpecError(f"{arch.name} is a dataflow (RDU) device: the area model's per-core overhead is fitted on GPU "
                         "SMs and does not describe PCUs and PMUs")

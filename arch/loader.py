@@ -16,7 +16,7 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 
 _TOP = {"name", "class", "description", "clock", "matrix", "vector", "memory", "launch_overhead",
         "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features", "die", "pim",
-        "wafer", "rdu"}
+        "wafer", "rdu", "fpga"}
 _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_pj_per_byte",
           "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind",
           "serves"}
@@ -248,6 +248,18 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         wspec = parse_wafer(d["wafer"], arch.matrix_clock_hz, name)
         check_wafer_arch(wspec, arch.matrix.instances, name)
         arch.rules["wafer"] = wspec
+    if arch.device_class == "fpga" or "fpga" in d:  # FPGA part + LLM-engine template (arch/fpga.py)
+        from .fpga import check_fits, parse_fpga
+
+        if arch.device_class != "fpga" or "fpga" not in d:
+            raise SpecError(f"device {name!r}: class fpga and an fpga: section (part, template, estimate) go together")
+        fspec = parse_fpga(d["fpga"], name)
+        t = fspec.template
+        if arch.matrix.instances != t.cores * t.vpus or arch.matrix.rate_per_cycle.get("int8") != t.chain * t.macs_per_dsp:
+            raise SpecError(f"device {name!r}: matrix must be the template's VPUs: instances = cores x vpus "
+                            f"({t.cores * t.vpus}) and int8 macs_per_cycle = chain x macs_per_dsp ({t.chain * t.macs_per_dsp})")
+        check_fits(fspec, name)
+        arch.rules["fpga"] = fspec
     if arch.device_class == "dataflow" or "rdu" in d:  # reconfigurable dataflow unit: PCUs, PMUs, tiers (arch/rdu.py)
         from .rdu import check_rdu_arch, parse_rdu
 

@@ -107,6 +107,10 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
         cost = with_dequant(gpu_gemm_cost(problem_from_op(op), arch, launch), op, arch)
     elif arch.device_class == "pim" and len(op.inputs) == 2:  # standalone PIM: contractions in the banks' PUs
         cost = with_dequant(pim_matmul_cost(op, arch, launch), op, arch)
+    elif arch.device_class == "fpga" and len(op.inputs) == 2:  # FPGA LLM engine: DSP-chain MPE (FlightLLM)
+        from ..mappers.fpga import fpga_matmul_cost
+
+        cost = fpga_matmul_cost(op, arch, launch)
     elif arch.device_class == "wafer" and len(op.inputs) == 2:  # wafer-scale mesh: MeshGEMM / MeshGEMV (WaferLLM)
         cost = with_dequant(wafer_matmul_cost(op, arch, launch), op, arch)
     else:

@@ -77,7 +77,10 @@ def test_a100_breakdown_has_every_component_and_sums():
     assert dict((name, cap) for name, _, cap, _ in phys["levels"])["l2"] == 48 * 2**20
 
 
-@pytest.mark.parametrize("name", [n for n in list_archs() if load_arch(n).device_class not in ("wafer", "pim", "dataflow")])
+OUTSIDE = ("wafer", "pim", "dataflow", "fpga")  # classes the die model refuses (tested below)
+
+
+@pytest.mark.parametrize("name", [n for n in list_archs() if load_arch(n).device_class not in OUTSIDE])
 def test_every_preset_has_finite_positive_area_power_and_cost(name):
     arch = load_arch(name)
     a = area.die_area_mm2(arch)
@@ -272,7 +275,8 @@ def test_wafer_scale_devices_are_refused_by_the_die_model():
 
 
 @pytest.mark.parametrize("name, what", [("hbm2-pim", "PIM device"), ("neupims-pim", "PIM device"),
-                                        ("duplex-logic-pim", "PIM device"), ("sn40l", "dataflow")])
+                                        ("duplex-logic-pim", "PIM device"), ("sn40l", "dataflow"),
+                                        ("alveo-u280", "FPGA")])
 def test_pim_and_dataflow_devices_are_refused_by_the_logic_die_model(name, what):
     with pytest.raises(SpecError, match=what) as e:
         area.die_area_mm2(load_arch(name))

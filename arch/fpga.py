@@ -1,0 +1,167 @@
+"""FPGA device class: the ``fpga:`` section — a part's resources and the accelerator template built on it.
+
+An FPGA preset is a **part** (what the chip offers) plus a **template configuration** (the LLM
+engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section describes
+
+* ``part``: ``dsp``, ``bram`` (36 Kb blocks), ``uram`` (288 Kb blocks), ``lut``, ``ff``, ``slrs``
+  (super logic regions) and ``dsp_kind`` (``dsp48e2`` or ``dsp58``);
+* ``template``: the matrix processing engine — ``cores`` (one per SLR in FlightLLM), each with
+  ``vpus`` vector processing units, each a DSP chain of ``chain`` DSPs; ``macs_per_dsp`` INT8 MACs a
+  DSP retires per cycle (two packed on a DSP48E2); ``sparsity_m`` (the M of N:M sparsity the chain's
+  sparse mux supports; 1 for dense); the special-function unit's ``sfu_lanes`` per core; on-chip
+  ``buffers`` (bytes: weights, activations, global) mapped to URAM; ``clock`` (the template's closed
+  timing); ``hbm_efficiency`` (the sustained fraction of the HBM bandwidth);
+* ``estimate``: the resource estimator's per-unit costs: ``lut_per_dsp`` and ``ff_per_dsp`` (control,
+  muxes and adders around each DSP), ``lut_fixed`` / ``ff_fixed`` (schedulers, memory controllers,
+  the SFUs), ``max_utilisation`` of each resource a placed-and-routed design reaches.
+
+:func:`estimate_resources` maps a template to DSP/BRAM/URAM/LUT/FF; :func:`check_fits` rejects a
+template that does not fit its part, naming the overflowing resource. The template's matrix and
+vector rates and its clock become the preset's ``matrix``/``vector`` units (``mappers/fpga.py``
+checks they agree). Sources in ``docs/devices.md`` (section FPGA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import CapacityError, SpecError
+from ..units import parse_quantity
+from .sections import check_section, positive
+
+_PART = ("dsp", "bram", "uram", "lut", "ff", "slrs", "dsp_kind")
+_TEMPLATE = ("cores", "vpus", "chain", "macs_per_dsp", "sparsity_m", "sfu_lanes", "buffers", "hbm_efficiency")
+_ESTIMATE = ("lut_per_dsp", "ff_per_dsp", "lut_fixed", "ff_fixed", "max_utilisation")
+#: on-chip memory blocks: URAM 4K x 72 bits, BRAM36 1K x 36 bits (AMD UltraScale+ and Versal)
+URAM_BYTES = 288 * 1024 // 8
+BRAM_BYTES = 36 * 1024 // 8
+RESOURCES = ("dsp", "bram", "uram", "lut", "ff")
+
+
+@dataclass(frozen=True)
+class Part:
+    dsp: int
+    bram: int
+    uram: int
+    lut: int
+    ff: int
+    slrs: int
+    dsp_kind: str
+
+
+@dataclass(frozen=True)
+class Template:
+    cores: int
+    vpus: int
+    chain: int
+    macs_per_dsp: int
+    sparsity_m: int
+    sfu_lanes: int
+    buffers: dict[str, float]
+    hbm_efficiency: float
+
+    @property
+    def dsps(self) -> int:
+        return self.cores * self.vpus * self.chain
+
+    @property
+    def macs_per_cycle(self) -> int:
+        """Dense INT8 MACs per cycle of the whole engine."""
+        return self.dsps * self.macs_per_dsp
+
+
+@dataclass(frozen=True)
+class Estimate:
+    lut_per_dsp: float
+    ff_per_dsp: float
+    lut_fixed: float
+    ff_fixed: float
+    max_utilisation: float
+
+
+@dataclass(frozen=True)
+class FpgaSpec:
+    part: Part
+    template: Template
+    estimate: Estimate
+
+
+def _where(name: str) -> str:
+    return f"device {name!r} fpga"
+
+
+def _int(d: dict[str, Any], key: str, where: str) -> int:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise SpecError(f"{where}.{key}: must be a positive integer, got {v!r}")
+    return v
+
+
+def _num(d: dict[str, Any], key: str, where: str, low: float = 0.0, high: float = math.inf) -> float:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and low <= v <= high):
+        raise SpecError(f"{where}.{key}: must be a number in [{low:g}, {high:g}], got {v!r}")
+    return float(v)
+
+
+def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
+    """Parse and validate an ``fpga:`` section (one-line :class:`SpecError` on any bad field)."""
+    where = _where(name)
+    check_section(d, {"part", "template", "estimate"}, ["part", "template", "estimate"], where, "part, template, estimate")
+    p = check_section(d["part"], set(_PART), list(_PART), f"{where}.part", ", ".join(_PART))
+    if p["dsp_kind"] not in ("dsp48e2", "dsp58"):
+        raise SpecError(f"{where}.part.dsp_kind: must be dsp48e2 or dsp58, got {p['dsp_kind']!r}")
+    counts = {k: _int(p, k, f"{where}.part") for k in _PART[:-1]}
+    part = Part(dsp=counts["dsp"], bram=counts["bram"], uram=counts["uram"], lut=counts["lut"], ff=counts["ff"],
+                slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]))
+    t = check_section(d["template"], set(_TEMPLATE), list(_TEMPLATE), f"{where}.template", ", ".join(_TEMPLATE))
+    bufs = check_section(t["buffers"], {"weights", "activations", "global"}, ["weights", "activations", "global"],
+                         f"{where}.template.buffers", "weights, activations, global (bytes)")
+    buffers = {k: positive(parse_quantity(v, "bytes", f"{where}.template.buffers.{k}"),
+                           f"{where}.template.buffers.{k}", "'2 MiB'") for k, v in bufs.items()}
+    m = _int(t, "sparsity_m", f"{where}.template")
+    if m & (m - 1):
+        raise SpecError(f"{where}.template.sparsity_m: must be a power of two (N:M sparsity), got {m}")
+    template = Template(cores=_int(t, "cores", f"{where}.template"), vpus=_int(t, "vpus", f"{where}.template"),
+                        chain=_int(t, "chain", f"{where}.template"), macs_per_dsp=_int(t, "macs_per_dsp", f"{where}.template"),
+                        sparsity_m=m, sfu_lanes=_int(t, "sfu_lanes", f"{where}.template"), buffers=buffers,
+                        hbm_efficiency=_num(t, "hbm_efficiency", f"{where}.template", 1e-3, 1.0))
+    e = check_section(d["estimate"], set(_ESTIMATE), list(_ESTIMATE), f"{where}.estimate", ", ".join(_ESTIMATE))
+    per = {k: _num(e, k, f"{where}.estimate") for k in _ESTIMATE[:-1]}
+    est = Estimate(lut_per_dsp=per["lut_per_dsp"], ff_per_dsp=per["ff_per_dsp"], lut_fixed=per["lut_fixed"],
+                   ff_fixed=per["ff_fixed"], max_utilisation=_num(e, "max_utilisation", f"{where}.estimate", 0.01, 1.0))
+    return FpgaSpec(part=part, template=template, estimate=est)
+
+
+def estimate_resources(spec: FpgaSpec, template: Template | None = None) -> dict[str, int]:
+    """DSP, BRAM, URAM, LUT and FF a template uses: one DSP per chain position; its buffers in URAM
+    (whole 288 Kb blocks, per core); LUTs and FFs per DSP plus a fixed part; BRAM for the SFUs'
+    line buffers (one 36 Kb block per lane per core)."""
+    t = template or spec.template
+    e = spec.estimate
+    uram = t.cores * sum(math.ceil(b / t.cores / URAM_BYTES) for b in t.buffers.values())
+    return {"dsp": t.dsps, "bram": t.cores * t.sfu_lanes, "uram": uram,
+            "lut": math.ceil(e.lut_per_dsp * t.dsps + e.lut_fixed), "ff": math.ceil(e.ff_per_dsp * t.dsps + e.ff_fixed)}
+
+
+def check_fits(spec: FpgaSpec, name: str, template: Template | None = None) -> dict[str, int]:
+    """The resources of the template; :class:`CapacityError` naming the first resource over the part's
+    budget (its count x ``max_utilisation``)."""
+    used = estimate_resources(spec, template)
+    for r in RESOURCES:
+        budget = math.floor(getattr(spec.part, r) * spec.estimate.max_utilisation)
+        if used[r] > budget:
+            raise CapacityError(f"device {name!r}: the template needs {used[r]:,} {r.upper()} but the part allows "
+                                f"{budget:,} ({getattr(spec.part, r):,} x {spec.estimate.max_utilisation:g} utilisation); "
+                                f"use fewer cores, VPUs or shorter chains, or smaller buffers")
+    return used
+
+
+def fpga_spec(arch: Any) -> FpgaSpec:
+    """The :class:`FpgaSpec` of an FPGA device (stored under ``rules['fpga']`` by the loader)."""
+    spec = arch.rules.get("fpga") if isinstance(arch.rules, dict) else None
+    if not isinstance(spec, FpgaSpec):
+        raise SpecError(f"device {arch.name!r} is not an FPGA device with an fpga: section (class {arch.device_class!r})")
+    return spec

@@ -1,0 +1,58 @@
+"""Cost of a contraction on an FPGA LLM-engine template (FlightLLM-style, ``arch/fpga.py``).
+
+The matrix processing engine (MPE) is ``cores x vpus`` DSP chains of ``chain`` DSPs, each DSP
+retiring ``macs_per_dsp`` INT8 MACs per cycle. FlightLLM (Zeng et al., FPGA 2024, section 4)
+chooses the MPE's parallelism so that the memory time hides the compute time under double
+buffering: ``T_mem = (MK + KN + MN) / BW`` against ``T_cmp = MKN / (p_M p_K p_N)``. The model here:
+
+* compute: ``ceil(M / p_M) ceil(N / p_N) ceil(K / p_K)`` chain steps of one cycle: ``p_N`` = the
+  VPUs (one output each), ``p_K`` = the chain length (one MAC per DSP per step along K), ``p_M`` =
+  ``macs_per_dsp`` (the packed MACs of a DSP share its weight across that many activation rows, so
+  a GEMV, ``M = 1``, leaves the second one idle);
+* memory: the weight matrix streams from HBM once (the activations stay on chip: FlightLLM's
+  always-on-chip decode), at the template's sustained fraction of the HBM bandwidth
+  (``hbm_efficiency``), plus the KV cache for attention products;
+* time = max(compute, memory) + the template's launch gap (none: instructions stream from DDR).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..arch.fpga import fpga_spec
+from ..arch.spec import Arch
+from ..dtypes import get_dtype
+from ..errors import DtypeError
+from ..sim.cost import OpCost
+from ..workloads.einsum import Op
+from .pim import as_gemv
+
+
+def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
+    """Cost of a two-input contraction on the FPGA template's MPE."""
+    spec = fpga_spec(arch)
+    t = spec.template
+    g = as_gemv(op, arch)
+    compute = get_dtype(op.inputs[0].dtype).compute
+    if compute not in arch.matrix.rate_per_cycle:
+        raise DtypeError(f"device {arch.name!r}: the DSP chains compute in {', '.join(arch.matrix.rate_per_cycle)}; "
+                         f"op {op.name!r} is {compute} (give --weight-dtype int8 --act-dtype int8, or int4 weights)")
+    clock = arch.matrix_clock_hz
+    p_k, p_m = t.chain, t.macs_per_dsp
+    steps = g.groups * math.ceil(g.m / p_m) * math.ceil(g.n / (t.cores * t.vpus)) * math.ceil(g.k / p_k)
+    comp_s = steps / clock
+    bw = arch.backing.bandwidth_Bps * arch.backing.instances * t.hbm_efficiency
+    matrix_bytes = g.groups * g.n * g.k * g.w_bytes  # the weight or KV matrix, streamed once
+    mem_s = matrix_bytes / bw
+    latency = max(comp_s, mem_s) + launch_s
+    macs = g.macs
+    lv = arch.backing
+    energy = {"compute": macs * arch.matrix.energy(compute) * 1e-12,
+              lv.name: matrix_bytes * lv.read_energy_pj_per_byte * 1e-12, "static": arch.static_power_w * latency}
+    ideal = macs / (arch.matrix.rate(compute) * arch.matrix.instances) / clock
+    return OpCost(cycles=latency * arch.clock_hz, latency_s=latency, compute_cycles=comp_s * arch.clock_hz,
+                  stall_cycles=max(latency - comp_s, 0.0) * arch.clock_hz, energy_j=float(sum(energy.values())),
+                  utilization=ideal / latency if latency else 0.0, bound="compute" if comp_s >= mem_s else lv.name,
+                  bytes_by_level={lv.name: matrix_bytes}, energy_by_component=energy,
+                  mapping={"mode": "MV" if g.m == 1 else "MM", "p_M": p_m, "p_N": t.cores * t.vpus, "p_K": p_k},
+                  detail={"compute_s": comp_s, "memory_s": mem_s, "sustained_Bps": bw})

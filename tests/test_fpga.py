@@ -1,0 +1,140 @@
+"""FPGA class (issue 12): part and template, the resource estimator and fit check, the MPE cost, and
+the functional references of the packed INT8 and N:M sparse DSP chains."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from xpusim import simulate
+from xpusim.arch import arch_from_dict, load_arch
+from xpusim.arch.fpga import estimate_resources, fpga_spec
+from xpusim.arch.loader import PRESETS_DIR
+from xpusim.errors import CapacityError, SpecError, XpusimError
+from xpusim.workloads import Decode, Prefill
+from xpusim.workloads.functional.fpga import dense_of, nm_prune, packed_chain_dot, sparse_chain_dot
+from xpusim.workloads.model import load_model
+
+RAW = yaml.safe_load((PRESETS_DIR / "alveo-u280.yaml").read_text())
+FAST = settings(max_examples=40, deadline=None)
+W4A8 = ("int4-g128", "int8", "int8")
+
+
+def variant(**template):
+    d = copy.deepcopy(RAW)
+    d["fpga"]["template"].update(template)
+    t = d["fpga"]["template"]
+    d["matrix"]["instances"] = t["cores"] * t["vpus"]
+    d["matrix"]["macs_per_cycle"] = {"int8": t["chain"] * t["macs_per_dsp"]}
+    return arch_from_dict(d)
+
+
+def test_u280_part_and_template():
+    a = load_arch("alveo-u280")
+    s = fpga_spec(a)
+    assert (s.part.dsp, s.part.bram, s.part.uram, s.part.lut, s.part.ff, s.part.slrs) == (9024, 2016, 960, 1303680, 2607360, 3)
+    used = estimate_resources(s)
+    assert used["dsp"] == 6144 <= 6345  # the MPE's share of the DSPs FlightLLM reports
+    assert a.peak_flops("int8") == pytest.approx(2 * 6144 * 2 * 225e6)
+
+
+@pytest.mark.parametrize("change, resource", [({"vpus": 256}, "DSP"), ({"buffers": {"weights": "40 MiB", "activations": "1 MiB",
+                                                                                  "global": "1 MiB"}}, "URAM")])
+def test_a_template_that_does_not_fit_names_the_resource(change, resource):
+    with pytest.raises(CapacityError, match=resource) as e:
+        variant(**change)
+    assert "\n" not in str(e.value) and "fewer cores" in str(e.value)
+
+
+def test_fit_is_exact_at_the_budget():
+    s = fpga_spec(load_arch("alveo-u280"))
+    budget = int(s.part.dsp * s.estimate.max_utilisation)  # 7,219 DSPs
+    vpus = budget // (3 * 16)
+    variant(vpus=vpus)  # 3 x 150 x 16 = 7,200 fits
+    with pytest.raises(CapacityError, match="DSP"):
+        variant(vpus=vpus + 1)
+
+
+@pytest.mark.parametrize("mutate, msg", [
+    (lambda d: d["fpga"]["part"].update(dsp_kind="dsp99"), "dsp_kind"),
+    (lambda d: d["fpga"]["template"].update(sparsity_m=12), "power of two"),
+    (lambda d: d["fpga"]["template"].update(hbm_efficiency=1.5), "hbm_efficiency"),
+    (lambda d: d["fpga"].pop("estimate"), "missing"),
+    (lambda d: d["matrix"].update(instances=126), "template's VPUs"),
+    (lambda d: d.update({"class": "generic"}), "go together"),
+])
+def test_bad_fpga_sections_are_one_line_errors(mutate, msg):
+    d = copy.deepcopy(RAW)
+    mutate(d)
+    with pytest.raises(SpecError, match=msg) as e:
+        arch_from_dict(d)
+    assert "\n" not in str(e.value)
+
+
+def test_decode_streams_weights_at_the_sustained_hbm_bandwidth():
+    m = load_model("llama-2-7b").with_formats(*W4A8)
+    r = simulate("alveo-u280", m, Decode(1, 640))
+    s = fpga_spec(load_arch("alveo-u280"))
+    bw = 460e9 * s.template.hbm_efficiency
+    assert r.latency_s >= 0.95 * r.weights_bytes / bw  # all but the embedding table stream every step
+    mm = r.ops[r.ops["kind"] == "matmul"]
+    assert set(mm["bound"]) == {"hbm"}
+
+
+def test_prefill_is_compute_bound_and_more_vpus_help():
+    m = load_model("llama-2-7b").with_formats(*W4A8)
+    small, big = (simulate(variant(vpus=v), m, Prefill(1, 512)).latency_s for v in (64, 128))
+    assert big < small < 2.05 * big
+
+
+def test_bf16_models_need_integer_formats_with_a_clear_error():
+    with pytest.raises(XpusimError, match="int8") as e:
+        simulate("alveo-u280", "llama-2-7b", Decode(1, 128))
+    assert "\n" not in str(e.value)
+
+
+def test_cli_simulate_on_u280(capsys):
+    from xpusim.cli import main
+
+    assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "decode", "--context", "640",
+                 "--weight-dtype", "int4-g128", "--act-dtype", "int8", "--kv-dtype", "int8"]) == 0
+    assert "latency" in capsys.readouterr().out
+
+
+# --- functional references -----------------------------------------------------------------------------
+
+
+@FAST
+@given(k=st.integers(1, 70), group=st.integers(1, 8), seed=st.integers(0, 999))
+def test_packed_int8_chain_equals_two_dot_products(k, group, seed):
+    r = np.random.default_rng(seed)
+    a_hi, a_lo = r.integers(-127, 128, (50, k)), r.integers(-127, 128, (50, k))
+    w = r.integers(-128, 128, (50, k))
+    hi, lo = packed_chain_dot(a_hi, a_lo, w, group)
+    np.testing.assert_array_equal(hi, (a_hi * w).sum(-1))
+    np.testing.assert_array_equal(lo, (a_lo * w).sum(-1))
+
+
+def test_packing_is_exact_at_the_extremes_and_needs_the_overflow_adjust_beyond_8():
+    worst = np.full((1, 8), -127)
+    hi, lo = packed_chain_dot(worst, worst, np.full((1, 8), -128))
+    assert hi[0] == lo[0] == 8 * 127 * 128
+    with pytest.raises(XpusimError):
+        packed_chain_dot(worst, worst, np.full((1, 8), -128), group=9)
+
+
+@FAST
+@given(n=st.sampled_from([0, 1, 2, 4]), groups=st.integers(1, 8), rows=st.integers(1, 5), seed=st.integers(0, 999))
+def test_nm_sparse_chain_equals_the_dense_product_of_the_pruned_weights(n, groups, rows, seed):
+    m = 4
+    r = np.random.default_rng(seed)
+    w = r.standard_normal(groups * m)
+    values, idx = nm_prune(w, n, m)
+    dense = dense_of(values, idx, m)
+    assert (np.count_nonzero(dense.reshape(groups, m), axis=-1) <= n).all()
+    x = r.standard_normal((rows, groups * m))
+    np.testing.assert_allclose(sparse_chain_dot(x, values, idx, m), x @ dense, atol=1e-12)
