@@ -127,6 +127,13 @@ def _metrics(arch: Arch, runs: list, needed: set[str], devices: int = 1) -> dict
         m["perf_per_area"] = throughput / m["area_mm2"]
         m["perf_per_watt"] = throughput / m["power_w"] if m["power_w"] else 0.0
         m["perf_per_dollar"] = throughput / m["cost_usd"]
+    if needed & {"dsp_fraction", "lut_fraction"}:
+        from ..arch.fpga import estimate_resources, fpga_spec
+
+        spec = fpga_spec(arch)
+        used = estimate_resources(spec)
+        m["dsp_fraction"] = used["dsp"] / spec.part.dsp
+        m["lut_fraction"] = used["lut"] / spec.part.lut
     if "format_error" in needed:
         from ..workloads.functional.numerics import layer_error
 

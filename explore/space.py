@@ -45,6 +45,8 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "perf_per_dollar": ("maximize", "tokens/s/USD", "throughput / cost"),
     "format_error": ("minimize", "", "relative L2 error of a reduced layer in the model's formats"),
     "memory_fraction": ("minimize", "", "footprint / device memory of the largest workload"),
+    "dsp_fraction": ("minimize", "", "an FPGA template's DSPs over the part's (arch/fpga.py estimator)"),
+    "lut_fraction": ("minimize", "", "an FPGA template's LUTs over the part's"),
 }
 KNOB_ROOTS = ("device", "model", "workload", "mapper", "system", "plan")
 WORKLOAD_FIELDS = ("model", "phase", "batch", "seq", "context", "weight", "routing")
@@ -323,6 +325,12 @@ def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
                 del wafer[total]
         if "core_sram" in wafer and isinstance(doc["memory"][0], dict):
             doc["memory"][0]["capacity"] = wafer["core_sram"]
+    fpga = doc.get("fpga")
+    tpl = fpga.get("template") if isinstance(fpga, dict) else None
+    if isinstance(tpl, dict):  # an FPGA engine's matrix unit is its template's VPUs (arch/fpga.py)
+        doc["matrix"]["instances"] = int(tpl.get("cores", 0)) * int(tpl.get("vpus", 0))
+        doc["matrix"]["macs_per_cycle"] = {"int8": int(tpl.get("chain", 0)) * int(tpl.get("macs_per_dsp", 0))}
+        doc["vector"]["instances"] = tpl.get("cores")
     rdu = doc.get("rdu")
     if isinstance(rdu, dict) and isinstance(doc.get("memory"), list) and len(doc["memory"]) > 1:
         for unit in ("matrix", "vector"):  # an RDU's PCUs are its matrix and vector units

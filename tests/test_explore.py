@@ -131,7 +131,7 @@ def test_bad_spaces_are_one_line_errors(bad, message):
 
 
 def test_example_spaces_parse():
-    for name in ("npu", "gpu-chip", "llm-serving", "pim", "wafer", "rdu"):
+    for name in ("npu", "gpu-chip", "llm-serving", "pim", "wafer", "rdu", "fpga"):
         space = load_space(name)
         assert space.knobs and space.workloads and space.objectives
 
@@ -213,3 +213,14 @@ def test_rdu_space_units_follow_the_pcu_pmu_pairs():
     fast = evaluate(space, params)
     slow = evaluate(space, {**params, "hbm_tbs": 1.0, "sockets": 2})
     assert fast.feasible and fast.metrics["latency"] < slow.metrics["latency"]
+
+
+def test_fpga_space_records_templates_that_do_not_fit_with_the_resource():
+    space = load_space("fpga")
+    base = {"chain": 16, "cores": 3, "wbuf": "6 MiB", "clock_mhz": 225.0, "wdt": "int4-g128", "adt": "int8", "kvdt": "int8"}
+    ok = evaluate(space, {**base, "vpus": 128})
+    assert ok.feasible and ok.metrics["dsp_fraction"] == pytest.approx(6144 / 9024)
+    big = evaluate(space, {**base, "vpus": 224})  # 3 x 224 x 16 = 10,752 DSPs > 0.8 x 9,024
+    assert not big.feasible and "DSP" in big.reason
+    faster = evaluate(space, {**base, "vpus": 128, "clock_mhz": 300.0})
+    assert faster.metrics["latency"] < ok.metrics["latency"]
