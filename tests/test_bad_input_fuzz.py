@@ -75,3 +75,16 @@ def test_garbage_text(tmp_path, text, name):
     p = tmp_path / name
     p.write_text(text)
     _load_quietly(load_arch if name == "dev.yaml" else load_model, p)
+
+
+CLASS_PRESETS = {n: yaml.safe_load((PRESETS_DIR / f"{n}.yaml").read_text())
+                 for n in ("wse-2", "sn40l", "alveo-u280", "hbm2-pim", "duplex-logic-pim")}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(sorted(CLASS_PRESETS)), st.data())
+def test_mutated_device_class_sections(tmp_path, name, data):
+    """The wafer:, rdu:, fpga: and pim: sections: a mutated preset loads or fails with one line."""
+    p = tmp_path / "dev.yaml"
+    p.write_text(yaml.safe_dump(_mutate(CLASS_PRESETS[name], data)))
+    _load_quietly(load_arch, p)
