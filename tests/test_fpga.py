@@ -138,3 +138,13 @@ def test_nm_sparse_chain_equals_the_dense_product_of_the_pruned_weights(n, group
     assert (np.count_nonzero(dense.reshape(groups, m), axis=-1) <= n).all()
     x = r.standard_normal((rows, groups * m))
     np.testing.assert_allclose(sparse_chain_dot(x, values, idx, m), x @ dense, atol=1e-12)
+
+
+def test_u55c_is_the_u280_engine_with_twice_the_hbm():
+    a, b = load_arch("alveo-u280"), load_arch("alveo-u55c")
+    assert fpga_spec(a).part == fpga_spec(b).part and fpga_spec(a).template == fpga_spec(b).template
+    assert b.backing.capacity_bytes == 2 * a.backing.capacity_bytes and b.backing.bandwidth_Bps == a.backing.bandwidth_Bps
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    with pytest.raises(CapacityError):  # 7B int8 weights + a long KV cache overflow the U280's 8 GB
+        simulate("alveo-u280", m, Decode(4, 4096))
+    simulate("alveo-u55c", m, Decode(4, 4096))  # the U55C's 16 GB hold them
