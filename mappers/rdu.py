@@ -118,10 +118,11 @@ def tiers(arch: Arch, weights_bytes: float, kv_bytes: float) -> dict[str, Any]:
 
 
 def _op_bytes(op: Op) -> dict[str, float]:
-    """Bytes an op moves by operand role: weights, KV (read, and written by an append), activations."""
+    """Bytes an op moves by operand role: weights, KV and recurrent state (per-sequence memory, read
+    and written in its tier), activations."""
     out = {"weights": 0.0, "kv": 0.0, "act": 0.0}
     for t in op.inputs:
-        role = "weights" if t.role == "weight" else "kv" if t.role == "kv" else "act"
+        role = "weights" if t.role == "weight" else "kv" if t.role in ("kv", "state") else "act"
         out[role] += op.tensor_bytes(t)
     out["kv" if op.kind == "kv_append" or op.output.role == "kv" else "act"] += op.tensor_bytes(op.output)
     return out

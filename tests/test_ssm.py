@@ -2,11 +2,14 @@
 a token-by-token recurrent forward, decode continues the recurrent state exactly, hybrids
 (Jamba) become one period block, and the sizes match the published models."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import xpusim
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from xpusim import simulate
 from xpusim.workloads import Decode, ModelSpec, Prefill, build_trace, load_model
 from xpusim.workloads.functional import ssm
 from xpusim.workloads.functional.reference import execute, init_weights, weight_key
@@ -160,3 +163,56 @@ def test_published_sizes_and_constant_state():
     long = xpusim.simulate("h100-sxm", mamba, Decode(4, 65536))
     assert short.ssm_state_bytes == long.ssm_state_bytes and long.kv_cache_bytes == 0
     assert long.latency_s == pytest.approx(short.latency_s, rel=1e-9)  # a decode step does not grow with context
+
+
+# --- Hyena long convolutions (issue 11) ------------------------------------------------------------------
+
+TINY_HYENA = ModelSpec(name="tiny-hyena", n_layers=2, d_model=16, n_heads=2, n_kv_heads=2, head_dim=8, d_ff=32,
+                       vocab_size=37, max_seq_len=128, ssm_kind="hyena", ssm_expand=1, ssm_conv=3, hyena_order=2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 3), hist=st.integers(0, 20), q=st.integers(1, 20), c=st.integers(1, 4), seed=st.integers(0, 99))
+def test_fft_long_convolution_equals_the_direct_sum(b, hist, q, c, seed):
+    from xpusim.workloads.functional.ssm import long_conv_causal
+
+    r = np.random.default_rng(seed)
+    x, h = r.standard_normal((b, q, c)), r.standard_normal((hist + q + 3, c))
+    past = r.standard_normal((b, hist, c)) if hist else None
+    fft, u = long_conv_causal(x, h, past, "fft")
+    direct, _ = long_conv_causal(x, h, past, "direct")
+    np.testing.assert_allclose(fft, direct, atol=1e-10)
+    assert u.shape == (b, hist + q, c)
+    full = np.concatenate([past, x], axis=1) if hist else x  # textbook: y[t] = sum_s h[t - s] u[s]
+    t = hist + q - 1
+    np.testing.assert_allclose(fft[:, -1], np.einsum("bsc,sc->bc", full[:, : t + 1], h[t::-1]), atol=1e-10)
+
+
+@pytest.mark.parametrize("split", [1, 17, 32])
+def test_hyena_decode_and_chunked_prefill_equal_one_prefill(split):
+    r = np.random.default_rng(4)
+    ids = r.integers(0, 37, (2, 64))
+    trace = build_trace(TINY_HYENA, Prefill(2, 64))
+    assert {op.attrs["method"] for b in trace.blocks for op in b.ops if op.kind == "fftconv"} == {"fft"}
+    w = init_weights(trace, seed=1)
+    full, _ = execute(trace, w, ids)
+    _, cache = execute(build_trace(TINY_HYENA, Prefill(2, 64 - split)), w, ids[:, :64 - split])
+    if split == 1:
+        out, _ = execute(build_trace(TINY_HYENA, Decode(2, 64)), w, ids[:, 63:], cache)
+    else:
+        out, _ = execute(build_trace(TINY_HYENA, Prefill(2, split, prefix=64 - split)), w, ids[:, 64 - split:], cache)
+    np.testing.assert_allclose(out, full, atol=1e-10)
+
+
+def test_hyena_costs_grow_n_log_n_in_prefill_and_linearly_in_decode():
+    from xpusim.workloads.ssm import fftconv_flops_per_point
+
+    fpp = [fftconv_flops_per_point(n, n)[0] for n in (1024, 4096, 16384)]
+    assert fpp[0] < fpp[1] < fpp[2] < 2 * fpp[0]  # per point ~ log n
+    dec = [fftconv_flops_per_point(n, 1) for n in (1024, 4096)]
+    assert dec[0][1] == dec[1][1] == "direct" and dec[1][0] - 2 == 4 * (dec[0][0] - 2)
+    big = dataclasses.replace(TINY_HYENA, n_layers=4, d_model=1024, max_seq_len=32768, vocab_size=50277)
+    assert big.kv_bytes_per_token == 4 * 2 * 1024 * 2  # each long convolution's input history, per token
+    for arch in ("h100-sxm", "sn40l"):
+        a, b = (simulate(arch, big, Decode(1, n), check_memory=False).latency_s for n in (4096, 16384))
+        assert b > a

@@ -21,6 +21,7 @@ from ..errors import ShapeError, SpecError
 KINDS = (
     "matmul", "softmax", "norm", "elementwise", "activation", "rope", "embedding", "kv_append",
     "take_last", "route", "gather", "combine", "concat", "conv1d", "scan", "rel_bias", "attn_merge", "collective",
+    "fftconv",
 )
 
 #: Tensor roles: what a tensor is, for memory accounting and placement.

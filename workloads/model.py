@@ -18,7 +18,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 
 ACTIVATIONS = ("silu", "gelu", "relu", "relu2")
 ROUTER_SCORING = ("softmax", "sigmoid")
-SSM_KINDS = ("mamba1", "mamba2")
+SSM_KINDS = ("mamba1", "mamba2", "hyena")
 NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "learned", "relative", "none")
 
@@ -72,8 +72,9 @@ class ModelSpec:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
-    # state-space layers (ssm_kind "": none; "mamba1" selective scan; "mamba2" SSD)
+    # state-space layers (ssm_kind "": none; "mamba1" selective scan; "mamba2" SSD; "hyena" long convolutions)
     ssm_kind: str = ""
+    hyena_order: int = 2
     ssm_state: int = 16
     ssm_expand: int = 2
     ssm_conv: int = 4
@@ -127,7 +128,7 @@ class ModelSpec:
 
     def _check_ssm(self) -> None:
         ints = ("ssm_state", "ssm_expand", "ssm_conv", "ssm_dt_rank", "ssm_head_dim", "ssm_groups", "attn_period",
-                "attn_offset", "moe_period", "moe_offset", "encoder_layers", "rel_buckets", "rel_max_distance",
+                "attn_offset", "moe_period", "moe_offset", "encoder_layers", "hyena_order", "rel_buckets", "rel_max_distance",
                 "decoder_start_token")
         for f in ints:
             v = getattr(self, f)
@@ -141,6 +142,8 @@ class ModelSpec:
             for f in ("ssm_state", "ssm_expand", "ssm_conv", "ssm_head_dim", "ssm_groups"):
                 if getattr(self, f) <= 0:
                     raise ShapeError(f"model {self.name!r}: {f} must be positive for an SSM model")
+            if self.ssm_kind == "hyena" and self.hyena_order < 1:
+                raise ShapeError(f"model {self.name!r}: hyena_order must be at least 1 (the number of long convolutions)")
             if self.ssm_kind == "mamba2" and (self.ssm_inner % self.ssm_head_dim or self.ssm_heads % self.ssm_groups):
                 raise SpecError(f"model {self.name!r}: ssm_expand * d_model ({self.ssm_inner}) must be a multiple of "
                                 f"ssm_head_dim ({self.ssm_head_dim}) and the heads a multiple of ssm_groups")
@@ -236,12 +239,18 @@ class ModelSpec:
     @property
     def ssm_conv_channels(self) -> int:
         """Channels the causal conv1d runs over: x (Mamba-1), or x, B and C (Mamba-2)."""
+        if self.ssm_kind == "hyena":  # the value and the N gates, each with its short filter
+            return (self.hyena_order + 1) * self.ssm_inner
         return self.ssm_inner + (2 * self.ssm_groups * self.ssm_state if self.ssm_kind == "mamba2" else 0)
 
     @property
     def ssm_params(self) -> int:
         """Parameters of one SSM mixer (projections, conv with bias, A, D, dt bias, norms)."""
         d, di, n, k = self.d_model, self.ssm_inner, self.ssm_state, self.ssm_conv
+        if self.ssm_kind == "hyena":  # in-projections, short filters with bias, the N long filters (held
+            # materialised at max_seq_len, as inference runs them) with their bias D, out-projection
+            order = self.hyena_order
+            return (order + 1) * di * d + self.ssm_conv_channels * (k + 1) + order * di * (self.max_seq_len + 1) + di * d
         if self.ssm_kind == "mamba2":
             g, h = self.ssm_groups, self.ssm_heads
             return d * (2 * di + 2 * g * n + h) + self.ssm_conv_channels * (k + 1) + 3 * h + di + di * d
@@ -251,7 +260,11 @@ class ModelSpec:
 
     @property
     def ssm_state_elements(self) -> int:
-        """Recurrent state of one sequence in one SSM layer: conv window and scan state."""
+        """Recurrent state of one sequence in one SSM layer: conv window and scan state (a Hyena layer
+        keeps its short-filter windows here; its long convolutions' history grows with the sequence
+        and is counted per token with the KV cache, :attr:`kv_bytes_per_token`)."""
+        if self.ssm_kind == "hyena":
+            return (self.ssm_conv - 1) * self.ssm_conv_channels
         return (self.ssm_conv - 1) * self.ssm_conv_channels + self.ssm_inner * self.ssm_state
 
     # ------------------------------------------------------------------ derived sizes
@@ -332,8 +345,10 @@ class ModelSpec:
 
     @property
     def kv_bytes_per_token(self) -> float:
-        """KV-cache bytes one token adds (every layer)."""
-        return self.attention_layers * self.kv_elements_per_token * get_dtype(self.kv_dtype).bytes
+        """KV-cache bytes one token adds (every layer; a Hyena layer keeps each long convolution's
+        input history, ``hyena_order x channels`` per token)."""
+        hist = self.ssm_layers * self.hyena_order * self.ssm_inner if self.ssm_kind == "hyena" else 0
+        return (self.attention_layers * self.kv_elements_per_token + hist) * get_dtype(self.kv_dtype).bytes
 
     def ssm_state_bytes(self, batch: int) -> float:
         """Recurrent-state bytes of ``batch`` sequences over every SSM layer (constant in length)."""

@@ -14,6 +14,8 @@ In-projections that the reference implementations fuse into one matrix are separ
 
 from __future__ import annotations
 
+import math
+
 from .einsum import Op, Tensor
 from .model import ModelSpec
 from .opkit import ACT_FLOPS, linear, norm
@@ -24,8 +26,9 @@ SCAN_FLOPS = 9.0
 SCAN_CHUNK = 256  # SSD chunk length of the reference Mamba-2 kernels
 
 
-def _conv(name: str, src: str, out: str, model: ModelSpec, phase: Phase, channels: int) -> list[Op]:
-    """Causal depthwise conv1d + SiLU on ``src`` (b, q, channels), continuing its rolling state."""
+def _conv(name: str, src: str, out: str, model: ModelSpec, phase: Phase, channels: int, silu: bool = True) -> list[Op]:
+    """Causal depthwise conv1d (+ SiLU unless ``silu`` is false) on ``src`` (b, q, channels),
+    continuing its rolling state."""
     b, q, k = phase.batch, phase.q_len, model.ssm_conv
     adt, wdt = model.act_dtype, model.weight_dtype
     offset = phase.kv_len - q
@@ -35,16 +38,69 @@ def _conv(name: str, src: str, out: str, model: ModelSpec, phase: Phase, channel
     if offset:  # continuing a sequence: read the last k-1 inputs
         dims.append(("w", k - 1))
         ins.append(Tensor(f"{name}_state", ("b", "w", "c"), model.kv_dtype, "state"))
+    conv = Op(name, "conv1d", tuple(dims), tuple(ins), Tensor(f"{out}_pre" if silu else out, ("b", "q", "c"), adt), 2.0,
+              {"state": f"{name}_state", "offset": offset})
+    if not silu:
+        return [conv]
     return [
-        Op(name, "conv1d", tuple(dims), tuple(ins), Tensor(f"{out}_pre", ("b", "q", "c"), adt), 2.0,
-           {"state": f"{name}_state", "offset": offset}),
+        conv,
         Op(f"{name}_act", "activation", (("m", b * q), ("f", channels)), (Tensor(f"{out}_pre", ("m", "f"), adt),),
            Tensor(out, ("m", "f"), adt), ACT_FLOPS[("silu", False)], {"function": "silu", "gated": False}),
     ]
 
 
+def fftconv_flops_per_point(total: int, q: int) -> tuple[float, str]:
+    """FLOPs per output point (batch, new token, channel) of a causal long convolution over ``total``
+    tokens of which ``q`` are new, and the method: ``direct`` (``2 x total`` per point) or ``fft``:
+    one real FFT of the zero-padded input and one inverse (``2.5 n log2 n`` each, ``n = 2 total``) and
+    the pointwise complex product (``3 n``), the filter's transform precomputed with the filter;
+    plus 2 for the bias term ``D z``."""
+    n = 2 * total
+    fft = (5.0 * n * math.log2(n) + 3.0 * n) / q if n > 1 else 0.0
+    direct = 2.0 * total
+    return (min(fft, direct) + 2.0, "fft" if fft < direct else "direct")
+
+
+def hyena_ops(model: ModelSpec, phase: Phase) -> list[Op]:
+    """A Hyena operator of order N (Poli et al., "Hyena Hierarchy", ICML 2023, arXiv 2302.10866): in-
+    projections to the value v and the gates x_1..x_N, a short causal filter on each, then
+    ``z <- x_i * (h_i conv z)`` for each order with the long implicit filters ``h_i`` (held materialised
+    at ``max_seq_len``; a step reads the taps its sequence length uses), out-projection. A decode step
+    reads each long convolution's input history (role ``state``, growing with the sequence)."""
+    b, q = phase.batch, phase.q_len
+    m, d, di, order = b * q, model.d_model, model.ssm_inner, model.hyena_order
+    adt, wdt = model.act_dtype, model.weight_dtype
+    offset = phase.kv_len - q
+    ops = [linear("hyena_in_v", m, di, d, "xn", "w_in_v", "h_v", wdt, adt)]
+    ops += [linear(f"hyena_in_x{i}", m, di, d, "xn", f"w_in_x{i}", f"h_x{i}", wdt, adt) for i in range(1, order + 1)]
+    ops += _conv("short_v", "h_v", "h_va", model, phase, di, silu=False)
+    for i in range(1, order + 1):
+        ops += _conv(f"short_x{i}", f"h_x{i}", f"h_x{i}a", model, phase, di, silu=False)
+    z = "h_va"
+    for i in range(1, order + 1):
+        fpp, method = fftconv_flops_per_point(offset + q, q)
+        ins = [Tensor(z, ("b", "q", "c"), adt), Tensor(f"hyena_filter{i}", ("l", "c"), wdt, "weight"),
+               Tensor(f"hyena_D{i}", ("c",), wdt, "weight")]
+        dims = [("b", b), ("q", q), ("c", di), ("l", offset + q)]  # the filter taps the step uses
+        if offset:
+            dims.append(("s", offset))
+            ins.append(Tensor(f"hyena_hist{i}", ("b", "s", "c"), model.kv_dtype, "state"))
+        # the l and s dimensions only size the filter and the history: the FLOPs are per (b, q, c) point
+        spread = (offset + q) * (offset or 1)
+        ops.append(Op(f"long_conv{i}", "fftconv", tuple(dims), tuple(ins), Tensor(f"h_y{i}", ("b", "q", "c"), adt),
+                      fpp / spread, {"state": f"hyena_hist{i}", "offset": offset, "method": method}))
+        ops.append(Op(f"hyena_gate{i}", "elementwise", (("m", m), ("f", di)),
+                      (Tensor(f"h_x{i}a", ("m", "f"), adt), Tensor(f"h_y{i}", ("m", "f"), adt)),
+                      Tensor(f"h_z{i}", ("m", "f"), adt), 1.0, {"function": "mul"}))
+        z = f"h_z{i}"
+    ops.append(linear("ssm_out_proj", m, d, di, z, "w_out", "ssm_out", wdt, adt))
+    return ops
+
+
 def ssm_ops(model: ModelSpec, phase: Phase) -> list[Op]:
     """The SSM mixer of one layer."""
+    if model.ssm_kind == "hyena":
+        return hyena_ops(model, phase)
     b, q = phase.batch, phase.q_len
     m, d, di, n = b * q, model.d_model, model.ssm_inner, model.ssm_state
     adt, wdt = model.act_dtype, model.weight_dtype

@@ -345,6 +345,14 @@ def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarra
         return _execute_moe(op, env, weights, key)
     if k in ("conv1d", "scan"):
         return _execute_ssm(op, env, weights, cache, key)
+    if k == "fftconv":  # a Hyena long convolution, continuing its input history
+        z = _view(env[op.inputs[0].name], op, op.inputs[0])
+        filt, bias = weights[key(op.inputs[1].name)], weights[key(op.inputs[2].name)]
+        y, hist = ssm.long_conv_causal(z, filt, _state(op, cache, key), op.attrs.get("method", "fft"))
+        cache[key(op.attrs["state"])] = hist
+        out = y + bias * z
+        env[op.output.name] = out
+        return out
     args = []
     for t in op.inputs:
         if t.role == "weight":  # a weight may be viewed per head (MLA's absorbed up-projections)

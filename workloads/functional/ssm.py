@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import ShapeError
+
 
 def softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x)
@@ -70,3 +72,23 @@ def scan_chunked(x: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C:
         ys[:, sl] = intra + carried
         h = np.exp(logd[:, -1]) * h + (np.exp(logd[:, -1:] - logd) * u).sum(axis=1)
     return ys, h
+
+
+def long_conv_causal(x: np.ndarray, h: np.ndarray, history: np.ndarray | None = None,
+                     method: str = "fft") -> tuple[np.ndarray, np.ndarray]:
+    """Causal long convolution per channel: ``y[t] = sum_{s <= t} h[t - s] u[s]`` over ``u`` = the
+    ``history`` (b, s, c) followed by ``x`` (b, q, c); returns the ``q`` new outputs and the new
+    history (``u``). ``fft``: zero-padded real FFTs of length ``2 T``; ``direct``: the sum."""
+    u = x if history is None else np.concatenate([history, x], axis=1)
+    total, q = u.shape[1], x.shape[1]
+    if h.shape[0] < total:
+        raise ShapeError(f"long convolution over {total} tokens needs a filter of at least that length, got {h.shape[0]}")
+    hh = h[:total]
+    if method == "fft":
+        n = 2 * total
+        y = np.fft.irfft(np.fft.rfft(u, n=n, axis=1) * np.fft.rfft(hh, n=n, axis=0)[None], n=n, axis=1)[:, :total]
+    else:
+        y = np.zeros_like(u)
+        for t in range(total - q, total):  # only the new positions
+            y[:, t] = np.einsum("bsc,sc->bc", u[:, : t + 1], hh[t::-1])
+    return y[:, total - q:], u
