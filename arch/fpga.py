@@ -16,9 +16,9 @@ engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section 
   the SFUs), ``max_utilisation`` of each resource a placed-and-routed design reaches.
 
 :func:`estimate_resources` maps a template to DSP/BRAM/URAM/LUT/FF; :func:`check_fits` rejects a
-template that does not fit its part, naming the overflowing resource. The template's matrix and
-vector rates and its clock become the preset's ``matrix``/``vector`` units (``mappers/fpga.py``
-checks they agree). Sources in ``docs/devices.md`` (section FPGA).
+template that does not fit its part (or one SLR's share), naming the overflowing resource. The
+preset's ``matrix`` unit must be the template's VPUs (the loader checks instances and INT8 rate);
+the ``vector`` unit is the cores' SFUs. Sources in ``docs/devices.md`` (section FPGA).
 """
 
 from __future__ import annotations
@@ -92,14 +92,17 @@ def _where(name: str) -> str:
     return f"device {name!r} fpga"
 
 
+_LIMIT = 10**9  # no FPGA resource count or template size comes near this
+
+
 def _int(d: dict[str, Any], key: str, where: str) -> int:
     v = d.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise SpecError(f"{where}.{key}: must be a positive integer, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= _LIMIT:
+        raise SpecError(f"{where}.{key}: must be a positive integer up to {_LIMIT:,}, got {v!r}")
     return v
 
 
-def _num(d: dict[str, Any], key: str, where: str, low: float = 0.0, high: float = math.inf) -> float:
+def _num(d: dict[str, Any], key: str, where: str, low: float = 0.0, high: float = 1e7) -> float:
     v = d.get(key)
     if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and low <= v <= high):
         raise SpecError(f"{where}.{key}: must be a number in [{low:g}, {high:g}], got {v!r}")
@@ -148,14 +151,23 @@ def estimate_resources(spec: FpgaSpec, template: Template | None = None) -> dict
 
 def check_fits(spec: FpgaSpec, name: str, template: Template | None = None) -> dict[str, int]:
     """The resources of the template; :class:`CapacityError` naming the first resource over the part's
-    budget (its count x ``max_utilisation``)."""
-    used = estimate_resources(spec, template)
+    budget (its count x ``max_utilisation``), or over one SLR's share of it: the cores are spread
+    evenly over the SLRs and a core does not straddle two (FlightLLM's per-die cores)."""
+    t = template or spec.template
+    used = estimate_resources(spec, t)
+    per_slr = math.ceil(t.cores / spec.part.slrs)
     for r in RESOURCES:
-        budget = math.floor(getattr(spec.part, r) * spec.estimate.max_utilisation)
+        have = getattr(spec.part, r)
+        budget = math.floor(have * spec.estimate.max_utilisation)
         if used[r] > budget:
             raise CapacityError(f"device {name!r}: the template needs {used[r]:,} {r.upper()} but the part allows "
-                                f"{budget:,} ({getattr(spec.part, r):,} x {spec.estimate.max_utilisation:g} utilisation); "
+                                f"{budget:,} ({have:,} x {spec.estimate.max_utilisation:g} utilisation); "
                                 f"use fewer cores, VPUs or shorter chains, or smaller buffers")
+        slr_budget = math.floor(have / spec.part.slrs * spec.estimate.max_utilisation)
+        slr_used = math.ceil(used[r] / t.cores) * per_slr
+        if slr_used > slr_budget:
+            raise CapacityError(f"device {name!r}: {per_slr} core(s) per SLR need {slr_used:,} {r.upper()} but one of "
+                                f"the {spec.part.slrs} SLRs allows {slr_budget:,}; use fewer or smaller cores")
     return used
 
 

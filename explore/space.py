@@ -327,10 +327,19 @@ def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
             doc["memory"][0]["capacity"] = wafer["core_sram"]
     fpga = doc.get("fpga")
     tpl = fpga.get("template") if isinstance(fpga, dict) else None
-    if isinstance(tpl, dict):  # an FPGA engine's matrix unit is its template's VPUs (arch/fpga.py)
-        doc["matrix"]["instances"] = int(tpl.get("cores", 0)) * int(tpl.get("vpus", 0))
+    if isinstance(tpl, dict):  # an FPGA engine's units are its template's: VPUs, SFUs and buffers per core
+        cores = int(tpl.get("cores", 0))
+        doc["matrix"]["instances"] = cores * int(tpl.get("vpus", 0))
         doc["matrix"]["macs_per_cycle"] = {"int8": int(tpl.get("chain", 0)) * int(tpl.get("macs_per_dsp", 0))}
-        doc["vector"]["instances"] = tpl.get("cores")
+        doc["vector"]["instances"] = cores
+        if isinstance(doc.get("memory"), list) and len(doc["memory"]) > 1 and cores > 0:
+            doc["memory"][1]["instances"] = cores
+            bufs = tpl.get("buffers", {})
+            if isinstance(bufs, dict) and bufs:
+                from ..units import parse_quantity
+
+                buf_bytes = sum(parse_quantity(v, "bytes", "fpga buffers") for v in bufs.values())
+                doc["memory"][1]["capacity"] = int(buf_bytes // cores)
     rdu = doc.get("rdu")
     if isinstance(rdu, dict) and isinstance(doc.get("memory"), list) and len(doc["memory"]) > 1:
         for unit in ("matrix", "vector"):  # an RDU's PCUs are its matrix and vector units

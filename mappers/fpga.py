@@ -5,13 +5,17 @@ retiring ``macs_per_dsp`` INT8 MACs per cycle. FlightLLM (Zeng et al., FPGA 2024
 chooses the MPE's parallelism so that the memory time hides the compute time under double
 buffering: ``T_mem = (MK + KN + MN) / BW`` against ``T_cmp = MKN / (p_M p_K p_N)``. The model here:
 
-* compute: ``ceil(M / p_M) ceil(N / p_N) ceil(K / p_K)`` chain steps of one cycle: ``p_N`` = the
-  VPUs (one output each), ``p_K`` = the chain length (one MAC per DSP per step along K), ``p_M`` =
+* compute: ``ceil(M / p_M) ceil(G N / p_N) ceil(K / p_K)`` chain steps of one cycle: ``p_N`` = the
+  VPUs (one output each; the ``G`` independent products of a batched op, e.g. attention heads,
+  share them), ``p_K`` = the chain length (one MAC per DSP per step along K), ``p_M`` =
   ``macs_per_dsp`` (the packed MACs of a DSP share its weight across that many activation rows, so
   a GEMV, ``M = 1``, leaves the second one idle);
-* memory: the weight matrix streams from HBM once (the activations stay on chip: FlightLLM's
-  always-on-chip decode), at the template's sustained fraction of the HBM bandwidth
-  (``hbm_efficiency``), plus the KV cache for attention products;
+* memory: only the stored matrix streams from HBM, once (the weights, or the KV cache of an
+  attention product): the activations stay on chip (FlightLLM's always-on-chip decode), so its
+  ``MK + MN`` terms do not reach HBM; at the template's sustained fraction of the HBM bandwidth
+  (``hbm_efficiency``);
+* the chains take INT8 operands: integer weights (int8, or int4 unpacked to int8) and int8
+  activations; anything else is refused with the formats to give;
 * time = max(compute, memory) + the template's launch gap (none: instructions stream from DDR).
 """
 
@@ -34,12 +38,14 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     t = spec.template
     g = as_gemv(op, arch)
     compute = get_dtype(op.inputs[0].dtype).compute
-    if compute not in arch.matrix.rate_per_cycle:
-        raise DtypeError(f"device {arch.name!r}: the DSP chains compute in {', '.join(arch.matrix.rate_per_cycle)}; "
-                         f"op {op.name!r} is {compute} (give --weight-dtype int8 --act-dtype int8, or int4 weights)")
+    stored = get_dtype(op.inputs[1].dtype).compute
+    if compute not in arch.matrix.rate_per_cycle or stored not in ("int8", "int4"):
+        raise DtypeError(f"device {arch.name!r}: the DSP chains take int8 activations and int8/int4 weights; op "
+                         f"{op.name!r} has {compute} x {stored} (give --weight-dtype int4-g128 or int8, --act-dtype int8, "
+                         "--kv-dtype int8)")
     clock = arch.matrix_clock_hz
     p_k, p_m = t.chain, t.macs_per_dsp
-    steps = g.groups * math.ceil(g.m / p_m) * math.ceil(g.n / (t.cores * t.vpus)) * math.ceil(g.k / p_k)
+    steps = math.ceil(g.m / p_m) * math.ceil(g.groups * g.n / (t.cores * t.vpus)) * math.ceil(g.k / p_k)
     comp_s = steps / clock
     bw = arch.backing.bandwidth_Bps * arch.backing.instances * t.hbm_efficiency
     matrix_bytes = g.groups * g.n * g.k * g.w_bytes  # the weight or KV matrix, streamed once

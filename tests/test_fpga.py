@@ -15,7 +15,7 @@ from xpusim.arch import arch_from_dict, load_arch
 from xpusim.arch.fpga import estimate_resources, fpga_spec
 from xpusim.arch.loader import PRESETS_DIR
 from xpusim.errors import CapacityError, SpecError, XpusimError
-from xpusim.workloads import Decode, Prefill
+from xpusim.workloads import Decode, Prefill, build_trace
 from xpusim.workloads.functional.fpga import dense_of, nm_prune, packed_chain_dot, sparse_chain_dot
 from xpusim.workloads.model import load_model
 
@@ -30,6 +30,7 @@ def variant(**template):
     t = d["fpga"]["template"]
     d["matrix"]["instances"] = t["cores"] * t["vpus"]
     d["matrix"]["macs_per_cycle"] = {"int8": t["chain"] * t["macs_per_dsp"]}
+    d["vector"]["instances"] = d["memory"][1]["instances"] = t["cores"]  # an SFU and a buffer per core
     return arch_from_dict(d)
 
 
@@ -51,12 +52,36 @@ def test_a_template_that_does_not_fit_names_the_resource(change, resource):
 
 
 def test_fit_is_exact_at_the_budget():
-    s = fpga_spec(load_arch("alveo-u280"))
-    budget = int(s.part.dsp * s.estimate.max_utilisation)  # 7,219 DSPs
-    vpus = budget // (3 * 16)
-    variant(vpus=vpus)  # 3 x 150 x 16 = 7,200 fits
+    d = copy.deepcopy(RAW)
+    d["fpga"]["part"]["dsp"] = 9000  # budget 0.8 x 9,000 = 7,200 = 3 cores x 150 VPUs x 16 DSPs exactly
+    d["fpga"]["template"]["vpus"] = 150
+    d["matrix"]["instances"] = 450
+    arch_from_dict(d)  # equality fits
+    d["fpga"]["part"]["dsp"] = 8999  # budget 7,199
     with pytest.raises(CapacityError, match="DSP"):
-        variant(vpus=vpus + 1)
+        arch_from_dict(d)
+
+
+def test_cores_must_fit_their_slr():
+    with pytest.raises(CapacityError, match="SLR"):
+        variant(cores=4, vpus=80)  # 5,120 DSPs fit the part's 7,219, but two 1,280-DSP cores overflow an SLR's 2,406
+    with pytest.raises(CapacityError, match="SLR"):
+        variant(cores=1, vpus=256)  # one 4,096-DSP core is more than one SLR holds
+
+
+def test_fp8_weights_are_refused_on_int8_chains():
+    m = load_model("llama-2-7b").with_formats("fp8-e4m3", "int8", "int8")
+    with pytest.raises(XpusimError, match="int8/int4 weights"):
+        simulate("alveo-u280", m, Decode(1, 128))
+
+
+def test_batched_attention_shares_the_vpus():
+    from xpusim.mappers.fpga import fpga_matmul_cost
+
+    m = load_model("llama-3-8b").with_formats("int8", "int8", "int8")
+    ops = {o.name: o for b in build_trace(m, Decode(4, 1024)).blocks for o in b.ops}
+    c = fpga_matmul_cost(ops["attn_context"], load_arch("alveo-u280"))
+    assert c.bound == "hbm"  # the KV cache streams; 4 x 8 x 4 heads' outputs fill the 384 VPUs together
 
 
 @pytest.mark.parametrize("mutate, msg", [

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import SpecError
 from .einsum import Op, Tensor
 from .model import ModelSpec
 from .opkit import ACT_FLOPS, linear, norm
@@ -35,10 +36,12 @@ def _conv(name: str, src: str, out: str, model: ModelSpec, phase: Phase, channel
     ins = [Tensor(src, ("b", "q", "c"), adt), Tensor(f"{name}.weight", ("c", "k"), wdt, "weight"),
            Tensor(f"{name}.bias", ("c",), wdt, "weight")]
     dims = [("b", b), ("q", q), ("c", channels), ("k", k)]
-    if offset:  # continuing a sequence: read the last k-1 inputs
+    fpp = 2.0  # one MAC per (token, channel, tap)
+    if offset and k > 1:  # continuing a sequence: read the last k-1 inputs (w only sizes that window)
         dims.append(("w", k - 1))
         ins.append(Tensor(f"{name}_state", ("b", "w", "c"), model.kv_dtype, "state"))
-    conv = Op(name, "conv1d", tuple(dims), tuple(ins), Tensor(f"{out}_pre" if silu else out, ("b", "q", "c"), adt), 2.0,
+        fpp = 2.0 / (k - 1)
+    conv = Op(name, "conv1d", tuple(dims), tuple(ins), Tensor(f"{out}_pre" if silu else out, ("b", "q", "c"), adt), fpp,
               {"state": f"{name}_state", "offset": offset})
     if not silu:
         return [conv]
@@ -51,13 +54,13 @@ def _conv(name: str, src: str, out: str, model: ModelSpec, phase: Phase, channel
 
 def fftconv_flops_per_point(total: int, q: int) -> tuple[float, str]:
     """FLOPs per output point (batch, new token, channel) of a causal long convolution over ``total``
-    tokens of which ``q`` are new, and the method: ``direct`` (``2 x total`` per point) or ``fft``:
-    one real FFT of the zero-padded input and one inverse (``2.5 n log2 n`` each, ``n = 2 total``) and
-    the pointwise complex product (``3 n``), the filter's transform precomputed with the filter;
-    plus 2 for the bias term ``D z``."""
+    tokens of which ``q`` are new, and the method: ``direct`` (new token ``t`` sums ``t + 1`` products:
+    ``2 total - q + 1`` per point on average) or ``fft``: one real FFT of the zero-padded input and one
+    inverse (``2.5 n log2 n`` each, ``n = 2 total``) and the pointwise complex product (``3 n``), the
+    filter's transform precomputed with the filter; plus 2 for the bias term ``D z``."""
     n = 2 * total
     fft = (5.0 * n * math.log2(n) + 3.0 * n) / q if n > 1 else 0.0
-    direct = 2.0 * total
+    direct = 2.0 * total - q + 1.0
     return (min(fft, direct) + 2.0, "fft" if fft < direct else "direct")
 
 
@@ -71,6 +74,9 @@ def hyena_ops(model: ModelSpec, phase: Phase) -> list[Op]:
     m, d, di, order = b * q, model.d_model, model.ssm_inner, model.hyena_order
     adt, wdt = model.act_dtype, model.weight_dtype
     offset = phase.kv_len - q
+    if offset + q > model.max_seq_len:
+        raise SpecError(f"model {model.name!r}: {offset + q} tokens exceed max_seq_len ({model.max_seq_len}), the length of "
+                        "its long Hyena filters; use a shorter context or a model with longer filters")
     ops = [linear("hyena_in_v", m, di, d, "xn", "w_in_v", "h_v", wdt, adt)]
     ops += [linear(f"hyena_in_x{i}", m, di, d, "xn", f"w_in_x{i}", f"h_x{i}", wdt, adt) for i in range(1, order + 1)]
     ops += _conv("short_v", "h_v", "h_va", model, phase, di, silu=False)
