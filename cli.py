@@ -46,7 +46,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
-    from .sim.engine import simulate
+    from .arch.loader import load_arch
+    from .sim.engine import simulate, with_engine_formats
     from .sim.steps import simulate_chunked_prefill, speculate
     from .workloads.model import load_model
     from .workloads.phases import Decode, Phase, Verify, make_phase
@@ -126,15 +127,21 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     results = []
     archs: list = list(a.arch)
     if a.rdu_mode:
-        from .arch.loader import load_arch
         from .arch.rdu import with_mode
 
         archs = [with_mode(load_arch(x), a.rdu_mode) for x in archs]
+    given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype)) if v}
     for arch in tqdm(archs, desc="devices", unit="device", leave=False, disable=True if a.quiet or len(a.arch) < 2 else None):
+        arch = load_arch(arch)
+        run_model = with_engine_formats(model, arch, given)  # a preset's engine formats unless the user chose
         if a.chunk and a.phase == "prefill":
-            res = simulate_chunked_prefill(arch, model, a.batch, a.seq, a.chunk, **kw)
+            res = simulate_chunked_prefill(arch, run_model, a.batch, a.seq, a.chunk, **kw)
         else:
-            res = simulate(arch, model, phase, **kw)
+            res = simulate(arch, run_model, phase, **kw)
+        res.inputs["formats"] = {"weights": run_model.weight_dtype, "activations": run_model.act_dtype,
+                                 "kv": run_model.kv_dtype}
+        if run_model is not model:
+            res.inputs["formats_from"] = arch.name
         if a.format_error:
             from .workloads.functional.numerics import layer_error
 
@@ -176,6 +183,10 @@ def _outputs(a: argparse.Namespace, results: list) -> None:
 def _print_result(res, model, phase) -> None:
     df = res.ops
     print(f"xpusim {__version__}: {model.name} {phase.name} {vars(phase)} on {res.inputs['arch']}")
+    f = res.inputs.get("formats")
+    if f:
+        src = f" ({res.inputs['formats_from']}'s engine formats)" if res.inputs.get("formats_from") else ""
+        print(f"formats: weights {f['weights']}, activations {f['activations']}, KV {f['kv']}{src}")
     cols = ["block", "name", "kind", "repeat", "latency_s", "total_latency_s", "bound", "utilization", "intensity"]
     view = df[cols].copy()
     share = df["total_latency_s"] / df["total_latency_s"].sum()

@@ -3,6 +3,9 @@ throughput table is keyed by.
 
 A format name is one of :data:`FORMATS` or an alias (``bfloat16``, ``float16``, ``fp8``...).
 Group-scaled integer formats take a group size suffix: ``int4-g128`` (default group 128).
+A weight format may carry N:M structured sparsity as a suffix: ``int8-2:4``, ``int4-g128-8:16``
+(of every M consecutive weights along the contraction axis N are stored, each with its
+``log2 M``-bit index); only devices with a sparse engine compute in it.
 """
 
 from __future__ import annotations
@@ -29,11 +32,28 @@ class DType:
     scale_bits: int = 0
     group: int = 1
     is_float: bool = True
+    sparse_n: int = 0
+    sparse_m: int = 0
+
+    @property
+    def density(self) -> float:
+        """Fraction of the elements stored: N/M of an N:M sparse format, else 1."""
+        return self.sparse_n / self.sparse_m if self.sparse_m else 1.0
+
+    @property
+    def index_bits(self) -> int:
+        """Index bits per stored element of an N:M sparse format (its position among M), else 0."""
+        return (self.sparse_m - 1).bit_length() if self.sparse_m else 0
+
+    @property
+    def dense(self) -> str:
+        """The format without its N:M suffix."""
+        return self.name.rsplit("-", 1)[0] if self.sparse_m else self.name
 
     @property
     def bytes(self) -> float:
-        """Bytes per element, scales included."""
-        return (self.bits + self.scale_bits / self.group) / 8.0
+        """Bytes per (dense) element: stored values and their indices, scales included."""
+        return (self.density * (self.bits + self.index_bits) + self.scale_bits / self.group) / 8.0
 
 
 _BASE: dict[str, DType] = {
@@ -74,6 +94,9 @@ def get_dtype(name: str) -> DType:
         raise DtypeError(f"dtype must be a string such as 'bf16', got {name!r}")
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
+    head, _, tail = key.rpartition("-")
+    if ":" in tail and head:
+        return _sparse(get_dtype(head), tail, name)
     if key.startswith("int4-g"):
         try:
             group = int(key[len("int4-g"):])
@@ -86,6 +109,18 @@ def get_dtype(name: str) -> DType:
     if key not in _BASE:
         raise DtypeError(f"unknown dtype {name!r}; use one of: {', '.join(FORMATS)}")
     return _BASE[key]
+
+
+def _sparse(base: DType, nm: str, name: str) -> DType:
+    """``base`` with N:M structured sparsity (``nm`` = "N:M"; M a power of two, 0 < N < M)."""
+    n_s, _, m_s = nm.partition(":")
+    n, m = (int(v) if v.isdigit() else 0 for v in (n_s, m_s))
+    if not (0 < n < m and m & (m - 1) == 0):
+        raise DtypeError(f"N:M sparsity in {name!r} needs 0 < N < M with M a power of two, e.g. 'int8-2:4' or 'int8-8:16'")
+    if base.sparse_m:
+        raise DtypeError(f"{name!r} gives two N:M sparsity suffixes; give one, e.g. 'int8-2:4'")
+    return DType(f"{base.name}-{n}:{m}", base.bits, base.compute, base.accum, base.scale_bits, base.group, base.is_float,
+                 n, m)
 
 
 def dtype_bytes(name: str) -> float:

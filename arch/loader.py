@@ -16,7 +16,7 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 
 _TOP = {"name", "class", "description", "clock", "matrix", "vector", "memory", "launch_overhead",
         "static_power", "tdp", "technology_nm", "sources", "notes", "die_area_mm2", "rules", "features", "die", "pim",
-        "wafer", "rdu", "fpga"}
+        "wafer", "rdu", "fpga", "formats"}
 _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_pj_per_byte",
           "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind",
           "serves"}
@@ -29,6 +29,19 @@ FEATURES = {
     "cluster_multicast": "CTAs of a thread-block cluster that share one L2 load of an operand tile (Hopper TMA multicast)",
     "stream_k": "1: the GEMM library also schedules stream-K (persistent CTAs sharing all tiles' K iterations)",
 }
+
+
+#: keys of a preset's ``formats:`` (the formats its engine runs a model in) and the model fields they set
+FORMAT_KEYS = {"weights": "weight_dtype", "activations": "act_dtype", "kv": "kv_dtype"}
+
+
+def _formats(v: Any, name: str) -> dict[str, str]:
+    """A preset's engine formats: ``{weights, activations, kv}`` -> format names (checked)."""
+    from ..dtypes import get_dtype
+
+    if not isinstance(v, dict) or not v or set(v) - set(FORMAT_KEYS):
+        raise SpecError(f"device {name!r}: formats must map some of {', '.join(FORMAT_KEYS)} to formats, got {v!r}")
+    return {k: get_dtype(str(f)).name for k, f in v.items()}
 
 
 def _features(v: Any, name: str) -> dict[str, Any]:
@@ -217,6 +230,8 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         rules=dict(d.get("rules") or {}) if isinstance(d.get("rules") or {}, dict) else _bad_rules(name),
         meta={k: d[k] for k in ("technology_nm", "sources", "notes", "die_area_mm2") if k in d},
     )
+    if "formats" in d:
+        arch.meta["formats"] = _formats(d["formats"], name)
     arch = _with_default_energies(arch, d, name)
     arch.validate()
     kinds = {str(lv["name"]): lv["kind"] for lv in d["memory"] if lv.get("kind") is not None}

@@ -9,7 +9,8 @@ buffering: ``T_mem = (MK + KN + MN) / BW`` against ``T_cmp = MKN / (p_M p_K p_N)
   VPUs (one output each; the ``G`` independent products of a batched op, e.g. attention heads,
   share them), ``p_K`` = the chain length (one MAC per DSP per step along K), ``p_M`` =
   ``macs_per_dsp`` (the packed MACs of a DSP share its weight across that many activation rows, so
-  a GEMV, ``M = 1``, leaves the second one idle);
+  a GEMV, ``M = 1``, leaves the second one idle); with N:M sparse weights (``int8-8:16``...) the
+  chain's sparse mux feeds only the kept weights, so K shrinks to ``K N / M`` (FlightLLM section 4);
 * memory: only the stored matrix streams from HBM, once (the weights, or the KV cache of an
   attention product): the activations stay on chip (FlightLLM's always-on-chip decode), so its
   ``MK + MN`` terms do not reach HBM; at the template's sustained fraction of the HBM bandwidth
@@ -45,7 +46,8 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
                          "--kv-dtype int8)")
     clock = arch.matrix_clock_hz
     p_k, p_m = t.chain, t.macs_per_dsp
-    steps = math.ceil(g.m / p_m) * math.ceil(g.groups * g.n / (t.cores * t.vpus)) * math.ceil(g.k / p_k)
+    k_stored = g.k * get_dtype(op.inputs[1].dtype).density  # N:M sparse weights: the chain's mux skips the pruned ones
+    steps = math.ceil(g.m / p_m) * math.ceil(g.groups * g.n / (t.cores * t.vpus)) * math.ceil(k_stored / p_k)
     comp_s = steps / clock
     bw = arch.backing.bandwidth_Bps * arch.backing.instances * t.hbm_efficiency
     matrix_bytes = g.groups * g.n * g.k * g.w_bytes  # the weight or KV matrix, streamed once

@@ -32,6 +32,7 @@ from .cost import OpCost, ideal_compute_cycles
 from .dequant import with_dequant
 from .problem import problem_from_op
 from .result import COLUMNS, Result
+from .sparsity import check_sparse_format, check_sparse_trace
 from .streaming import streaming_cost
 
 _CACHE: OrderedDict[tuple, tuple[OpCost, dict | None]] = OrderedDict()
@@ -229,6 +230,7 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
     costs the trace's collectives on its interconnect; ``resident``: (weights, KV) bytes one device
     holds, for a dataflow device's tier choice (default: the model's, else what the trace reads)."""
     arch = load_arch(arch)
+    check_sparse_trace(trace, arch)
     rows: list[dict[str, Any]] = []
     mappings: dict[str, Any] = {}
     level_names = [lv.name for lv in arch.memory]
@@ -319,6 +321,16 @@ def _objective_value(r: Result, objective: str) -> float:
     return {"latency": r.latency_s, "energy": r.energy_j}.get(objective, r.latency_s * r.energy_j)
 
 
+def with_engine_formats(model: ModelSpec, arch: Arch, keep: tuple[str, ...] | set[str] = ()) -> ModelSpec:
+    """``model`` in the formats ``arch``'s engine runs (its preset's ``formats:``, e.g. an FPGA
+    bitstream built for INT8), except the tensor classes in ``keep`` (``weights``,
+    ``activations``, ``kv``: those a user chose); unchanged when the preset declares none."""
+    engine = {k: v for k, v in arch.meta.get("formats", {}).items() if k not in keep}
+    if not engine:
+        return model
+    return model.with_formats(engine.get("weights"), engine.get("activations"), engine.get("kv"))
+
+
 def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: str = "latency",
              check_memory: bool = True, routing: str | None = None, mla_form: str | None = None,
              wafer_options: dict[str, Any] | None = None) -> Result:
@@ -335,6 +347,7 @@ def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: 
     """
     arch = load_arch(arch)
     model = load_model(model)
+    check_sparse_format(model.weight_dtype, arch)
     if wafer_options and arch.device_class != "wafer":
         raise SpecError(f"wafer options ({', '.join(wafer_options)}) apply to wafer-scale devices; {arch.name} is a "
                         f"{arch.device_class} device")

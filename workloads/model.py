@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from ..dtypes import get_dtype
-from ..errors import PresetNotFound, ShapeError, SpecError
+from ..errors import DtypeError, PresetNotFound, ShapeError, SpecError
 
 MODELS_DIR = Path(__file__).parent / "models"
 
@@ -110,10 +110,10 @@ class ModelSpec:
         for f, allowed in (("activation", ACTIVATIONS), ("norm", NORMS), ("position", POSITIONS)):
             if getattr(self, f) not in allowed:
                 raise SpecError(f"model {self.name!r}: {f} {getattr(self, f)!r} is not one of {', '.join(allowed)}")
-        for f in ("weight_dtype", "act_dtype", "kv_dtype"):
-            get_dtype(getattr(self, f))
-        if self.embed_dtype:
-            get_dtype(self.embed_dtype)
+        for f in ("weight_dtype", "act_dtype", "kv_dtype", "embed_dtype"):
+            if (f == "weight_dtype" or getattr(self, f)) and get_dtype(getattr(self, f)).sparse_m and f != "weight_dtype":
+                raise DtypeError(f"model {self.name!r}: {f} {getattr(self, f)!r}: N:M sparsity applies to the layers' "
+                                 f"weights only; give it with the weight format (e.g. --weight-dtype int8-2:4)")
         for f in ("norm_eps", "rope_theta"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
@@ -333,7 +333,8 @@ class ModelSpec:
 
     @property
     def embedding_dtype(self) -> str:
-        return self.embed_dtype or self.weight_dtype
+        """The embeddings' and LM head's format: ``embed_dtype``, else the weights' without N:M sparsity."""
+        return self.embed_dtype or get_dtype(self.weight_dtype).dense
 
     @property
     def kv_elements_per_token(self) -> int:

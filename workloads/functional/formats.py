@@ -144,12 +144,15 @@ def quantize(x: np.ndarray, dtype: str, axis: int = -1) -> np.ndarray:
       -7..7 (-8 unused, as GPTQ/AWQ symmetric mode), scale = absmax / 7 rounded to bf16.
     - fp4-mx: OCP MX v1.0 MXFP4, blocks of 32 along ``axis`` with an e8m0 power-of-two scale.
     - ternary: BitNet b1.58 absmean over the whole tensor (``axis`` ignored).
+    - an N:M sparse format (``int8-2:4``): :func:`prune_nm` along ``axis``, then its dense format.
 
     Scaled formats turn a row/group/block holding inf or NaN into NaN. Raises DtypeError for an unknown
     format or non-real input, ShapeError when ``axis`` is bad or its length is not a multiple of the group.
     """
     d = get_dtype(dtype)
     x = _as_float64(x)
+    if d.sparse_m:  # N:M sparse: prune, then quantise the kept weights in the dense format
+        return quantize(prune_nm(x, d.sparse_n, d.sparse_m, axis), d.dense, axis)
     name = d.name
     if name == "fp32":
         with np.errstate(over="ignore"):
@@ -168,6 +171,21 @@ def quantize(x: np.ndarray, dtype: str, axis: int = -1) -> np.ndarray:
         return _blockwise(x, axis, MX_BLOCK, name, _mx_fp4)
     raise DtypeError(f"no functional emulation of format {name!r}; use one of fp32, tf32, bf16, fp16, fp8-e4m3, fp8-e5m2,"
                      f" int32, int8, int4-gN, fp4-mx, ternary")
+
+
+def prune_nm(x: np.ndarray, n: int, m: int, axis: int = -1) -> np.ndarray:
+    """Zero all but the ``n`` largest-magnitude elements of every ``m`` consecutive ones along
+    ``axis`` (ties: the lower index is kept). Raises ShapeError when the axis length is not a
+    multiple of ``m``."""
+    x = _as_float64(x)
+    if x.ndim == 0 or not -x.ndim <= axis < x.ndim or x.shape[axis] % m:
+        raise ShapeError(f"N:M pruning needs an axis whose length is a multiple of M = {m}; got shape {x.shape}, axis {axis}")
+    moved = np.moveaxis(x, axis, -1)
+    g = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    drop = np.argsort(-np.abs(g), axis=-1, kind="stable")[..., n:]
+    pruned = g.copy()
+    np.put_along_axis(pruned, drop, 0.0, axis=-1)
+    return np.moveaxis(pruned.reshape(moved.shape), -1, axis)
 
 
 def relative_error(reference: np.ndarray, approx: np.ndarray) -> float:
