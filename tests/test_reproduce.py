@@ -46,6 +46,7 @@ def test_malformed_case_yaml_is_a_one_line_error(tmp_path, monkeypatch):
     ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed: 2\nparams: {baseline: {arch: a100-80gb}}\n", "malformed params"),
     ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed_range: [1, 2, 3]\nparams: {}\n", "claimed_range"),
     ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed: lots\nparams: {}\n", "claimed must be a number"),
+    ("name: b\npaper: p\nclaim: c\nkind: decode_efficiency_ratio\nclaimed: 2\nparams: {metric: speed}\n", "metric 'speed'"),
 ])
 def test_bad_cases_are_one_line_errors(tmp_path, monkeypatch, body, msg):
     import xpusim.validation.reproduce as rep

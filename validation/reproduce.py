@@ -298,6 +298,48 @@ def decode_throughput_ratio(p: dict[str, Any]) -> float:
     return float(max(ratios) if p.get("stat", "mean") == "max" else sum(ratios) / len(ratios))
 
 
+def _decode_tokens_per_s(p: dict[str, Any], side: dict[str, Any]) -> list[float]:
+    """A side's batch-1 decode tokens/s for each ``[lin, lout]`` of ``p["cases"]``: ``lout`` tokens over
+    ``lout`` steps whose time is linear in the context, so their mean is the step at the mean context
+    ``lin + lout / 2``. The side's ``weights``/``activations``/``kv`` formats override the case's."""
+    from ..workloads.phases import Decode
+
+    model = _model({**p, **{k: side[k] for k in ("weights", "activations", "kv") if k in side}})
+    return [1.0 / _side_step(side, model, Decode(1, int(lin) + int(lout) // 2)) for lin, lout in p["cases"]]
+
+
+def _geomean(values: list[float]) -> float:
+    import math
+
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+@case_kind("decode_tokens_per_s")
+def decode_tokens_per_s(p: dict[str, Any]) -> float:
+    """Geometric mean over ``cases`` ([prompt, output] lengths) of the batch-1 decode tokens/s of ``step``
+    (a side: ``arch`` and formats)."""
+    return _geomean(_decode_tokens_per_s(p, p["step"]))
+
+
+@case_kind("decode_efficiency_ratio")
+def decode_efficiency_ratio(p: dict[str, Any]) -> float:
+    """``metric`` of ``design`` over ``baseline``, geometric mean over ``cases`` ([prompt, output]
+    lengths) of batch-1 decode: ``throughput`` (tokens/s), ``energy_efficiency`` (tokens/s per watt of
+    the side's ``power_w``, the board power the paper measured and cites) or ``cost_efficiency``
+    (tokens/s per dollar of the side's ``price_usd``)."""
+    metric = p["metric"]
+    if metric not in ("throughput", "energy_efficiency", "cost_efficiency"):
+        raise SpecError(f"case: metric {metric!r} is not throughput, energy_efficiency or cost_efficiency")
+    per = {"throughput": None, "energy_efficiency": "power_w", "cost_efficiency": "price_usd"}[metric]
+    ratios = []
+    for d, b in zip(_decode_tokens_per_s(p, p["design"]), _decode_tokens_per_s(p, p["baseline"]), strict=True):
+        ratio = d / b
+        if per:
+            ratio *= float(p["baseline"][per]) / float(p["design"][per])
+        ratios.append(ratio)
+    return _geomean(ratios)
+
+
 def _unfused(side: dict[str, Any]) -> dict[str, Any]:
     return {**side, "fused": False}
 
