@@ -7,7 +7,8 @@ engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section 
   (super logic regions) and ``dsp_kind`` (``dsp48e2`` or ``dsp58``);
 * ``template``: the matrix processing engine — ``cores`` (one per SLR in FlightLLM), each with
   ``vpus`` vector processing units, each a DSP chain of ``chain`` DSPs; ``macs_per_dsp`` INT8 MACs a
-  DSP retires per cycle (two packed on a DSP48E2); ``sparsity_m`` (the M of N:M sparsity the chain's
+  DSP retires per cycle (two packed, sharing a weight, on a DSP48E2; a three-element dot product on
+  a DSP58); ``sparsity_m`` (the M of N:M sparsity the chain's
   sparse mux supports; 1 for dense); the special-function unit's ``sfu_lanes`` per core; on-chip
   ``buffers`` (bytes: weights, activations, global) mapped to URAM; ``clock`` (the template's closed
   timing); ``hbm_efficiency`` (the sustained fraction of the HBM bandwidth);

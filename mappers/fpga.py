@@ -9,8 +9,10 @@ buffering: ``T_mem = (MK + KN + MN) / BW`` against ``T_cmp = MKN / (p_M p_K p_N)
   VPUs (one output each; the ``G`` independent products of a batched op, e.g. attention heads,
   share them), ``p_K`` = the chain length (one MAC per DSP per step along K), ``p_M`` =
   ``macs_per_dsp`` (the packed MACs of a DSP share its weight across that many activation rows, so
-  a GEMV, ``M = 1``, leaves the second one idle); with N:M sparse weights (``int8-8:16``...) the
-  chain's sparse mux feeds only the kept weights, so K shrinks to ``K N / M`` (FlightLLM section 4);
+  a GEMV, ``M = 1``, leaves the second one idle); a Versal DSP58 instead computes a three-element
+  INT8 dot product (AMD AM004), so ``p_K`` = chain x ``macs_per_dsp`` and ``p_M`` = 1; with N:M
+  sparse weights (``int8-8:16``...) the chain's sparse mux feeds only the kept weights, so K
+  shrinks to ``K N / M`` (FlightLLM section 4);
 * memory: only the stored matrix streams from HBM, once (the weights, or the KV cache of an
   attention product): the activations stay on chip (FlightLLM's always-on-chip decode), so its
   ``MK + MN`` terms do not reach HBM; at the template's sustained fraction of the HBM bandwidth
@@ -45,7 +47,10 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
                          f"{op.name!r} has {compute} x {stored} (give --weight-dtype int4-g128 or int8, --act-dtype int8, "
                          "--kv-dtype int8)")
     clock = arch.matrix_clock_hz
-    p_k, p_m = t.chain, t.macs_per_dsp
+    if spec.part.dsp_kind == "dsp58":  # a DSP58 in INT8 mode: a three-element dot product, along K
+        p_k, p_m = t.chain * t.macs_per_dsp, 1
+    else:  # a DSP48E2: packed MACs share one weight across activation rows, along M
+        p_k, p_m = t.chain, t.macs_per_dsp
     k_stored = g.k * get_dtype(op.inputs[1].dtype).density  # N:M sparse weights: the chain's mux skips the pruned ones
     steps = math.ceil(g.m / p_m) * math.ceil(g.groups * g.n / (t.cores * t.vpus)) * math.ceil(k_stored / p_k)
     comp_s = steps / clock

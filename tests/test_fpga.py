@@ -173,3 +173,19 @@ def test_u55c_is_the_u280_engine_with_twice_the_hbm():
     with pytest.raises(CapacityError):  # 7B int8 weights + a long KV cache overflow the U280's 8 GB
         simulate("alveo-u280", m, Decode(4, 4096))
     simulate("alveo-u55c", m, Decode(4, 4096))  # the U55C's 16 GB hold them
+
+
+def test_vck190_dsp58_chains_take_a_three_element_dot_product_along_k():
+    a = load_arch("versal-vck190")
+    s = fpga_spec(a)
+    assert (s.part.dsp, s.part.bram, s.part.uram, s.part.lut, s.part.dsp_kind) == (1968, 967, 463, 899840, "dsp58")
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    r = simulate(a, m, Prefill(1, 512))
+    q = r.ops.set_index("name").loc["q_proj"]
+    t = s.template
+    steps = 512 * -(-m.d_model // (t.cores * t.vpus)) * -(-m.d_model // (t.chain * t.macs_per_dsp))  # p_M = 1
+    assert q["bound"] == "compute" and q["latency_s"] == pytest.approx(steps / 225e6, rel=1e-9)
+    # a GEMV keeps every DSP58 MAC busy (p_M = 1), where a DSP48E2 leaves its second packed row idle
+    maps = {k.split(".")[-1]: v for k, v in simulate(a, m, Decode(1, 128)).mappings.items()}
+    u280 = {k.split(".")[-1]: v for k, v in simulate("alveo-u280", m, Decode(1, 128)).mappings.items()}
+    assert (maps["q_proj"]["p_M"], maps["q_proj"]["p_K"]) == (1, 48) and (u280["q_proj"]["p_M"], u280["q_proj"]["p_K"]) == (2, 16)
