@@ -28,6 +28,7 @@ _UNIT = {"instances", "macs_per_cycle", "flops_per_cycle", "energy_pj_per_mac", 
 FEATURES = {
     "cluster_multicast": "CTAs of a thread-block cluster that share one L2 load of an operand tile (Hopper TMA multicast)",
     "stream_k": "1: the GEMM library also schedules stream-K (persistent CTAs sharing all tiles' K iterations)",
+    "sparse_2_4": "1: sparse tensor cores run 2:4 sparse weights at twice the dense math rate",
 }
 
 

@@ -98,7 +98,8 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     g = gemm_shape(prob)
     compute = get_dtype(prob.compute_dtype).compute
     sms = arch.matrix.instances
-    rate = arch.matrix.rate(compute)  # MACs / matrix-clock cycle / SM
+    # MACs / matrix-clock cycle / SM; 2:4 sparse weights double it on sparse tensor cores (sim/sparsity.py)
+    rate = arch.matrix.rate(compute) / prob.density
     f_m = arch.matrix_clock_hz
     smem, l2, rf, hbm = _level(arch, "smem"), _level(arch, "l2"), _level(arch, "rf"), arch.backing
     smem_cap = smem.capacity_bytes if smem else 96 * 1024

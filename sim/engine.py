@@ -98,6 +98,8 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit[0]
+    for t in op.inputs:
+        check_sparse_format(t.dtype, arch)
     # expert groups after the first run inside the same grouped-GEMM launch (fused-MoE kernels)
     launch = 0.0 if op.attrs.get("moe_group", 0) > 0 else launch_overhead(op.kind, arch, isolated)
     if op.kind != "matmul" and arch.device_class == "wafer":  # row reductions cross the mesh

@@ -30,6 +30,7 @@ class Problem:
     groups: tuple[tuple[str, ...], ...]
     macs: int
     compute_dtype: str = "bf16"
+    density: float = 1.0  # stored fraction of the second operand (N/M of N:M sparse weights)
 
     @property
     def n_dims(self) -> int:
@@ -60,7 +61,8 @@ def problem_from_op(op: Op, accumulator_bits: int | None = None) -> Problem:
     elem = np.array([get_dtype(t.dtype).bytes for t in tensors], dtype=np.float64)
     acc = accumulator_bits / 8 if accumulator_bits else get_dtype(get_dtype(op.compute_dtype).accum).bytes
     dims = tuple("".join(g) if len(g) > 1 else g[0] for g in groups)
-    return Problem(op.name, dims, sizes, rel, elem, acc, groups, op.macs, op.compute_dtype)
+    density = get_dtype(op.inputs[1].dtype).density if len(op.inputs) > 1 else 1.0
+    return Problem(op.name, dims, sizes, rel, elem, acc, groups, op.macs, op.compute_dtype, density)
 
 
 def gemm_problem(m: int, n: int, k: int, dtype: str = "bf16") -> Problem:

@@ -1,8 +1,11 @@
 """Which devices compute in N:M sparse weight formats (``int8-2:4``...; :mod:`xpusim.dtypes`).
 
 A sparse engine skips the pruned weights: FlightLLM's sparse DSP chain (an FPGA template's
-``sparsity_m``: N:M for any M dividing it, N MACs per group of M). Other devices have no path and
-are refused with a one-line error rather than costed as if dense.
+``sparsity_m``: N:M for any M dividing it, N MACs per group of M) and the sparse tensor cores of
+NVIDIA Ampere and later GPUs (preset feature ``sparse_2_4``: 2:4 weights at twice the dense
+math rate, 2-bit indices; NVIDIA A100 Tensor Core GPU Architecture whitepaper, "Fine-Grained
+Structured Sparsity"). Other devices have no path and are refused with a one-line error rather
+than costed as if dense.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ def check_sparse_format(dtype: str, arch: Arch) -> None:
     """Raise :class:`DtypeError` when ``dtype`` is N:M sparse and ``arch`` cannot compute in it."""
     d = get_dtype(dtype)
     if not d.sparse_m:
+        return
+    if arch.device_class == "gpu" and arch.features.get("sparse_2_4"):
+        if (d.sparse_n, d.sparse_m) != (2, 4):
+            raise DtypeError(f"device {arch.name!r}'s sparse tensor cores take 2:4 sparsity only; {d.name!r} is "
+                             f"{d.sparse_n}:{d.sparse_m} (use {d.dense}-2:4)")
         return
     m = sparse_engine_m(arch)
     if not m:

@@ -65,7 +65,7 @@ def test_pruning_keeps_the_n_largest_of_every_m(nm, rows, groups, seed, axis):
 
 def test_sparse_weights_need_a_sparse_engine():
     m = load_model("llama-2-7b").with_formats("int8-2:4", "int8", "int8")
-    for dev in ("h100-sxm", "tpu-v4", "hbm2-pim"):
+    for dev in ("v100s", "mi300x", "tpu-v4", "hbm2-pim", "sn40l"):
         with pytest.raises(DtypeError, match="no N:M sparse engine") as e:
             simulate(dev, m, Decode(1, 128))
         assert "\n" not in str(e.value)
@@ -114,3 +114,22 @@ def test_bad_engine_formats_are_one_line_errors():
         with pytest.raises(XpusimError) as e:
             arch_from_dict(d)
         assert "\n" not in str(e.value)
+
+
+def test_sparse_tensor_cores_double_the_math_rate_of_2_4_weights():
+    from xpusim.sim.engine import op_cost
+    from xpusim.workloads.einsum import Op, Tensor
+
+    def gemm(wdt):
+        return Op("w", "matmul", (("m", 8192), ("n", 8192), ("k", 8192)),
+                  (Tensor("x", ("m", "k"), "fp16"), Tensor("wt", ("k", "n"), wdt, "weight")), Tensor("y", ("m", "n"), "fp16"))
+
+    for dev in ("a100-80gb", "h100-sxm"):
+        a = load_arch(dev)
+        dense, sparse = op_cost(gemm("fp16"), a), op_cost(gemm("fp16-2:4"), a)
+        assert dense.bound == "compute"
+        # half the MMA time, up to the tile and wave choice the smaller weight stages allow
+        assert 0.45 < sparse.detail["terms_s"]["compute"] / dense.detail["terms_s"]["compute"] < 0.55
+        assert 1.3 < dense.latency_s / sparse.latency_s <= 2.0  # the operand traffic now bounds part of it
+    with pytest.raises(DtypeError, match="2:4 sparsity only"):
+        op_cost(gemm("fp16-1:4"), load_arch("h100-sxm"))
