@@ -11,7 +11,9 @@ engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section 
   a DSP58); ``sparsity_m`` (the M of N:M sparsity the chain's
   sparse mux supports; 1 for dense); the special-function unit's ``sfu_lanes`` per core; on-chip
   ``buffers`` (bytes: weights, activations, global) mapped to URAM; ``clock`` (the template's closed
-  timing); ``hbm_efficiency`` (the sustained fraction of the HBM bandwidth);
+  timing); ``hbm_efficiency`` (the sustained fraction of the HBM bandwidth); optional
+  ``length_buckets: {prefill, decode}`` (length-adaptive compilation: one instruction stream per
+  bucket of lengths, so attention runs at the length rounded up to the bucket);
 * ``estimate``: the resource estimator's per-unit costs: ``lut_per_dsp`` and ``ff_per_dsp`` (control,
   muxes and adders around each DSP), ``lut_fixed`` / ``ff_fixed`` (schedulers, memory controllers,
   the SFUs), ``max_utilisation`` of each resource a placed-and-routed design reaches.
@@ -34,6 +36,7 @@ from .sections import check_section, positive
 
 _PART = ("dsp", "bram", "uram", "lut", "ff", "slrs", "dsp_kind")
 _TEMPLATE = ("cores", "vpus", "chain", "macs_per_dsp", "sparsity_m", "sfu_lanes", "buffers", "hbm_efficiency")
+_OPTIONAL = ("length_buckets",)
 _ESTIMATE = ("lut_per_dsp", "ff_per_dsp", "lut_fixed", "ff_fixed", "max_utilisation")
 #: on-chip memory blocks: URAM 4K x 72 bits, BRAM36 1K x 36 bits (AMD UltraScale+ and Versal)
 URAM_BYTES = 288 * 1024 // 8
@@ -62,6 +65,7 @@ class Template:
     sfu_lanes: int
     buffers: dict[str, float]
     hbm_efficiency: float
+    length_buckets: tuple[int, int] = (1, 1)  # (prefill, decode): the token multiples instructions are compiled for
 
     @property
     def dsps(self) -> int:
@@ -120,7 +124,11 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
     counts = {k: _int(p, k, f"{where}.part") for k in _PART[:-1]}
     part = Part(dsp=counts["dsp"], bram=counts["bram"], uram=counts["uram"], lut=counts["lut"], ff=counts["ff"],
                 slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]))
-    t = check_section(d["template"], set(_TEMPLATE), list(_TEMPLATE), f"{where}.template", ", ".join(_TEMPLATE))
+    t = check_section(d["template"], set(_TEMPLATE + _OPTIONAL), list(_TEMPLATE), f"{where}.template",
+                      ", ".join(_TEMPLATE))
+    lb = check_section(t.get("length_buckets", {"prefill": 1, "decode": 1}), {"prefill", "decode"}, ["prefill", "decode"],
+                       f"{where}.template.length_buckets", "prefill, decode (token multiples)")
+    buckets = (_int(lb, "prefill", f"{where}.template.length_buckets"), _int(lb, "decode", f"{where}.template.length_buckets"))
     bufs = check_section(t["buffers"], {"weights", "activations", "global"}, ["weights", "activations", "global"],
                          f"{where}.template.buffers", "weights, activations, global (bytes)")
     buffers = {k: positive(parse_quantity(v, "bytes", f"{where}.template.buffers.{k}"),
@@ -131,7 +139,7 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
     template = Template(cores=_int(t, "cores", f"{where}.template"), vpus=_int(t, "vpus", f"{where}.template"),
                         chain=_int(t, "chain", f"{where}.template"), macs_per_dsp=_int(t, "macs_per_dsp", f"{where}.template"),
                         sparsity_m=m, sfu_lanes=_int(t, "sfu_lanes", f"{where}.template"), buffers=buffers,
-                        hbm_efficiency=_num(t, "hbm_efficiency", f"{where}.template", 1e-3, 1.0))
+                        hbm_efficiency=_num(t, "hbm_efficiency", f"{where}.template", 1e-3, 1.0), length_buckets=buckets)
     e = check_section(d["estimate"], set(_ESTIMATE), list(_ESTIMATE), f"{where}.estimate", ", ".join(_ESTIMATE))
     per = {k: _num(e, k, f"{where}.estimate") for k in _ESTIMATE[:-1]}
     est = Estimate(lut_per_dsp=per["lut_per_dsp"], ff_per_dsp=per["ff_per_dsp"], lut_fixed=per["lut_fixed"],

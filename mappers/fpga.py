@@ -19,11 +19,14 @@ buffering: ``T_mem = (MK + KN + MN) / BW`` against ``T_cmp = MKN / (p_M p_K p_N)
   (``hbm_efficiency``);
 * the chains take INT8 operands: integer weights (int8, or int4 unpacked to int8) and int8
   activations; anything else is refused with the formats to give;
-* time = max(compute, memory) + the template's launch gap (none: instructions stream from DDR).
+* time = max(compute, memory) + the template's launch gap (none: instructions stream from DDR);
+* length-adaptive compilation: attention runs at its length rounded up to the template's bucket
+  (:func:`compiled_lengths`; FlightLLM's artifact aligns prefill lengths to 128, decode to 16).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ..arch.fpga import fpga_spec
@@ -33,6 +36,22 @@ from ..errors import DtypeError
 from ..sim.cost import OpCost
 from ..workloads.einsum import Op
 from .pim import as_gemv
+
+
+def compiled_lengths(op: Op, arch: Arch) -> Op:
+    """``op`` at the lengths the engine's instructions were compiled for (FlightLLM's length-adaptive
+    compilation groups lengths into buckets): an attention op's key length ``s`` (and a prefill's
+    query length ``q``) rounded up to the template's prefill bucket when ``q > 1``, else ``s`` to the
+    decode bucket. Other ops and templates without buckets are unchanged."""
+    sizes = dict(op.dims)
+    if "s" not in sizes:
+        return op
+    pre, dec = fpga_spec(arch).template.length_buckets
+    step = pre if sizes.get("q", 1) > 1 else dec
+    new = {d: (-(-n // step) * step if d == "s" or (d == "q" and n > 1) else n) for d, n in sizes.items()}
+    if new == sizes:
+        return op
+    return dataclasses.replace(op, dims=tuple(new.items()))
 
 
 def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:

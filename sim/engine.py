@@ -93,6 +93,10 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
 
     ``isolated``: the op is one host-timed kernel call (as in ``xpusim op`` and the validation
     measurements) rather than one kernel in a stream."""
+    if arch.device_class == "fpga":  # the engine runs instructions compiled for bucketed lengths
+        from ..mappers.fpga import compiled_lengths
+
+        op = compiled_lengths(op, arch)
     key = (op.signature(), arch.fingerprint(), objective, isolated)
     hit = _CACHE.get(key)
     if hit is not None:

@@ -91,6 +91,8 @@ def test_batched_attention_shares_the_vpus():
     (lambda d: d["fpga"].pop("estimate"), "missing"),
     (lambda d: d["matrix"].update(instances=126), "template's VPUs"),
     (lambda d: d.update({"class": "generic"}), "go together"),
+    (lambda d: d["fpga"]["template"].update(length_buckets={"prefill": 0, "decode": 16}), "length_buckets.prefill"),
+    (lambda d: d["fpga"]["template"].update(length_buckets={"decode": 16}), "missing prefill"),
 ])
 def test_bad_fpga_sections_are_one_line_errors(mutate, msg):
     d = copy.deepcopy(RAW)
@@ -189,3 +191,21 @@ def test_vck190_dsp58_chains_take_a_three_element_dot_product_along_k():
     maps = {k.split(".")[-1]: v for k, v in simulate(a, m, Decode(1, 128)).mappings.items()}
     u280 = {k.split(".")[-1]: v for k, v in simulate("alveo-u280", m, Decode(1, 128)).mappings.items()}
     assert (maps["q_proj"]["p_M"], maps["q_proj"]["p_K"]) == (1, 48) and (u280["q_proj"]["p_M"], u280["q_proj"]["p_K"]) == (2, 16)
+
+
+def test_length_adaptive_compilation_runs_attention_at_the_bucket_length():
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+
+    def attn(arch, phase):
+        return simulate(arch, m, phase).ops.set_index("name").loc["attn_score", "latency_s"]
+
+    # decode buckets of 16: 641..656 run as 656, 657 starts the next bucket
+    assert attn("alveo-u280", Decode(1, 640)) < attn("alveo-u280", Decode(1, 641)) == attn("alveo-u280", Decode(1, 656))
+    assert attn("alveo-u280", Decode(1, 656)) < attn("alveo-u280", Decode(1, 657))
+    # prefill buckets of 128: a 129-token prompt's attention costs a 256-token one's
+    assert attn("alveo-u280", Prefill(1, 129)) == attn("alveo-u280", Prefill(1, 256)) > attn("alveo-u280", Prefill(1, 128))
+    # without buckets every length is its own
+    d = copy.deepcopy(RAW)
+    del d["fpga"]["template"]["length_buckets"]
+    plain = arch_from_dict(d)
+    assert attn(plain, Decode(1, 641)) < attn(plain, Decode(1, 656))
