@@ -135,6 +135,10 @@ def collective_cost(op: Op, system: Any) -> OpCost:
                         "(--system), not a single device")
     from .collectives import collective_time
 
+    if system.meta.get("ideal_interconnect"):  # a what-if fabric: devices exchange data at no cost
+        return OpCost(cycles=0.0, latency_s=0.0, compute_cycles=0.0, stall_cycles=0.0, energy_j=0.0, utilization=0.0,
+                      bound="link", bytes_by_level={}, energy_by_component={"link": 0.0},
+                      mapping={"algorithm": "ideal", "ranks": op.attrs["ranks"]}, detail={"collective": op.attrs["collective"]})
     c = collective_time(system, str(op.attrs["collective"]), op.tensor_bytes(op.inputs[0]), int(op.attrs["ranks"]))
     clock = system.device.clock_hz
     return OpCost(cycles=c.time_s * clock, latency_s=c.time_s, compute_cycles=0.0, stall_cycles=c.time_s * clock,

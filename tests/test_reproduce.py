@@ -56,3 +56,19 @@ def test_bad_cases_are_one_line_errors(tmp_path, monkeypatch, body, msg):
     with pytest.raises(XpusimError, match=msg) as e:
         rep.run_case("b")
     assert "\n" not in str(e.value)
+
+
+def test_an_ideal_interconnect_makes_collectives_free():
+    from xpusim.validation.reproduce import _model, _side_result
+    from xpusim.workloads.phases import Decode
+
+    m, phase = _model({"model": "gpt3-6.7b"}), Decode(64, 228)
+    real = _side_result({"system": "dgx-a100", "tp": 4}, m, phase)
+    ideal = _side_result({"system": "dgx-a100", "tp": 4, "interconnect": "ideal"}, m, phase)
+    coll = real.ops["kind"] == "collective"
+    assert coll.any() and (real.ops.loc[coll, "total_latency_s"] > 0).all()
+    assert (ideal.ops.loc[ideal.ops["kind"] == "collective", "total_latency_s"] == 0).all()
+    rest = ~coll
+    assert ideal.ops.loc[rest, "total_latency_s"].sum() == pytest.approx(real.ops.loc[rest, "total_latency_s"].sum())
+    with pytest.raises(XpusimError, match="only 'ideal'"):
+        _side_result({"system": "dgx-a100", "tp": 4, "interconnect": "fast"}, m, phase)

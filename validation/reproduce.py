@@ -200,15 +200,19 @@ def _system(side: dict[str, Any]) -> Any:
     one system with another device, e.g. AttAcc's A100 with HBM3 on a DGX A100's NVLink)."""
     if "system" not in side:
         return None
+    import dataclasses
+
     from ..arch.system import load_system
 
     system = load_system(side["system"])
     if "device" in side:
-        import dataclasses
-
         from ..arch.loader import load_arch
 
         system = dataclasses.replace(system, device=load_arch(side["device"]))
+    if side.get("interconnect", "ideal") != "ideal":
+        raise SpecError(f"case: interconnect {side['interconnect']!r}: only 'ideal' (collectives at no cost) may be given")
+    if side.get("interconnect") == "ideal":  # the paper's simulator models no inter-device communication
+        system = dataclasses.replace(system, meta={**system.meta, "ideal_interconnect": True})
     return system
 
 
