@@ -4,8 +4,9 @@ Prints the median of 5 runs after one warm-up, with the op-cost memo cleared bef
 (cold: every distinct op is mapped from scratch), and the warm time (memo kept) for reference.
 
     python bench/bench_simulate.py [--arch h100-sxm] [--wafer wse-3] [--pim hbm2-pim] [--rdu sn40l-node]
+                                   [--fpga alveo-u280]
 
-Target (issues 2, 9, 10 and 11): under 0.2 s each, cold.
+Target (issues 2, 9, 10, 11 and 12): under 0.2 s each, cold.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--wafer", default="wse-3", help="wafer-scale device for the wafer case ('' to skip)")
     ap.add_argument("--rdu", default="sn40l-node", help="dataflow system for the RDU case ('' to skip)")
     ap.add_argument("--pim", default="hbm2-pim", help="PIM device (8 stacks) for the host + PIM case ('' to skip)")
+    ap.add_argument("--fpga", default="alveo-u280", help="FPGA device for the FPGA cases ('' to skip)")
     args = ap.parse_args()
     arch = load_arch(args.arch)
     llama = load_model("llama-3-8b")
@@ -73,6 +75,13 @@ def main() -> None:
         l70b = load_model("llama-3-70b")
         cases[f"llama-3-70b decode b=1 ctx=4096 on {args.rdu} (tp8)"] = (
             lambda: simulate_system(args.rdu, l70b, Decode(1, 4096), Plan(tp=8)))
+    if args.fpga:  # a FlightLLM-style engine in its INT8 formats: decode and prefill (issue 12)
+        from xpusim.sim.engine import with_engine_formats
+
+        fpga = load_arch(args.fpga)
+        l7 = with_engine_formats(load_model("llama-2-7b"), fpga)
+        cases[f"llama-2-7b decode b=1 ctx=640 on {fpga.name}"] = lambda: simulate(fpga, l7, Decode(1, 640))
+        cases[f"llama-2-7b prefill b=1 s=512 on {fpga.name}"] = lambda: simulate(fpga, l7, Prefill(1, 512))
     if args.wafer:  # a whole-wafer decode step, region search and stage placement included (issue 10)
         wafer = load_arch(args.wafer)
         cases[f"llama-3-8b decode b=1 ctx=4096 on {wafer.name}"] = lambda: simulate(wafer, llama, Decode(1, 4096))
