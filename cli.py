@@ -55,6 +55,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     model = load_model(a.model)
     if a.weight_dtype or a.act_dtype or a.kv_dtype:
         model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
+    given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype)) if v}
     kw = {"objective": "latency" if a.objective == "throughput" else a.objective, "routing": a.routing, "mla_form": a.mla_form,
           "check_memory": not a.ignore_memory}
     wafer = {k: v for k, v in (("wafers", a.wafers), ("weight_streaming", a.weight_streaming or None),
@@ -85,7 +86,8 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         if a.phase not in ("prefill", "decode"):
             raise SpecError("--pim runs the prefill or decode phase")
         a.placement, a.pim_mode = a.placement or "auto", a.pim_mode or "blocked"
-        res = simulate_hetero(a.arch[0], pim_stacks(a.pim, a.pim_stacks or 1), model,
+        host = load_arch(a.arch[0])
+        res = simulate_hetero(host, pim_stacks(a.pim, a.pim_stacks or 1), with_engine_formats(model, host, given),
                               make_phase(a.phase, a.batch, a.seq, a.context), a.placement, a.pim_mode, a.routing)
         _outputs(a, [res])
         if a.json:
@@ -101,8 +103,9 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     if a.phase == "speculative":
         if a.context is None or a.draft_tokens is None or a.acceptance is None:
             raise SpecError("speculative needs --context, --draft-tokens and --acceptance (and --draft-model or --medusa-heads)")
-        spec = speculate(a.arch[0], model, a.batch, a.context, a.draft_tokens, a.acceptance, a.draft_model,
-                         a.medusa_heads or 0, a.tree_width, **kw)
+        target = load_arch(a.arch[0])
+        spec = speculate(target, with_engine_formats(model, target, given), a.batch, a.context, a.draft_tokens,
+                         a.acceptance, a.draft_model, a.medusa_heads or 0, a.tree_width, **kw)
         if a.json:
             print(json.dumps(spec.to_dict(), indent=2))
             return 0
@@ -130,7 +133,6 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         from .arch.rdu import with_mode
 
         archs = [with_mode(load_arch(x), a.rdu_mode) for x in archs]
-    given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype)) if v}
     for arch in tqdm(archs, desc="devices", unit="device", leave=False, disable=True if a.quiet or len(a.arch) < 2 else None):
         arch = load_arch(arch)
         run_model = with_engine_formats(model, arch, given)  # a preset's engine formats unless the user chose
@@ -140,12 +142,13 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
             res = simulate(arch, run_model, phase, **kw)
         res.inputs["formats"] = {"weights": run_model.weight_dtype, "activations": run_model.act_dtype,
                                  "kv": run_model.kv_dtype}
-        if run_model is not model:
-            res.inputs["formats_from"] = arch.name
+        engine = [k for k in arch.meta.get("formats", {}) if k not in given]
+        if engine:
+            res.inputs["formats_from"] = {"device": arch.name, "fields": engine}
         if a.format_error:
             from .workloads.functional.numerics import layer_error
 
-            res.inputs["format_error"] = layer_error(model)
+            res.inputs["format_error"] = layer_error(run_model)
         results.append(res)
     _outputs(a, results)
     if a.csv:
@@ -185,8 +188,10 @@ def _print_result(res, model, phase) -> None:
     print(f"xpusim {__version__}: {model.name} {phase.name} {vars(phase)} on {res.inputs['arch']}")
     f = res.inputs.get("formats")
     if f:
-        src = f" ({res.inputs['formats_from']}'s engine formats)" if res.inputs.get("formats_from") else ""
-        print(f"formats: weights {f['weights']}, activations {f['activations']}, KV {f['kv']}{src}")
+        src = res.inputs.get("formats_from")
+        names = {"weights": "weights", "activations": "activations", "kv": "KV"}
+        note = f" ({', '.join(names[k] for k in src['fields'])} from {src['device']}'s engine formats)" if src else ""
+        print(f"formats: weights {f['weights']}, activations {f['activations']}, KV {f['kv']}{note}")
     cols = ["block", "name", "kind", "repeat", "latency_s", "total_latency_s", "bound", "utilization", "intensity"]
     view = df[cols].copy()
     share = df["total_latency_s"] / df["total_latency_s"].sum()
@@ -210,8 +215,9 @@ def _print_result(res, model, phase) -> None:
               f"({plan['regions_per_wafer']} per wafer, {plan['wafers']} wafer(s)); fullest core holds "
               f"{plan['peak_core_bytes']:,.0f} of {plan['core_sram_bytes']:,} B")
     if "format_error" in res.inputs:
+        f = res.inputs.get("formats") or {"weights": model.weight_dtype, "activations": model.act_dtype, "kv": model.kv_dtype}
         print(f"format error {res.inputs['format_error']:.3g} (relative L2 error of a width-reduced layer in "
-              f"weights {model.weight_dtype} / activations {model.act_dtype} / KV {model.kv_dtype} vs float64)")
+              f"weights {f['weights']} / activations {f['activations']} / KV {f['kv']} vs float64)")
 
 
 def _cmd_op(a: argparse.Namespace) -> int:

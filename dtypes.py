@@ -114,7 +114,7 @@ def get_dtype(name: str) -> DType:
 def _sparse(base: DType, nm: str, name: str) -> DType:
     """``base`` with N:M structured sparsity (``nm`` = "N:M"; M a power of two, 0 < N < M)."""
     n_s, _, m_s = nm.partition(":")
-    n, m = (int(v) if v.isdigit() else 0 for v in (n_s, m_s))
+    n, m = (int(v) if v.isascii() and v.isdigit() else 0 for v in (n_s, m_s))
     if not (0 < n < m and m & (m - 1) == 0):
         raise DtypeError(f"N:M sparsity in {name!r} needs 0 < N < M with M a power of two, e.g. 'int8-2:4' or 'int8-8:16'")
     if base.sparse_m:

@@ -42,7 +42,11 @@ def _formats(v: Any, name: str) -> dict[str, str]:
 
     if not isinstance(v, dict) or not v or set(v) - set(FORMAT_KEYS):
         raise SpecError(f"device {name!r}: formats must map some of {', '.join(FORMAT_KEYS)} to formats, got {v!r}")
-    return {k: get_dtype(str(f)).name for k, f in v.items()}
+    out = {k: get_dtype(str(f)).name for k, f in v.items()}
+    for k in ("activations", "kv"):
+        if k in out and get_dtype(out[k]).sparse_m:
+            raise SpecError(f"device {name!r}: formats.{k} {out[k]!r}: N:M sparsity applies to weights only")
+    return out
 
 
 def _features(v: Any, name: str) -> dict[str, Any]:

@@ -40,15 +40,18 @@ from .pim import as_gemv
 
 def compiled_lengths(op: Op, arch: Arch) -> Op:
     """``op`` at the lengths the engine's instructions were compiled for (FlightLLM's length-adaptive
-    compilation groups lengths into buckets): an attention op's key length ``s`` (and a prefill's
-    query length ``q``) rounded up to the template's prefill bucket when ``q > 1``, else ``s`` to the
-    decode bucket. Other ops and templates without buckets are unchanged."""
+    compilation groups lengths into buckets). Only attention-shaped ops (with query ``q`` and key
+    ``s`` dims: the score and context products, the softmax) change: a step of at most a decode
+    bucket of queries (a decode, a short verify) runs its keys at the length rounded up to the
+    decode bucket; more queries (a prefill or a chunk) run queries and keys rounded up to the
+    prefill bucket. Other ops and templates without buckets are unchanged."""
     sizes = dict(op.dims)
-    if "s" not in sizes:
+    if "s" not in sizes or "q" not in sizes:
         return op
     pre, dec = fpga_spec(arch).template.length_buckets
-    step = pre if sizes.get("q", 1) > 1 else dec
-    new = {d: (-(-n // step) * step if d == "s" or (d == "q" and n > 1) else n) for d, n in sizes.items()}
+    step = pre if sizes["q"] > dec else dec
+    padded = ("s", "q") if step == pre else ("s",)
+    new = {d: (-(-n // step) * step if d in padded else n) for d, n in sizes.items()}
     if new == sizes:
         return op
     return dataclasses.replace(op, dims=tuple(new.items()))
@@ -70,14 +73,15 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
         p_k, p_m = t.chain * t.macs_per_dsp, 1
     else:  # a DSP48E2: packed MACs share one weight across activation rows, along M
         p_k, p_m = t.chain, t.macs_per_dsp
-    k_stored = g.k * get_dtype(op.inputs[1].dtype).density  # N:M sparse weights: the chain's mux skips the pruned ones
+    density = get_dtype(op.inputs[1].dtype).density
+    k_stored = g.k * density  # N:M sparse weights: the chain's mux skips the pruned ones
     steps = math.ceil(g.m / p_m) * math.ceil(g.groups * g.n / (t.cores * t.vpus)) * math.ceil(k_stored / p_k)
     comp_s = steps / clock
     bw = arch.backing.bandwidth_Bps * arch.backing.instances * t.hbm_efficiency
     matrix_bytes = g.groups * g.n * g.k * g.w_bytes  # the weight or KV matrix, streamed once
     mem_s = matrix_bytes / bw
     latency = max(comp_s, mem_s) + launch_s
-    macs = g.macs
+    macs = g.macs * density  # the MACs the chains perform (the pruned weights' are skipped)
     lv = arch.backing
     energy = {"compute": macs * arch.matrix.energy(compute) * 1e-12,
               lv.name: matrix_bytes * lv.read_energy_pj_per_byte * 1e-12, "static": arch.static_power_w * latency}

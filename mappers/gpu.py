@@ -190,7 +190,7 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
         moved[l2.name] = float(l2_total[best] + partials[best])
     if smem:
         moved[smem.name] = float(l2_read[best])
-    energy = kernel_energy(arch, g.macs, compute, moved, lat)
+    energy = kernel_energy(arch, g.macs * prob.density, compute, moved, lat)  # sparse tensor cores skip pruned MACs
     mapping = {"kernel": "gemm-stream-k" if streamk[best] else "gemm", "cta_tile": [int(bm[best]), int(bn[best]), int(bk[best])],
                "split_k": int(sp[best]), "stages": int(stages[best]), "ctas": int(ctas[best]),
                "waves": int(waves[best]), "sms": sms, "batch": g.batch, "m": g.m, "n": g.n, "k": g.k}

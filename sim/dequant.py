@@ -32,7 +32,8 @@ def dequant_flops(op: Op, arch: Arch) -> tuple[float, str]:
             continue
         n = op.elements(t)
         reuse = op.points / n / math.prod(op.sizes[d] for d in op.reduce_dims if d not in t.dims)
-        flops += DEQUANT_FLOPS * n * max(1, math.ceil(reuse / ROW_TILE))
+        stored = n * get_dtype(t.dtype).density  # an N:M sparse operand widens only its kept values
+        flops += DEQUANT_FLOPS * stored * max(1, math.ceil(reuse / ROW_TILE))
     return flops, runs_in
 
 

@@ -47,6 +47,8 @@ def clear_cache() -> None:
 def matmul_cost(op: Op, arch: Arch, objective: str = "latency", mapper: str = "default") -> OpCost:
     """Cost of a contraction under the best mapping the chosen mapper finds (``default`` beam
     search, ``exhaustive`` exact branch and bound, ``sampled`` random within one second)."""
+    for t in op.inputs:
+        check_sparse_format(t.dtype, arch)
     prob = problem_from_op(op, arch.matrix.accumulator_bits)
     if mapper == "exhaustive":
         from ..mappers.exhaustive import exhaustive_search
@@ -96,7 +98,10 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
     if arch.device_class == "fpga":  # the engine runs instructions compiled for bucketed lengths
         from ..mappers.fpga import compiled_lengths
 
-        op = compiled_lengths(op, arch)
+        padded = compiled_lengths(op, arch)
+        if padded is not op:  # the cost of the padded op; utilization counts the useful work only
+            cost = op_cost(padded, arch, objective, isolated)
+            return dataclasses.replace(cost, utilization=cost.utilization * op.flops / padded.flops if padded.flops else 0.0)
     key = (op.signature(), arch.fingerprint(), objective, isolated)
     hit = _CACHE.get(key)
     if hit is not None:
@@ -338,7 +343,10 @@ def with_engine_formats(model: ModelSpec, arch: Arch, keep: tuple[str, ...] | se
     engine = {k: v for k, v in arch.meta.get("formats", {}).items() if k not in keep}
     if not engine:
         return model
-    return model.with_formats(engine.get("weights"), engine.get("activations"), engine.get("kv"))
+    out = model.with_formats(engine.get("weights"), engine.get("activations"), engine.get("kv"))
+    if "weights" in engine and model.embed_dtype:  # the embeddings and LM head run on the same engine
+        out = dataclasses.replace(out, embed_dtype=get_dtype(engine["weights"]).dense)
+    return out
 
 
 def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: str = "latency",

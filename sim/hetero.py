@@ -27,7 +27,7 @@ import yaml
 
 from ..arch.loader import load_arch
 from ..arch.spec import Arch
-from ..errors import SpecError
+from ..errors import DtypeError, SpecError
 from ..mappers.fusion import plan
 from ..workloads.builder import build_trace
 from ..workloads.model import ModelSpec, load_model
@@ -87,10 +87,15 @@ def _placed_ops(host: Arch, pim: Arch, trace: Any, placement: str, system: Any =
                 continue
             h = group_cost(group, host)
             p_lat, p_energy = 0.0, 0.0
-            for op in group.ops:
-                c = op_cost(op, pim)
-                p_lat += c.latency_s
-                p_energy += c.energy_j
+            try:
+                for op in group.ops:
+                    c = op_cost(op, pim)
+                    p_lat += c.latency_s
+                    p_energy += c.energy_j
+            except DtypeError:  # a format the PIM has no path for (N:M sparse weights): the host runs it
+                if placement == "pim" or (placement == "attention" and _is_attention(group)):
+                    raise
+                p_lat, p_energy = float("inf"), 0.0
             if placement == "auto":
                 side = "pim" if p_lat < h.latency_s else "host"
             elif placement == "attention":

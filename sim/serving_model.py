@@ -43,6 +43,9 @@ class SimStepModel:
         from ..arch.loader import load_arch
 
         self.arch = system.device if system is not None else load_arch(arch)
+        from .engine import with_engine_formats
+
+        self.model = with_engine_formats(self.model, self.arch)  # a device's engine formats (e.g. an FPGA's INT8)
         grid = [t for t in TOKEN_GRID if t <= max_tokens]
         self._grid = np.array(grid, dtype=float)
         self._linear = np.array([self._nonattention(t) for t in grid])

@@ -27,6 +27,10 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
     from .events import simulate_generate, simulate_system
 
     system = load_system(a.system)
+    from .engine import with_engine_formats
+
+    given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype)) if v}
+    model = with_engine_formats(model, system.device, given)
     if getattr(a, "rdu_mode", None):
         import dataclasses
 

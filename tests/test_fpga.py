@@ -209,3 +209,23 @@ def test_length_adaptive_compilation_runs_attention_at_the_bucket_length():
     del d["fpga"]["template"]["length_buckets"]
     plain = arch_from_dict(d)
     assert attn(plain, Decode(1, 641)) < attn(plain, Decode(1, 656))
+
+
+def test_short_multi_query_steps_use_the_decode_bucket_and_padding_is_not_useful_work():
+    from xpusim.workloads.phases import Verify
+
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    verify = simulate("alveo-u280", m, Verify(1, 640, 4)).ops.set_index("name")
+    decode = simulate("alveo-u280", m, Decode(1, 641)).ops.set_index("name")
+    # 4 queries over 644 keys run at 656 keys (the decode bucket), not at a 128-query prefill bucket
+    assert verify.loc["attn_score", "latency_s"] < 8 * decode.loc["attn_score", "latency_s"]
+    padded = simulate("alveo-u280", m, Prefill(1, 129)).ops.set_index("name")
+    exact = simulate("alveo-u280", m, Prefill(1, 256)).ops.set_index("name")
+    assert padded.loc["attn_score", "utilization"] < 0.6 * exact.loc["attn_score", "utilization"]
+    # MLA's latent up-projections (no query dim) keep their length
+    from xpusim.mappers.fpga import compiled_lengths
+    from xpusim.workloads import build_trace
+
+    ds = load_model("deepseek-v3").with_formats("int8", "int8", "int8")
+    ops = [o for b in build_trace(ds, Prefill(1, 129), mla_form="naive").blocks for o in b.ops if o.name in ("k_up", "v_up")]
+    assert ops and all(compiled_lengths(o, load_arch("alveo-u280")) is o for o in ops)

@@ -15,6 +15,7 @@ def test_case_passes_or_its_known_gap_still_stands(name):
     assert r["simulated"] == r["simulated"] and r["simulated"] > 0  # finite, positive
     if r["known_gap"]:
         assert not r["passed"], f"{name} now reproduces its claim: remove known_gap from its YAML"
+        assert r["simulated"] == pytest.approx(r["gap_value"], rel=0.02), f"{name}: update gap_value and the docs"
     else:
         assert r["passed"], r
 
@@ -47,6 +48,9 @@ def test_malformed_case_yaml_is_a_one_line_error(tmp_path, monkeypatch):
     ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed_range: [1, 2, 3]\nparams: {}\n", "claimed_range"),
     ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed: lots\nparams: {}\n", "claimed must be a number"),
     ("name: b\npaper: p\nclaim: c\nkind: decode_efficiency_ratio\nclaimed: 2\nparams: {metric: speed}\n", "metric 'speed'"),
+    ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed: 2\nknown_gap: why\nparams: {}\n", "gap_value"),
+    ("name: b\npaper: p\nclaim: c\nkind: decode_tokens_per_s\nclaimed: 2\nparams: {model: llama-2-7b, cases: [], step: {}}\n",
+     "at least one"),
 ])
 def test_bad_cases_are_one_line_errors(tmp_path, monkeypatch, body, msg):
     import xpusim.validation.reproduce as rep

@@ -93,11 +93,17 @@ def test_engine_formats_apply_unless_the_user_chooses(capsys):
     assert main(["simulate", "--arch", "alveo-u280", "h100-sxm", "--model", "llama-2-7b", "--phase", "decode",
                  "--context", "640"]) == 0
     out = capsys.readouterr().out
-    assert "formats: weights int8, activations int8, KV int8 (alveo-u280's engine formats)" in out
+    assert ("formats: weights int8, activations int8, KV int8 (weights, activations, KV from alveo-u280's engine formats)"
+            in out)
     assert "formats: weights fp16, activations fp16, KV fp16\n" in out  # the GPU keeps the model's (fp16)
     assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "decode", "--context", "640",
                  "--weight-dtype", "int8-8:16"]) == 0
-    assert "formats: weights int8-8:16, activations int8, KV int8" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "formats: weights int8-8:16, activations int8, KV int8 (activations, KV from alveo-u280's engine formats)" in out
+    # --format-error measures the formats that ran
+    assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "decode", "--context", "64",
+                 "--format-error"]) == 0
+    assert "layer in weights int8 / activations int8 / KV int8 vs float64" in capsys.readouterr().out
 
 
 def test_bad_engine_formats_are_one_line_errors():
@@ -133,3 +139,76 @@ def test_sparse_tensor_cores_double_the_math_rate_of_2_4_weights():
         assert 1.3 < dense.latency_s / sparse.latency_s <= 2.0  # the operand traffic now bounds part of it
     with pytest.raises(DtypeError, match="2:4 sparsity only"):
         op_cost(gemm("fp16-1:4"), load_arch("h100-sxm"))
+
+
+def test_sparsity_stays_on_contraction_weights():
+    from xpusim.workloads import build_trace
+    from xpusim.workloads.einsum import Op, Tensor, gemm_op
+
+    # the GEMM helper keeps its activation and output dense
+    op = gemm_op(64, 64, 64, "fp16-2:4")
+    assert [t.dtype for t in op.tensors] == ["fp16", "fp16-2:4", "fp16"]
+    with pytest.raises(DtypeError, match="weight operand of a contraction"):
+        Op("n", "norm", (("m", 4), ("d", 8)), (Tensor("x", ("m", "d"), "fp16"), Tensor("g", ("d",), "fp16-2:4", "weight")),
+           Tensor("y", ("m", "d"), "fp16"))
+    # norms, conv taps and SSM parameters of a sparse model stay dense
+    for name in ("llama-2-7b", "jamba-v0.1"):
+        m = load_model(name).with_formats("int8-2:4", "int8", "int8")
+        for block in build_trace(m, Decode(1, 64)).blocks:
+            for o in block.ops:
+                sparse = [t for t in o.inputs if get_dtype(t.dtype).sparse_m]
+                assert all(o.kind == "matmul" and t.role == "weight" for t in sparse), o.name
+
+
+def test_every_mapper_refuses_sparse_weights_without_a_sparse_engine():
+    from xpusim.sim.engine import matmul_cost
+    from xpusim.workloads.einsum import gemm_op
+
+    for mapper in ("default", "exhaustive", "sampled"):
+        with pytest.raises(DtypeError, match="no N:M sparse engine"):
+            matmul_cost(gemm_op(64, 64, 64, "fp16-2:4"), load_arch("tpu-v4"), mapper=mapper)
+
+
+def test_a_pim_without_a_sparse_engine_leaves_sparse_weight_gemms_on_the_host():
+    from xpusim.sim.hetero import load_hetero, pim_stacks, simulate_hetero
+
+    combo = load_hetero("attacc-a100")
+    m = load_model("gpt3-6.7b").with_formats("fp16-2:4", "fp16", "fp16")
+    r = simulate_hetero(combo["host"], pim_stacks(combo["pim"], combo["pim_stacks"]), m, Decode(64, 228), "attention")
+    on_pim = r.ops[r.ops["device"] == "pim"]
+    assert len(on_pim) and on_pim["kind"].isin(["attention", "matmul", "softmax"]).all()
+    auto = simulate_hetero(combo["host"], pim_stacks(combo["pim"], combo["pim_stacks"]), m, Decode(64, 228), "auto")
+    assert not auto.ops.loc[auto.ops["name"] == "q_proj", "device"].eq("pim").any()
+    with pytest.raises(DtypeError):
+        simulate_hetero(combo["host"], pim_stacks(combo["pim"], combo["pim_stacks"]), m, Decode(64, 228), "pim")
+
+
+def test_sparse_utilization_and_energy_count_the_performed_macs():
+    from xpusim.sim.engine import op_cost
+    from xpusim.workloads.einsum import gemm_op
+
+    a = load_arch("alveo-u280")
+    dense, sparse = op_cost(gemm_op(4096, 4096, 4096, "int8"), a), op_cost(gemm_op(4096, 4096, 4096, "int8-2:4"), a)
+    assert 0.9 < sparse.utilization <= 1.0 and 0.9 < dense.utilization <= 1.0
+    assert sparse.energy_by_component["compute"] == pytest.approx(dense.energy_by_component["compute"] / 2)
+    h = load_arch("h100-sxm")
+    gd, gs = op_cost(gemm_op(8192, 8192, 8192, "fp16"), h), op_cost(gemm_op(8192, 8192, 8192, "fp16-2:4"), h)
+    assert gs.energy_by_component["compute"] == pytest.approx(gd.energy_by_component["compute"] / 2)
+
+
+def test_engine_formats_reach_speculation_serving_and_embeddings(capsys):
+    from xpusim.cli import main
+
+    assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "speculative", "--context", "512",
+                 "--draft-tokens", "4", "--acceptance", "0.7", "--medusa-heads", "4"]) == 0
+    assert main(["serve", "--arch", "alveo-u280", "--model", "llama-2-7b", "--requests", "4", "--rate", "1",
+                 "--input-tokens", "128", "--output-tokens", "16"]) == 0
+    assert main(["simulate", "--arch", "alveo-u280", "--model", "bitnet-b1.58-2b4t", "--phase", "decode",
+                 "--context", "64"]) == 0  # its bf16 embeddings run in the engine's INT8 too
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", ["int8-\u00b2:4", "int8-\u0663:4"])
+def test_non_ascii_digits_are_a_one_line_error(name):
+    with pytest.raises(DtypeError):
+        get_dtype(name.encode().decode("unicode_escape"))

@@ -14,8 +14,9 @@ prints a list of objects with ``name, paper, claim, claimed, simulated, toleranc
 A case passes when the simulated value is within ``tolerance_pct`` of ``claimed``, or inside
 ``claimed_range`` (a bound may be null: open) widened by ``tolerance_pct`` on both sides. A case
 the model does not reproduce yet carries ``known_gap: "<why>"``: it runs and reports its value as
-GAP (not a failure of the command); the tests require it still to miss, so the marker goes when the
-model reproduces the claim.
+GAP (not a failure of the command) and records what it simulates as ``gap_value``; the tests require
+it still to miss and to simulate ``gap_value`` within 2 %, so the marker goes when the model
+reproduces the claim and a change to the gap shows.
 """
 
 from __future__ import annotations
@@ -198,6 +199,8 @@ def continuous_batching_speedup(p: dict[str, Any]) -> float:
 def _system(side: dict[str, Any]) -> Any:
     """A side's system: the preset, with its devices replaced by ``device`` when given (the fabric of
     one system with another device, e.g. AttAcc's A100 with HBM3 on a DGX A100's NVLink)."""
+    if side.get("interconnect", "ideal") != "ideal":
+        raise SpecError(f"case: interconnect {side['interconnect']!r}: only 'ideal' (collectives at no cost) may be given")
     if "system" not in side:
         return None
     import dataclasses
@@ -209,8 +212,6 @@ def _system(side: dict[str, Any]) -> Any:
         from ..arch.loader import load_arch
 
         system = dataclasses.replace(system, device=load_arch(side["device"]))
-    if side.get("interconnect", "ideal") != "ideal":
-        raise SpecError(f"case: interconnect {side['interconnect']!r}: only 'ideal' (collectives at no cost) may be given")
     if side.get("interconnect") == "ideal":  # the paper's simulator models no inter-device communication
         system = dataclasses.replace(system, meta={**system.meta, "ideal_interconnect": True})
     return system
@@ -308,6 +309,8 @@ def _decode_tokens_per_s(p: dict[str, Any], side: dict[str, Any]) -> list[float]
     ``lin + lout / 2``. The side's ``weights``/``activations``/``kv`` formats override the case's."""
     from ..workloads.phases import Decode
 
+    if not p["cases"]:
+        raise SpecError("case: cases must list at least one [prompt, output] pair")
     model = _model({**p, **{k: side[k] for k in ("weights", "activations", "kv") if k in side}})
     return [1.0 / _side_step(side, model, Decode(1, int(lin) + int(lout) // 2)) for lin, lout in p["cases"]]
 
@@ -339,7 +342,10 @@ def decode_efficiency_ratio(p: dict[str, Any]) -> float:
     for d, b in zip(_decode_tokens_per_s(p, p["design"]), _decode_tokens_per_s(p, p["baseline"]), strict=True):
         ratio = d / b
         if per:
-            ratio *= float(p["baseline"][per]) / float(p["design"][per])
+            vals = [float(p[side][per]) for side in ("baseline", "design")]
+            if min(vals) <= 0:
+                raise SpecError(f"case: {per} must be positive on both sides, got {vals}")
+            ratio *= vals[0] / vals[1]
         ratios.append(ratio)
     return _geomean(ratios)
 
@@ -459,6 +465,9 @@ def load_case(name: str) -> dict[str, Any]:
         raise SpecError(f"reproduction {name}: claimed_range must be [low, high] (numbers, or null for open), got {rng!r}")
     if "claimed" in d and not number(d["claimed"]):
         raise SpecError(f"reproduction {name}: claimed must be a number, got {d['claimed']!r}")
+    if bool(d.get("known_gap")) != ("gap_value" in d) or ("gap_value" in d and not number(d["gap_value"])):
+        raise SpecError(f"reproduction {name}: a known_gap case records the value it simulates as gap_value (a number), "
+                        "and only such a case")
     if not number(d.get("tolerance_pct", 0)):
         raise SpecError(f"reproduction {name}: tolerance_pct must be a number, got {d['tolerance_pct']!r}")
     return d
@@ -484,4 +493,6 @@ def run_case(name: str) -> dict[str, Any]:
                    passed=abs(sim - d["claimed"]) <= tol / 100.0 * abs(d["claimed"]))
     out["note"] = str(d.get("note", ""))
     out["known_gap"] = str(d.get("known_gap", ""))
+    if "gap_value" in d:
+        out["gap_value"] = float(d["gap_value"])
     return out

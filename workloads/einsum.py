@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..dtypes import get_dtype
-from ..errors import ShapeError, SpecError
+from ..errors import DtypeError, ShapeError, SpecError
 
 #: Operator kinds. ``matmul`` is a multiply-accumulate contraction over the dimensions its output
 #: does not index; the others are streaming (vector) operators.
@@ -80,6 +80,10 @@ class Op:
                 raise SpecError(f"op {self.name!r}: tensor {t.name!r} indexes unknown dimensions {missing}")
         if self.flops_per_point < 0:
             raise SpecError(f"op {self.name!r}: flops_per_point must be >= 0")
+        for t in (*self.inputs, self.output):
+            if get_dtype(t.dtype).sparse_m and not (self.kind == "matmul" and t.role == "weight" and t in self.inputs):
+                raise DtypeError(f"op {self.name!r}: tensor {t.name!r} is {t.dtype}: N:M sparsity applies to the weight "
+                                 f"operand of a contraction only; use {get_dtype(t.dtype).dense}")
 
     # ----------------------------------------------------------------- shape
     @property
@@ -186,8 +190,9 @@ _COST_ATTRS = ("causal", "window", "sinks", "moe_group", "shares_keys")
 def gemm_op(m: int, n: int, k: int, dtype: str = "bf16", name: str = "gemm") -> Op:
     """C[m, n] = A[m, k] @ B[k, n] with B a weight: SCALE-Sim's GEMM row ``M, N, K`` (IFMAP M x K,
     filter K x N, OFMAP M x N)."""
+    dense = get_dtype(dtype).dense  # an N:M sparse format applies to the weight B only
     return Op(name, "matmul", (("m", m), ("n", n), ("k", k)),
-              (Tensor("A", ("m", "k"), dtype), Tensor("B", ("k", "n"), dtype, "weight")), Tensor("C", ("m", "n"), dtype))
+              (Tensor("A", ("m", "k"), dense), Tensor("B", ("k", "n"), dtype, "weight")), Tensor("C", ("m", "n"), dense))
 
 
 def _tensor(d: Any) -> Tensor:

@@ -110,8 +110,8 @@ class ModelSpec:
         for f, allowed in (("activation", ACTIVATIONS), ("norm", NORMS), ("position", POSITIONS)):
             if getattr(self, f) not in allowed:
                 raise SpecError(f"model {self.name!r}: {f} {getattr(self, f)!r} is not one of {', '.join(allowed)}")
-        for f in ("weight_dtype", "act_dtype", "kv_dtype", "embed_dtype"):
-            if (f == "weight_dtype" or getattr(self, f)) and get_dtype(getattr(self, f)).sparse_m and f != "weight_dtype":
+        for f in ("weight_dtype", "act_dtype", "kv_dtype", *(("embed_dtype",) if self.embed_dtype else ())):
+            if get_dtype(getattr(self, f)).sparse_m and f != "weight_dtype":
                 raise DtypeError(f"model {self.name!r}: {f} {getattr(self, f)!r}: N:M sparsity applies to the layers' "
                                  f"weights only; give it with the weight format (e.g. --weight-dtype int8-2:4)")
         for f in ("norm_eps", "rope_theta"):
@@ -330,6 +330,12 @@ class ModelSpec:
         """Parameter bytes: embeddings and LM head in ``embed_dtype``, the rest in ``weight_dtype``."""
         emb = self.embedding_params
         return emb * get_dtype(self.embedding_dtype).bytes + (self.params - emb) * get_dtype(self.weight_dtype).bytes
+
+    @property
+    def param_dtype(self) -> str:
+        """Parameters outside the weight contractions (norm gains, biases, conv taps, SSM A/D/dt,
+        long filters): the weights' format without N:M sparsity."""
+        return get_dtype(self.weight_dtype).dense
 
     @property
     def embedding_dtype(self) -> str:

@@ -29,7 +29,7 @@ def linear(name: str, m: int, n: int, k: int, x: str, w: str, out: str, wdt: str
 
 def norm(name: str, model: ModelSpec, m: int, x: str, out: str, prefix: str, d: int = 0) -> Op:
     """Norm over the last dim (``d``, default the model width) with its gain (and bias)."""
-    adt, wdt = model.act_dtype, model.weight_dtype
+    adt, wdt = model.act_dtype, model.param_dtype
     params = [Tensor(f"{prefix}.weight", ("d",), wdt, "weight")]
     if model.norm == "layernorm":
         params.append(Tensor(f"{prefix}.bias", ("d",), wdt, "weight"))

@@ -31,10 +31,10 @@ def _conv(name: str, src: str, out: str, model: ModelSpec, phase: Phase, channel
     """Causal depthwise conv1d (+ SiLU unless ``silu`` is false) on ``src`` (b, q, channels),
     continuing its rolling state."""
     b, q, k = phase.batch, phase.q_len, model.ssm_conv
-    adt, wdt = model.act_dtype, model.weight_dtype
+    adt, pdt = model.act_dtype, model.param_dtype
     offset = phase.kv_len - q
-    ins = [Tensor(src, ("b", "q", "c"), adt), Tensor(f"{name}.weight", ("c", "k"), wdt, "weight"),
-           Tensor(f"{name}.bias", ("c",), wdt, "weight")]
+    ins = [Tensor(src, ("b", "q", "c"), adt), Tensor(f"{name}.weight", ("c", "k"), pdt, "weight"),
+           Tensor(f"{name}.bias", ("c",), pdt, "weight")]
     dims = [("b", b), ("q", q), ("c", channels), ("k", k)]
     fpp = 2.0  # one MAC per (token, channel, tap)
     if offset and k > 1:  # continuing a sequence: read the last k-1 inputs (w only sizes that window)
@@ -85,8 +85,8 @@ def hyena_ops(model: ModelSpec, phase: Phase) -> list[Op]:
     z = "h_va"
     for i in range(1, order + 1):
         fpp, method = fftconv_flops_per_point(offset + q, q)
-        ins = [Tensor(z, ("b", "q", "c"), adt), Tensor(f"hyena_filter{i}", ("l", "c"), wdt, "weight"),
-               Tensor(f"hyena_D{i}", ("c",), wdt, "weight")]
+        ins = [Tensor(z, ("b", "q", "c"), adt), Tensor(f"hyena_filter{i}", ("l", "c"), model.param_dtype, "weight"),
+               Tensor(f"hyena_D{i}", ("c",), model.param_dtype, "weight")]
         dims = [("b", b), ("q", q), ("c", di), ("l", offset + q)]  # the filter taps the step uses
         if offset:
             dims.append(("s", offset))
@@ -130,8 +130,8 @@ def ssm_ops(model: ModelSpec, phase: Phase) -> list[Op]:
         dims = [("b", b), ("q", q), ("c", di), ("n", n)]
         ins = [Tensor("s_xa", ("b", "q", "c"), adt), Tensor("s_dt", ("b", "q", "c"), adt),
                Tensor(bn, ("b", "q", "n"), adt), Tensor(cn, ("b", "q", "n"), adt),
-               Tensor("A_log", ("c", "n"), wdt, "weight"), Tensor("D", ("c",), wdt, "weight"),
-               Tensor("dt_bias", ("c",), wdt, "weight")]
+               Tensor("A_log", ("c", "n"), model.param_dtype, "weight"), Tensor("D", ("c",), model.param_dtype, "weight"),
+               Tensor("dt_bias", ("c",), model.param_dtype, "weight")]
         if offset:
             ins.append(Tensor("ssm_state", ("b", "c", "n"), model.kv_dtype, "state"))
         ops.append(Op("scan", "scan", tuple(dims), tuple(ins), Tensor("s_y", ("b", "q", "c"), adt), SCAN_FLOPS,
