@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
-from ..arch.fpga import fpga_spec
+import numpy as np
+
+from ..arch.fpga import Template, fpga_spec
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
 from ..errors import DtypeError
 from ..sim.cost import OpCost
 from ..workloads.einsum import Op
-from .pim import as_gemv
+from .pim import Gemv, as_gemv
 
 
 def compiled_lengths(op: Op, arch: Arch) -> Op:
@@ -55,6 +58,46 @@ def compiled_lengths(op: Op, arch: Arch) -> Op:
     if new == sizes:
         return op
     return dataclasses.replace(op, dims=tuple(new.items()))
+
+
+def buffer_tiling(g: Gemv, t: Template, out_bytes: float) -> dict[str, Any]:
+    """HBM bytes of a contraction under the template's on-chip buffers, the cheaper of two loop
+    orders over every tile size (per core: the cores split the N outputs, each needs all M x K
+    activations):
+
+    * ``rows`` (activations resident): ``tm`` rows whose activations fit the activation buffer and
+      whose outputs fit the global buffer; the stored matrix streams once per row tile. With all M
+      rows resident (a decode's single token: FlightLLM's always-on-chip decode) only the matrix
+      reaches HBM; otherwise the activations are read and the outputs written once as well.
+    * ``columns`` (weights resident): ``tn`` output columns whose matrix slice (K x ``tn``) fits
+      the weight buffer; the matrix streams once, the activations once per column tile, the
+      outputs once.
+    """
+    c = t.cores
+    act, glob, wbuf = (t.buffers[k] / c for k in ("activations", "global", "weights"))
+    n_core = -(-g.groups * g.n // c)  # outputs one core produces
+    matrix = g.groups * g.n * g.k * g.w_bytes
+    acts, outs = g.groups * g.m * g.k * g.x_bytes, g.groups * g.m * g.n * out_bytes
+    tm = np.unique(np.minimum(2 ** np.arange(0, 21), g.m))
+    rows_ok = (tm * g.k * g.x_bytes <= act) & (tm * n_core * out_bytes <= glob)
+    best = {"hbm_bytes": float("inf"), "order": "none", "tile": 0, "weight_passes": 0}
+    if rows_ok.any():
+        tm_best = int(tm[rows_ok].max())
+        passes = -(-g.m // tm_best)
+        spill = 0.0 if passes == 1 else acts + outs
+        best = {"hbm_bytes": float(matrix * passes + spill), "order": "rows", "tile": tm_best, "weight_passes": passes}
+    tn = np.unique(np.minimum(2 ** np.arange(0, 25), n_core))
+    cols_ok = g.k * tn * g.w_bytes <= wbuf
+    if cols_ok.any():
+        tn_best = int(tn[cols_ok].max())
+        act_passes = -(-n_core // tn_best)
+        on_chip = g.m * g.k * g.x_bytes <= act and g.m * n_core * out_bytes <= glob
+        hbm = matrix + (0.0 if on_chip else acts * act_passes + outs)
+        if hbm < best["hbm_bytes"]:
+            best = {"hbm_bytes": float(hbm), "order": "columns", "tile": tn_best, "weight_passes": 1}
+    if best["order"] == "none":  # not even one row or column fits: stream everything once per row
+        best = {"hbm_bytes": float(matrix * g.m + acts + outs), "order": "stream", "tile": 1, "weight_passes": g.m}
+    return best
 
 
 def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
@@ -78,7 +121,9 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     steps = math.ceil(g.m / p_m) * math.ceil(g.groups * g.n / (t.cores * t.vpus)) * math.ceil(k_stored / p_k)
     comp_s = steps / clock
     bw = arch.backing.bandwidth_Bps * arch.backing.instances * t.hbm_efficiency
-    matrix_bytes = g.groups * g.n * g.k * g.w_bytes  # the weight or KV matrix, streamed once
+    out_bytes = op.tensor_bytes(op.output) / max(g.groups * g.m * g.n, 1)
+    tiling = buffer_tiling(g, t, out_bytes)
+    matrix_bytes = tiling["hbm_bytes"]
     mem_s = matrix_bytes / bw
     latency = max(comp_s, mem_s) + launch_s
     macs = g.macs * density  # the MACs the chains perform (the pruned weights' are skipped)
@@ -90,5 +135,6 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
                   stall_cycles=max(latency - comp_s, 0.0) * arch.clock_hz, energy_j=float(sum(energy.values())),
                   utilization=ideal / latency if latency else 0.0, bound="compute" if comp_s >= mem_s else lv.name,
                   bytes_by_level={lv.name: matrix_bytes}, energy_by_component=energy,
-                  mapping={"mode": "MV" if g.m == 1 else "MM", "p_M": p_m, "p_N": t.cores * t.vpus, "p_K": p_k},
+                  mapping={"mode": "MV" if g.m == 1 else "MM", "p_M": p_m, "p_N": t.cores * t.vpus, "p_K": p_k,
+                           "tiling": tiling["order"], "tile": tiling["tile"], "weight_passes": tiling["weight_passes"]},
                   detail={"compute_s": comp_s, "memory_s": mem_s, "sustained_Bps": bw})

@@ -229,3 +229,36 @@ def test_short_multi_query_steps_use_the_decode_bucket_and_padding_is_not_useful
     ds = load_model("deepseek-v3").with_formats("int8", "int8", "int8")
     ops = [o for b in build_trace(ds, Prefill(1, 129), mla_form="naive").blocks for o in b.ops if o.name in ("k_up", "v_up")]
     assert ops and all(compiled_lengths(o, load_arch("alveo-u280")) is o for o in ops)
+
+
+@FAST
+@given(m=st.integers(1, 2048), n=st.integers(1, 16384), k=st.integers(1, 16384), kib=st.integers(1, 4096),
+       grow=st.integers(2, 8))
+def test_buffer_tiling_never_beats_streaming_the_matrix_once_and_more_buffer_never_hurts(m, n, k, kib, grow):
+    import dataclasses
+
+    from xpusim.mappers.fpga import buffer_tiling
+    from xpusim.mappers.pim import Gemv
+
+    g = Gemv(1, m, n, k, 1.0, 1.0, 4.0, "int8", "w")
+    t = fpga_spec(load_arch("alveo-u280")).template
+    small = dataclasses.replace(t, buffers={b: kib * 1024.0 for b in t.buffers})
+    big = dataclasses.replace(t, buffers={b: kib * 1024.0 * grow for b in t.buffers})
+    a, b = buffer_tiling(g, small, 1.0), buffer_tiling(g, big, 1.0)
+    assert a["hbm_bytes"] >= n * k and b["hbm_bytes"] <= a["hbm_bytes"]
+    if m * k <= kib * 1024 / t.cores and m * -(-n // t.cores) <= kib * 1024 / t.cores:
+        assert a["hbm_bytes"] == n * k  # everything on chip: only the matrix streams, once
+
+
+def test_decode_keeps_activations_on_chip_and_small_buffers_make_prefill_stream_more():
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    dec = simulate("alveo-u280", m, Decode(1, 640))
+    for key, mp in dec.mappings.items():
+        if "tiling" in mp:
+            assert (mp["tiling"], mp["weight_passes"]) == ("rows", 1), key
+    d = copy.deepcopy(RAW)
+    d["fpga"]["template"]["buffers"] = {"weights": "96 KiB", "activations": "96 KiB", "global": "96 KiB"}
+    d["memory"][1]["capacity"] = "96 KiB"
+    tiny = arch_from_dict(d)
+    full, cramped = (simulate(a, m, Prefill(1, 512)).ops.set_index("name") for a in ("alveo-u280", tiny))
+    assert cramped.loc["gate_proj", "bytes_hbm"] > 1.5 * full.loc["gate_proj", "bytes_hbm"]
