@@ -93,7 +93,7 @@ def buffer_tiling(g: Gemv, t: Template, out_bytes: float) -> dict[str, Any]:
         act_passes = -(-n_core // tn_best)
         on_chip = g.m * g.k * g.x_bytes <= act and g.m * n_core * out_bytes <= glob
         hbm = matrix + (0.0 if on_chip else acts * act_passes + outs)
-        if hbm < best["hbm_bytes"]:
+        if hbm < float(best["hbm_bytes"]):
             best = {"hbm_bytes": float(hbm), "order": "columns", "tile": tn_best, "weight_passes": 1}
     if best["order"] == "none":  # not even one row or column fits: stream everything once per row
         best = {"hbm_bytes": float(matrix * g.m + acts + outs), "order": "stream", "tile": 1, "weight_passes": g.m}
