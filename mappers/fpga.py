@@ -80,7 +80,7 @@ def buffer_tiling(g: Gemv, t: Template, out_bytes: float) -> dict[str, Any]:
     acts, outs = g.groups * g.m * g.k * g.x_bytes, g.groups * g.m * g.n * out_bytes
     tm = np.unique(np.minimum(2 ** np.arange(0, 21), g.m))
     rows_ok = (tm * g.k * g.x_bytes <= act) & (tm * n_core * out_bytes <= glob)
-    best = {"hbm_bytes": float("inf"), "order": "none", "tile": 0, "weight_passes": 0}
+    best: dict[str, Any] = {"hbm_bytes": float("inf"), "order": "none", "tile": 0, "weight_passes": 0}
     if rows_ok.any():
         tm_best = int(tm[rows_ok].max())
         passes = -(-g.m // tm_best)
@@ -93,7 +93,7 @@ def buffer_tiling(g: Gemv, t: Template, out_bytes: float) -> dict[str, Any]:
         act_passes = -(-n_core // tn_best)
         on_chip = g.m * g.k * g.x_bytes <= act and g.m * n_core * out_bytes <= glob
         hbm = matrix + (0.0 if on_chip else acts * act_passes + outs)
-        if hbm < float(best["hbm_bytes"]):
+        if hbm < best["hbm_bytes"]:
             best = {"hbm_bytes": float(hbm), "order": "columns", "tile": tn_best, "weight_passes": 1}
     if best["order"] == "none":  # not even one row or column fits: stream everything once per row
         best = {"hbm_bytes": float(matrix * g.m + acts + outs), "order": "stream", "tile": 1, "weight_passes": g.m}
