@@ -224,3 +224,7 @@ def test_fpga_space_records_templates_that_do_not_fit_with_the_resource():
     assert not big.feasible and "DSP" in big.reason
     faster = evaluate(space, {**base, "vpus": 128, "clock_mhz": 300.0})
     assert faster.metrics["latency"] < ok.metrics["latency"]
+    # sparse INT8 weights: faster than dense INT8 (fewer bytes and chain steps), at a format-error cost
+    dense, sparse = (evaluate(space, {**base, "vpus": 128, "wdt": w}) for w in ("int8", "int8-8:16"))
+    assert sparse.metrics["latency"] < dense.metrics["latency"]
+    assert sparse.metrics["format_error"] > dense.metrics["format_error"]
