@@ -262,3 +262,29 @@ def test_decode_keeps_activations_on_chip_and_small_buffers_make_prefill_stream_
     tiny = arch_from_dict(d)
     full, cramped = (simulate(a, m, Prefill(1, 512)).ops.set_index("name") for a in ("alveo-u280", tiny))
     assert cramped.loc["gate_proj", "bytes_hbm"] > 1.5 * full.loc["gate_proj", "bytes_hbm"]
+
+
+@FAST
+@given(m=st.integers(1, 5), n=st.integers(1, 20), groups=st.integers(1, 3), chain=st.sampled_from([5, 8, 16, 24]),
+       vpus=st.integers(1, 9), weights=st.sampled_from(["int8", "int4"]), seed=st.integers(0, 999))
+def test_the_tiled_mixed_precision_engine_computes_the_quantised_product(m, n, groups, chain, vpus, weights, seed):
+    from xpusim.workloads.functional.fpga import engine_matmul
+
+    r = np.random.default_rng(seed)
+    k = 32 * groups
+    x, w = r.standard_normal((m, k)), r.standard_normal((n, k))
+    y, acc, c = engine_matmul(x, w, weights, chain=chain, vpus=vpus, group=32)
+    g = k if weights == "int8" else 32
+    # the tiled, packed integer arithmetic equals the direct integer dot products of every group
+    direct = np.einsum("mgk,ngk->mng", c["qx"].reshape(m, k // g, g), c["qw"].reshape(n, k // g, g))
+    np.testing.assert_array_equal(acc, direct)
+    # the fp32 result is the product of the dequantised operands...
+    xq = c["qx"] * c["sx"][:, None]
+    wq = (c["qw"].reshape(n, k // g, g) * c["sw"][..., None]).reshape(n, k)
+    np.testing.assert_allclose(y, xq @ wq.T, rtol=1e-5, atol=1e-5 * np.abs(xq).sum() * np.abs(wq).max())
+    # ...within half a quantisation step per operand of the float product
+    dx = np.broadcast_to(c["sx"][:, None] / 2, x.shape)
+    dw = np.repeat(c["sw"] / 2, g, axis=1)
+    assert (np.abs(x - xq) <= dx * (1 + 1e-12)).all() and (np.abs(w - wq) <= dw * (1 + 1e-12)).all()
+    bound = np.abs(x) @ dw.T + dx @ np.abs(w).T + dx @ dw.T
+    assert (np.abs(y - x @ w.T) <= bound * (1 + 1e-4) + 1e-4).all()

@@ -8,6 +8,9 @@
   stay inside the signed 18-bit low field (8 x 127 x 128 < 2**17); longer chains are split into
   groups of at most ``group`` DSPs whose partial sums are separated (FlightLLM's overflow adjust
   unit, which it skips for chains of at most 8 DSPs) and added.
+* :func:`engine_matmul`: a whole INT8-activation x INT8/INT4-weight product run tile by tile as
+  the template does (packed row pairs, VPU column tiles, chain steps along K, integer partial sums
+  scaled per weight group into fp32).
 * :func:`nm_prune` / :func:`sparse_chain_dot`: N:M structured sparsity: of every ``m`` consecutive
   weights along K only ``n`` are kept, stored with their indices; the chain's sparse mux picks the
   matching activations, so it computes ``n`` MACs per group instead of ``m``.
@@ -74,3 +77,58 @@ def dense_of(values: np.ndarray, idx: np.ndarray, m: int) -> np.ndarray:
     out = np.zeros(values.shape[:-1] + (m,), dtype=values.dtype)
     np.put_along_axis(out, idx, values, axis=-1)
     return out.reshape(*values.shape[:-2], -1)
+
+
+def _symmetric_codes(x: np.ndarray, levels: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes and scales of ``x`` (rows along the last axis) in symmetric ``levels`` quantisation
+    with one scale per ``group`` consecutive elements (the row's length for per-row scales)."""
+    rows, k = x.shape
+    g = x.reshape(rows, k // group, group)
+    scale = np.abs(g).max(axis=-1) / levels
+    safe = np.where(scale > 0, scale, 1.0)
+    codes = np.clip(np.rint(g / safe[..., None]), -levels, levels).astype(np.int64)
+    return codes.reshape(rows, k), scale
+
+
+def engine_matmul(x: np.ndarray, w: np.ndarray, weights: str = "int8", chain: int = 16, vpus: int = 8,
+                  group: int = 128) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``x @ w.T`` as the FPGA template's matrix engine runs it, tile by tile.
+
+    Activations ``x`` (M x K) are INT8 with one scale per row; weights ``w`` (N x K) are ``int8``
+    (one scale per output row) or ``int4`` (one scale per ``group`` of K, levels -7..7). The engine
+    packs two activation rows per DSP (:func:`packed_chain_dot`, cascades of at most 8 DSPs), gives
+    each of ``vpus`` chains one output column at a time, and walks K in ``chain``-long steps; integer
+    partial sums accumulate per weight-scale group and are scaled into fp32 at the group's end.
+
+    Returns (the engine's fp32 result, the integer per-group accumulators it formed, the codes and
+    scales), so a caller can check the tiled integer arithmetic exactly and the result against the
+    float product within the formats' rounding."""
+    m, k = x.shape
+    n, kw = w.shape
+    if kw != k or m < 1 or n < 1 or weights not in ("int8", "int4") or chain < 1 or vpus < 1:
+        raise ShapeError(f"engine_matmul needs x (M x K) and w (N x K) with the same K, weights int8 or int4, "
+                         f"chain and vpus >= 1; got {x.shape}, {w.shape}, {weights!r}, chain {chain}, vpus {vpus}")
+    g = k if weights == "int8" else group
+    if k % g:
+        raise ShapeError(f"int4 weights group {g} elements along K; K = {k} is not a multiple")
+    qx, sx = _symmetric_codes(np.asarray(x, dtype=np.float64), 127, k)
+    qw, sw = _symmetric_codes(np.asarray(w, dtype=np.float64), 127 if weights == "int8" else 7, g)
+    acc = np.zeros((m, n, k // g), dtype=np.int64)
+    rows = np.arange(0, m, 2)
+    for n0 in range(0, n, vpus):  # the VPUs take `vpus` output columns at a time
+        cols = slice(n0, min(n0 + vpus, n))
+        for r in rows:  # two activation rows share each weight in a DSP
+            hi_row, lo_row = qx[r], qx[r + 1] if r + 1 < m else np.zeros_like(qx[r])
+            k0 = 0
+            while k0 < k:  # one chain step covers up to `chain` K elements, within one weight-scale group
+                ks = slice(k0, min(k0 + chain, (k0 // g + 1) * g, k))
+                wt = qw[cols, ks]
+                hi, lo = packed_chain_dot(np.broadcast_to(hi_row[ks], wt.shape), np.broadcast_to(lo_row[ks], wt.shape), wt)
+                gi = k0 // g
+                acc[r, cols, gi] += hi
+                if r + 1 < m:
+                    acc[r + 1, cols, gi] += lo
+                k0 = ks.stop
+    scaled = (acc.astype(np.float32) * sw[None, :, :].astype(np.float32)).sum(axis=-1, dtype=np.float32)
+    y = scaled * sx.astype(np.float32)
+    return y, acc, {"qx": qx, "sx": sx[:, 0], "qw": qw, "sw": sw}
