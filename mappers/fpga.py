@@ -13,10 +13,10 @@ buffering: ``T_mem = (MK + KN + MN) / BW`` against ``T_cmp = MKN / (p_M p_K p_N)
   INT8 dot product (AMD AM004), so ``p_K`` = chain x ``macs_per_dsp`` and ``p_M`` = 1; with N:M
   sparse weights (``int8-8:16``...) the chain's sparse mux feeds only the kept weights, so K
   shrinks to ``K N / M`` (FlightLLM section 4);
-* memory: only the stored matrix streams from HBM, once (the weights, or the KV cache of an
-  attention product): the activations stay on chip (FlightLLM's always-on-chip decode), so its
-  ``MK + MN`` terms do not reach HBM; at the template's sustained fraction of the HBM bandwidth
-  (``hbm_efficiency``);
+* memory: the stored matrix (the weights, or the KV cache of an attention product) streams from
+  HBM once when the activations stay on chip (FlightLLM's always-on-chip decode: its ``MK + MN``
+  terms do not reach HBM), else as :func:`buffer_tiling` finds cheapest under the buffers; at the
+  template's sustained fraction of the HBM bandwidth (``hbm_efficiency``);
 * the chains take INT8 operands: integer weights (int8, or int4 unpacked to int8) and int8
   activations; anything else is refused with the formats to give;
 * time = max(compute, memory) + the template's launch gap (none: instructions stream from DDR);
@@ -61,42 +61,45 @@ def compiled_lengths(op: Op, arch: Arch) -> Op:
 
 
 def buffer_tiling(g: Gemv, t: Template, out_bytes: float) -> dict[str, Any]:
-    """HBM bytes of a contraction under the template's on-chip buffers, the cheaper of two loop
-    orders over every tile size (per core: the cores split the N outputs, each needs all M x K
-    activations):
+    """HBM bytes of a contraction under the template's on-chip buffers: the cheapest of three loop
+    orders over every power-of-two tile. The cores split the ``G x N`` outputs; a core needs the
+    ``M x K`` activations of every group (head) its outputs touch:
 
-    * ``rows`` (activations resident): ``tm`` rows whose activations fit the activation buffer and
-      whose outputs fit the global buffer; the stored matrix streams once per row tile. With all M
-      rows resident (a decode's single token: FlightLLM's always-on-chip decode) only the matrix
-      reaches HBM; otherwise the activations are read and the outputs written once as well.
-    * ``columns`` (weights resident): ``tn`` output columns whose matrix slice (K x ``tn``) fits
-      the weight buffer; the matrix streams once, the activations once per column tile, the
-      outputs once.
+    * ``rows`` (activations resident): ``tm`` rows whose activations (of the core's groups) fit the
+      activation buffer and whose outputs fit the global buffer; the stored matrix streams once per
+      row tile. With all M rows resident (a decode's token: FlightLLM's always-on-chip decode) only
+      the matrix reaches HBM; otherwise the activations are read and the outputs written once too.
+    * ``columns`` (weights resident): ``tn`` output columns whose matrix slice (K x ``tn``) fits the
+      weight buffer; the matrix streams once, and unless the core's activations and outputs stay on
+      chip, each group's activations are read once per column tile of the group and the outputs
+      written once.
+    * ``stream``: nothing resident, the matrix re-read for every row.
     """
     c = t.cores
     act, glob, wbuf = (t.buffers[k] / c for k in ("activations", "global", "weights"))
     n_core = -(-g.groups * g.n // c)  # outputs one core produces
+    g_core = min(g.groups, -(-n_core // g.n) + (1 if n_core % g.n else 0))  # groups those outputs touch
     matrix = g.groups * g.n * g.k * g.w_bytes
     acts, outs = g.groups * g.m * g.k * g.x_bytes, g.groups * g.m * g.n * out_bytes
+    resident = g_core * g.m * g.k * g.x_bytes <= act and g.m * n_core * out_bytes <= glob
+    best: dict[str, Any] = {"hbm_bytes": float(matrix * g.m + acts + outs), "order": "stream", "tile": 1,
+                            "weight_passes": g.m}
     tm = np.unique(np.minimum(2 ** np.arange(0, 21), g.m))
-    rows_ok = (tm * g.k * g.x_bytes <= act) & (tm * n_core * out_bytes <= glob)
-    best: dict[str, Any] = {"hbm_bytes": float("inf"), "order": "none", "tile": 0, "weight_passes": 0}
+    rows_ok = (tm * g_core * g.k * g.x_bytes <= act) & (tm * n_core * out_bytes <= glob)
     if rows_ok.any():
         tm_best = int(tm[rows_ok].max())
         passes = -(-g.m // tm_best)
-        spill = 0.0 if passes == 1 else acts + outs
-        best = {"hbm_bytes": float(matrix * passes + spill), "order": "rows", "tile": tm_best, "weight_passes": passes}
+        hbm = matrix * passes + (0.0 if passes == 1 else acts + outs)
+        if hbm < best["hbm_bytes"]:
+            best = {"hbm_bytes": float(hbm), "order": "rows", "tile": tm_best, "weight_passes": passes}
     tn = np.unique(np.minimum(2 ** np.arange(0, 25), n_core))
     cols_ok = g.k * tn * g.w_bytes <= wbuf
     if cols_ok.any():
         tn_best = int(tn[cols_ok].max())
-        act_passes = -(-n_core // tn_best)
-        on_chip = g.m * g.k * g.x_bytes <= act and g.m * n_core * out_bytes <= glob
-        hbm = matrix + (0.0 if on_chip else acts * act_passes + outs)
+        act_passes = -(-min(g.n, n_core) // tn_best)  # column tiles of one group's outputs
+        hbm = matrix + (0.0 if resident else acts * act_passes + outs)
         if hbm < best["hbm_bytes"]:
             best = {"hbm_bytes": float(hbm), "order": "columns", "tile": tn_best, "weight_passes": 1}
-    if best["order"] == "none":  # not even one row or column fits: stream everything once per row
-        best = {"hbm_bytes": float(matrix * g.m + acts + outs), "order": "stream", "tile": 1, "weight_passes": g.m}
     return best
 
 

@@ -340,12 +340,11 @@ def with_engine_formats(model: ModelSpec, arch: Arch, keep: tuple[str, ...] | se
     """``model`` in the formats ``arch``'s engine runs (its preset's ``formats:``, e.g. an FPGA
     bitstream built for INT8), except the tensor classes in ``keep`` (``weights``,
     ``activations``, ``kv``: those a user chose); unchanged when the preset declares none."""
-    engine = {k: v for k, v in arch.meta.get("formats", {}).items() if k not in keep}
-    if not engine:
-        return model
-    out = model.with_formats(engine.get("weights"), engine.get("activations"), engine.get("kv"))
-    if "weights" in engine and model.embed_dtype:  # the embeddings and LM head run on the same engine
-        out = dataclasses.replace(out, embed_dtype=get_dtype(engine["weights"]).dense)
+    declared = arch.meta.get("formats", {})
+    engine = {k: v for k, v in declared.items() if k not in keep}
+    out = model.with_formats(engine.get("weights"), engine.get("activations"), engine.get("kv")) if engine else model
+    if "weights" in declared and model.embed_dtype:  # the embeddings and LM head run in the engine's weight format
+        out = dataclasses.replace(out, embed_dtype=get_dtype(declared["weights"]).dense)
     return out
 
 

@@ -6,11 +6,23 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 #: columns of :attr:`Result.ops` (bytes per memory level follow as ``bytes_<level>``)
 COLUMNS = ["block", "name", "kind", "repeat", "flops", "bytes", "intensity", "cycles", "latency_s",
            "total_latency_s", "energy_j", "total_energy_j", "bound", "utilization"]
+
+
+def _finite(v: Any) -> Any:
+    """``v`` with every non-finite float (numpy ones included) replaced by None, recursively."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    if isinstance(v, float | np.floating) and not np.isfinite(v):
+        return None
+    return v
 
 
 @dataclass
@@ -70,7 +82,8 @@ class Result:
         return {**self.summary(), "inputs": self.inputs, "ops": ops, "mappings": self.mappings, "timeline": self.timeline}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=float)
+        """Strict JSON: non-finite numbers (a side that cannot run an op: inf) become null."""
+        return json.dumps(_finite(self.to_dict()), indent=indent, default=float)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:

@@ -33,7 +33,7 @@ def check_sparse_format(dtype: str, arch: Arch) -> None:
         return
     if arch.device_class == "gpu" and arch.features.get("sparse_2_4"):
         if (d.sparse_n, d.sparse_m) != (2, 4):
-            raise DtypeError(f"device {arch.name!r}'s sparse tensor cores take 2:4 sparsity only; {d.name!r} is "
+            raise DtypeError(f"device {arch.name!r}: its sparse tensor cores take 2:4 sparsity only; {d.name!r} is "
                              f"{d.sparse_n}:{d.sparse_m} (use {d.dense}-2:4)")
         return
     m = sparse_engine_m(arch)
@@ -41,7 +41,7 @@ def check_sparse_format(dtype: str, arch: Arch) -> None:
         raise DtypeError(f"device {arch.name!r} has no N:M sparse engine for {d.name!r}; use the dense format "
                          f"{d.dense!r} (or a device with one, e.g. an FPGA template with sparsity_m)")
     if m % d.sparse_m:
-        raise DtypeError(f"device {arch.name!r}'s sparse engine takes N:M patterns with M dividing {m}; {d.name!r} has "
+        raise DtypeError(f"device {arch.name!r}: its sparse engine takes N:M patterns with M dividing {m}; {d.name!r} has "
                          f"M = {d.sparse_m} (e.g. use {d.dense}-{m // 2}:{m})")
 
 

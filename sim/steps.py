@@ -125,7 +125,9 @@ def speculate(arch: Arch | str, target: ModelSpec | str, batch: int, context: in
     decode_s = simulate(arch, target, Decode(batch, context), **kw).latency_s
     verify_s = simulate(arch, target, Verify(batch, context, nodes, parents), **kw).latency_s
     if draft_model is not None:
-        dm = load_model(draft_model)
+        from .engine import with_engine_formats
+
+        dm = with_engine_formats(load_model(draft_model), arch)  # the drafter runs on the same engine
         draft_s = sum(simulate(arch, dm, Decode(batch, context + i), **kw).latency_s for i in range(1, draft + 1))
         drafter = dm.name
     else:

@@ -49,6 +49,8 @@ def test_malformed_case_yaml_is_a_one_line_error(tmp_path, monkeypatch):
     ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed: lots\nparams: {}\n", "claimed must be a number"),
     ("name: b\npaper: p\nclaim: c\nkind: decode_efficiency_ratio\nclaimed: 2\nparams: {metric: speed}\n", "metric 'speed'"),
     ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed: 2\nknown_gap: why\nparams: {}\n", "gap_value"),
+    ("name: b\npaper: p\nclaim: c\nkind: latency_ratio\nclaimed: 2\nknown_gap: why\ngap_value: .nan\nparams: {}\n",
+     "gap_value"),
     ("name: b\npaper: p\nclaim: c\nkind: decode_tokens_per_s\nclaimed: 2\nparams: {model: llama-2-7b, cases: [], step: {}}\n",
      "at least one"),
 ])

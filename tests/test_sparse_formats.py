@@ -205,7 +205,33 @@ def test_engine_formats_reach_speculation_serving_and_embeddings(capsys):
                  "--input-tokens", "128", "--output-tokens", "16"]) == 0
     assert main(["simulate", "--arch", "alveo-u280", "--model", "bitnet-b1.58-2b4t", "--phase", "decode",
                  "--context", "64"]) == 0  # its bf16 embeddings run in the engine's INT8 too
+    assert main(["simulate", "--arch", "alveo-u280", "--model", "bitnet-b1.58-2b4t", "--phase", "decode",
+                 "--context", "64", "--weight-dtype", "int4-g128"]) == 0  # also when the user picks the weights
+    assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "speculative", "--context", "640",
+                 "--draft-tokens", "4", "--acceptance", "0.7", "--draft-model", "llama-3-8b"]) == 0  # the drafter too
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("name, fmt", [("mamba-2.8b", "fp16-2:4"), ("jamba-v0.1", "fp16-2:4"), ("t5-base", "fp16-2:4")])
+def test_every_model_family_runs_with_sparse_weights_on_a_sparse_engine(name, fmt):
+    m = load_model(name).with_formats(fmt, "fp16", "fp16")
+    r = simulate("h100-sxm", m, Decode(1, 64, source=32 if m.encoder_layers else 0), check_memory=False)
+    assert r.latency_s > 0
+
+
+def test_host_pim_json_is_strict(capsys):
+    import json
+
+    from xpusim.cli import main
+
+    assert main(["simulate", "--arch", "attacc-a100", "--model", "gpt3-6.7b", "--phase", "decode", "--batch", "8",
+                 "--context", "128", "--weight-dtype", "fp16-2:4", "--act-dtype", "fp16", "--kv-dtype", "fp16",
+                 "--json"]) == 0
+
+    def refuse(c):
+        raise ValueError(c)
+
+    json.loads(capsys.readouterr().out, parse_constant=refuse)
 
 
 @pytest.mark.parametrize("name", ["int8-\u00b2:4", "int8-\u0663:4"])

@@ -21,6 +21,7 @@ reproduces the claim and a change to the gap shows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,8 @@ def _side_result(side: dict[str, Any], model: Any, phase: Any) -> Any:
         return simulate_system(_system(side), model, phase, Plan(tp=tp), check_memory=False)
     from ..sim.engine import simulate
 
+    if "interconnect" in side:
+        raise SpecError("case: interconnect applies to a side with a system (collectives between its devices)")
     return simulate(side["arch"], model, phase, check_memory=False)
 
 
@@ -465,7 +468,8 @@ def load_case(name: str) -> dict[str, Any]:
         raise SpecError(f"reproduction {name}: claimed_range must be [low, high] (numbers, or null for open), got {rng!r}")
     if "claimed" in d and not number(d["claimed"]):
         raise SpecError(f"reproduction {name}: claimed must be a number, got {d['claimed']!r}")
-    if bool(d.get("known_gap")) != ("gap_value" in d) or ("gap_value" in d and not number(d["gap_value"])):
+    if bool(d.get("known_gap")) != ("gap_value" in d) or ("gap_value" in d and not (number(d["gap_value"])
+                                                                                  and math.isfinite(d["gap_value"]))):
         raise SpecError(f"reproduction {name}: a known_gap case records the value it simulates as gap_value (a number), "
                         "and only such a case")
     if not number(d.get("tolerance_pct", 0)):

@@ -28,7 +28,7 @@ def _bias(name: str, model: ModelSpec, q: int, s: int, offset: int, bidirectiona
     """Relative position bias (h, 1, q, s) gathered from the (buckets, heads) table."""
     h, u = model.n_heads, model.rel_buckets
     return Op(name, "rel_bias", (("u", u), ("h", h), ("r", 1), ("q", q), ("s", s)),
-              (Tensor(f"{name}_table", ("u", "h"), model.weight_dtype, "weight"),),
+              (Tensor(f"{name}_table", ("u", "h"), model.param_dtype, "weight"),),
               Tensor(f"{name}_out", ("h", "r", "q", "s"), model.act_dtype), 0.0,
               {"offset": offset, "bidirectional": bidirectional, "max_distance": model.rel_max_distance})
 

@@ -375,7 +375,8 @@ class ModelSpec:
 
     def with_formats(self, weights: str | None = None, activations: str | None = None, kv: str | None = None) -> ModelSpec:
         d = asdict(self)
-        d.update({k: v for k, v in (("weight_dtype", weights), ("act_dtype", activations), ("kv_dtype", kv)) if v})
+        d.update({k: get_dtype(v).name for k, v in (("weight_dtype", weights), ("act_dtype", activations), ("kv_dtype", kv))
+                  if v})
         return ModelSpec(**d)
 
     def to_dict(self) -> dict[str, Any]:

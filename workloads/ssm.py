@@ -152,8 +152,8 @@ def ssm_ops(model: ModelSpec, phase: Phase) -> list[Op]:
     dims = [("b", b), ("q", q), ("h", h), ("p", p), ("g", g), ("n", n)]
     ins = [Tensor("s_xa", ("b", "q", "h", "p"), adt), Tensor("s_dt", ("b", "q", "h"), adt),
            Tensor("s_Ba", ("b", "q", "g", "n"), adt), Tensor("s_Ca", ("b", "q", "g", "n"), adt),
-           Tensor("A_log", ("h",), wdt, "weight"), Tensor("D", ("h",), wdt, "weight"),
-           Tensor("dt_bias", ("h",), wdt, "weight")]
+           Tensor("A_log", ("h",), model.param_dtype, "weight"), Tensor("D", ("h",), model.param_dtype, "weight"),
+           Tensor("dt_bias", ("h",), model.param_dtype, "weight")]
     if offset:
         ins.append(Tensor("ssm_state", ("b", "h", "p", "n"), model.kv_dtype, "state"))
     # the g dimension only indexes B and C (each head reads its group's): per (b, q, h, p, n) point
