@@ -95,6 +95,10 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
             return 0
         view = res.ops[["block", "name", "kind", "repeat", "device", "host_s", "pim_s"]].copy()
         print(view.to_string(index=False, float_format=lambda v: f"{v * 1e6:.3g} us"))
+        run = with_engine_formats(model, host, given)
+        print(f"formats: weights {run.weight_dtype}, activations {run.act_dtype}, KV {run.kv_dtype}")
+        if a.format_error:
+            _print_format_error(run)
         print(f"{model.name} {a.phase} on {res.inputs['arch']} ({a.placement} placement, {a.pim_mode}): latency "
               f"{res.latency_s * 1e3:.3f} ms, PIM share of the work {res.inputs['pim_share'] * 100:.1f} %")
         return 0
@@ -109,6 +113,10 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps(spec.to_dict(), indent=2))
             return 0
+        run = with_engine_formats(model, target, given)
+        print(f"formats: weights {run.weight_dtype}, activations {run.act_dtype}, KV {run.kv_dtype}")
+        if a.format_error:
+            _print_format_error(run)
         print(f"xpusim {__version__}: {model.name} speculative decoding on {a.arch[0]}, drafter {spec.drafter}, "
               f"{spec.draft_tokens} drafted tokens ({spec.tree_nodes} tree nodes), acceptance {spec.acceptance:g}")
         print(f"expected tokens per step {spec.expected_tokens:.3f}   step {_fmt_s(spec.step_s)} "
@@ -164,6 +172,14 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     if len(results) > 1:
         print("comparison: " + "   ".join(f"{r.inputs['arch']} {_fmt_s(r.latency_s)}" for r in results))
     return 0
+
+
+def _print_format_error(model) -> None:
+    """The --format-error line for a model in the formats it ran."""
+    from .workloads.functional.numerics import layer_error
+
+    print(f"format error {layer_error(model):.3g} (relative L2 error of a width-reduced layer in weights "
+          f"{model.weight_dtype} / activations {model.act_dtype} / KV {model.kv_dtype} vs float64)")
 
 
 def _outputs(a: argparse.Namespace, results: list) -> None:

@@ -238,3 +238,17 @@ def test_host_pim_json_is_strict(capsys):
 def test_non_ascii_digits_are_a_one_line_error(name):
     with pytest.raises(DtypeError):
         get_dtype(name.encode().decode("unicode_escape"))
+
+
+def test_every_simulate_path_prints_its_formats_and_format_error(capsys):
+    from xpusim.cli import main
+
+    runs = [["--system", "dgx-a100", "--tp", "2", "--model", "llama-3-8b", "--phase", "decode", "--context", "128"],
+            ["--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "speculative", "--context", "640",
+             "--draft-tokens", "4", "--acceptance", "0.7", "--medusa-heads", "4"],
+            ["--arch", "a100-80gb", "--pim", "hbm2-pim", "--pim-stacks", "5", "--model", "llama-3-8b",
+             "--weight-dtype", "fp16", "--act-dtype", "fp16", "--kv-dtype", "fp16", "--phase", "decode", "--context", "128"]]
+    for args in runs:
+        assert main(["simulate", *args, "--format-error"]) == 0
+        out = capsys.readouterr().out
+        assert "formats: weights" in out and "format error" in out, args
