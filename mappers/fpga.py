@@ -20,8 +20,10 @@ buffering: ``T_mem = (MK + KN + MN) / BW`` against ``T_cmp = MKN / (p_M p_K p_N)
 * the chains take INT8 operands: integer weights (int8, or int4 unpacked to int8) and int8
   activations; anything else is refused with the formats to give;
 * time = max(compute, memory) + the template's launch gap (none: instructions stream from DDR);
-* length-adaptive compilation: attention runs at its length rounded up to the template's bucket
-  (:func:`compiled_lengths`; FlightLLM's artifact aligns prefill lengths to 128, decode to 16).
+* length-adaptive compilation: a prefill runs as the program of its length rounded up to the
+  template's prefill bucket (:func:`bucketed_prefill`, every op padded), a decode's attention at
+  its context rounded up to the decode bucket (:func:`compiled_lengths`; FlightLLM's artifact
+  aligns prefill lengths to 128, decode to 16).
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ def compiled_lengths(op: Op, arch: Arch) -> Op:
     if new == sizes:
         return op
     return dataclasses.replace(op, dims=tuple(new.items()))
+
+
+def bucketed_prefill(phase: Any, arch: Arch) -> Any:
+    """The prefill the engine runs for ``phase``: FlightLLM compiles one instruction stream per
+    bucket of prompt lengths, so a prompt runs as the stream of its length rounded up to the
+    template's prefill bucket, every op at the padded length (the extra rows are computed and
+    dropped). Unchanged without buckets or when the length is a multiple."""
+    pre = fpga_spec(arch).template.length_buckets[0]
+    seq = -(-phase.seq // pre) * pre
+    return phase if seq == phase.seq else dataclasses.replace(phase, seq=seq)
 
 
 def buffer_tiling(g: Gemv, t: Template, out_bytes: float) -> dict[str, Any]:

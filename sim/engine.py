@@ -378,8 +378,16 @@ def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: 
         return result
     kv = _kv_bytes(model, phase)
     forms = [mla_form] if mla_form or not model.is_mla else ["naive", "absorbed"]
-    results = [simulate_trace(build_trace(model, phase, routing, f), arch, objective, model, kv_bytes=kv) for f in forms]
+    run: Phase = phase
+    if arch.device_class == "fpga" and isinstance(phase, Prefill):  # the program compiled for the length's bucket
+        from ..mappers.fpga import bucketed_prefill
+
+        run = bucketed_prefill(phase, arch)
+    results = [simulate_trace(build_trace(model, run, routing, f), arch, objective, model, kv_bytes=kv) for f in forms]
     result = min(results, key=lambda r: _objective_value(r, objective))
+    if isinstance(run, Prefill) and run is not phase:  # the padded rows are computed, not delivered
+        result.tokens = phase.tokens
+        result.inputs["compiled_seq"] = run.seq
     result.ssm_state_bytes = model.ssm_state_bytes(phase.batch)
     result.inputs["model"] = model.name
     result.inputs["phase_args"] = {k: v for k, v in vars(phase).items()}
