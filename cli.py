@@ -63,6 +63,9 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     if wafer:
         kw["wafer_options"] = wafer
     if a.system:
+        if a.arch:
+            raise SpecError(f"--system {a.system} runs on its own devices; drop --arch {' '.join(a.arch)} (or give a system "
+                            "YAML whose device: is that preset)")
         from .sim.system_command import run as run_system
 
         results: list = []

@@ -78,6 +78,7 @@ def test_workload_options(capsys):
     (["--model", "llama-3-8b", "--phase", "prefill", "--seq", "64", "--shared-prefix", "8"], "applies to decode"),
     (["--model", "llama-3-8b", "--phase", "speculative", "--context", "64"], "needs --context, --draft-tokens"),
     (["--model", "llama-3-8b", "--phase", "decode", "--context", "64", "--routing", "zipf:-2"], "Zipf exponent"),
+    (["--system", "dgx-a100", "--model", "llama-3-8b", "--phase", "decode", "--context", "64"], "drop --arch h100-sxm"),
 ])
 def test_workload_errors_are_one_line(capsys, args, message):
     rc, out, err = run(capsys, "simulate", "--arch", "h100-sxm", *args)
