@@ -298,12 +298,12 @@ def test_same_inputs_give_identical_results():
 # --- whole decode steps -------------------------------------------------------------------------------
 
 
-def test_llama3_8b_decode_step_on_aim_is_fast_and_gemv_bound_in_the_banks():
+def test_llama3_8b_decode_step_on_aim_is_gemv_bound_in_the_banks():
     clear_cache()
     t0 = time.perf_counter()
     r = simulate("aim-gddr6", "llama-3-8b", Decode(batch=1, context=2048), check_memory=False)
     wall = time.perf_counter() - t0
-    assert wall < 0.2
+    assert wall < 5.0  # a loose guard against pathological slowdowns; bench/bench_simulate.py holds the 0.2 s target
     mm = r.ops[r.ops["kind"] == "matmul"]
     assert set(mm["bound"]) <= {"activation", "column", "compute"}
     assert r.latency_s > 0 and math.isfinite(r.energy_j)
