@@ -228,6 +228,10 @@ def _print_result(res, model, phase) -> None:
     print(f"memory {_fmt_b(s['memory_bytes'])} of {_fmt_b(s['capacity_bytes'])} "
           f"(weights {_fmt_b(s['weights_bytes'])}, KV cache {_fmt_b(s['kv_cache_bytes'])}{state}, "
           f"activations {_fmt_b(s['activation_bytes'])})")
+    fr = res.inputs.get("fpga_resources")
+    if fr:
+        print("FPGA resources: " + ", ".join(f"{r.upper()} {v['used']:,} of {v['available']:,} "
+                                             f"({100 * v['used'] / v['available']:.0f} %)" for r, v in fr.items()))
     plan = res.inputs.get("wafer_plan")
     if plan:
         print(f"wafer placement: {plan['mode']}, {plan['stages']} stage(s) on {plan['side']} x {plan['side']}-core regions "

@@ -180,6 +180,13 @@ def check_fits(spec: FpgaSpec, name: str, template: Template | None = None) -> d
     return used
 
 
+def resource_table(arch: Any) -> dict[str, dict[str, int]]:
+    """``{resource: {"used": n, "available": n}}`` of an FPGA device's template on its part."""
+    spec = fpga_spec(arch)
+    used = estimate_resources(spec)
+    return {r: {"used": int(used[r]), "available": int(getattr(spec.part, r))} for r in RESOURCES}
+
+
 def fpga_spec(arch: Any) -> FpgaSpec:
     """The :class:`FpgaSpec` of an FPGA device (stored under ``rules['fpga']`` by the loader)."""
     spec = arch.rules.get("fpga") if isinstance(arch.rules, dict) else None

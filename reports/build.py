@@ -48,6 +48,10 @@ def simulate_report(results: list[Result], command: str | None = None) -> str:
         sections.append((f"Timeline — {dev}", "Ops in trace order on the resource that bounds them (export all events "
                          "with --trace FILE for Perfetto).", H.figure_html(SF.timeline(r), f"timeline{i}", 380)))
     sections.append(("Memory", "", H.figure_html(SF.memory(results), "memory")))
+    fpga = SF.fpga_resources(results)
+    if fpga is not None:
+        sections.append(("FPGA resources", "What the engine template uses of each part (the estimator of arch/fpga.py); a "
+                         "template over a budget is refused before it runs.", H.figure_html(fpga, "fpga")))
     cols = ["block", "name", "kind", "repeat", "latency_s", "flops", "bytes", "intensity", "bound", "utilization"]
     sections.append((f"Ops — {results[0].inputs.get('arch', '')}", "",
                      H.table_html(results[0].ops[cols].to_dict(orient="records"), cols)))

@@ -201,6 +201,24 @@ def memory(results: list[Result]) -> go.Figure:
     return _style(fig, "Memory footprint")
 
 
+def fpga_resources(results: list[Result]) -> go.Figure | None:
+    """Share of each FPGA part's DSP, BRAM, URAM, LUT and FF the engine template uses (one bar group
+    per FPGA device); None when no result is on an FPGA."""
+    fpgas = [r for r in results if r.inputs.get("fpga_resources")]
+    if not fpgas:
+        return None
+    fig = go.Figure()
+    for i, r in enumerate(fpgas):
+        table = r.inputs["fpga_resources"]
+        names = [k.upper() for k in table]
+        share = [100.0 * v["used"] / v["available"] for v in table.values()]
+        text = [f"{v['used']:,} of {v['available']:,}" for v in table.values()]
+        fig.add_trace(go.Bar(x=names, y=share, name=str(r.inputs.get("arch", "")), marker_color=PALETTE[i % len(PALETTE)],
+                             text=text, hovertemplate="%{x}: %{text} (%{y:.1f} %)<extra></extra>"))
+    fig.update_yaxes(title_text="share of the part (%)", range=[0, 100])
+    return _style(fig, "FPGA resources used by the engine template")
+
+
 def comparison(results: list[Result]) -> go.Figure:
     """Devices side by side: step latency per op kind, and throughput."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("step latency per op kind (ms)", "throughput (tokens/s)"))

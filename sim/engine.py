@@ -385,6 +385,10 @@ def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: 
         run = bucketed_prefill(phase, arch)
     results = [simulate_trace(build_trace(model, run, routing, f), arch, objective, model, kv_bytes=kv) for f in forms]
     result = min(results, key=lambda r: _objective_value(r, objective))
+    if arch.device_class == "fpga":  # what the template uses of the part (arch/fpga.py estimator)
+        from ..arch.fpga import resource_table
+
+        result.inputs["fpga_resources"] = resource_table(arch)
     if isinstance(run, Prefill) and run is not phase:  # the padded rows are computed, not delivered
         result.tokens = phase.tokens
         result.inputs["compiled_seq"] = run.seq

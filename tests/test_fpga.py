@@ -297,3 +297,21 @@ def test_the_tiled_mixed_precision_engine_computes_the_quantised_product(m, n, g
     assert (np.abs(x - xq) <= dx * (1 + 1e-12)).all() and (np.abs(w - wq) <= dw * (1 + 1e-12)).all()
     bound = np.abs(x) @ dw.T + dx @ np.abs(w).T + dx @ dw.T
     assert (np.abs(y - x @ w.T) <= bound * (1 + 1e-4) + 1e-4).all()
+
+
+def test_results_and_reports_show_what_the_template_uses_of_the_part(capsys):
+    from xpusim.cli import main
+    from xpusim.reports.build import simulate_report
+
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    r = simulate("alveo-u280", m, Decode(1, 128))
+    spec = fpga_spec(load_arch("alveo-u280"))
+    used = estimate_resources(spec)
+    assert r.inputs["fpga_resources"]["dsp"] == {"used": used["dsp"], "available": 9024}
+    assert set(r.inputs["fpga_resources"]) == {"dsp", "bram", "uram", "lut", "ff"}
+    g = simulate("h100-sxm", m.with_formats("fp16", "fp16", "fp16"), Decode(1, 128))
+    fpga_page, gpu_page = simulate_report([r]), simulate_report([g])
+    assert "FPGA resources" in fpga_page and "FPGA resources" not in gpu_page
+    assert fpga_page.count('<div class="figure"') == gpu_page.count('<div class="figure"') + 1
+    assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "decode", "--context", "64"]) == 0
+    assert f"FPGA resources: DSP {used['dsp']:,} of 9,024" in capsys.readouterr().out
