@@ -78,7 +78,7 @@ def test_garbage_text(tmp_path, text, name):
 
 
 CLASS_PRESETS = {n: yaml.safe_load((PRESETS_DIR / f"{n}.yaml").read_text())
-                 for n in ("wse-2", "sn40l", "alveo-u280", "hbm2-pim", "duplex-logic-pim")}
+                 for n in ("wse-2", "sn40l", "alveo-u280", "versal-vck190", "hbm2-pim", "duplex-logic-pim")}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -88,3 +88,19 @@ def test_mutated_device_class_sections(tmp_path, name, data):
     p = tmp_path / "dev.yaml"
     p.write_text(yaml.safe_dump(_mutate(CLASS_PRESETS[name], data)))
     _load_quietly(load_arch, p)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=24),
+                 st.builds(lambda base, n, m: f"{base}-{n}:{m}", st.sampled_from(["int8", "int4-g128", "fp16", "bf16", "x"]),
+                           st.text(max_size=4), st.text(max_size=4))))
+def test_garbage_format_names(name):
+    """Any format string (N:M suffixes included) is a format or a one-line DtypeError."""
+    from xpusim.dtypes import get_dtype
+
+    try:
+        d = get_dtype(name)
+    except XpusimError as e:
+        assert "\n" not in str(e)
+    else:
+        assert d.bytes > 0 and 0 < d.density <= 1
