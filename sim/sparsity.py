@@ -2,10 +2,10 @@
 
 A sparse engine skips the pruned weights: FlightLLM's sparse DSP chain (an FPGA template's
 ``sparsity_m``: N:M for any M dividing it, N MACs per group of M) and the sparse tensor cores of
-NVIDIA Ampere and later GPUs (preset feature ``sparse_2_4``: 2:4 weights at twice the dense
-math rate, 2-bit indices; NVIDIA A100 Tensor Core GPU Architecture whitepaper, "Fine-Grained
-Structured Sparsity"). Other devices have no path and are refused with a one-line error rather
-than costed as if dense.
+NVIDIA Ampere and later GPUs and the AMD MI300X (preset feature ``sparse_2_4``: 2:4 weights at
+twice the dense math rate, 2-bit indices; NVIDIA A100 Tensor Core GPU Architecture whitepaper,
+"Fine-Grained Structured Sparsity"; AMD CDNA 3 SMFMAC, see docs/devices.md). Other devices have
+no path and are refused with a one-line error rather than costed as if dense.
 """
 
 from __future__ import annotations
