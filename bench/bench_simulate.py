@@ -61,6 +61,9 @@ def main() -> None:
         "llama-3-8b decode b=64 ctx=4096": lambda: simulate(arch, llama, Decode(64, 4096), check_memory=False),
         "gpt3-175b layer block prefill b=8 s=2048": lambda: simulate_trace(layer, arch),
     }
+    if args.pim:  # a standalone PIM device running a whole decode step in its banks (issue 9)
+        cases["llama-3-8b decode b=1 ctx=2048 on aim-gddr6"] = (
+            lambda: simulate("aim-gddr6", llama, Decode(1, 2048), check_memory=False))
     if args.pim:  # a host with an 8-stack PIM memory, every op costed on both sides and placed (issue 9)
         from xpusim.sim.hetero import pim_stacks, simulate_hetero
 
@@ -85,6 +88,7 @@ def main() -> None:
     if args.wafer:  # a whole-wafer decode step, region search and stage placement included (issue 10)
         wafer = load_arch(args.wafer)
         cases[f"llama-3-8b decode b=1 ctx=4096 on {wafer.name}"] = lambda: simulate(wafer, llama, Decode(1, 4096))
+        cases[f"llama-3-8b decode b=1 ctx=2048 on {wafer.name}"] = lambda: simulate(wafer, llama, Decode(1, 2048))
     print(f"device {arch.name}; median of 5 after a warm-up; target < 0.200 s cold")
     print(f"{'case':<56}{'cold (s)':>10}{'warm (s)':>10}  {'target':>6}")
     for name, fn in cases.items():

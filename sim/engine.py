@@ -292,7 +292,21 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
                 "meta": trace.meta, "objective": objective, "xpusim_version": __version__},
         mappings=mappings,
     )
+    if arch.device_class == "fpga":  # what the template uses of the part (arch/fpga.py estimator)
+        from ..arch.fpga import resource_table
+
+        result.inputs["fpga_resources"] = resource_table(arch)
     return result
+
+
+def compiled_phase(phase: Phase, arch: Arch) -> Phase:
+    """The step a device runs for ``phase``: on an FPGA template with length buckets a prefill runs
+    as the program of its bucket (:func:`~xpusim.mappers.fpga.bucketed_prefill`); else ``phase``."""
+    if arch.device_class == "fpga" and isinstance(phase, Prefill):
+        from ..mappers.fpga import bucketed_prefill
+
+        return bucketed_prefill(phase, arch)
+    return phase
 
 
 def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> None:
@@ -378,20 +392,12 @@ def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: 
         return result
     kv = _kv_bytes(model, phase)
     forms = [mla_form] if mla_form or not model.is_mla else ["naive", "absorbed"]
-    run: Phase = phase
-    if arch.device_class == "fpga" and isinstance(phase, Prefill):  # the program compiled for the length's bucket
-        from ..mappers.fpga import bucketed_prefill
-
-        run = bucketed_prefill(phase, arch)
+    run = compiled_phase(phase, arch)
     results = [simulate_trace(build_trace(model, run, routing, f), arch, objective, model, kv_bytes=kv) for f in forms]
     result = min(results, key=lambda r: _objective_value(r, objective))
-    if arch.device_class == "fpga":  # what the template uses of the part (arch/fpga.py estimator)
-        from ..arch.fpga import resource_table
-
-        result.inputs["fpga_resources"] = resource_table(arch)
-    if isinstance(run, Prefill) and run is not phase:  # the padded rows are computed, not delivered
+    if run is not phase:  # the padded rows are computed, not delivered
         result.tokens = phase.tokens
-        result.inputs["compiled_seq"] = run.seq
+        result.inputs["compiled_seq"] = getattr(run, "seq", None)
     result.ssm_state_bytes = model.ssm_state_bytes(phase.batch)
     result.inputs["model"] = model.name
     result.inputs["phase_args"] = {k: v for k, v in vars(phase).items()}

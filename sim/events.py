@@ -90,7 +90,10 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
     if plan.devices > system.n_devices:
         raise SpecError(f"plan {plan.describe()} needs {plan.devices} devices; {system.name} has {system.n_devices}")
     mb = _microbatches(phase, plan)
-    mb_phase = dataclasses.replace(local_phase(phase, plan), batch=phase.batch // plan.dp // mb)
+    from .engine import compiled_phase
+
+    run = compiled_phase(phase, system.device)  # an FPGA prefill runs as its length bucket's program
+    mb_phase = dataclasses.replace(local_phase(run, plan), batch=phase.batch // plan.dp // mb)
     micro_plan = dataclasses.replace(plan, dp=1)
     trace = device_trace(model, mb_phase, micro_plan, routing, mla_form)
     # memory of the busiest device: its stage's share of the layers, embedding or head, KV cache

@@ -182,7 +182,9 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     streams = 2 if mode == "concurrent" else 1
     if mode == "concurrent" and phase.batch % 2:
         raise SpecError(f"concurrent host/PIM execution splits the batch in two: give an even batch, not {phase.batch}")
-    sub = dataclasses.replace(phase, batch=phase.batch // streams)
+    from .engine import compiled_phase
+
+    sub = dataclasses.replace(compiled_phase(phase, host), batch=phase.batch // streams)  # an FPGA host's prefill bucket
     if tp > 1:
         from ..arch.system import load_system
         from .parallel import device_trace
@@ -212,9 +214,19 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
                           "device_class": "hetero", "trace": trace.name, "tp": tp,
                           "phase": phase.name, "model": model.name, "phase_args": dict(vars(phase)),
                           "placement": placement, "mode": mode, "streams": streams, "meta": trace.meta,
+                          **_fpga_inputs(host),
                           "pim_share": float(df.loc[df["device"] == "pim", "total_latency_s"].sum()
                                              / max(df["total_latency_s"].sum(), 1e-30))},
                   timeline=events)
+
+
+def _fpga_inputs(host: Arch) -> dict[str, Any]:
+    """An FPGA host's template use of its part (what simulate records), else nothing."""
+    if host.device_class != "fpga":
+        return {}
+    from ..arch.fpga import resource_table
+
+    return {"fpga_resources": resource_table(host)}
 
 
 def pim_stacks(pim: Arch | str, stacks: int) -> Arch:

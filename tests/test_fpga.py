@@ -315,3 +315,17 @@ def test_results_and_reports_show_what_the_template_uses_of_the_part(capsys):
     assert fpga_page.count('<div class="figure"') == gpu_page.count('<div class="figure"') + 1
     assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "decode", "--context", "64"]) == 0
     assert f"FPGA resources: DSP {used['dsp']:,} of 9,024" in capsys.readouterr().out
+
+
+def test_a_system_of_fpgas_runs_the_same_bucketed_prefill(tmp_path):
+    from xpusim.sim.events import simulate_system
+    from xpusim.sim.parallel import Plan
+
+    p = tmp_path / "2x-u280.yaml"
+    p.write_text("name: 2x-u280\ndevice: alveo-u280\ndevices_per_node: 2\nnodes: 1\n"
+                 "intra: {topology: switch, bandwidth: 12.5 GB/s, latency: 1 us}\n")
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    one = simulate("alveo-u280", m, Prefill(1, 100))
+    sys1 = simulate_system(str(p), m, Prefill(1, 100), Plan(tp=1))
+    assert sys1.latency_s == pytest.approx(one.latency_s) and sys1.tokens == 100
+    assert sys1.inputs["fpga_resources"] == one.inputs["fpga_resources"]
