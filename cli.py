@@ -251,6 +251,8 @@ def _cmd_op(a: argparse.Namespace) -> int:
     arch = load_arch(a.arch)
     if a.rows or a.cols or a.dataflow:
         arch = _override_array(arch, a.rows, a.cols, a.dataflow)
+    if a.dtype is None:  # the device's engine format (an FPGA's INT8), else bf16
+        a.dtype = arch.meta.get("formats", {}).get("weights", "bf16")
     op = gemm_op(a.m, a.n, a.k, a.dtype)
     if a.mapper != "default":
         from .sim.engine import matmul_cost
@@ -488,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--m", type=_positive_int, required=True)
     o.add_argument("--n", type=_positive_int, required=True)
     o.add_argument("--k", type=_positive_int, required=True)
-    o.add_argument("--dtype", default="bf16")
+    o.add_argument("--dtype", default=None,
+                   help="operand format (default: the device's engine weight format if its preset declares one, else bf16)")
     o.add_argument("--arch", required=True)
     o.add_argument("--rows", type=_positive_int, help="systolic array rows (overrides the preset)")
     o.add_argument("--cols", type=_positive_int, help="systolic array columns (overrides the preset)")

@@ -329,3 +329,15 @@ def test_a_system_of_fpgas_runs_the_same_bucketed_prefill(tmp_path):
     sys1 = simulate_system(str(p), m, Prefill(1, 100), Plan(tp=1))
     assert sys1.latency_s == pytest.approx(one.latency_s) and sys1.tokens == 100
     assert sys1.inputs["fpga_resources"] == one.inputs["fpga_resources"]
+
+
+def test_op_defaults_to_the_engine_format(capsys):
+    import json
+
+    from xpusim.cli import main
+
+    assert main(["op", "gemm", "--m", "1", "--n", "4096", "--k", "4096", "--arch", "alveo-u280", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dtype"] == "int8" and out["mapping"]["mode"] == "MV"
+    assert main(["op", "gemm", "--m", "64", "--n", "64", "--k", "64", "--arch", "h100-sxm", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dtype"] == "bf16"
