@@ -90,7 +90,8 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
             raise SpecError("--pim runs the prefill or decode phase")
         a.placement, a.pim_mode = a.placement or "auto", a.pim_mode or "blocked"
         host = load_arch(a.arch[0])
-        res = simulate_hetero(host, pim_stacks(a.pim, a.pim_stacks or 1), with_engine_formats(model, host, given),
+        run = with_engine_formats(model, host, given)
+        res = simulate_hetero(host, pim_stacks(a.pim, a.pim_stacks or 1), run,
                               make_phase(a.phase, a.batch, a.seq, a.context), a.placement, a.pim_mode, a.routing)
         _outputs(a, [res])
         if a.json:
@@ -98,10 +99,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
             return 0
         view = res.ops[["block", "name", "kind", "repeat", "device", "host_s", "pim_s"]].copy()
         print(view.to_string(index=False, float_format=lambda v: f"{v * 1e6:.3g} us"))
-        run = with_engine_formats(model, host, given)
-        print(f"formats: weights {run.weight_dtype}, activations {run.act_dtype}, KV {run.kv_dtype}")
-        if a.format_error:
-            _print_format_error(run)
+        print_formats(run, a.format_error)
         print(f"{model.name} {a.phase} on {res.inputs['arch']} ({a.placement} placement, {a.pim_mode}): latency "
               f"{res.latency_s * 1e3:.3f} ms, PIM share of the work {res.inputs['pim_share'] * 100:.1f} %")
         return 0
@@ -111,15 +109,13 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         if a.context is None or a.draft_tokens is None or a.acceptance is None:
             raise SpecError("speculative needs --context, --draft-tokens and --acceptance (and --draft-model or --medusa-heads)")
         target = load_arch(a.arch[0])
-        spec = speculate(target, with_engine_formats(model, target, given), a.batch, a.context, a.draft_tokens,
-                         a.acceptance, a.draft_model, a.medusa_heads or 0, a.tree_width, **kw)
+        run = with_engine_formats(model, target, given)
+        spec = speculate(target, run, a.batch, a.context, a.draft_tokens, a.acceptance, a.draft_model,
+                         a.medusa_heads or 0, a.tree_width, **kw)
         if a.json:
             print(json.dumps(spec.to_dict(), indent=2))
             return 0
-        run = with_engine_formats(model, target, given)
-        print(f"formats: weights {run.weight_dtype}, activations {run.act_dtype}, KV {run.kv_dtype}")
-        if a.format_error:
-            _print_format_error(run)
+        print_formats(run, a.format_error)
         print(f"xpusim {__version__}: {model.name} speculative decoding on {a.arch[0]}, drafter {spec.drafter}, "
               f"{spec.draft_tokens} drafted tokens ({spec.tree_nodes} tree nodes), acceptance {spec.acceptance:g}")
         print(f"expected tokens per step {spec.expected_tokens:.3f}   step {_fmt_s(spec.step_s)} "
@@ -177,12 +173,15 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _print_format_error(model) -> None:
-    """The --format-error line for a model in the formats it ran."""
-    from .workloads.functional.numerics import layer_error
+def print_formats(model, format_error: bool = False, note: str = "") -> None:
+    """The formats line of a run (``note``: where they came from) and, with ``format_error``, the
+    --format-error line measured in those formats."""
+    print(f"formats: weights {model.weight_dtype}, activations {model.act_dtype}, KV {model.kv_dtype}{note}")
+    if format_error:
+        from .workloads.functional.numerics import layer_error
 
-    print(f"format error {layer_error(model):.3g} (relative L2 error of a width-reduced layer in weights "
-          f"{model.weight_dtype} / activations {model.act_dtype} / KV {model.kv_dtype} vs float64)")
+        print(f"format error {layer_error(model):.3g} (relative L2 error of a width-reduced layer in weights "
+              f"{model.weight_dtype} / activations {model.act_dtype} / KV {model.kv_dtype} vs float64)")
 
 
 def _outputs(a: argparse.Namespace, results: list) -> None:

@@ -276,22 +276,25 @@ def physical(arch: Arch) -> dict[str, Any]:
 # --- area ---------------------------------------------------------------------------------------
 
 
+#: device classes the area and cost model does not cover, and why
+NOT_COVERED = {
+    "wafer": "a wafer-scale device: the area and cost model covers reticle-sized dies (its published wafer area is "
+             "in the preset's die_area_mm2)",
+    "fpga": "an FPGA: its die is the part's, and a template's cost is the resources it uses "
+            "(xpusim.arch.fpga.estimate_resources), not die area",
+    "dataflow": "a dataflow (RDU) device: the area model's per-core overhead is fitted on GPU SMs and does not describe "
+                "PCUs and PMUs",
+    "pim": "a PIM device: its PUs sit in DRAM dies, which the logic-die area and cost model (fitted per-core overhead, "
+           "logic density) does not cover",
+}
+
+
 def area_breakdown(arch: Arch) -> dict[str, float]:
     """Die area per component, mm^2 (all chiplets together): ``matrix``, ``vector``, one entry per on-chip
     memory level (``sram:<name>`` / ``regfile:<name>``), ``dram_phy`` (PHYs + controllers), ``noc``, ``io``
     and ``other`` (fitted per-core control logic)."""
-    if arch.device_class == "wafer":
-        raise SpecError(f"{arch.name} is a wafer-scale device: the area and cost model covers reticle-sized dies "
-                        "(its published wafer area is in the preset's die_area_mm2)")
-    if arch.device_class == "fpga":
-        raise SpecError(f"{arch.name} is an FPGA: its die is the part's, and a template's cost is the resources it "
-                        "uses (xpusim.arch.fpga.estimate_resources), not die area")
-    if arch.device_class == "dataflow":
-        raise SpecError(f"{arch.name} is a dataflow (RDU) device: the area model's per-core overhead is fitted on GPU "
-                        "SMs and does not describe PCUs and PMUs")
-    if arch.device_class == "pim":
-        raise SpecError(f"{arch.name} is a PIM device: its PUs sit in DRAM dies, which the logic-die area and cost "
-                        "model (fitted per-core overhead, logic density) does not cover")
+    if arch.device_class in NOT_COVERED:
+        raise SpecError(f"{arch.name} is {NOT_COVERED[arch.device_class]}")
     node = _node(arch)
     phys, f, dens = physical(arch), area_factor(node), _interp(DENSITY_MTR_MM2, node)
     out = {"matrix": phys["cores"] * f * 1e-6 * max(r * mac_area_um2_45(c) for c, r in arch.matrix.rate_per_cycle.items()),

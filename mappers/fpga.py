@@ -96,7 +96,7 @@ def buffer_tiling(g: Gemv, t: Template, out_bytes: float) -> dict[str, Any]:
     resident = g_core * g.m * g.k * g.x_bytes <= act and g.m * n_core * out_bytes <= glob
     best: dict[str, Any] = {"hbm_bytes": float(matrix * g.m + acts + outs), "order": "stream", "tile": 1,
                             "weight_passes": g.m}
-    tm = np.unique(np.minimum(2 ** np.arange(0, 21), g.m))
+    tm = np.unique(np.minimum(2 ** np.arange(g.m.bit_length() + 1), g.m))  # powers of two up to M, and M
     rows_ok = (tm * g_core * g.k * g.x_bytes <= act) & (tm * n_core * out_bytes <= glob)
     if rows_ok.any():
         tm_best = int(tm[rows_ok].max())
@@ -104,7 +104,7 @@ def buffer_tiling(g: Gemv, t: Template, out_bytes: float) -> dict[str, Any]:
         hbm = matrix * passes + (0.0 if passes == 1 else acts + outs)
         if hbm < best["hbm_bytes"]:
             best = {"hbm_bytes": float(hbm), "order": "rows", "tile": tm_best, "weight_passes": passes}
-    tn = np.unique(np.minimum(2 ** np.arange(0, 25), n_core))
+    tn = np.unique(np.minimum(2 ** np.arange(n_core.bit_length() + 1), n_core))
     cols_ok = g.k * tn * g.w_bytes <= wbuf
     if cols_ok.any():
         tn_best = int(tn[cols_ok].max())

@@ -70,11 +70,9 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
     stages = ", ".join(f"{t * 1e3:.3g}" for t in res.inputs["stage_s"])
     print(f"{model.name} {phase.name} {vars(phase)} on {system.name}: plan {plan.describe()} ({plan.devices} of "
           f"{system.n_devices} x {system.device.name}), {res.inputs['microbatches']} micro-batch(es)")
-    print(f"formats: weights {model.weight_dtype}, activations {model.act_dtype}, KV {model.kv_dtype}")
-    if getattr(a, "format_error", False):
-        from ..cli import _print_format_error
+    from ..cli import print_formats
 
-        _print_format_error(model)
+    print_formats(model, getattr(a, "format_error", False))
     print(f"stage times per micro-batch (ms): {stages}; send {res.inputs['send_s'] * 1e6:.3g} us")
     comm = res.ops[res.ops["kind"] == "collective"]
     share = float(comm["total_latency_s"].sum()) / float(res.ops["total_latency_s"].sum()) if len(res.ops) else 0.0
