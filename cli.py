@@ -231,6 +231,11 @@ def _print_result(res, model, phase) -> None:
     if fr:
         print("FPGA resources: " + ", ".join(f"{r.upper()} {v['used']:,} of {v['available']:,} "
                                              f"({100 * v['used'] / v['available']:.0f} %)" for r, v in fr.items()))
+    hc = res.inputs.get("hbm_channels")
+    if hc:
+        print(f"HBM channels: {hc['layout']} layout over {hc['channels']} pseudo-channels of "
+              f"{_fmt_b(hc['channel_capacity_bytes'])} ({'/'.join(map(str, hc['channels_per_core']))} per core); "
+              f"the fullest holds {_fmt_b(hc['fullest_channel_bytes'])} ({100 * hc['fullest_channel_fill']:.0f} %)")
     plan = res.inputs.get("wafer_plan")
     if plan:
         print(f"wafer placement: {plan['mode']}, {plan['stages']} stage(s) on {plan['side']} x {plan['side']}-core regions "

@@ -4,14 +4,17 @@ An FPGA preset is a **part** (what the chip offers) plus a **template configurat
 engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section describes
 
 * ``part``: ``dsp``, ``bram`` (36 Kb blocks), ``uram`` (288 Kb blocks), ``lut``, ``ff``, ``slrs``
-  (super logic regions) and ``dsp_kind`` (``dsp48e2`` or ``dsp58``);
+  (super logic regions) and ``dsp_kind`` (``dsp48e2`` or ``dsp58``); on an HBM part optionally
+  ``hbm_channels`` (pseudo-channels) with ``hbm_remote_efficiency`` (the rate of an access through
+  the HBM switch to a channel outside a port's group, relative to a direct one);
 * ``template``: the matrix processing engine — ``cores`` (one per SLR in FlightLLM), each with
   ``vpus`` vector processing units, each a DSP chain of ``chain`` DSPs; ``macs_per_dsp`` INT8 MACs a
   DSP retires per cycle (two packed, sharing a weight, on a DSP48E2; a three-element dot product on
   a DSP58); ``sparsity_m`` (the M of N:M sparsity the chain's
   sparse mux supports; 1 for dense); the special-function unit's ``sfu_lanes`` per core; on-chip
   ``buffers`` (bytes: weights, activations, global) mapped to URAM; ``clock`` (the template's closed
-  timing); ``hbm_efficiency`` (the sustained fraction of the HBM bandwidth); optional
+  timing); ``hbm_efficiency`` (the sustained fraction of the HBM bandwidth); optional ``hbm_layout``
+  (``per_core`` or ``striped``: where the stored matrices live, ``mappers/fpga_hbm.py``); optional
   ``length_buckets: {prefill, decode}`` (length-adaptive compilation: one instruction stream per
   bucket of lengths, so attention runs at the length rounded up to the bucket);
 * ``estimate``: the resource estimator's per-unit costs: ``lut_per_dsp`` and ``ff_per_dsp`` (control,
@@ -35,8 +38,9 @@ from ..units import parse_quantity
 from .sections import check_section, positive
 
 _PART = ("dsp", "bram", "uram", "lut", "ff", "slrs", "dsp_kind")
+_PART_HBM = ("hbm_channels", "hbm_remote_efficiency")
 _TEMPLATE = ("cores", "vpus", "chain", "macs_per_dsp", "sparsity_m", "sfu_lanes", "buffers", "hbm_efficiency")
-_OPTIONAL = ("length_buckets",)
+_OPTIONAL = ("length_buckets", "hbm_layout")
 _ESTIMATE = ("lut_per_dsp", "ff_per_dsp", "lut_fixed", "ff_fixed", "max_utilisation")
 #: on-chip memory blocks: URAM 4K x 72 bits, BRAM36 1K x 36 bits (AMD UltraScale+ and Versal)
 URAM_BYTES = 288 * 1024 // 8
@@ -53,6 +57,8 @@ class Part:
     ff: int
     slrs: int
     dsp_kind: str
+    hbm_channels: int = 0  # HBM pseudo-channels (0: no channel model, the memory is one pool)
+    hbm_remote_efficiency: float = 1.0  # rate through the HBM switch to another port group's channel
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class Template:
     buffers: dict[str, float]
     hbm_efficiency: float
     length_buckets: tuple[int, int] = (1, 1)  # (prefill, decode): the token multiples instructions are compiled for
+    hbm_layout: str = "per_core"  # where the stored matrices live on the HBM channels (mappers/fpga_hbm.py)
 
     @property
     def dsps(self) -> int:
@@ -118,12 +125,18 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
     """Parse and validate an ``fpga:`` section (one-line :class:`SpecError` on any bad field)."""
     where = _where(name)
     check_section(d, {"part", "template", "estimate"}, ["part", "template", "estimate"], where, "part, template, estimate")
-    p = check_section(d["part"], set(_PART), list(_PART), f"{where}.part", ", ".join(_PART))
+    p = check_section(d["part"], set(_PART + _PART_HBM), list(_PART), f"{where}.part",
+                      ", ".join(_PART) + "; optional hbm_channels with hbm_remote_efficiency")
     if p["dsp_kind"] not in ("dsp48e2", "dsp58"):
         raise SpecError(f"{where}.part.dsp_kind: must be dsp48e2 or dsp58, got {p['dsp_kind']!r}")
     counts = {k: _int(p, k, f"{where}.part") for k in _PART[:-1]}
+    if ("hbm_channels" in p) != ("hbm_remote_efficiency" in p):
+        raise SpecError(f"{where}.part: hbm_channels and hbm_remote_efficiency go together (the pseudo-channels and "
+                        "the relative rate through the HBM switch)")
+    hbm = ((_int(p, "hbm_channels", f"{where}.part"), _num(p, "hbm_remote_efficiency", f"{where}.part", 1e-3, 1.0))
+           if "hbm_channels" in p else (0, 1.0))
     part = Part(dsp=counts["dsp"], bram=counts["bram"], uram=counts["uram"], lut=counts["lut"], ff=counts["ff"],
-                slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]))
+                slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]), hbm_channels=hbm[0], hbm_remote_efficiency=hbm[1])
     t = check_section(d["template"], set(_TEMPLATE + _OPTIONAL), list(_TEMPLATE), f"{where}.template",
                       ", ".join(_TEMPLATE))
     lb = check_section(t.get("length_buckets", {"prefill": 1, "decode": 1}), {"prefill", "decode"}, ["prefill", "decode"],
@@ -133,13 +146,22 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
                          f"{where}.template.buffers", "weights, activations, global (bytes)")
     buffers = {k: positive(parse_quantity(v, "bytes", f"{where}.template.buffers.{k}"),
                            f"{where}.template.buffers.{k}", "'2 MiB'") for k, v in bufs.items()}
+    layout = t.get("hbm_layout", "per_core")
+    if layout not in ("per_core", "striped"):
+        raise SpecError(f"{where}.template.hbm_layout: must be per_core or striped, got {layout!r}")
+    if "hbm_layout" in t and not part.hbm_channels:
+        raise SpecError(f"{where}.template.hbm_layout: needs the part's hbm_channels (an HBM part's pseudo-channels)")
     m = _int(t, "sparsity_m", f"{where}.template")
     if m & (m - 1):
         raise SpecError(f"{where}.template.sparsity_m: must be a power of two (N:M sparsity), got {m}")
     template = Template(cores=_int(t, "cores", f"{where}.template"), vpus=_int(t, "vpus", f"{where}.template"),
                         chain=_int(t, "chain", f"{where}.template"), macs_per_dsp=_int(t, "macs_per_dsp", f"{where}.template"),
                         sparsity_m=m, sfu_lanes=_int(t, "sfu_lanes", f"{where}.template"), buffers=buffers,
-                        hbm_efficiency=_num(t, "hbm_efficiency", f"{where}.template", 1e-3, 1.0), length_buckets=buckets)
+                        hbm_efficiency=_num(t, "hbm_efficiency", f"{where}.template", 1e-3, 1.0), length_buckets=buckets,
+                        hbm_layout=str(layout))
+    if part.hbm_channels and layout == "per_core" and part.hbm_channels < template.cores:
+        raise SpecError(f"{where}: a per_core HBM layout needs a channel per core, but {template.cores} cores share "
+                        f"{part.hbm_channels} channels; use hbm_layout: striped or fewer cores")
     e = check_section(d["estimate"], set(_ESTIMATE), list(_ESTIMATE), f"{where}.estimate", ", ".join(_ESTIMATE))
     per = {k: _num(e, k, f"{where}.estimate") for k in _ESTIMATE[:-1]}
     est = Estimate(lut_per_dsp=per["lut_per_dsp"], ff_per_dsp=per["ff_per_dsp"], lut_fixed=per["lut_fixed"],

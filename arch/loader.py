@@ -278,6 +278,11 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         if arch.matrix.instances != t.cores * t.vpus or arch.matrix.rate_per_cycle.get("int8") != t.chain * t.macs_per_dsp:
             raise SpecError(f"device {name!r}: matrix must be the template's VPUs: instances = cores x vpus "
                             f"({t.cores * t.vpus}) and int8 macs_per_cycle = chain x macs_per_dsp ({t.chain * t.macs_per_dsp})")
+        backing_kind = str(arch.meta.get("memory_kinds", {}).get(arch.backing.name) or "")
+        if fspec.part.hbm_channels and not backing_kind.startswith("hbm"):
+            raise SpecError(f"device {name!r}: fpga.part.hbm_channels describes HBM, but the backing memory "
+                            f"{arch.backing.name!r} is of kind {backing_kind or 'unset'!r}; drop hbm_channels or give "
+                            "an HBM level (kind: hbm2)")
         check_fits(fspec, name)
         arch.rules["fpga"] = fspec
     if arch.device_class == "dataflow" or "rdu" in d:  # reconfigurable dataflow unit: PCUs, PMUs, tiers (arch/rdu.py)

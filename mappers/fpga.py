@@ -16,7 +16,9 @@ buffering: ``T_mem = (MK + KN + MN) / BW`` against ``T_cmp = MKN / (p_M p_K p_N)
 * memory: the stored matrix (the weights, or the KV cache of an attention product) streams from
   HBM once when the activations stay on chip (FlightLLM's always-on-chip decode: its ``MK + MN``
   terms do not reach HBM), else as :func:`buffer_tiling` finds cheapest under the buffers; at the
-  template's sustained fraction of the HBM bandwidth (``hbm_efficiency``);
+  template's sustained fraction of the HBM bandwidth (``hbm_efficiency``); on a part with HBM
+  pseudo-channels each core's share of the columns streams from where the template's
+  ``hbm_layout`` puts it, the busiest channel setting the time (``mappers/fpga_hbm.py``);
 * the chains take INT8 operands: integer weights (int8, or int4 unpacked to int8) and int8
   activations; anything else is refused with the formats to give;
 * time = max(compute, memory) + the template's launch gap (none: instructions stream from DDR);
@@ -40,7 +42,25 @@ from ..dtypes import get_dtype
 from ..errors import DtypeError
 from ..sim.cost import OpCost
 from ..workloads.einsum import Op
+from .fpga_hbm import HbmPlan, channel_fill, hbm_plan
 from .pim import Gemv, as_gemv
+
+
+def template_hbm_plan(arch: Arch) -> HbmPlan | None:
+    """The HBM channel plan of an FPGA device's template, or ``None`` when its part gives no channels."""
+    spec = fpga_spec(arch)
+    if not spec.part.hbm_channels:
+        return None
+    return hbm_plan(spec.part.hbm_channels, spec.template.cores, spec.template.hbm_layout, spec.part.hbm_remote_efficiency)
+
+
+def hbm_channel_summary(arch: Arch, stored_bytes: float) -> dict[str, Any] | None:
+    """The layout of ``stored_bytes`` (weights and KV cache) over an FPGA device's HBM channels: channels
+    per core and the fullest channel's bytes and fill; ``None`` without a channel model."""
+    plan = template_hbm_plan(arch)
+    if plan is None:
+        return None
+    return channel_fill(plan, stored_bytes, arch.backing.capacity_bytes * arch.backing.instances / plan.channels)
 
 
 def compiled_lengths(op: Op, arch: Arch) -> Op:
@@ -133,13 +153,23 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
         p_k, p_m = t.chain, t.macs_per_dsp
     density = get_dtype(op.inputs[1].dtype).density
     k_stored = g.k * density  # N:M sparse weights: the chain's mux skips the pruned ones
-    steps = math.ceil(g.m / p_m) * math.ceil(g.groups * g.n / (t.cores * t.vpus)) * math.ceil(k_stored / p_k)
-    comp_s = steps / clock
+    columns = g.groups * g.n
     bw = arch.backing.bandwidth_Bps * arch.backing.instances * t.hbm_efficiency
     out_bytes = op.tensor_bytes(op.output) / max(g.groups * g.m * g.n, 1)
     tiling = buffer_tiling(g, t, out_bytes)
     matrix_bytes = tiling["hbm_bytes"]
-    mem_s = matrix_bytes / bw
+    plan = template_hbm_plan(arch)
+    channels_used: dict[str, Any] = {}
+    if plan is None:  # one memory pool: the columns split evenly, the bytes at the pool's rate
+        core_columns = math.ceil(columns / t.cores)
+        mem_s = matrix_bytes / bw
+    else:  # HBM channels: each core's columns (and their bytes) where the layout puts them
+        split = plan.split(columns)
+        core_columns = int(split.max())
+        mem_s = plan.seconds(matrix_bytes * split / max(columns, 1), bw / plan.channels)
+        channels_used = {"hbm_layout": plan.layout, "core_columns": [int(n) for n in split]}
+    steps = math.ceil(g.m / p_m) * math.ceil(core_columns / t.vpus) * math.ceil(k_stored / p_k)
+    comp_s = steps / clock
     latency = max(comp_s, mem_s) + launch_s
     macs = g.macs * density  # the MACs the chains perform (the pruned weights' are skipped)
     lv = arch.backing
@@ -151,5 +181,6 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
                   utilization=ideal / latency if latency else 0.0, bound="compute" if comp_s >= mem_s else lv.name,
                   bytes_by_level={lv.name: matrix_bytes}, energy_by_component=energy,
                   mapping={"mode": "MV" if g.m == 1 else "MM", "p_M": p_m, "p_N": t.cores * t.vpus, "p_K": p_k,
-                           "tiling": tiling["order"], "tile": tiling["tile"], "weight_passes": tiling["weight_passes"]},
+                           "tiling": tiling["order"], "tile": tiling["tile"], "weight_passes": tiling["weight_passes"],
+                           **channels_used},
                   detail={"compute_s": comp_s, "memory_s": mem_s, "sustained_Bps": bw})

@@ -292,10 +292,14 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
                 "meta": trace.meta, "objective": objective, "xpusim_version": __version__},
         mappings=mappings,
     )
-    if arch.device_class == "fpga":  # what the template uses of the part (arch/fpga.py estimator)
+    if arch.device_class == "fpga":  # what the template uses of the part (arch/fpga.py estimator), the HBM layout
         from ..arch.fpga import resource_table
+        from ..mappers.fpga import hbm_channel_summary
 
         result.inputs["fpga_resources"] = resource_table(arch)
+        channels = hbm_channel_summary(arch, result.weights_bytes + result.kv_cache_bytes)
+        if channels is not None:
+            result.inputs["hbm_channels"] = channels
     return result
 
 

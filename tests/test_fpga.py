@@ -341,3 +341,116 @@ def test_op_defaults_to_the_engine_format(capsys):
     assert out["dtype"] == "int8" and out["mapping"]["mode"] == "MV"
     assert main(["op", "gemm", "--m", "64", "--n", "64", "--k", "64", "--arch", "h100-sxm", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dtype"] == "bf16"
+
+
+# --- HBM pseudo-channel assignment (mappers/fpga_hbm.py) -------------------------------------------------------------
+
+from xpusim.mappers.fpga_hbm import core_channels, hbm_plan  # noqa: E402
+from xpusim.workloads.einsum import gemm_op  # noqa: E402
+
+
+def hbm_variant(part=None, **template):
+    d = copy.deepcopy(RAW)
+    d["fpga"]["part"].update(part or {})
+    d["fpga"]["template"].update(template)
+    t = d["fpga"]["template"]
+    d["matrix"]["instances"] = t["cores"] * t["vpus"]
+    d["vector"]["instances"] = d["memory"][1]["instances"] = t["cores"]
+    return arch_from_dict(d)
+
+
+@FAST
+@given(channels=st.integers(1, 64), cores=st.integers(1, 8), columns=st.integers(1, 100_000),
+       layout=st.sampled_from(["per_core", "striped"]), remote=st.floats(0.05, 1.0),
+       nbytes=st.floats(1.0, 1e10))
+def test_channel_plans_deal_out_every_column_and_never_beat_the_aggregate_bandwidth(channels, cores, columns, layout,
+                                                                                   remote, nbytes):
+    if layout == "per_core" and channels < cores:
+        return
+    plan = hbm_plan(channels, cores, layout, remote)
+    assert sum(plan.local) == channels and max(plan.local) - min(plan.local) <= 1
+    split = plan.split(columns)
+    assert split.sum() == columns and np.all(split >= 0)
+    assert np.all(np.abs(split - np.asarray(plan.share) * columns) < 1.0)  # whole columns, in proportion
+    rate = 1e9
+    t = plan.seconds(nbytes * split / columns, rate)
+    assert t >= nbytes / (channels * rate) * (1 - 1e-12)  # no layout beats every channel busy
+    if layout == "per_core" and channels % cores == 0 and columns % cores == 0:
+        assert t == pytest.approx(nbytes / (channels * rate))  # even groups, even shares: every channel busy
+
+
+def test_per_core_groups_are_contiguous_and_as_even_as_the_counts_allow():
+    assert core_channels(32, 3) == (11, 11, 10)
+    assert core_channels(32, 1) == (32,)
+    assert core_channels(32, 4) == (8, 8, 8, 8)
+
+
+def test_u280_per_core_layout_loses_nothing_to_uneven_groups_and_striping_pays_the_switch():
+    a = load_arch("alveo-u280")
+    s = fpga_spec(a)
+    assert (s.part.hbm_channels, s.part.hbm_remote_efficiency, s.template.hbm_layout) == (32, 0.5, "per_core")
+    op = gemm_op(1, 11008, 4096, dtype="int8", name="up")  # a decode GEMV: weight streaming
+    pooled = 4096 * 11008 / (460e9 * s.template.hbm_efficiency)  # the bytes over the whole HBM's sustained rate
+    from xpusim.sim.engine import op_cost
+
+    per_core = op_cost(op, a)
+    assert per_core.detail["memory_s"] == pytest.approx(pooled, rel=1e-3)  # 11/11/10 groups take 11/11/10 shares
+    assert per_core.mapping["core_columns"] == [3784, 3784, 3440]
+    striped = op_cost(op, hbm_variant(hbm_layout="striped"))
+    # every channel serves each core a third of its bytes, two thirds of them through the switch at half rate
+    assert striped.detail["memory_s"] == pytest.approx(pooled * (1 + 2 / 0.5) / 3, rel=1e-3)
+    assert striped.mapping["core_columns"] == [3670, 3669, 3669]
+    no_switch = op_cost(op, hbm_variant(part={"hbm_remote_efficiency": 1.0}, hbm_layout="striped"))
+    assert no_switch.detail["memory_s"] == pytest.approx(pooled, rel=1e-3)
+
+
+def test_striping_evens_the_compute_of_a_compute_bound_prefill():
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    per_core = simulate("alveo-u280", m, Prefill(1, 512))
+    striped = simulate(hbm_variant(hbm_layout="striped"), m, Prefill(1, 512))
+    assert striped.latency_s < per_core.latency_s < 1.05 * striped.latency_s  # 11/32 of the columns vs a third
+    decode_per_core = simulate("alveo-u280", m, Decode(1, 512))
+    decode_striped = simulate(hbm_variant(hbm_layout="striped"), m, Decode(1, 512))
+    assert decode_striped.latency_s > 1.5 * decode_per_core.latency_s  # memory-bound decode pays the switch
+
+
+def test_results_report_the_fullest_channel(capsys):
+    from xpusim.cli import main
+
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    r = simulate("alveo-u280", m, Decode(1, 512))
+    hc = r.inputs["hbm_channels"]
+    stored = r.weights_bytes + r.kv_cache_bytes
+    assert hc["channels_per_core"] == [11, 11, 10] and hc["channel_capacity_bytes"] == 2**33 / 32
+    assert hc["fullest_channel_bytes"] == pytest.approx(stored / 32)
+    assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "decode", "--context", "512"]) == 0
+    assert "HBM channels: per_core layout over 32 pseudo-channels" in capsys.readouterr().out
+    assert "hbm_channels" not in simulate("versal-vck190", m, Decode(1, 512), check_memory=False).inputs
+
+
+@pytest.mark.parametrize("part, template, msg", [
+    ({"hbm_channels": 32, "hbm_remote_efficiency": None}, {}, "hbm_remote_efficiency"),
+    ({"hbm_remote_efficiency": 0.5, "hbm_channels": None}, {}, "go together"),
+    ({"hbm_channels": 2}, {}, "a channel per core"),
+    ({}, {"hbm_layout": "diagonal"}, "per_core or striped"),
+    ({"hbm_remote_efficiency": 0.0}, {}, "hbm_remote_efficiency"),
+])
+def test_bad_hbm_channel_fields_are_one_line_errors(part, template, msg):
+    d = copy.deepcopy(RAW)
+    for k, v in part.items():
+        if v is None:
+            d["fpga"]["part"].pop(k)
+        else:
+            d["fpga"]["part"][k] = v
+    d["fpga"]["template"].update(template)
+    with pytest.raises(SpecError, match=msg) as e:
+        arch_from_dict(d)
+    assert "\n" not in str(e.value)
+
+
+def test_hbm_channels_need_an_hbm_backing_level():
+    d = copy.deepcopy(RAW)
+    d["memory"][0]["kind"] = "ddr4"
+    with pytest.raises(SpecError, match="describes HBM") as e:
+        arch_from_dict(d)
+    assert "\n" not in str(e.value)
