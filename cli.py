@@ -42,7 +42,8 @@ def _positive_int(s: str) -> int:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2
-        self.exit(2, f"xpusim: error: {message} (see 'xpusim {self.prog.split()[-1]} --help')\n")
+        command = " ".join(self.prog.split()[1:])  # the subcommand, if the error is one's
+        self.exit(2, f"xpusim: error: {message} (see 'xpusim {command + ' ' if command else ''}--help')\n")
 
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
@@ -315,6 +316,12 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     return run(a)
 
 
+def _cmd_coe(a: argparse.Namespace) -> int:
+    from .sim.coe_command import run
+
+    return run(a)
+
+
 def _cmd_reproduce(a: argparse.Namespace) -> int:
     from .validation.reproduce import list_cases, load_case, run_case
 
@@ -530,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_arguments(sv)
     sv.set_defaults(func=_cmd_serve)
+
+    ce = sub.add_parser("coe", help="serve a composition of experts with an expert cache in device memory")
+    from .sim.coe_command import add_arguments as coe_arguments
+
+    coe_arguments(ce)
+    ce.set_defaults(func=_cmd_coe)
 
     rp = sub.add_parser("reproduce", help="run the shipped paper reproductions (claimed vs simulated)")
     rp.add_argument("name", nargs="?", help="a case (see --list)")

@@ -370,19 +370,14 @@ def fusion_speedup(p: dict[str, Any]) -> float:
 
 
 def _switch_s(side: dict[str, Any], nbytes: float) -> float:
-    """Seconds to bring a model of ``nbytes`` into device memory: a dataflow system copies it DDR to HBM
-    on every socket at once (the model split over them); a GPU system over one GPU's host link."""
-    from ..arch.rdu import rdu_spec
+    """Seconds to bring a model of ``nbytes`` into device memory on a side's system
+    (:func:`~xpusim.sim.coe.switch_seconds`)."""
+    from ..sim.coe import switch_seconds
 
     system = _system(side)
     if system is None:
         raise SpecError("case: a model switch needs a system on each side")
-    if system.device.device_class == "dataflow":
-        return nbytes / (rdu_spec(system.device).ddr_Bps * system.n_devices)
-    link = system.meta.get("host_link_Bps")
-    if not link:
-        raise SpecError(f"case: system {system.name} gives no host_link bandwidth to load a model over")
-    return nbytes / link
+    return switch_seconds(system, nbytes)
 
 
 @case_kind("model_switch_speedup")

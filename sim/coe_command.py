@@ -1,0 +1,50 @@
+"""``xpusim coe``: composition-of-experts serving on a system, with the expert cache in device memory
+(:mod:`xpusim.sim.coe`), optionally against a second system."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--system", required=True, help="system preset or YAML (every device serves each expert, tensor-parallel)")
+    p.add_argument("--model", required=True, help="the experts' (and the router's) model")
+    p.add_argument("--experts", type=int, default=150, help="experts in the composition (default 150, as Samba-CoE)")
+    p.add_argument("--requests", type=int, default=1000, help="requests in the stream")
+    p.add_argument("--skew", type=float, default=1.0, help="Zipf exponent of expert popularity (0: uniform)")
+    p.add_argument("--prompt", type=int, default=128, help="prompt tokens per request")
+    p.add_argument("--output", type=int, default=20, help="generated tokens per request")
+    p.add_argument("--batch", type=int, default=1, help="sequences per request (all to the same expert)")
+    p.add_argument("--no-router", action="store_true", help="requests name their expert (no router prefill)")
+    p.add_argument("--slots", type=int, help="experts the cache holds (default: what device memory holds)")
+    p.add_argument("--vs", metavar="SYSTEM", help="also serve the same stream on SYSTEM and print the speedup")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+
+def run(a: argparse.Namespace) -> int:
+    from ..cli import _fmt_b, _fmt_s
+    from .coe import simulate_coe
+
+    kw = dict(experts=a.experts, requests=a.requests, prompt=a.prompt, output=a.output, skew=a.skew, seed=a.seed,
+              batch=a.batch, router=not a.no_router, slots=a.slots)
+    results = [simulate_coe(s, a.model, **kw) for s in [a.system] + ([a.vs] if a.vs else [])]
+    if a.json:
+        out: dict[str, object] = {"runs": [r.as_dict() for r in results]}
+        if a.vs:
+            out["speedup"] = results[1].request_s / results[0].request_s
+        print(json.dumps(out, indent=2))
+        return 0
+    r0 = results[0]
+    print(f"xpusim coe: {a.experts} experts of {r0.model} ({_fmt_b(r0.expert_bytes)} each), {a.requests} requests "
+          f"(batch {a.batch}, prompt {a.prompt}, output {a.output}), Zipf skew {a.skew:g}, seed {a.seed}"
+          + ("" if a.no_router else f"; a resident {r0.model} router reads each prompt"))
+    for r in results:
+        print(f"{r.system}: cache {r.slots} experts (LRU), hit rate {100 * r.hit_rate:.1f} %, a miss switches in "
+              f"{_fmt_s(r.switch_s)}; per request: router {_fmt_s(r.router_s)} + switch {_fmt_s(r.mean_switch_s)} (mean) "
+              f"+ prefill {_fmt_s(r.prefill_s)} + decode {r.output} x {_fmt_s(r.decode_step_s)} = {_fmt_s(r.request_s)}; "
+              f"{1 / r.request_s:.2f} requests/s")
+    if a.vs:
+        print(f"{results[0].system} over {results[1].system}: {results[1].request_s / results[0].request_s:.2f}x per request")
+    return 0
