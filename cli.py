@@ -232,6 +232,10 @@ def _print_result(res, model, phase) -> None:
     if fr:
         print("FPGA resources: " + ", ".join(f"{r.upper()} {v['used']:,} of {v['available']:,} "
                                              f"({100 * v['used'] / v['available']:.0f} %)" for r, v in fr.items()))
+    fp = res.inputs.get("fpga_power")
+    if fp and res.latency_s > 0:
+        print(f"board power: {fp['board_idle_w']:.1f} W idle + {fp['logic_w']:.1f} W engine logic while running "
+              f"(fpga.power); {res.energy_j / res.latency_s:.1f} W on average over this step with its memory traffic")
     hc = res.inputs.get("hbm_channels")
     if hc:
         print(f"HBM channels: {hc['layout']} layout over {hc['channels']} pseudo-channels of "

@@ -17,6 +17,11 @@ engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section 
   (``per_core`` or ``striped``: where the stored matrices live, ``mappers/fpga_hbm.py``); optional
   ``length_buckets: {prefill, decode}`` (length-adaptive compilation: one instruction stream per
   bucket of lengths, so attention runs at the length rounded up to the bucket);
+* ``power`` (optional): the board's power while the engine runs — ``board_idle`` (the board with the
+  design loaded and clocked, not computing), ``dsp_energy`` per DSP per cycle and ``lut_energy`` per
+  LUT (with its registers) per cycle of the template's logic, activity-independent as a vectorless
+  estimate (fitted by ``validation/fit_fpga_power.py``); HBM traffic is counted per byte as on every
+  device;
 * ``estimate``: the resource estimator's per-unit costs: ``lut_per_dsp`` and ``ff_per_dsp`` (control,
   muxes and adders around each DSP), ``lut_fixed`` / ``ff_fixed`` (schedulers, memory controllers,
   the SFUs), ``max_utilisation`` of each resource a placed-and-routed design reaches.
@@ -94,10 +99,18 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class Power:
+    board_idle_w: float
+    dsp_j: float  # per DSP per cycle
+    lut_j: float  # per LUT (with its registers) per cycle
+
+
+@dataclass(frozen=True)
 class FpgaSpec:
     part: Part
     template: Template
     estimate: Estimate
+    power: Power | None = None
 
 
 def _where(name: str) -> str:
@@ -124,7 +137,8 @@ def _num(d: dict[str, Any], key: str, where: str, low: float = 0.0, high: float 
 def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
     """Parse and validate an ``fpga:`` section (one-line :class:`SpecError` on any bad field)."""
     where = _where(name)
-    check_section(d, {"part", "template", "estimate"}, ["part", "template", "estimate"], where, "part, template, estimate")
+    check_section(d, {"part", "template", "estimate", "power"}, ["part", "template", "estimate"], where,
+                  "part, template, estimate; optional power")
     p = check_section(d["part"], set(_PART + _PART_HBM), list(_PART), f"{where}.part",
                       ", ".join(_PART) + "; optional hbm_channels with hbm_remote_efficiency")
     if p["dsp_kind"] not in ("dsp48e2", "dsp58"):
@@ -166,7 +180,31 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
     per = {k: _num(e, k, f"{where}.estimate") for k in _ESTIMATE[:-1]}
     est = Estimate(lut_per_dsp=per["lut_per_dsp"], ff_per_dsp=per["ff_per_dsp"], lut_fixed=per["lut_fixed"],
                    ff_fixed=per["ff_fixed"], max_utilisation=_num(e, "max_utilisation", f"{where}.estimate", 0.01, 1.0))
-    return FpgaSpec(part=part, template=template, estimate=est)
+    return FpgaSpec(part=part, template=template, estimate=est, power=_power(d.get("power"), where))
+
+
+def _power(d: Any, where: str) -> Power | None:
+    if d is None:
+        return None
+    keys = ["board_idle", "dsp_energy", "lut_energy"]
+    pw = check_section(d, set(keys), keys, f"{where}.power", "board_idle (W), dsp_energy (J per DSP-cycle), "
+                       "lut_energy (J per LUT-cycle)")
+    vals = {k: parse_quantity(pw[k], "watts" if k == "board_idle" else "joules", f"{where}.power.{k}") for k in keys}
+    for k, v in vals.items():
+        if not (v > 0 and math.isfinite(v)):
+            raise SpecError(f"{where}.power.{k}: must be positive, got {pw[k]!r}")
+    return Power(board_idle_w=vals["board_idle"], dsp_j=vals["dsp_energy"], lut_j=vals["lut_energy"])
+
+
+def engine_power_w(spec: FpgaSpec, clock_hz: float) -> dict[str, float] | None:
+    """Board power of the running engine (W): the idle board, the template's logic (its DSPs and LUTs
+    from :func:`estimate_resources`, each switching every cycle), their sum; ``None`` without a
+    ``power`` section."""
+    if spec.power is None:
+        return None
+    used = estimate_resources(spec)
+    logic = clock_hz * (spec.power.dsp_j * used["dsp"] + spec.power.lut_j * used["lut"])
+    return {"board_idle_w": spec.power.board_idle_w, "logic_w": logic, "running_w": spec.power.board_idle_w + logic}
 
 
 def estimate_resources(spec: FpgaSpec, template: Template | None = None) -> dict[str, int]:

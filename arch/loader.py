@@ -285,6 +285,20 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
                             "an HBM level (kind: hbm2)")
         check_fits(fspec, name)
         arch.rules["fpga"] = fspec
+        if fspec.power is not None:  # the running board's power: idle + the engine's logic (arch/fpga.py)
+            from dataclasses import replace
+
+            from .fpga import engine_power_w
+
+            if "static_power" in d:
+                raise SpecError(f"device {name!r}: give static_power or fpga.power, not both (fpga.power derives it "
+                                "from the idle board and the template's logic)")
+            power = engine_power_w(fspec, arch.matrix_clock_hz)
+            assert power is not None
+            # the logic's switching is in the running power: the MACs and SFU FLOPs cost nothing more
+            arch = replace(arch, static_power_w=power["running_w"],
+                           matrix=replace(arch.matrix, energy_pj={k: 0.0 for k in arch.matrix.rate_per_cycle}),
+                           vector=replace(arch.vector, energy_pj={k: 0.0 for k in arch.vector.rate_per_cycle}))
     if arch.device_class == "dataflow" or "rdu" in d:  # reconfigurable dataflow unit: PCUs, PMUs, tiers (arch/rdu.py)
         from .rdu import check_rdu_arch, parse_rdu
 

@@ -293,10 +293,13 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
         mappings=mappings,
     )
     if arch.device_class == "fpga":  # what the template uses of the part (arch/fpga.py estimator), the HBM layout
-        from ..arch.fpga import resource_table
+        from ..arch.fpga import engine_power_w, fpga_spec, resource_table
         from ..mappers.fpga import hbm_channel_summary
 
         result.inputs["fpga_resources"] = resource_table(arch)
+        power = engine_power_w(fpga_spec(arch), arch.matrix_clock_hz)
+        if power is not None:
+            result.inputs["fpga_power"] = power
         channels = hbm_channel_summary(arch, result.weights_bytes + result.kv_cache_bytes)
         if channels is not None:
             result.inputs["hbm_channels"] = channels

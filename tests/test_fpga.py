@@ -454,3 +454,53 @@ def test_hbm_channels_need_an_hbm_backing_level():
     with pytest.raises(SpecError, match="describes HBM") as e:
         arch_from_dict(d)
     assert "\n" not in str(e.value)
+
+
+# --- board power (fpga.power, validation/fit_fpga_power.py) --------------------------------------------------------------
+
+
+def test_the_preset_power_is_the_fit():
+    from xpusim.validation.fit_fpga_power import fit
+
+    p, s = fit(), fpga_spec(load_arch("alveo-u280")).power
+    assert s.board_idle_w == pytest.approx(p["board_idle_w"], rel=1e-3)
+    assert s.dsp_j == pytest.approx(p["dsp_j"], rel=1e-3) and s.lut_j == pytest.approx(p["lut_j"], rel=1e-3)
+    assert 0.7 < p["e1_dsp_j"] / p["dsp_j"] < 1.3  # another design's DSP category agrees within 30 %
+
+
+def test_running_power_is_the_idle_board_and_the_templates_logic_and_memory_traffic_on_top():
+    a = load_arch("alveo-u280")
+    s = fpga_spec(a)
+    used = estimate_resources(s)
+    logic = 225e6 * (s.power.dsp_j * used["dsp"] + s.power.lut_j * used["lut"])
+    assert a.static_power_w == pytest.approx(s.power.board_idle_w + logic)
+    assert a.matrix.energy("int8") == 0.0  # the MACs' switching is in the logic power
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    r = simulate(a, m, Decode(1, 640))
+    traffic = float((r.ops["bytes_hbm"] * r.ops["repeat"]).sum()) * a.backing.read_energy_pj_per_byte * 1e-12
+    assert r.energy_j == pytest.approx(a.static_power_w * r.latency_s + traffic, rel=0.02)
+    assert r.inputs["fpga_power"]["running_w"] == pytest.approx(a.static_power_w)
+    smaller = variant(vpus=64)  # half the DSPs and LUTs: less logic power
+    assert smaller.static_power_w < a.static_power_w
+
+
+@pytest.mark.parametrize("mutate, msg", [
+    (lambda d: d["fpga"]["power"].update(board_idle="-3 W"), "board_idle: must be positive"),
+    (lambda d: d["fpga"]["power"].update(dsp_energy="3 pW"), "not a joules unit"),
+    (lambda d: d["fpga"]["power"].pop("lut_energy"), "missing lut_energy"),
+    (lambda d: d.update(static_power="30 W"), "not both"),
+])
+def test_bad_power_sections_are_one_line_errors(mutate, msg):
+    d = copy.deepcopy(RAW)
+    mutate(d)
+    with pytest.raises(SpecError, match=msg) as e:
+        arch_from_dict(d)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_prints_the_board_power(capsys):
+    from xpusim.cli import main
+
+    assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "decode", "--context", "640"]) == 0
+    out = capsys.readouterr().out
+    assert "board power: 26.9 W idle + 7.3 W engine logic" in out

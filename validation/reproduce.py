@@ -331,6 +331,22 @@ def decode_tokens_per_s(p: dict[str, Any]) -> float:
     return _geomean(_decode_tokens_per_s(p, p["step"]))
 
 
+@case_kind("decode_board_power_w")
+def decode_board_power_w(p: dict[str, Any]) -> float:
+    """Mean power (W) of ``step`` (a side: ``arch`` and formats) decoding at batch 1, geometric mean over
+    ``cases`` ([prompt, output] lengths; each case's step at its mean context): the step's energy over
+    its time, i.e. the device's power model (an FPGA's ``fpga.power``) with its memory traffic."""
+    from ..workloads.phases import Decode
+
+    side = p["step"]
+    model = _model({**p, **{k: side[k] for k in ("weights", "activations", "kv") if k in side}})
+    watts = []
+    for lin, lout in p["cases"]:
+        r = _side_result(side, model, Decode(1, int(lin) + int(lout) // 2))
+        watts.append(r.energy_j / r.latency_s)
+    return _geomean(watts)
+
+
 @case_kind("decode_efficiency_ratio")
 def decode_efficiency_ratio(p: dict[str, Any]) -> float:
     """``metric`` of ``design`` over ``baseline``, geometric mean over ``cases`` ([prompt, output]
