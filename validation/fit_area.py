@@ -13,11 +13,11 @@ every other die area below is a prediction.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from ..arch import area
 from ..arch.loader import load_arch
+from .write_fitted import write_line
 
 FIT_ON = ("h100-sxm", 814.0)  # NVIDIA H100 whitepaper: GH100, 814 mm^2, TSMC 4N
 #: published die areas of the dies behind other presets (whitepapers; see docs/area-power-cost.md)
@@ -44,11 +44,7 @@ def check_table() -> list[tuple[str, float, float]]:
 
 
 def write(value: float, path: Path = Path(area.__file__)) -> None:
-    text = path.read_text()
-    new, n = re.subn(r"^CORE_OVERHEAD_MM2_45 = [0-9.]+$", f"CORE_OVERHEAD_MM2_45 = {value:.2f}", text, flags=re.M)
-    if n != 1:
-        raise SystemExit(f"{path}: CORE_OVERHEAD_MM2_45 line not found")
-    path.write_text(new)
+    write_line(path, r"CORE_OVERHEAD_MM2_45 = [0-9.]+", f"CORE_OVERHEAD_MM2_45 = {value:.2f}", "CORE_OVERHEAD_MM2_45")
 
 
 def main(argv: list[str] | None = None) -> None:

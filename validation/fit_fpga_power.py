@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 from pathlib import Path
 
 from ..arch.loader import PRESETS_DIR
+from .write_fitted import write_line
 
 DATA = Path(__file__).parent / "fpga_power" / "u280_power.csv"
 PRESET = "alveo-u280"
@@ -61,13 +61,7 @@ def main() -> None:
           f"DSP-cycle (E3; E1's DSP category gives {p['e1_dsp_j'] * 1e12:.2f}), board idle {p['board_idle_w']:.2f} W (M1)")
     if args.dry_run:
         return
-    path = PRESETS_DIR / f"{PRESET}.yaml"
-    text = path.read_text()
-    new, count = re.subn(r"(?m)^  power: .*$", power_line(p), text)
-    if count != 1:
-        raise SystemExit(f"{path}: expected one power line under fpga:")
-    path.write_text(new)
-    print(f"wrote {path}")
+    write_line(PRESETS_DIR / f"{PRESET}.yaml", r"  power: .*", power_line(p), "fpga power")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 
 from ..arch.loader import PRESETS_DIR, load_arch
 from ..arch.system import load_system
@@ -27,6 +26,7 @@ from ..sim.events import simulate_system
 from ..sim.parallel import Plan
 from ..workloads.model import load_model
 from ..workloads.phases import Decode
+from .write_fitted import write_line
 
 PRESET = "sn40l"
 NODE = "sn40l-node"
@@ -63,14 +63,8 @@ def main() -> None:
           f"kernel launch = {SPEEDUP - 1:.1f} x busy / ({n} - {SPEEDUP} x {k}) = {launch * 1e6:.2f} us")
     if args.dry_run:
         return
-    path = PRESETS_DIR / f"{PRESET}.yaml"
-    text = path.read_text()
     line = f"  kernel_launch: {launch * 1e6:.2f} us     # fitted by validation/fit_rdu.py (Kernel Looping's 2.2x)"
-    new, count = re.subn(r"(?m)^  kernel_launch: .*$", line, text)
-    if count != 1:
-        raise SystemExit(f"{path}: expected one kernel_launch line under rdu:")
-    path.write_text(new)
-    print(f"wrote {path}")
+    write_line(PRESETS_DIR / f"{PRESET}.yaml", r"  kernel_launch: .*", line, "rdu kernel_launch")
 
 
 if __name__ == "__main__":
