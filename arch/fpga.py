@@ -51,6 +51,8 @@ _ESTIMATE = ("lut_per_dsp", "ff_per_dsp", "lut_fixed", "ff_fixed", "max_utilisat
 URAM_BYTES = 288 * 1024 // 8
 BRAM_BYTES = 36 * 1024 // 8
 RESOURCES = ("dsp", "bram", "uram", "lut", "ff")
+#: HBM parts have 16 to 64 pseudo-channels; more is refused rather than arrayed per op
+MAX_HBM_CHANNELS = 1024
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
                         "the relative rate through the HBM switch)")
     hbm = ((_int(p, "hbm_channels", f"{where}.part"), _num(p, "hbm_remote_efficiency", f"{where}.part", 1e-3, 1.0))
            if "hbm_channels" in p else (0, 1.0))
+    if hbm[0] > MAX_HBM_CHANNELS:
+        raise SpecError(f"{where}.part.hbm_channels: at most {MAX_HBM_CHANNELS} pseudo-channels, got {hbm[0]:,}")
     part = Part(dsp=counts["dsp"], bram=counts["bram"], uram=counts["uram"], lut=counts["lut"], ff=counts["ff"],
                 slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]), hbm_channels=hbm[0], hbm_remote_efficiency=hbm[1])
     t = check_section(d["template"], set(_TEMPLATE + _OPTIONAL), list(_TEMPLATE), f"{where}.template",

@@ -92,7 +92,7 @@ def bucketed_prefill(phase: Any, arch: Arch) -> Any:
     return phase if seq == phase.seq else dataclasses.replace(phase, seq=seq)
 
 
-def buffer_tiling(g: Gemv, t: Template, out_bytes: float) -> dict[str, Any]:
+def buffer_tiling(g: Gemv, t: Template, out_bytes: float, core_columns: int | None = None) -> dict[str, Any]:
     """HBM bytes of a contraction under the template's on-chip buffers: the cheapest of three loop
     orders over every power-of-two tile. The cores split the ``G x N`` outputs; a core needs the
     ``M x K`` activations of every group (head) its outputs touch:
@@ -106,10 +106,12 @@ def buffer_tiling(g: Gemv, t: Template, out_bytes: float) -> dict[str, Any]:
       chip, each group's activations are read once per column tile of the group and the outputs
       written once.
     * ``stream``: nothing resident, the matrix re-read for every row.
+
+    ``core_columns``: the outputs of the largest core when the HBM layout splits them unevenly.
     """
     c = t.cores
     act, glob, wbuf = (t.buffers[k] / c for k in ("activations", "global", "weights"))
-    n_core = -(-g.groups * g.n // c)  # outputs one core produces
+    n_core = core_columns or -(-g.groups * g.n // c)  # outputs the largest core produces (default: an even split)
     g_core = min(g.groups, -(-n_core // g.n) + (1 if n_core % g.n else 0))  # groups those outputs touch
     matrix = g.groups * g.n * g.k * g.w_bytes
     acts, outs = g.groups * g.m * g.k * g.x_bytes, g.groups * g.m * g.n * out_bytes
@@ -156,16 +158,18 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     columns = g.groups * g.n
     bw = arch.backing.bandwidth_Bps * arch.backing.instances * t.hbm_efficiency
     out_bytes = op.tensor_bytes(op.output) / max(g.groups * g.m * g.n, 1)
-    tiling = buffer_tiling(g, t, out_bytes)
-    matrix_bytes = tiling["hbm_bytes"]
     plan = template_hbm_plan(arch)
     channels_used: dict[str, Any] = {}
     if plan is None:  # one memory pool: the columns split evenly, the bytes at the pool's rate
         core_columns = math.ceil(columns / t.cores)
+        tiling = buffer_tiling(g, t, out_bytes)
+        matrix_bytes = tiling["hbm_bytes"]
         mem_s = matrix_bytes / bw
     else:  # HBM channels: each core's columns (and their bytes) where the layout puts them
         split = plan.split(columns)
         core_columns = int(split.max())
+        tiling = buffer_tiling(g, t, out_bytes, core_columns)
+        matrix_bytes = tiling["hbm_bytes"]
         mem_s = plan.seconds(matrix_bytes * split / max(columns, 1), bw / plan.channels)
         channels_used = {"hbm_layout": plan.layout, "core_columns": [int(n) for n in split]}
     steps = math.ceil(g.m / p_m) * math.ceil(core_columns / t.vpus) * math.ceil(k_stored / p_k)

@@ -8,7 +8,7 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--system", required=True, help="system preset or YAML (every device serves each expert, tensor-parallel)")
+    p.add_argument("--system", required=True, help="system preset or YAML")
     p.add_argument("--model", required=True, help="the experts' (and the router's) model")
     p.add_argument("--experts", type=int, default=150, help="experts in the composition (default 150, as Samba-CoE)")
     p.add_argument("--requests", type=int, default=1000, help="requests in the stream")
@@ -16,20 +16,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens per request")
     p.add_argument("--output", type=int, default=20, help="generated tokens per request")
     p.add_argument("--batch", type=int, default=1, help="sequences per request (all to the same expert)")
+    p.add_argument("--tp", type=int, help="devices that run each expert, tensor-parallel, and load its shares when it "
+                   "is switched in (default: every device of the system)")
+    p.add_argument("--weight-dtype", help="override the weight format (default: the device's engine format, else the model's)")
+    p.add_argument("--act-dtype", help="override the activation format")
+    p.add_argument("--kv-dtype", help="override the KV-cache format")
     p.add_argument("--no-router", action="store_true", help="requests name their expert (no router prefill)")
     p.add_argument("--slots", type=int, help="experts the cache holds (default: what device memory holds)")
     p.add_argument("--vs", metavar="SYSTEM", help="also serve the same stream on SYSTEM and print the speedup")
+    p.add_argument("--vs-tp", type=int, help="devices per expert on the --vs system (default: all of them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
 
 def run(a: argparse.Namespace) -> int:
+    from ..arch.system import load_system
     from ..cli import _fmt_b, _fmt_s
+    from ..workloads.model import load_model
     from .coe import simulate_coe
+    from .engine import with_engine_formats
 
+    given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype)) if v}
+    model = load_model(a.model)
+    if given:
+        model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
     kw = dict(experts=a.experts, requests=a.requests, prompt=a.prompt, output=a.output, skew=a.skew, seed=a.seed,
               batch=a.batch, router=not a.no_router, slots=a.slots)
-    results = [simulate_coe(s, a.model, **kw) for s in [a.system] + ([a.vs] if a.vs else [])]
+    results = []
+    for name, tp in [(a.system, a.tp)] + ([(a.vs, a.vs_tp)] if a.vs else []):
+        system = load_system(name)
+        results.append(simulate_coe(system, with_engine_formats(model, system.device, given), tp=tp, **kw))
     if a.json:
         out: dict[str, object] = {"runs": [r.as_dict() for r in results]}
         if a.vs:
@@ -37,11 +53,11 @@ def run(a: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     r0 = results[0]
-    print(f"xpusim coe: {a.experts} experts of {r0.model} ({_fmt_b(r0.expert_bytes)} each), {a.requests} requests "
+    print(f"xpusim coe: {a.experts} experts of {r0.model} ({_fmt_b(r0.expert_bytes)} each on {r0.system}), {a.requests} requests "
           f"(batch {a.batch}, prompt {a.prompt}, output {a.output}), Zipf skew {a.skew:g}, seed {a.seed}"
           + ("" if a.no_router else f"; a resident {r0.model} router reads each prompt"))
     for r in results:
-        print(f"{r.system}: cache {r.slots} experts (LRU), hit rate {100 * r.hit_rate:.1f} %, a miss switches in "
+        print(f"{r.system} (tp {r.tp}): cache {r.slots} experts (LRU), hit rate {100 * r.hit_rate:.1f} %, a miss switches in "
               f"{_fmt_s(r.switch_s)}; per request: router {_fmt_s(r.router_s)} + switch {_fmt_s(r.mean_switch_s)} (mean) "
               f"+ prefill {_fmt_s(r.prefill_s)} + decode {r.output} x {_fmt_s(r.decode_step_s)} = {_fmt_s(r.request_s)}; "
               f"{1 / r.request_s:.2f} requests/s")

@@ -63,21 +63,27 @@ def test_the_cache_is_what_device_memory_holds_beside_the_router_and_kv():
         s = load_system(name)
         r = simulate_coe(name, m, experts=150, requests=200, prompt=128, output=20)
         cap = s.device.backing.capacity_bytes * s.device.backing.instances * s.n_devices
-        free = cap - m.weights_bytes - 2 * m.kv_cache_bytes(1, 148)
+        free = cap - m.weights_bytes - m.kv_cache_bytes(1, 148) - m.kv_cache_bytes(1, 128)  # the router reads the prompt
         assert r.slots == int(free // m.weights_bytes)
         no_router = simulate_coe(name, m, experts=150, requests=200, prompt=128, output=20, router=False)
         assert no_router.slots == r.slots + 1 and no_router.router_s == 0.0
+        one = simulate_coe(name, m, experts=100, requests=200, prompt=128, output=20, tp=1)
+        per_device = s.device.backing.capacity_bytes * s.device.backing.instances
+        assert one.slots == int((per_device - m.weights_bytes - m.kv_cache_bytes(1, 148) - m.kv_cache_bytes(1, 128))
+                                // m.weights_bytes)
 
 
 def test_every_miss_pays_the_switch_and_hits_do_not():
     m = load_model("llama-2-7b")
     cold = simulate_coe("sn40l-node", m, experts=150, requests=300, prompt=128, output=20, slots=0)
-    warm = simulate_coe("sn40l-node", m, experts=150, requests=300, prompt=128, output=20, slots=150)
+    warm = simulate_coe("sn40l-node", m, experts=150, requests=300, prompt=128, output=20)
     assert cold.hit_rate == 0.0 and 0.0 < warm.hit_rate < 1.0
     assert cold.request_s - warm.request_s == pytest.approx(warm.hit_rate * cold.switch_s)
-    assert cold.switch_s == pytest.approx(switch_seconds(load_system("sn40l-node"), m.weights_bytes))
-    h100 = simulate_coe("dgx-h100", m, experts=150, requests=300, prompt=128, output=20, slots=0)
+    assert cold.switch_s == pytest.approx(switch_seconds(load_system("sn40l-node"), m.weights_bytes, 8))
+    h100 = simulate_coe("dgx-h100", m, experts=150, requests=300, prompt=128, output=20, slots=0, tp=1)
     assert h100.switch_s / cold.switch_s == pytest.approx(15.87, rel=0.01)  # the model-switch reproduction's ratio
+    h100_tp8 = simulate_coe("dgx-h100", m, experts=150, requests=300, prompt=128, output=20, slots=0)
+    assert h100_tp8.switch_s == pytest.approx(h100.switch_s / 8)  # each GPU loads its eighth over its own link
 
 
 def test_popular_experts_shrink_the_dataflow_nodes_lead():
@@ -85,8 +91,8 @@ def test_popular_experts_shrink_the_dataflow_nodes_lead():
     m = load_model("llama-2-7b")
     ratio = {}
     for skew in (0.0, 1.5):
-        sn, dgx = (simulate_coe(s, m, experts=150, requests=2000, prompt=128, output=20, skew=skew)
-                   for s in ("sn40l-node", "dgx-h100"))
+        sn = simulate_coe("sn40l-node", m, experts=150, requests=2000, prompt=128, output=20, skew=skew)
+        dgx = simulate_coe("dgx-h100", m, experts=150, requests=2000, prompt=128, output=20, skew=skew, tp=1)
         ratio[skew] = dgx.request_s / sn.request_s
     assert ratio[0.0] > ratio[1.5] > 1.0
 
@@ -96,7 +102,12 @@ def test_popular_experts_shrink_the_dataflow_nodes_lead():
     ({"requests": -1}, SpecError, "requests must be"),
     ({"skew": -0.5}, SpecError, "skew"),
     ({"slots": -1}, SpecError, "slots"),
+    ({"slots": 40}, SpecError, "from 0 to 39"),
+    ({"seed": -1}, SpecError, "seed"),
+    ({"tp": 9}, SpecError, "tp must be 1 to 8"),
+    ({"experts": 10**10}, SpecError, "at most 1,000,000 experts"),
     ({"experts": 2000}, CapacityError, "use at most 979 experts"),
+    ({"experts": 200, "tp": 1}, CapacityError, "use at most 122 experts"),  # one socket's DDR
     ({"batch": 100_000}, CapacityError, "not one llama-2-7b expert"),
 ])
 def test_bad_coe_inputs_are_one_line_errors(kw, err, msg):
@@ -114,11 +125,25 @@ def test_a_system_without_a_host_link_cannot_switch():
 def test_cli_coe(capsys):
     from xpusim.cli import main
 
-    assert main(["coe", "--system", "sn40l-node", "--model", "llama-2-7b", "--requests", "300", "--vs", "dgx-a100"]) == 0
+    assert main(["coe", "--system", "sn40l-node", "--model", "llama-2-7b", "--requests", "300", "--vs", "dgx-a100",
+                 "--vs-tp", "1"]) == 0
     out = capsys.readouterr().out
-    assert "hit rate" in out and "sn40l-node over dgx-a100:" in out
+    assert "hit rate" in out and "dgx-a100 (tp 1)" in out and "sn40l-node over dgx-a100:" in out
     assert main(["coe", "--system", "sn40l-node", "--model", "llama-2-7b", "--requests", "300", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["runs"][0]["slots"] >= 1 and 0 <= d["runs"][0]["hit_rate"] <= 1
     assert main(["coe", "--system", "sn40l-node", "--model", "llama-2-7b", "--skew", "-1"]) == 2
     assert "skew" in capsys.readouterr().err
+
+
+def test_coe_runs_in_the_devices_engine_formats(tmp_path, capsys):
+    """A system of FPGAs serves in its engine's INT8 formats (as simulate does), or in the formats given."""
+    from xpusim.cli import main
+
+    (tmp_path / "u280x4.yaml").write_text(
+        "name: u280x4\ndevice: alveo-u280\ndevices_per_node: 4\nnodes: 1\nhost_link: 15.75 GB/s\n"
+        "intra: {topology: ring, bandwidth: 12.5 GB/s, latency: 2 us}\n")
+    assert main(["coe", "--system", str(tmp_path / "u280x4.yaml"), "--model", "llama-2-7b", "--experts", "8",
+                 "--requests", "50", "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert run["expert_bytes"] < 7.5e9  # INT8 weights, not bf16's 13.5 GB

@@ -428,9 +428,22 @@ def test_results_report_the_fullest_channel(capsys):
     assert "hbm_channels" not in simulate("versal-vck190", m, Decode(1, 512), check_memory=False).inputs
 
 
+def test_the_largest_cores_outputs_decide_what_stays_on_chip():
+    from xpusim.sim.engine import op_cost
+
+    a = load_arch("alveo-u280")
+    glob = fpga_spec(a).template.buffers["global"] / 3  # one core's global buffer, 1 MiB
+    c = op_cost(gemm_op(1024, 3072, 1024, dtype="int8"), a)
+    assert c.mapping["core_columns"] == [1056, 1056, 960]
+    assert 1024 * 1056 > glob >= 1024 * 1024  # an even third's outputs would fit, the largest core's do not
+    assert c.mapping["tiling"] != "rows" or c.mapping["weight_passes"] > 1
+
+
 @pytest.mark.parametrize("part, template, msg", [
-    ({"hbm_channels": 32, "hbm_remote_efficiency": None}, {}, "hbm_remote_efficiency"),
-    ({"hbm_remote_efficiency": 0.5, "hbm_channels": None}, {}, "go together"),
+    ({"hbm_remote_efficiency": None}, {}, "go together"),
+    ({"hbm_channels": None}, {}, "go together"),
+    ({"hbm_channels": None, "hbm_remote_efficiency": None}, {"hbm_layout": "striped"}, "needs the part's hbm_channels"),
+    ({"hbm_channels": 4096}, {}, "at most 1024"),
     ({"hbm_channels": 2}, {}, "a channel per core"),
     ({}, {"hbm_layout": "diagonal"}, "per_core or striped"),
     ({"hbm_remote_efficiency": 0.0}, {}, "hbm_remote_efficiency"),

@@ -386,14 +386,14 @@ def fusion_speedup(p: dict[str, Any]) -> float:
 
 
 def _switch_s(side: dict[str, Any], nbytes: float) -> float:
-    """Seconds to bring a model of ``nbytes`` into device memory on a side's system
+    """Seconds to bring a model of ``nbytes`` into the memory of the side's ``tp`` devices that run it
     (:func:`~xpusim.sim.coe.switch_seconds`)."""
     from ..sim.coe import switch_seconds
 
     system = _system(side)
     if system is None:
         raise SpecError("case: a model switch needs a system on each side")
-    return switch_seconds(system, nbytes)
+    return switch_seconds(system, nbytes, int(side.get("tp", 1)))
 
 
 @case_kind("model_switch_speedup")
