@@ -6,7 +6,9 @@ engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section 
 * ``part``: ``dsp``, ``bram`` (36 Kb blocks), ``uram`` (288 Kb blocks), ``lut``, ``ff``, ``slrs``
   (super logic regions) and ``dsp_kind`` (``dsp48e2`` or ``dsp58``); on an HBM part optionally
   ``hbm_channels`` (pseudo-channels) with ``hbm_remote_efficiency`` (the rate of an access through
-  the HBM switch to a channel outside a port's group, relative to a direct one);
+  the HBM switch to a channel outside a port's group, relative to a direct one); optionally
+  ``dsp_fmax``, the DSP's maximum clock with every pipeline register used at the part's speed grade
+  (its data sheet), above which no template clock closes;
 * ``template``: the matrix processing engine — ``cores`` (one per SLR in FlightLLM), each with
   ``vpus`` vector processing units, each a DSP chain of ``chain`` DSPs; ``macs_per_dsp`` INT8 MACs a
   DSP retires per cycle (two packed, sharing a weight, on a DSP48E2; a three-element dot product on
@@ -44,6 +46,7 @@ from .sections import check_section, positive
 
 _PART = ("dsp", "bram", "uram", "lut", "ff", "slrs", "dsp_kind")
 _PART_HBM = ("hbm_channels", "hbm_remote_efficiency")
+_PART_OPTIONAL = _PART_HBM + ("dsp_fmax",)
 _TEMPLATE = ("cores", "vpus", "chain", "macs_per_dsp", "sparsity_m", "sfu_lanes", "buffers", "hbm_efficiency")
 _OPTIONAL = ("length_buckets", "hbm_layout")
 _ESTIMATE = ("lut_per_dsp", "ff_per_dsp", "lut_fixed", "ff_fixed", "max_utilisation")
@@ -66,6 +69,7 @@ class Part:
     dsp_kind: str
     hbm_channels: int = 0  # HBM pseudo-channels (0: no channel model, the memory is one pool)
     hbm_remote_efficiency: float = 1.0  # rate through the HBM switch to another port group's channel
+    dsp_fmax_hz: float = 0.0  # the DSP's maximum clock at the part's speed grade (data sheet); 0: not checked
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,8 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
     where = _where(name)
     check_section(d, {"part", "template", "estimate", "power"}, ["part", "template", "estimate"], where,
                   "part, template, estimate; optional power")
-    p = check_section(d["part"], set(_PART + _PART_HBM), list(_PART), f"{where}.part",
-                      ", ".join(_PART) + "; optional hbm_channels with hbm_remote_efficiency")
+    p = check_section(d["part"], set(_PART + _PART_OPTIONAL), list(_PART), f"{where}.part",
+                      ", ".join(_PART) + "; optional hbm_channels with hbm_remote_efficiency, dsp_fmax")
     if p["dsp_kind"] not in ("dsp48e2", "dsp58"):
         raise SpecError(f"{where}.part.dsp_kind: must be dsp48e2 or dsp58, got {p['dsp_kind']!r}")
     counts = {k: _int(p, k, f"{where}.part") for k in _PART[:-1]}
@@ -154,7 +158,9 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
     if hbm[0] > MAX_HBM_CHANNELS:
         raise SpecError(f"{where}.part.hbm_channels: at most {MAX_HBM_CHANNELS} pseudo-channels, got {hbm[0]:,}")
     part = Part(dsp=counts["dsp"], bram=counts["bram"], uram=counts["uram"], lut=counts["lut"], ff=counts["ff"],
-                slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]), hbm_channels=hbm[0], hbm_remote_efficiency=hbm[1])
+                slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]), hbm_channels=hbm[0], hbm_remote_efficiency=hbm[1],
+                dsp_fmax_hz=(positive(parse_quantity(p["dsp_fmax"], "hz", f"{where}.part.dsp_fmax"), f"{where}.part.dsp_fmax",
+                                      "'775 MHz'") if "dsp_fmax" in p else 0.0))
     t = check_section(d["template"], set(_TEMPLATE + _OPTIONAL), list(_TEMPLATE), f"{where}.template",
                       ", ".join(_TEMPLATE))
     lb = check_section(t.get("length_buckets", {"prefill": 1, "decode": 1}), {"prefill", "decode"}, ["prefill", "decode"],
@@ -220,6 +226,16 @@ def estimate_resources(spec: FpgaSpec, template: Template | None = None) -> dict
     uram = t.cores * sum(math.ceil(b / t.cores / URAM_BYTES) for b in t.buffers.values())
     return {"dsp": t.dsps, "bram": t.cores * t.sfu_lanes, "uram": uram,
             "lut": math.ceil(e.lut_per_dsp * t.dsps + e.lut_fixed), "ff": math.ceil(e.ff_per_dsp * t.dsps + e.ff_fixed)}
+
+
+def check_clock(spec: FpgaSpec, name: str, clock_hz: float) -> None:
+    """:class:`CapacityError` when the template's clock exceeds the part's DSP maximum (``dsp_fmax``):
+    the DSP chains are the engine's critical primitive, and no routing closes above their data-sheet
+    limit."""
+    fmax = spec.part.dsp_fmax_hz
+    if fmax and clock_hz > fmax:
+        raise CapacityError(f"device {name!r}: the template's clock {clock_hz / 1e6:g} MHz exceeds the part's DSP maximum "
+                            f"of {fmax / 1e6:g} MHz (its speed grade's data sheet); choose a clock up to {fmax / 1e6:g} MHz")
 
 
 def check_fits(spec: FpgaSpec, name: str, template: Template | None = None) -> dict[str, int]:

@@ -269,7 +269,7 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         check_wafer_arch(wspec, arch.matrix.instances, name)
         arch.rules["wafer"] = wspec
     if arch.device_class == "fpga" or "fpga" in d:  # FPGA part + LLM-engine template (arch/fpga.py)
-        from .fpga import check_fits, parse_fpga
+        from .fpga import check_clock, check_fits, parse_fpga
 
         if arch.device_class != "fpga" or "fpga" not in d:
             raise SpecError(f"device {name!r}: class fpga and an fpga: section (part, template, estimate) go together")
@@ -284,6 +284,7 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
                             f"{arch.backing.name!r} is of kind {backing_kind or 'unset'!r}; drop hbm_channels or give "
                             "an HBM level (kind: hbm2)")
         check_fits(fspec, name)
+        check_clock(fspec, name, arch.matrix_clock_hz)
         arch.rules["fpga"] = fspec
         if fspec.power is not None:  # the running board's power: idle + the engine's logic (arch/fpga.py)
             from dataclasses import replace

@@ -517,3 +517,15 @@ def test_cli_prints_the_board_power(capsys):
     assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "decode", "--context", "640"]) == 0
     out = capsys.readouterr().out
     assert "board power: 26.9 W idle + 7.3 W engine logic" in out
+
+
+def test_a_clock_above_the_parts_dsp_maximum_does_not_close():
+    d = copy.deepcopy(RAW)
+    d["clock"] = "775 MHz"  # exactly the DSP48E2's maximum at -2 (AMD DS923): allowed
+    arch_from_dict(d)
+    d["clock"] = "800 MHz"
+    with pytest.raises(CapacityError, match="exceeds the part's DSP maximum of 775 MHz") as e:
+        arch_from_dict(d)
+    assert "\n" not in str(e.value)
+    d["fpga"]["part"].pop("dsp_fmax")  # a part without the data-sheet figure is not checked
+    arch_from_dict(d)
