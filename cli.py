@@ -236,6 +236,9 @@ def _print_result(res, model, phase) -> None:
     if fp and res.latency_s > 0:
         print(f"board power: {fp['board_idle_w']:.1f} W idle + {fp['logic_w']:.1f} W engine logic while running "
               f"(fpga.power); {res.energy_j / res.latency_s:.1f} W on average over this step with its memory traffic")
+    elif fr:
+        print("board power: not modelled for this part (no fpga.power section); the energy counts the MACs and the "
+              "memory traffic only, a lower bound")
     hc = res.inputs.get("hbm_channels")
     if hc:
         print(f"HBM channels: {hc['layout']} layout over {hc['channels']} pseudo-channels of "

@@ -159,8 +159,7 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
         raise SpecError(f"{where}.part.hbm_channels: at most {MAX_HBM_CHANNELS} pseudo-channels, got {hbm[0]:,}")
     part = Part(dsp=counts["dsp"], bram=counts["bram"], uram=counts["uram"], lut=counts["lut"], ff=counts["ff"],
                 slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]), hbm_channels=hbm[0], hbm_remote_efficiency=hbm[1],
-                dsp_fmax_hz=(positive(parse_quantity(p["dsp_fmax"], "hz", f"{where}.part.dsp_fmax"), f"{where}.part.dsp_fmax",
-                                      "'775 MHz'") if "dsp_fmax" in p else 0.0))
+                dsp_fmax_hz=_fmax(p, where))
     t = check_section(d["template"], set(_TEMPLATE + _OPTIONAL), list(_TEMPLATE), f"{where}.template",
                       ", ".join(_TEMPLATE))
     lb = check_section(t.get("length_buckets", {"prefill": 1, "decode": 1}), {"prefill", "decode"}, ["prefill", "decode"],
@@ -190,19 +189,24 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
     per = {k: _num(e, k, f"{where}.estimate") for k in _ESTIMATE[:-1]}
     est = Estimate(lut_per_dsp=per["lut_per_dsp"], ff_per_dsp=per["ff_per_dsp"], lut_fixed=per["lut_fixed"],
                    ff_fixed=per["ff_fixed"], max_utilisation=_num(e, "max_utilisation", f"{where}.estimate", 0.01, 1.0))
-    return FpgaSpec(part=part, template=template, estimate=est, power=_power(d.get("power"), where))
+    return FpgaSpec(part=part, template=template, estimate=est, power=_power(d, where))
 
 
-def _power(d: Any, where: str) -> Power | None:
-    if d is None:
+#: upper bounds of the power fields (a board draws at most kilowatts; a DSP or LUT cycle costs nanojoules at most)
+_POWER_LIMITS = {"board_idle": 1e4, "dsp_energy": 1e-9, "lut_energy": 1e-9}
+
+
+def _power(d: dict[str, Any], where: str) -> Power | None:
+    if "power" not in d:
         return None
     keys = ["board_idle", "dsp_energy", "lut_energy"]
-    pw = check_section(d, set(keys), keys, f"{where}.power", "board_idle (W), dsp_energy (J per DSP-cycle), "
+    pw = check_section(d["power"], set(keys), keys, f"{where}.power", "board_idle (W), dsp_energy (J per DSP-cycle), "
                        "lut_energy (J per LUT-cycle)")
     vals = {k: parse_quantity(pw[k], "watts" if k == "board_idle" else "joules", f"{where}.power.{k}") for k in keys}
     for k, v in vals.items():
-        if not (v > 0 and math.isfinite(v)):
-            raise SpecError(f"{where}.power.{k}: must be positive, got {pw[k]!r}")
+        if not (0 < v <= _POWER_LIMITS[k]):
+            unit = "W" if k == "board_idle" else "J"
+            raise SpecError(f"{where}.power.{k}: must be positive and at most {_POWER_LIMITS[k]:g} {unit}, got {pw[k]!r}")
     return Power(board_idle_w=vals["board_idle"], dsp_j=vals["dsp_energy"], lut_j=vals["lut_energy"])
 
 
@@ -228,14 +232,25 @@ def estimate_resources(spec: FpgaSpec, template: Template | None = None) -> dict
             "lut": math.ceil(e.lut_per_dsp * t.dsps + e.lut_fixed), "ff": math.ceil(e.ff_per_dsp * t.dsps + e.ff_fixed)}
 
 
+def _fmax(p: dict[str, Any], where: str) -> float:
+    """The part's ``dsp_fmax`` in Hz (0 when absent): a frequency of 1 MHz to 10 GHz."""
+    if "dsp_fmax" not in p:
+        return 0.0
+    f = parse_quantity(p["dsp_fmax"], "hz", f"{where}.part.dsp_fmax")
+    if not 1e6 <= f <= 1e10:
+        raise SpecError(f"{where}.part.dsp_fmax: must be a frequency from 1 MHz to 10 GHz with its unit, e.g. "
+                        f"'775 MHz', got {p['dsp_fmax']!r}")
+    return f
+
+
 def check_clock(spec: FpgaSpec, name: str, clock_hz: float) -> None:
     """:class:`CapacityError` when the template's clock exceeds the part's DSP maximum (``dsp_fmax``):
     the DSP chains are the engine's critical primitive, and no routing closes above their data-sheet
     limit."""
     fmax = spec.part.dsp_fmax_hz
     if fmax and clock_hz > fmax:
-        raise CapacityError(f"device {name!r}: the template's clock {clock_hz / 1e6:g} MHz exceeds the part's DSP maximum "
-                            f"of {fmax / 1e6:g} MHz (its speed grade's data sheet); choose a clock up to {fmax / 1e6:g} MHz")
+        raise CapacityError(f"device {name!r}: the template's clock {clock_hz / 1e6:.6g} MHz exceeds the part's DSP maximum "
+                            f"of {fmax / 1e6:.6g} MHz (its speed grade's data sheet); choose a clock up to {fmax / 1e6:.6g} MHz")
 
 
 def check_fits(spec: FpgaSpec, name: str, template: Template | None = None) -> dict[str, int]:

@@ -294,6 +294,10 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
             if "static_power" in d:
                 raise SpecError(f"device {name!r}: give static_power or fpga.power, not both (fpga.power derives it "
                                 "from the idle board and the template's logic)")
+            for unit, key in (("matrix", "energy_pj_per_mac"), ("vector", "energy_pj_per_flop")):
+                if key in d.get(unit, {}):
+                    raise SpecError(f"device {name!r}: give {unit}.{key} or fpga.power, not both (fpga.power's logic "
+                                    "energy covers the MACs and the SFU FLOPs)")
             power = engine_power_w(fspec, arch.matrix_clock_hz)
             assert power is not None
             # the logic's switching is in the running power: the MACs and SFU FLOPs cost nothing more

@@ -316,6 +316,14 @@ def compiled_phase(phase: Phase, arch: Arch) -> Phase:
     return phase
 
 
+def powered_energy(energy_j: float, charged_static_j: float, powered_w: float, wall_s: float) -> float:
+    """A step's energy with every device powered for the whole step: the ops' energies less the static
+    power they were charged while busy (``charged_static_j``), plus the static power of every device
+    (``powered_w`` together) over the step's wall time — a device idling through collectives, pipeline
+    bubbles or the other side's work still draws it."""
+    return energy_j - charged_static_j + powered_w * wall_s
+
+
 def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> None:
     """Raise :class:`CapacityError` with remedies when the footprint exceeds device memory."""
     if result.memory_bytes <= result.capacity_bytes:

@@ -22,7 +22,7 @@ from ..errors import CapacityError, SpecError
 from ..workloads.layers import layer_block_map
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Decode, Phase, Prefill
-from .engine import simulate_trace
+from .engine import powered_energy, simulate_trace
 from .parallel import Plan, device_trace, local_phase, shard_model, stage_layers
 from .result import Result
 
@@ -106,8 +106,12 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
     res = simulate_trace(trace, system.device, objective, None, system=system, resident=(weights, kv))
     stage_s, send_s = _stage_times(res, model, plan)
     makespan, events = pipeline(stage_s, send_s, mb)
+    scale = mb * plan.tp * plan.dp  # every micro-batch on every rank
+    static_w = system.device.static_power_w
+    busy_s = float(res.ops.loc[res.ops["bound"] != "link", "total_latency_s"].sum())
+    energy = powered_energy(res.energy_j * scale, static_w * busy_s * scale, static_w * plan.devices, makespan)
     out = dataclasses.replace(
-        res, latency_s=makespan, energy_j=res.energy_j * mb * plan.tp * plan.dp, tokens=phase.tokens,
+        res, latency_s=makespan, energy_j=energy, tokens=phase.tokens,
         weights_bytes=weights, kv_cache_bytes=kv, ssm_state_bytes=shard.ssm_state_bytes(lp.batch) * frac,
         inputs={**res.inputs, "system": system.name, "plan": plan.describe(), "devices": plan.devices, "model": model.name,
                 "phase": phase.name, "phase_args": dict(vars(phase)), "microbatches": mb,

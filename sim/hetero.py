@@ -206,7 +206,14 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
         from .parallel import shard_model
 
         held = shard_model(model, Plan(tp=tp))
-    return Result(ops=df, latency_s=makespan, energy_j=float(df["total_energy_j"].sum()) * streams * tp,  # every rank's
+    from .engine import powered_energy
+
+    busy = df["bound"] != "link"
+    charged = (host.static_power_w * df.loc[busy & (df["device"] == "host"), "total_latency_s"].sum()
+               + pim.static_power_w * df.loc[df["device"] == "pim", "total_latency_s"].sum()) * streams * tp
+    energy = powered_energy(float(df["total_energy_j"].sum()) * streams * tp, float(charged),  # every rank's
+                            (host.static_power_w + pim.static_power_w) * tp, makespan)
+    return Result(ops=df, latency_s=makespan, energy_j=energy,
                   tokens=phase.tokens, weights_bytes=held.weights_bytes, kv_cache_bytes=_kv_bytes(held, phase),
                   activation_bytes=activation_bytes(trace),
                   capacity_bytes=host.backing.capacity_bytes * host.backing.instances,
@@ -224,9 +231,10 @@ def _fpga_inputs(host: Arch) -> dict[str, Any]:
     """An FPGA host's template use of its part (what simulate records), else nothing."""
     if host.device_class != "fpga":
         return {}
-    from ..arch.fpga import resource_table
+    from ..arch.fpga import engine_power_w, fpga_spec, resource_table
 
-    return {"fpga_resources": resource_table(host)}
+    power = engine_power_w(fpga_spec(host), host.matrix_clock_hz)
+    return {"fpga_resources": resource_table(host), **({"fpga_power": power} if power else {})}
 
 
 def pim_stacks(pim: Arch | str, stacks: int) -> Arch:

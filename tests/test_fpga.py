@@ -502,6 +502,10 @@ def test_running_power_is_the_idle_board_and_the_templates_logic_and_memory_traf
     (lambda d: d["fpga"]["power"].update(dsp_energy="3 pW"), "not a joules unit"),
     (lambda d: d["fpga"]["power"].pop("lut_energy"), "missing lut_energy"),
     (lambda d: d.update(static_power="30 W"), "not both"),
+    (lambda d: d["fpga"].update(power=None), "power: must be a mapping"),
+    (lambda d: d["fpga"]["power"].update(lut_energy="1e6 J"), "at most 1e-09 J"),
+    (lambda d: d["matrix"].update(energy_pj_per_mac={"int8": 0.2}), "energy_pj_per_mac or fpga.power"),
+    (lambda d: d["fpga"]["part"].update(dsp_fmax=775), "with its unit"),
 ])
 def test_bad_power_sections_are_one_line_errors(mutate, msg):
     d = copy.deepcopy(RAW)
@@ -529,3 +533,35 @@ def test_a_clock_above_the_parts_dsp_maximum_does_not_close():
     assert "\n" not in str(e.value)
     d["fpga"]["part"].pop("dsp_fmax")  # a part without the data-sheet figure is not checked
     arch_from_dict(d)
+
+
+def test_every_board_of_a_system_draws_its_power_for_the_whole_step(tmp_path):
+    """Static power over the wall time: a pipeline of four boards pays four boards' idle and logic power
+    for the whole step, while the dynamic energy (the weights streamed once) stays one board's."""
+    from xpusim.arch.system import load_system
+    from xpusim.sim.events import simulate_system
+    from xpusim.sim.parallel import Plan
+
+    (tmp_path / "u280x4.yaml").write_text("name: u280x4\ndevice: alveo-u280\ndevices_per_node: 4\nnodes: 1\n"
+                                          "intra: {topology: ring, bandwidth: 12.5 GB/s, latency: 2 us}\n")
+    system = load_system(str(tmp_path / "u280x4.yaml"))
+    watts = system.device.static_power_w
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    one = simulate_system(system, m, Decode(1, 640), Plan(), check_memory=False)
+    for plan in (Plan(pp=4), Plan(tp=4)):
+        r = simulate_system(system, m, Decode(1, 640), plan, check_memory=False)
+        dynamic = r.energy_j - watts * 4 * r.latency_s
+        assert dynamic > 0
+        if plan.pp == 4:  # one micro-batch: the same weight traffic as one board
+            assert dynamic == pytest.approx(one.energy_j - watts * one.latency_s, rel=0.01)
+
+
+def test_an_fpga_host_draws_its_power_while_the_pim_works():
+    from xpusim.sim.hetero import pim_stacks, simulate_hetero
+
+    host = load_arch("alveo-u280")
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    r = simulate_hetero(host, pim_stacks("aim-gddr6", 1), m, Decode(1, 640), "pim", "blocked")
+    assert (r.ops["device"] == "pim").all()
+    assert r.energy_j >= host.static_power_w * r.latency_s  # the board idles, powered, through the PIM's step
+    assert r.inputs["fpga_power"]["running_w"] == pytest.approx(host.static_power_w)
