@@ -239,6 +239,11 @@ def _print_result(res, model, phase) -> None:
     elif fr:
         print("board power: not modelled for this part (no fpga.power section); the energy counts the MACs and the "
               "memory traffic only, a lower bound")
+    ft = res.inputs.get("fpga_tiers")
+    if ft and (ft["weights"] != "hbm" or ft["kv"] != "hbm"):
+        w = res.weights_bytes
+        print(f"off-chip tiers: weights {_fmt_b(w * ft['weights_hbm'])} in HBM and {_fmt_b(w * (1 - ft['weights_hbm']))} "
+              f"in the card's DDR (streamed at once); KV cache in {ft['kv'].upper()}")
     hc = res.inputs.get("hbm_channels")
     if hc:
         print(f"HBM channels: {hc['layout']} layout over {hc['channels']} pseudo-channels of "

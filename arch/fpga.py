@@ -8,7 +8,8 @@ engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section 
   ``hbm_channels`` (pseudo-channels) with ``hbm_remote_efficiency`` (the rate of an access through
   the HBM switch to a channel outside a port's group, relative to a direct one); optionally
   ``dsp_fmax``, the DSP's maximum clock with every pipeline register used at the part's speed grade
-  (its data sheet), above which no template clock closes;
+  (its data sheet), above which no template clock closes; optionally ``ddr: {capacity, bandwidth}``,
+  a card's DDR behind its HBM (weights that do not fit the HBM overflow into it);
 * ``template``: the matrix processing engine — ``cores`` (one per SLR in FlightLLM), each with
   ``vpus`` vector processing units, each a DSP chain of ``chain`` DSPs; ``macs_per_dsp`` INT8 MACs a
   DSP retires per cycle (two packed, sharing a weight, on a DSP48E2; a three-element dot product on
@@ -46,7 +47,7 @@ from .sections import check_section, positive
 
 _PART = ("dsp", "bram", "uram", "lut", "ff", "slrs", "dsp_kind")
 _PART_HBM = ("hbm_channels", "hbm_remote_efficiency")
-_PART_OPTIONAL = _PART_HBM + ("dsp_fmax",)
+_PART_OPTIONAL = _PART_HBM + ("dsp_fmax", "ddr")
 _TEMPLATE = ("cores", "vpus", "chain", "macs_per_dsp", "sparsity_m", "sfu_lanes", "buffers", "hbm_efficiency")
 _OPTIONAL = ("length_buckets", "hbm_layout")
 _ESTIMATE = ("lut_per_dsp", "ff_per_dsp", "lut_fixed", "ff_fixed", "max_utilisation")
@@ -70,6 +71,8 @@ class Part:
     hbm_channels: int = 0  # HBM pseudo-channels (0: no channel model, the memory is one pool)
     hbm_remote_efficiency: float = 1.0  # rate through the HBM switch to another port group's channel
     dsp_fmax_hz: float = 0.0  # the DSP's maximum clock at the part's speed grade (data sheet); 0: not checked
+    ddr_bytes: float = 0.0  # a card's DDR behind its HBM (0: none): capacity, bytes
+    ddr_Bps: float = 0.0  # and bandwidth, bytes/s
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
     check_section(d, {"part", "template", "estimate", "power"}, ["part", "template", "estimate"], where,
                   "part, template, estimate; optional power")
     p = check_section(d["part"], set(_PART + _PART_OPTIONAL), list(_PART), f"{where}.part",
-                      ", ".join(_PART) + "; optional hbm_channels with hbm_remote_efficiency, dsp_fmax")
+                      ", ".join(_PART) + "; optional hbm_channels with hbm_remote_efficiency, dsp_fmax, ddr")
     if p["dsp_kind"] not in ("dsp48e2", "dsp58"):
         raise SpecError(f"{where}.part.dsp_kind: must be dsp48e2 or dsp58, got {p['dsp_kind']!r}")
     counts = {k: _int(p, k, f"{where}.part") for k in _PART[:-1]}
@@ -159,7 +162,7 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
         raise SpecError(f"{where}.part.hbm_channels: at most {MAX_HBM_CHANNELS} pseudo-channels, got {hbm[0]:,}")
     part = Part(dsp=counts["dsp"], bram=counts["bram"], uram=counts["uram"], lut=counts["lut"], ff=counts["ff"],
                 slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]), hbm_channels=hbm[0], hbm_remote_efficiency=hbm[1],
-                dsp_fmax_hz=_fmax(p, where))
+                dsp_fmax_hz=_fmax(p, where), **_ddr(p, where))
     t = check_section(d["template"], set(_TEMPLATE + _OPTIONAL), list(_TEMPLATE), f"{where}.template",
                       ", ".join(_TEMPLATE))
     lb = check_section(t.get("length_buckets", {"prefill": 1, "decode": 1}), {"prefill", "decode"}, ["prefill", "decode"],
@@ -230,6 +233,18 @@ def estimate_resources(spec: FpgaSpec, template: Template | None = None) -> dict
     uram = t.cores * sum(math.ceil(b / t.cores / URAM_BYTES) for b in t.buffers.values())
     return {"dsp": t.dsps, "bram": t.cores * t.sfu_lanes, "uram": uram,
             "lut": math.ceil(e.lut_per_dsp * t.dsps + e.lut_fixed), "ff": math.ceil(e.ff_per_dsp * t.dsps + e.ff_fixed)}
+
+
+def _ddr(p: dict[str, Any], where: str) -> dict[str, float]:
+    """The card's DDR tier behind its HBM (``ddr: {capacity, bandwidth}``), if given."""
+    if "ddr" not in p:
+        return {}
+    ddr = check_section(p["ddr"], {"capacity", "bandwidth"}, ["capacity", "bandwidth"], f"{where}.part.ddr",
+                        "capacity, bandwidth (e.g. {capacity: 32 GiB, bandwidth: 38.5 GB/s})")
+    return {"ddr_bytes": positive(parse_quantity(ddr["capacity"], "bytes", f"{where}.part.ddr.capacity"),
+                                  f"{where}.part.ddr.capacity", "'32 GiB'"),
+            "ddr_Bps": positive(parse_quantity(ddr["bandwidth"], "bytes_per_s", f"{where}.part.ddr.bandwidth"),
+                                f"{where}.part.ddr.bandwidth", "'38.5 GB/s'")}
 
 
 def _fmax(p: dict[str, Any], where: str) -> float:

@@ -283,6 +283,10 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
             raise SpecError(f"device {name!r}: fpga.part.hbm_channels describes HBM, but the backing memory "
                             f"{arch.backing.name!r} is of kind {backing_kind or 'unset'!r}; drop hbm_channels or give "
                             "an HBM level (kind: hbm2)")
+        if fspec.part.ddr_bytes and not backing_kind.startswith("hbm"):
+            raise SpecError(f"device {name!r}: fpga.part.ddr is a DDR tier behind an HBM backing level, but "
+                            f"{arch.backing.name!r} is of kind {backing_kind or 'unset'!r}; make the DDR the backing "
+                            "memory level instead")
         check_fits(fspec, name)
         check_clock(fspec, name, arch.matrix_clock_hz)
         arch.rules["fpga"] = fspec

@@ -38,12 +38,14 @@ import numpy as np
 
 from ..arch.fpga import Template, fpga_spec
 from ..arch.spec import Arch
+from ..arch.tech import dram_energy_pj_per_byte
 from ..dtypes import get_dtype
 from ..errors import DtypeError
 from ..sim.cost import OpCost
 from ..workloads.einsum import Op
 from .fpga_hbm import HbmPlan, channel_fill, hbm_plan
 from .pim import Gemv, as_gemv
+from .tiers import tiers
 
 
 def template_hbm_plan(arch: Arch) -> HbmPlan | None:
@@ -61,6 +63,30 @@ def hbm_channel_summary(arch: Arch, stored_bytes: float) -> dict[str, Any] | Non
     if plan is None:
         return None
     return channel_fill(plan, stored_bytes, arch.backing.capacity_bytes * arch.backing.instances / plan.channels)
+
+
+def with_tiers(arch: Arch, weights_bytes: float, kv_bytes: float) -> Arch:
+    """``arch`` with the placement of ``weights_bytes`` and ``kv_bytes`` over its HBM and the card's DDR
+    (:func:`xpusim.mappers.tiers.tiers`: the KV cache in HBM when it fits, the weights filling the rest
+    and overflowing into DDR), which the engine's costs read; unchanged on a part without DDR."""
+    spec = fpga_spec(arch)
+    if not spec.part.ddr_bytes:
+        return arch
+    hbm = arch.backing.capacity_bytes * arch.backing.instances
+    place = tiers(hbm, weights_bytes, kv_bytes)
+    return dataclasses.replace(arch, rules={**arch.rules, "fpga_tiers": place})
+
+
+def _ddr_share(op: Op, arch: Arch) -> float:
+    """The share of a contraction's stored matrix that streams from the card's DDR under the device's
+    placement (``rules['fpga_tiers']``, :func:`with_tiers`)."""
+    place = arch.rules.get("fpga_tiers") if isinstance(arch.rules, dict) else None
+    if not place:
+        return 0.0
+    role = op.inputs[1].role
+    if role == "weight":
+        return 1.0 - float(place["weights_hbm"])
+    return 1.0 if role in ("kv", "state") and place["kv"] == "ddr" else 0.0
 
 
 def compiled_lengths(op: Op, arch: Arch) -> Op:
@@ -160,18 +186,23 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     out_bytes = op.tensor_bytes(op.output) / max(g.groups * g.m * g.n, 1)
     plan = template_hbm_plan(arch)
     channels_used: dict[str, Any] = {}
-    if plan is None:  # one memory pool: the columns split evenly, the bytes at the pool's rate
-        core_columns = math.ceil(columns / t.cores)
-        tiling = buffer_tiling(g, t, out_bytes)
-        matrix_bytes = tiling["hbm_bytes"]
+    split = plan.split(columns) if plan is not None else None
+    core_columns = int(split.max()) if split is not None else math.ceil(columns / t.cores)
+    tiling = buffer_tiling(g, t, out_bytes, core_columns if split is not None else None)
+    # the stored matrix's passes that live in the card's DDR stream from there, at once with the HBM's
+    ddr_bytes = g.groups * g.n * g.k * g.w_bytes * tiling["weight_passes"] * _ddr_share(op, arch)
+    matrix_bytes = tiling["hbm_bytes"] - ddr_bytes
+    if split is None:  # one memory pool: the columns split evenly, the bytes at the pool's rate
         mem_s = matrix_bytes / bw
     else:  # HBM channels: each core's columns (and their bytes) where the layout puts them
-        split = plan.split(columns)
-        core_columns = int(split.max())
-        tiling = buffer_tiling(g, t, out_bytes, core_columns)
-        matrix_bytes = tiling["hbm_bytes"]
+        assert plan is not None
         mem_s = plan.seconds(matrix_bytes * split / max(columns, 1), bw / plan.channels)
         channels_used = {"hbm_layout": plan.layout, "core_columns": [int(n) for n in split]}
+    ddr_s = ddr_bytes / (spec.part.ddr_Bps * t.hbm_efficiency) if ddr_bytes else 0.0
+    far = ddr_s > mem_s
+    mem_s = max(mem_s, ddr_s)
+    if ddr_bytes:
+        channels_used["ddr_bytes"] = float(ddr_bytes)
     steps = math.ceil(g.m / p_m) * math.ceil(core_columns / t.vpus) * math.ceil(k_stored / p_k)
     comp_s = steps / clock
     latency = max(comp_s, mem_s) + launch_s
@@ -179,11 +210,15 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     lv = arch.backing
     energy = {"compute": macs * arch.matrix.energy(compute) * 1e-12,
               lv.name: matrix_bytes * lv.read_energy_pj_per_byte * 1e-12, "static": arch.static_power_w * latency}
+    if ddr_bytes:
+        energy["ddr"] = ddr_bytes * dram_energy_pj_per_byte("ddr4") * 1e-12
     ideal = macs / (arch.matrix.rate(compute) * arch.matrix.instances) / clock
     return OpCost(cycles=latency * arch.clock_hz, latency_s=latency, compute_cycles=comp_s * arch.clock_hz,
                   stall_cycles=max(latency - comp_s, 0.0) * arch.clock_hz, energy_j=float(sum(energy.values())),
-                  utilization=ideal / latency if latency else 0.0, bound="compute" if comp_s >= mem_s else lv.name,
-                  bytes_by_level={lv.name: matrix_bytes}, energy_by_component=energy,
+                  utilization=ideal / latency if latency else 0.0,
+                  bound="compute" if comp_s >= mem_s else "ddr" if far else lv.name,
+                  bytes_by_level={lv.name: matrix_bytes, **({"ddr": ddr_bytes} if ddr_bytes else {})},
+                  energy_by_component=energy,
                   mapping={"mode": "MV" if g.m == 1 else "MM", "p_M": p_m, "p_N": t.cores * t.vpus, "p_K": p_k,
                            "tiling": tiling["order"], "tile": tiling["tile"], "weight_passes": tiling["weight_passes"],
                            **channels_used},

@@ -35,6 +35,7 @@ from ..arch.tech import dram_energy_pj_per_byte
 from ..dtypes import get_dtype
 from ..errors import DtypeError, SpecError
 from ..workloads.einsum import Op
+from .tiers import tiers as two_tiers
 
 #: how a dataflow device runs a trace: fused pipelines (a kernel per block instance), looped (a kernel
 #: per repeated block, Kernel Looping), unfused (a kernel per op)
@@ -107,14 +108,9 @@ class BlockCost:
 
 
 def tiers(arch: Arch, weights_bytes: float, kv_bytes: float) -> dict[str, Any]:
-    """Where the weights and the KV cache live: the KV cache in HBM when it fits (else DDR), the
-    weights filling the rest of the HBM and overflowing into DDR (``weights_hbm``: the fraction of
-    the weights, and so of their traffic, the HBM holds; both tiers stream at once)."""
-    hbm = arch.backing.capacity_bytes * arch.backing.instances
-    kv = "hbm" if kv_bytes <= hbm else "ddr"
-    room = hbm - (kv_bytes if kv == "hbm" else 0.0)
-    frac = 1.0 if weights_bytes <= room else max(0.0, room) / weights_bytes
-    return {"weights": "hbm" if frac >= 1.0 else "ddr" if frac <= 0.0 else "hbm+ddr", "weights_hbm": frac, "kv": kv}
+    """Where the weights and the KV cache live on the socket (:func:`xpusim.mappers.tiers.tiers` over
+    its HBM)."""
+    return two_tiers(arch.backing.capacity_bytes * arch.backing.instances, weights_bytes, kv_bytes)
 
 
 def _op_bytes(op: Op) -> dict[str, float]:

@@ -167,6 +167,13 @@ def group_cost(group: Group, arch: Arch, objective: str = "latency") -> OpCost:
     return op_cost(group.ops[0], arch, objective)
 
 
+def _trace_reads(trace: Trace) -> tuple[float, float]:
+    """(weights, KV) bytes a trace reads: what a device holds when no model says (it misses a mixture
+    of experts' idle experts)."""
+    return (sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "weight"),
+            sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "kv"))
+
+
 def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any,
               resident: tuple[float, float] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of a trace on a dataflow device: each block's compute ops as one fused pipeline, its
@@ -179,10 +186,7 @@ def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any,
     from ..arch.rdu import rdu_spec
     from ..mappers.rdu import RDU_MODES, block_cost, tiers
 
-    if resident is None:
-        resident = (sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "weight"),
-                    sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "kv"))
-    place = tiers(arch, *resident)
+    place = tiers(arch, *(resident or _trace_reads(trace)))
     mode = arch.rules.get("rdu_mode", "fused") if isinstance(arch.rules, dict) else "fused"
     if mode not in RDU_MODES:
         raise SpecError(f"RDU execution mode {mode!r}: use one of {', '.join(RDU_MODES)}")
@@ -219,12 +223,17 @@ def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any,
 
 
 def _capacity(arch: Arch) -> float:
-    """Bytes of device memory for weights, KV cache and activations: the backing level, and an RDU's DDR tier."""
+    """Bytes of device memory for weights, KV cache and activations: the backing level, and an RDU's or
+    an FPGA card's DDR tier."""
     cap = arch.backing.capacity_bytes * arch.backing.instances
     if arch.device_class == "dataflow":
         from ..arch.rdu import rdu_spec
 
         cap += rdu_spec(arch).ddr_bytes
+    if arch.device_class == "fpga":
+        from ..arch.fpga import fpga_spec
+
+        cap += fpga_spec(arch).part.ddr_bytes
     return float(cap)
 
 
@@ -249,10 +258,14 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
     rows: list[dict[str, Any]] = []
     mappings: dict[str, Any] = {}
     level_names = [lv.name for lv in arch.memory]
+    if resident is None and model is not None:
+        resident = (model.weights_bytes, kv_bytes)
     if arch.device_class == "dataflow":  # a block is one fused spatial pipeline (mappers/rdu.py)
-        if resident is None and model is not None:
-            resident = (model.weights_bytes, kv_bytes)
         rows, mappings = _rdu_rows(trace, arch, level_names, system, resident)
+    if arch.device_class == "fpga":  # weights beyond the HBM overflow into the card's DDR (mappers/fpga.py)
+        from ..mappers.fpga import with_tiers
+
+        arch = with_tiers(arch, *(resident or _trace_reads(trace)))
     for block in trace.blocks if arch.device_class != "dataflow" else []:
         for group in plan(block.ops, arch):
             cost = collective_cost(group.ops[0], system) if group.kind == "collective" else group_cost(group, arch, objective)
@@ -300,7 +313,11 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
         power = engine_power_w(fpga_spec(arch), arch.matrix_clock_hz)
         if power is not None:
             result.inputs["fpga_power"] = power
-        channels = hbm_channel_summary(arch, result.weights_bytes + result.kv_cache_bytes)
+        if "fpga_tiers" in arch.rules:  # where the weights and KV cache live: HBM, the card's DDR
+            result.inputs["fpga_tiers"] = dict(arch.rules["fpga_tiers"])
+        place = arch.rules.get("fpga_tiers", {"weights_hbm": 1.0, "kv": "hbm"})
+        in_hbm = result.weights_bytes * place["weights_hbm"] + (result.kv_cache_bytes if place["kv"] == "hbm" else 0.0)
+        channels = hbm_channel_summary(arch, in_hbm)
         if channels is not None:
             result.inputs["hbm_channels"] = channels
     return result

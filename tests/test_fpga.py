@@ -4,6 +4,7 @@ the functional references of the packed INT8 and N:M sparse DSP chains."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -169,12 +170,14 @@ def test_nm_sparse_chain_equals_the_dense_product_of_the_pruned_weights(n, group
 
 def test_u55c_is_the_u280_engine_with_twice_the_hbm():
     a, b = load_arch("alveo-u280"), load_arch("alveo-u55c")
-    assert fpga_spec(a).part == fpga_spec(b).part and fpga_spec(a).template == fpga_spec(b).template
+    assert dataclasses.replace(fpga_spec(a).part, ddr_bytes=0.0, ddr_Bps=0.0) == fpga_spec(b).part  # the U55C has no DDR
+    assert fpga_spec(a).template == fpga_spec(b).template
     assert b.backing.capacity_bytes == 2 * a.backing.capacity_bytes and b.backing.bandwidth_Bps == a.backing.bandwidth_Bps
     m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
-    with pytest.raises(CapacityError):  # 7B int8 weights + a long KV cache overflow the U280's 8 GB
-        simulate("alveo-u280", m, Decode(4, 4096))
-    simulate("alveo-u55c", m, Decode(4, 4096))  # the U55C's 16 GB hold them
+    u280 = simulate("alveo-u280", m, Decode(4, 4096))  # 7B int8 weights + a long KV cache overflow the U280's 8 GB HBM
+    u55c = simulate("alveo-u55c", m, Decode(4, 4096))  # the U55C's 16 GB hold them
+    assert u280.inputs["fpga_tiers"]["weights"] == "hbm+ddr" and "fpga_tiers" not in u55c.inputs
+    assert u280.latency_s > 1.5 * u55c.latency_s  # the weights in the card's DDR stream at 38.5 GB/s
 
 
 def test_vck190_dsp58_chains_take_a_three_element_dot_product_along_k():
@@ -565,3 +568,51 @@ def test_an_fpga_host_draws_its_power_while_the_pim_works():
     assert (r.ops["device"] == "pim").all()
     assert r.energy_j >= host.static_power_w * r.latency_s  # the board idles, powered, through the PIM's step
     assert r.inputs["fpga_power"]["running_w"] == pytest.approx(host.static_power_w)
+
+
+# --- the card's DDR behind the HBM (fpga.part.ddr, mappers/tiers.py) ------------------------------------------------------
+
+
+def test_weights_beyond_the_hbm_stream_from_the_cards_ddr_at_once_with_it():
+    a = load_arch("alveo-u280")
+    s = fpga_spec(a)
+    m = load_model("gpt3-13b").with_formats("int8", "int8", "int8")
+    r = simulate(a, m, Decode(1, 640))
+    place = r.inputs["fpga_tiers"]
+    hbm = a.backing.capacity_bytes
+    assert place["kv"] == "hbm" and place["weights_hbm"] == pytest.approx((hbm - r.kv_cache_bytes) / r.weights_bytes)
+    ddr_rate = s.part.ddr_Bps * s.template.hbm_efficiency
+    in_ddr = r.weights_bytes * (1 - place["weights_hbm"])
+    assert r.latency_s >= 0.95 * in_ddr / ddr_rate  # the DDR's share streams every step (all but the embeddings)
+    assert r.latency_s < 1.05 * in_ddr / ddr_rate + 0.05  # and the HBM's share streams at the same time
+    assert set(r.ops.loc[r.ops["kind"] == "matmul", "bound"]) >= {"ddr"}
+    small = simulate(a, load_model("llama-2-7b").with_formats("int8", "int8", "int8"), Decode(1, 640))
+    assert small.inputs["fpga_tiers"]["weights"] == "hbm"  # a model the HBM holds never touches the DDR
+
+
+def test_a_model_beyond_hbm_and_ddr_does_not_fit():
+    m = load_model("llama-3-70b").with_formats("int8", "int8", "int8")
+    with pytest.raises(CapacityError) as e:
+        simulate("alveo-u280", m, Decode(1, 640))
+    assert "\n" not in str(e.value)
+
+
+def _ddr_backed(d):
+    d["memory"][0]["kind"] = "ddr4"
+    for k in ("hbm_channels", "hbm_remote_efficiency"):
+        d["fpga"]["part"].pop(k)
+    d["fpga"]["template"].pop("hbm_layout")
+
+
+@pytest.mark.parametrize("mutate, msg", [
+    (lambda d: d["fpga"]["part"].update(ddr={"capacity": "32 GiB"}), "missing bandwidth"),
+    (lambda d: d["fpga"]["part"].update(ddr={"capacity": "0 GiB", "bandwidth": "38 GB/s"}), "ddr.capacity"),
+    (lambda d: _ddr_backed(d), "behind an HBM"),
+])
+def test_bad_ddr_tiers_are_one_line_errors(mutate, msg):
+    """A malformed ddr section, or one on a part whose backing memory is already DDR."""
+    d = copy.deepcopy(RAW)
+    mutate(d)
+    with pytest.raises(SpecError, match=msg) as e:
+        arch_from_dict(d)
+    assert "\n" not in str(e.value)
