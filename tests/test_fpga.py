@@ -25,6 +25,15 @@ FAST = settings(max_examples=40, deadline=None)
 W4A8 = ("int4-g128", "int8", "int8")
 
 
+def assert_refused(mutate, msg, error=SpecError):
+    """The U280 preset changed by ``mutate`` fails to load with a one-line ``error`` matching ``msg``."""
+    d = copy.deepcopy(RAW)
+    mutate(d)
+    with pytest.raises(error, match=msg) as e:
+        arch_from_dict(d)
+    assert "\n" not in str(e.value)
+
+
 def variant(**template):
     d = copy.deepcopy(RAW)
     d["fpga"]["template"].update(template)
@@ -96,11 +105,7 @@ def test_batched_attention_shares_the_vpus():
     (lambda d: d["fpga"]["template"].update(length_buckets={"decode": 16}), "missing prefill"),
 ])
 def test_bad_fpga_sections_are_one_line_errors(mutate, msg):
-    d = copy.deepcopy(RAW)
-    mutate(d)
-    with pytest.raises(SpecError, match=msg) as e:
-        arch_from_dict(d)
-    assert "\n" not in str(e.value)
+    assert_refused(mutate, msg)
 
 
 def test_decode_streams_weights_at_the_sustained_hbm_bandwidth():
@@ -511,11 +516,7 @@ def test_running_power_is_the_idle_board_and_the_templates_logic_and_memory_traf
     (lambda d: d["fpga"]["part"].update(dsp_fmax=775), "with its unit"),
 ])
 def test_bad_power_sections_are_one_line_errors(mutate, msg):
-    d = copy.deepcopy(RAW)
-    mutate(d)
-    with pytest.raises(SpecError, match=msg) as e:
-        arch_from_dict(d)
-    assert "\n" not in str(e.value)
+    assert_refused(mutate, msg)
 
 
 def test_cli_prints_the_board_power(capsys):
@@ -611,8 +612,4 @@ def _ddr_backed(d):
 ])
 def test_bad_ddr_tiers_are_one_line_errors(mutate, msg):
     """A malformed ddr section, or one on a part whose backing memory is already DDR."""
-    d = copy.deepcopy(RAW)
-    mutate(d)
-    with pytest.raises(SpecError, match=msg) as e:
-        arch_from_dict(d)
-    assert "\n" not in str(e.value)
+    assert_refused(mutate, msg)
