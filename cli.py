@@ -84,6 +84,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         a.pim_stacks = a.pim_stacks or combo["pim_stacks"]
         a.placement = a.placement or combo["placement"]
         a.pim_mode = a.pim_mode or combo["mode"]
+        a.pim_memory = a.pim_memory or combo["memory"]
     if a.pim:
         from .sim.hetero import pim_stacks, simulate_hetero
 
@@ -93,7 +94,8 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         host = load_arch(a.arch[0])
         run = with_engine_formats(model, host, given)
         res = simulate_hetero(host, pim_stacks(a.pim, a.pim_stacks or 1), run,
-                              make_phase(a.phase, a.batch, a.seq, a.context), a.placement, a.pim_mode, a.routing)
+                              make_phase(a.phase, a.batch, a.seq, a.context), a.placement, a.pim_mode, a.routing,
+                              memory=a.pim_memory or "shared", check_memory=not a.ignore_memory)
         _outputs(a, [res])
         if a.json:
             print(res.to_json())
@@ -467,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gen", type=_positive_int, help="tokens generated per sequence (--phase generate)")
     s.add_argument("--pim", help="a PIM device (class pim) in the --arch host's memory: host + PIM execution")
     s.add_argument("--pim-stacks", type=_positive_int, help="copies of the --pim device (e.g. HBM stacks; default 1)")
+    s.add_argument("--pim-memory", choices=["shared", "added"],
+                   help="the PIM stacks are the host's own memory (shared, default) or extra memory beside it (added)")
     s.add_argument("--placement", choices=["auto", "attention", "host", "pim"],
                    help="host + PIM op placement: the faster side (Duplex), attention on PIM (AttAcc), or one side")
     s.add_argument("--pim-mode", choices=["blocked", "concurrent"],

@@ -209,7 +209,7 @@ def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any,
                 i = position[id(op)]
                 lat, energy = bc.latency_s * float(bc.share[i]), bc.energy_j * float(bc.share[i])
                 bound, util = bc.bound, bc.utilization
-            row = {"block": block.name, "name": op.name, "kind": op.kind, "repeat": block.repeat, "flops": op.flops,
+            row = {"block": block.name, "name": op.name, "kind": op.kind, "repeat": block.repeat, "flops": op.useful_flops,
                    "bytes": op.bytes, "intensity": op.flops / op.bytes if op.bytes else 0.0, "cycles": lat * arch.clock_hz,
                    "latency_s": lat, "total_latency_s": lat * block.repeat, "energy_j": energy,
                    "total_energy_j": energy * block.repeat, "bound": bound, "utilization": util}
@@ -237,14 +237,24 @@ def _capacity(arch: Arch) -> float:
     return float(cap)
 
 
-def activation_bytes(trace: Trace) -> float:
-    """Peak bytes of activations live at one op: its non-weight, non-KV operands and result, plus
-    the residual stream."""
-    peak = 0.0
-    for _, op in trace.ops():
-        live = sum(op.tensor_bytes(t) for t in op.tensors if t.role in ("activation", "input"))
-        peak = max(peak, live)
-    return peak
+def activation_bytes(trace: Trace, arch: Arch | None = None) -> float:
+    """Peak bytes of activations live at one kernel: its non-weight, non-KV operands and result. On a
+    device (``arch``) a fused group of ops (e.g. a flash-attention kernel) keeps its intermediates
+    (the score matrix) on chip, so only its external inputs and final output count; without one,
+    every op's."""
+    def live(ops: list[Op]) -> float:
+        inner = {op.output.name for op in ops[:-1]}
+        seen: dict[str, float] = {}
+        for op in ops:
+            for t in (*op.inputs, op.output) if op is ops[-1] else op.inputs:
+                if t.role in ("activation", "input") and t.name not in inner:
+                    seen[t.name] = max(seen.get(t.name, 0.0), op.tensor_bytes(t))
+        return sum(seen.values())
+
+    if arch is None:
+        return max((live([op]) for _, op in trace.ops()), default=0.0)
+    return max((live(list(group.ops)) for block in trace.blocks for group in plan(block.ops, arch)
+                if group.kind != "collective"), default=0.0)
 
 
 def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", model: ModelSpec | None = None,
@@ -269,7 +279,7 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
     for block in trace.blocks if arch.device_class != "dataflow" else []:
         for group in plan(block.ops, arch):
             cost = collective_cost(group.ops[0], system) if group.kind == "collective" else group_cost(group, arch, objective)
-            flops = sum(op.flops for op in group.ops)
+            flops = sum(op.useful_flops for op in group.ops)  # the work the result needs (causal masks skipped)
             if len(group.ops) == 1:
                 nbytes = group.ops[0].bytes
             else:  # a fused group reads its external inputs and writes its last output
@@ -300,7 +310,7 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
     result = Result(
         ops=df, latency_s=float(df["total_latency_s"].sum()), energy_j=float(df["total_energy_j"].sum()),
         tokens=trace.tokens, weights_bytes=float(weights), kv_cache_bytes=float(kv),
-        activation_bytes=activation_bytes(trace), capacity_bytes=_capacity(arch),
+        activation_bytes=activation_bytes(trace, arch), capacity_bytes=_capacity(arch),
         inputs={"arch": arch.name, "device_class": arch.device_class, "trace": trace.name, "phase": trace.phase,
                 "meta": trace.meta, "objective": objective, "xpusim_version": __version__},
         mappings=mappings,
@@ -351,7 +361,10 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> No
     if result.kv_cache_bytes > 0.2 * result.memory_bytes:
         if get_dtype(model.kv_dtype).bytes > 1:
             remedies.append("an fp8 KV cache (--kv-dtype fp8)")
-        remedies.append(f"a smaller batch than {phase.batch}")
+        if phase.batch > 1:
+            remedies.append(f"a smaller batch than {phase.batch}")
+        else:
+            remedies.append("a shorter context")
     smaller = [f for f in ("fp8", "int4") if get_dtype(f).bytes < get_dtype(model.weight_dtype).bytes]
     if result.weights_bytes > 0.5 * result.capacity_bytes and smaller:
         remedies.append(f"{'/'.join(smaller)} weights (--weight-dtype {smaller[0]})")
@@ -360,7 +373,8 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> No
         parts.append(f"SSM state {result.ssm_state_bytes / gib:.1f}")
     parts.append(f"activations {result.activation_bytes / gib:.1f}")
     raise CapacityError(
-        f"{model.name} {phase.name} needs {result.memory_bytes / gib:.1f} GiB ({', '.join(parts)}) but {arch.name} "
+        f"{model.name} {phase.name} needs {result.memory_bytes / gib:.1f} GiB ({', '.join(parts)}) but "
+        f"{result.inputs.get('arch', arch.name)} "
         f"has {result.capacity_bytes / gib:.1f} GiB; try {', or '.join(remedies)}"
     )
 

@@ -39,7 +39,10 @@ from .result import COLUMNS, Result
 PLACEMENTS = ("auto", "attention", "host", "pim")
 MODES = ("blocked", "concurrent")
 HETERO_DIR = Path(__file__).resolve().parent.parent / "arch" / "hetero"
-_HETERO_KEYS = {"name", "description", "host", "pim", "pim_stacks", "placement", "mode"}
+_HETERO_KEYS = {"name", "description", "host", "pim", "pim_stacks", "placement", "mode", "memory"}
+#: how the PIM stacks relate to the host's memory: ``shared`` (the host's own stacks made PIM: its capacity
+#: once) or ``added`` (extra stacks beside the host's memory, e.g. AttAcc's KV-cache stacks: both capacities)
+PIM_MEMORY = ("shared", "added")
 
 
 def list_hetero() -> list[str]:
@@ -56,9 +59,11 @@ def load_hetero(name: str) -> dict[str, Any] | None:
     d = yaml.safe_load(path.read_text())
     if not isinstance(d, dict) or not {"host", "pim"} <= set(d) or set(d) - _HETERO_KEYS:
         raise SpecError(f"host + PIM preset {name!r}: needs host and pim, and only {', '.join(sorted(_HETERO_KEYS))}")
+    if d.get("memory", "shared") not in PIM_MEMORY:
+        raise SpecError(f"host + PIM preset {name!r}: memory must be {' or '.join(PIM_MEMORY)}, got {d['memory']!r}")
     return {"host": d["host"], "pim": d["pim"], "pim_stacks": int(d.get("pim_stacks", 1)),
             "placement": d.get("placement", "auto"), "mode": d.get("mode", "blocked"),
-            "description": str(d.get("description", ""))}
+            "memory": str(d.get("memory", "shared")), "description": str(d.get("description", ""))}
 
 
 def _is_attention(group: Any) -> bool:
@@ -102,7 +107,7 @@ def _placed_ops(host: Arch, pim: Arch, trace: Any, placement: str, system: Any =
                 side = "pim" if _is_attention(group) else "host"
             else:
                 side = placement
-            flops = sum(op.flops for op in group.ops)
+            flops = sum(op.useful_flops for op in group.ops)
             nbytes = sum(op.bytes for op in group.ops)
             lat = p_lat if side == "pim" else h.latency_s
             rows.append({"block": block.name, "name": group.name, "kind": group.kind, "repeat": block.repeat,
@@ -165,7 +170,8 @@ def _interleave(segs: list[Segment], streams: int) -> tuple[float, list[dict[str
 
 
 def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, phase: Phase, placement: str = "auto",
-                    mode: str = "blocked", routing: str | None = None, system: Any = None, tp: int = 1) -> Result:
+                    mode: str = "blocked", routing: str | None = None, system: Any = None, tp: int = 1,
+                    memory: str = "shared", check_memory: bool = True) -> Result:
     """One step of ``model`` on a host with processing-in-memory (see the module docstring).
 
     With ``tp > 1`` the step is one tensor-parallel rank's (``sim/parallel.py``: its share of heads,
@@ -174,6 +180,8 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     one device's, the energy every device's (as ``simulate_system`` reports them)."""
     if placement not in PLACEMENTS:
         raise SpecError(f"placement {placement!r}: use one of {', '.join(PLACEMENTS)}")
+    if memory not in PIM_MEMORY:
+        raise SpecError(f"PIM memory {memory!r}: use {' or '.join(PIM_MEMORY)} (the host's stacks made PIM, or extra stacks)")
     if mode not in MODES:
         raise SpecError(f"PIM mode {mode!r}: use {' or '.join(MODES)}")
     host, pim, model = load_arch(host), load_arch(pim), load_model(model)
@@ -213,10 +221,13 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
                + pim.static_power_w * df.loc[df["device"] == "pim", "total_latency_s"].sum()) * streams * tp
     energy = powered_energy(float(df["total_energy_j"].sum()) * streams * tp, float(charged),  # every rank's
                             (host.static_power_w + pim.static_power_w) * tp, makespan)
-    return Result(ops=df, latency_s=makespan, energy_j=energy,
+    capacity = host.backing.capacity_bytes * host.backing.instances
+    if memory == "added":
+        capacity += pim.backing.capacity_bytes * pim.backing.instances
+    result = Result(ops=df, latency_s=makespan, energy_j=energy,
                   tokens=phase.tokens, weights_bytes=held.weights_bytes, kv_cache_bytes=_kv_bytes(held, phase),
-                  activation_bytes=activation_bytes(trace),
-                  capacity_bytes=host.backing.capacity_bytes * host.backing.instances,
+                  activation_bytes=activation_bytes(trace, host),
+                  capacity_bytes=capacity,
                   inputs={"arch": f"{host.name} + {pim.name}" + (f" (tp{tp} on {system.name})" if tp > 1 else ""),
                           "device_class": "hetero", "trace": trace.name, "tp": tp,
                           "phase": phase.name, "model": model.name, "phase_args": dict(vars(phase)),
@@ -225,6 +236,12 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
                           "pim_share": float(df.loc[df["device"] == "pim", "total_latency_s"].sum()
                                              / max(df["total_latency_s"].sum(), 1e-30))},
                   timeline=events)
+    result.inputs["pim_memory"] = memory
+    if check_memory:  # one device's weights, KV cache and activations in the host's (and added PIM) memory
+        from .engine import check_fits
+
+        check_fits(result, held, phase, host)
+    return result
 
 
 def _fpga_inputs(host: Arch) -> dict[str, Any]:

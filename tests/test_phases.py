@@ -4,7 +4,7 @@ decoding yields; expected accepted tokens follow the speculative-decoding formul
 import numpy as np
 import pytest
 import xpusim
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_functional_reference import TINY_LLAMA, TINY_MOE
 from test_mla import TINY_MLA
@@ -153,3 +153,32 @@ def test_shared_prefix_reads_the_prefix_once():
     assert shared.latency_s < 0.5 * plain.latency_s
     with pytest.raises(SpecError, match="shorter than the context"):
         Decode(4, 100, shared_prefix=100)
+
+
+@settings(max_examples=80, deadline=None)
+@given(q=st.integers(2, 40), extra=st.integers(0, 40), window=st.integers(0, 50), sinks=st.integers(0, 6))
+def test_useful_flops_count_the_causal_masks_pairs(q, extra, window, sinks):
+    """A causal attention op's useful FLOPs are its full FLOPs times the share of (query, key) pairs the
+    mask keeps: query i at position s - q + i sees keys j <= that position, within the window (and the
+    sinks) when there is one — counted pair by pair."""
+    import numpy as np
+    from xpusim.workloads.einsum import Op, Tensor
+
+    s = q + extra
+    op = Op("score", "matmul", (("q", q), ("s", s), ("e", 4)),
+            (Tensor("a", ("q", "e"), "bf16"), Tensor("b", ("s", "e"), "bf16", "kv")), Tensor("c", ("q", "s"), "fp32"),
+            attrs={"causal": True, "window": window, "sinks": sinks if window else 0})
+    pos = np.arange(s - q, s)[:, None]
+    j = np.arange(s)[None, :]
+    keep = j <= pos
+    if window:
+        keep &= (j > pos - window) | (j < sinks)
+    assert op.useful_flops == pytest.approx(op.flops * keep.sum() / (q * s))
+
+
+def test_achieved_throughput_stays_below_the_peak_on_a_long_causal_prefill():
+    from xpusim import simulate
+    from xpusim.arch import load_arch
+
+    r = simulate("h100-sxm", "llama-3-8b", Prefill(1, 16384))
+    assert r.summary()["achieved_flops_per_s"] < load_arch("h100-sxm").peak_flops("bf16")

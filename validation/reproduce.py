@@ -231,7 +231,7 @@ def _side_result(side: dict[str, Any], model: Any, phase: Any) -> Any:
             raise SpecError(f"case: {side['hetero']!r} is not a host + PIM preset")
         return simulate_hetero(combo["host"], pim_stacks(combo["pim"], combo["pim_stacks"]), model, phase,
                                side.get("placement", combo["placement"]), side.get("mode", combo["mode"]),
-                               system=_system(side), tp=tp)
+                               system=_system(side), tp=tp, memory=combo["memory"], check_memory=False)
     if "system" in side:
         from ..sim.events import simulate_system
         from ..sim.parallel import Plan

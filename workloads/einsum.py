@@ -123,6 +123,22 @@ class Op:
         return self.points * self.flops_per_point
 
     @property
+    def useful_flops(self) -> float:
+        """FLOPs of the work the result needs: a causal attention op (queries ``q`` appended after
+        ``s - q`` earlier keys) needs query ``i`` against ``s - q + i + 1`` keys only, at most
+        ``window`` of them (plus ``sinks``); every other op needs all of :attr:`flops`."""
+        sizes = dict(self.dims)
+        q, s = sizes.get("q", 0), sizes.get("s", 0)
+        if not self.attrs.get("causal") or q <= 1 or s <= 0:
+            return self.flops
+        first = max(s - q + 1, 1)  # keys the first new query sees
+        window = int(self.attrs.get("window", 0) or 0)
+        cap = min(s, window + int(self.attrs.get("sinks", 0) or 0)) if window else s
+        k = max(0, min(q, cap - first + 1))  # queries below the cap
+        kept = k * first + k * (k - 1) / 2 + (q - k) * cap
+        return self.flops * min(1.0, kept / (q * s))
+
+    @property
     def macs(self) -> int:
         return self.points if self.kind == "matmul" else 0
 
