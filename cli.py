@@ -76,8 +76,18 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         return rc
     if not a.arch:
         raise SpecError("simulate needs --arch DEVICE (or --system SYSTEM)")
+    parallel = [f"--{k} {getattr(a, k)}" for k in ("tp", "pp", "dp", "ep") if getattr(a, k) != 1]
+    parallel += [f"--{k}" for k in ("sp",) if getattr(a, k)] + (["--plan auto"] if a.plan else [])
+    parallel += [f"--microbatches {a.microbatches}"] if a.microbatches else []
+    if parallel:
+        raise SpecError(f"{' '.join(parallel)} split a model over a system's devices: give --system (e.g. dgx-h100), "
+                        f"not --arch")
     from .sim.hetero import load_hetero
 
+    combos = [n for n in a.arch if load_hetero(n) is not None]
+    if combos and len(a.arch) > 1:
+        raise SpecError(f"{', '.join(combos)}: a host + PIM preset runs alone (--arch {combos[0]}); compare it with other "
+                        "devices in separate runs")
     combo = load_hetero(a.arch[0]) if len(a.arch) == 1 and not a.pim else None
     if combo is not None:  # a shipped host + PIM preset (arch/hetero/): its host, PIM and policy unless overridden
         a.arch, a.pim = [combo["host"]], combo["pim"]
@@ -241,6 +251,9 @@ def _print_result(res, model, phase) -> None:
     elif fr:
         print("board power: not modelled for this part (no fpga.power section); the energy counts the MACs and the "
               "memory traffic only, a lower bound")
+    elif res.inputs.get("static_power_w") == 0.0:
+        print("energy: dynamic only (MACs and data movement); the device's static and idle power are not modelled (its "
+              "preset states no static_power), so it is a lower bound, not comparable with a board's measured power")
     ft = res.inputs.get("fpga_tiers")
     if ft and (ft["weights"] != "hbm" or ft["kv"] != "hbm"):
         w = res.weights_bytes

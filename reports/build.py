@@ -184,7 +184,9 @@ def report_from_file(path: str | Path, command: str | None = None) -> str:
         raise SpecError(f"{path}: not JSON ({e.msg} at line {e.lineno}); give a --json or --save file") from None
     if not isinstance(d, dict):
         raise SpecError(f"{path}: expected a JSON object from --json or --save")
-    kind = d.get("report") or ("simulate" if "ops" in d and "latency_s" in d else "op" if d.get("op") == "gemm" else "")
+    several = isinstance(d.get("results"), list) and all(isinstance(r, dict) and "ops" in r for r in d["results"])
+    kind = d.get("report") or ("simulate" if ("ops" in d and "latency_s" in d) or several
+                               else "op" if d.get("op") == "gemm" else "")
     if kind == "simulate":
         results = [Result.from_dict(r) for r in d.get("results", [d])]
         return simulate_report(results, command)
@@ -195,4 +197,5 @@ def report_from_file(path: str | Path, command: str | None = None) -> str:
                               d["knobs"], d["study"], d["space"], d.get("importance"), command)
     if kind == "validate":
         return validate_report(pd.DataFrame(d["rows"]), d["summary"], command)
-    raise SpecError(f"{path}: not a saved xpusim result (expected the output of --save or simulate/op --json)")
+    raise SpecError(f"{path}: not a saved xpusim result (expected the output of --save, or of simulate (one or several "
+                    "--arch) or op with --json)")

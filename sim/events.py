@@ -146,14 +146,19 @@ def simulate_generate(system: System | str, model: ModelSpec | str, batch: int, 
     contexts = np.arange(seq + 1, seq + gen)
     if len(contexts):
         grid = np.unique(np.linspace(contexts[0], contexts[-1], min(points, len(contexts))).round().astype(int))
-        lat = [simulate_system(system, model, Decode(batch, int(c)), plan, objective, routing,
-                               check_memory=check_memory and c == grid[-1]).latency_s for c in grid]
+        runs = [simulate_system(system, model, Decode(batch, int(c)), plan, objective, routing,
+                                check_memory=check_memory and c == grid[-1]) for c in grid]
+        lat = [r.latency_s for r in runs]
+        last = runs[-1]  # the longest context: the largest footprint of the run
         steps = np.interp(contexts, grid, lat)
         decode_total, tpot = float(steps.sum()), float(steps.mean())
     else:
         decode_total, tpot = 0.0, 0.0
+        last = pre
     total = pre.latency_s + decode_total
     return {"ttft_s": pre.latency_s, "tpot_s": tpot, "latency_s": total, "decode_s": decode_total,
             "tokens": batch * gen, "tokens_per_s": batch * gen / total if total else math.inf,
             "plan": plan.describe(), "devices": plan.devices, "system": load_system(system).name, "model": model.name,
-            "batch": batch, "seq": seq, "gen": gen, "decode_points": int(min(points, max(len(contexts), 0)))}
+            "batch": batch, "seq": seq, "gen": gen, "decode_points": int(min(points, max(len(contexts), 0))),
+            "memory_bytes": last.memory_bytes, "capacity_bytes": last.capacity_bytes,
+            "fits_memory": bool(last.memory_bytes <= last.capacity_bytes)}

@@ -52,6 +52,9 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
               f"per sequence")
         print(f"TTFT {out['ttft_s'] * 1e3:.1f} ms   TPOT {out['tpot_s'] * 1e3:.2f} ms   total {out['latency_s']:.3f} s   "
               f"{out['tokens_per_s']:.1f} tokens/s")
+        gib = 2.0**30
+        print(f"busiest device memory at the last step {out['memory_bytes'] / gib:.1f} of {out['capacity_bytes'] / gib:.0f} GiB"
+              + ("" if out["fits_memory"] else " - EXCEEDS the device's memory (simulated because of --ignore-memory)"))
         return 0
     if a.phase not in ("prefill", "decode"):
         raise SpecError(f"--system runs the prefill, decode or generate phase, not {a.phase}")
@@ -78,5 +81,6 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
     share = float(comm["total_latency_s"].sum()) / float(res.ops["total_latency_s"].sum()) if len(res.ops) else 0.0
     print(f"latency {res.latency_s * 1e3:.3f} ms   throughput {res.tokens_per_s:.1f} tokens/s   collectives "
           f"{share * 100:.1f} % of a rank's time   busiest device memory {res.memory_bytes / 2**30:.1f} of "
-          f"{res.capacity_bytes / 2**30:.0f} GiB")
+          f"{res.capacity_bytes / 2**30:.0f} GiB" + ("" if res.memory_bytes <= res.capacity_bytes else
+                                                     " - EXCEEDS it (simulated because of --ignore-memory)"))
     return 0

@@ -83,3 +83,37 @@ def test_workload_options(capsys):
 def test_workload_errors_are_one_line(capsys, args, message):
     rc, out, err = run(capsys, "simulate", "--arch", "h100-sxm", *args)
     assert rc == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--arch", "h100-sxm", "--tp", "2", "--phase", "decode", "--context", "64"], "--tp 2 split a model"),
+    (["--arch", "h100-sxm", "--phase", "prefill", "--seq", "64", "--context", "8"], "--context is a decode's"),
+    (["--arch", "duplex", "h100-sxm", "--phase", "decode", "--context", "64"], "runs alone"),
+])
+def test_flags_that_do_not_apply_are_one_line_errors(argv, msg, capsys):
+    from xpusim.cli import main
+
+    assert main(["simulate", "--model", "llama-3-8b", *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+
+
+def test_a_multi_device_json_makes_a_report_and_energy_states_its_scope(tmp_path, capsys):
+    from xpusim.cli import main
+
+    assert main(["simulate", "--arch", "h100-sxm", "a100-80gb", "--model", "llama-3-8b", "--phase", "decode",
+                 "--context", "64", "--json"]) == 0
+    (tmp_path / "r.json").write_text(capsys.readouterr().out)
+    assert main(["report", str(tmp_path / "r.json"), "-o", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode", "--context", "64"]) == 0
+    assert "energy: dynamic only" in capsys.readouterr().out
+
+
+def test_generate_reports_memory_it_was_told_to_ignore(capsys):
+    from xpusim.cli import main
+
+    assert main(["simulate", "--system", "4x-a100-nvlink", "--model", "gpt3-175b", "--tp", "4", "--phase", "generate",
+                 "--batch", "8", "--seq", "2048", "--gen", "4", "--ignore-memory"]) == 0
+    assert "EXCEEDS" in capsys.readouterr().out

@@ -173,6 +173,9 @@ def make_phase(name: str, batch: int, seq: int | None = None, context: int | Non
     if name == "prefill":
         if seq is None:
             raise SpecError("prefill needs --seq (prompt tokens per sequence)")
+        if context is not None:
+            raise SpecError("--context is a decode's attended tokens; a prefill takes --seq only (for a prompt after "
+                            "cached tokens use --chunk, or decode with --context)")
         return Prefill(batch, seq)
     if name == "decode":
         if context is None:
