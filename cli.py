@@ -17,7 +17,7 @@ from .errors import SpecError, XpusimError
 
 
 def _fmt_s(x: float) -> str:
-    for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+    for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9), ("ps", 1e-12)):
         if abs(x) >= f:
             return f"{x / f:.3g} {unit}"
     return f"{x:.3g} s"

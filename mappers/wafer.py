@@ -47,6 +47,7 @@ the naive mapping is reported in ``detail`` for comparison (and chosen only if n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -285,6 +286,12 @@ def wafer_streaming_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     from ..sim.streaming import _ROW_DIM, streaming_cost, vector_rate
 
     base = streaming_cost(op, arch, launch_s)
+    if base.cycles < 1.0:  # spread over the whole mesh a small op's share per core is a fraction of a cycle: a core
+        floor = 1.0 / arch.clock_hz  # still takes a whole cycle (and each core's step is one)
+        energy = {**base.energy_by_component, "static": arch.static_power_w * floor}
+        base = dataclasses.replace(base, cycles=1.0, latency_s=floor, stall_cycles=1.0 - base.compute_cycles,
+                                   utilization=base.compute_cycles, energy_j=float(sum(energy.values())),
+                                   energy_by_component=energy)
     n_red = _REDUCTIONS.get(op.kind, 0)
     dim = _ROW_DIM.get(op.kind)
     if not n_red or dim not in op.sizes:
