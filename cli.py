@@ -237,9 +237,12 @@ def _print_result(res, model, phase) -> None:
     print(f"latency {_fmt_s(s['latency_s'])}   throughput {s['tokens_per_s']:.1f} tokens/s   "
           f"energy {s['energy_j']:.3g} J   achieved {s['achieved_flops_per_s'] / 1e12:.1f} TFLOP/s")
     state = f", SSM state {_fmt_b(s['ssm_state_bytes'])}" if s["ssm_state_bytes"] else ""
+    plan = res.inputs.get("wafer_plan")
+    streaming = (plan or {}).get("mode") == "streaming"
+    streamed = " - the weights stream in from external memory, not held on the wafer" if streaming else ""
     print(f"memory {_fmt_b(s['memory_bytes'])} of {_fmt_b(s['capacity_bytes'])} "
           f"(weights {_fmt_b(s['weights_bytes'])}, KV cache {_fmt_b(s['kv_cache_bytes'])}{state}, "
-          f"activations {_fmt_b(s['activation_bytes'])})")
+          f"activations {_fmt_b(s['activation_bytes'])}){streamed}")
     fr = res.inputs.get("fpga_resources")
     if fr:
         print("FPGA resources: " + ", ".join(f"{r.upper()} {v['used']:,} of {v['available']:,} "
@@ -264,7 +267,6 @@ def _print_result(res, model, phase) -> None:
         print(f"HBM channels: {hc['layout']} layout over {hc['channels']} pseudo-channels of "
               f"{_fmt_b(hc['channel_capacity_bytes'])} ({'/'.join(map(str, hc['channels_per_core']))} per core); "
               f"the fullest holds {_fmt_b(hc['fullest_channel_bytes'])} ({100 * hc['fullest_channel_fill']:.0f} %)")
-    plan = res.inputs.get("wafer_plan")
     if plan:
         print(f"wafer placement: {plan['mode']}, {plan['stages']} stage(s) on {plan['side']} x {plan['side']}-core regions "
               f"({plan['regions_per_wafer']} per wafer, {plan['wafers']} wafer(s)); fullest core holds "

@@ -14,7 +14,8 @@ WaferLLM, He et al., OSDI 2025, arXiv 2502.04563: Parallelism, Latency, Memory, 
 * ``hop_latency``: cycles one router hop adds (latency);
 * ``routes_per_core``: routes (Cerebras "colours") a router can hold at once (routing; optional:
   unlimited when absent);
-* ``io_bandwidth``: the wafer's I/O to external memory (weight streaming), bytes/s or bits/s.
+* ``io_bandwidth``: the wafer's I/O to external memory (weight streaming), bytes/s or bits/s;
+  optional ``io_energy``: joules per byte over that I/O (e.g. '44 pJ').
 
 The cores' MACs per cycle and clock are the preset's ``matrix`` unit (``instances = width x
 height``); the cost model that reads the section is ``mappers/wafer.py``; sources in
@@ -32,7 +33,7 @@ from ..units import parse_quantity
 from .sections import check_section, positive
 
 _KEYS = {"mesh", "cores", "core_sram", "sram_total", "link_bandwidth", "fabric_bandwidth", "links_per_core",
-         "hop_latency", "routes_per_core", "io_bandwidth"}
+         "hop_latency", "routes_per_core", "io_bandwidth", "io_energy"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class WaferSpec:
     hop_latency_cycles: float
     routes_per_core: int | None
     io_bandwidth_Bps: float
+    io_energy_j_per_byte: float = 0.0  # moving a byte over the wafer's I/O (weight streaming); 0: not counted
 
     @property
     def mesh_cores(self) -> int:
@@ -109,8 +111,12 @@ def parse_wafer(d: Any, clock_hz: float, name: str = "device") -> WaferSpec:
         raise SpecError(f"{where}.hop_latency: must be a number of cycles >= 0, got {hop!r}")
     routes = _count(d, "routes_per_core", where) if "routes_per_core" in d else None
     io = _rate_Bps(d["io_bandwidth"], f"{where}.io_bandwidth")
+    io_e = parse_quantity(d.get("io_energy", 0.0), "joules", f"{where}.io_energy")
+    if not 0.0 <= io_e <= 1e-9:
+        raise SpecError(f"{where}.io_energy: must be joules per byte from 0 to 1 nJ, e.g. '44 pJ', got {d['io_energy']!r}")
     return WaferSpec(width=width, height=height, cores=cores, core_sram_bytes=int(sram), link_bytes_per_cycle=link,
-                     links_per_core=links, hop_latency_cycles=float(hop), routes_per_core=routes, io_bandwidth_Bps=io)
+                     links_per_core=links, hop_latency_cycles=float(hop), routes_per_core=routes, io_bandwidth_Bps=io,
+                     io_energy_j_per_byte=io_e)
 
 
 def check_wafer_arch(spec: WaferSpec, matrix_instances: int, name: str) -> None:

@@ -264,6 +264,7 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
             stream = [u.weight_bytes / spec.io_bandwidth_Bps for u in units] + [0.0]
             # the first unit streams in alone; then each unit computes while the next one streams in
             res.latency_s = stream[0] + sum(max(per_inst.get(u.block, 0.0), stream[i + 1]) for i, u in enumerate(units))
+            res.energy_j += sum(u.weight_bytes for u in units) * spec.io_energy_j_per_byte  # every weight crosses the I/O
             cands = [(stream_plan, res)]
         else:
             sides = [side] if side is not None else candidate_sides(arch)

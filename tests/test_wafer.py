@@ -302,7 +302,10 @@ def test_weight_streaming_is_bounded_by_the_wafer_io():
     r = _decode("llama-3-70b", weight_streaming=True)
     assert r.inputs["wafer_plan"]["mode"] == "streaming"
     assert r.latency_s >= r.weights_bytes / wafer_spec(a).io_bandwidth_Bps
-    assert r.latency_s > _decode("llama-3-70b", wafers=6).latency_s
+    resident = _decode("llama-3-70b", wafers=6)
+    assert r.latency_s > resident.latency_s
+    io = r.weights_bytes * wafer_spec(a).io_energy_j_per_byte  # every weight crosses the I/O each step
+    assert io > 0 and r.energy_j == pytest.approx(resident.energy_j + io, rel=0.05)
     with pytest.raises(SpecError, match="one wafer"):
         _decode("llama-3-70b", weight_streaming=True, wafers=2)
 
