@@ -34,6 +34,7 @@ from ..arch.spec import Arch
 from ..arch.tech import dram_energy_pj_per_byte
 from ..dtypes import get_dtype
 from ..errors import DtypeError, SpecError
+from ..sim.cost import OpCost
 from ..workloads.einsum import Op
 from .tiers import tiers as two_tiers
 
@@ -236,3 +237,18 @@ def block_cost(ops: list[Op], arch: Arch, placement: dict[str, str], fused: bool
                      launches=launches, bound=bound, energy_j=float(sum(energy.values())), energy_by_component=energy,
                      share=share, utilization=ideal / latency if latency else 0.0,
                      detail={"fused": fused, "stages": len(ops), "unfused_s": float(unfused_op_s.sum())})
+
+
+def rdu_op_cost(op: Op, arch: Arch) -> OpCost:
+    """One contraction alone as a one-stage fused pipeline (what ``xpusim op`` costs on a dataflow
+    device, as :func:`block_cost` runs it inside a block): its PCUs, its operands through HBM (or DDR
+    where its weights would not fit), one kernel launch."""
+    nbytes = _op_bytes(op)
+    bc = block_cost([op], arch, tiers(arch, nbytes["weights"], nbytes["kv"]), fused=True)
+    clock = arch.matrix_clock_hz
+    return OpCost(cycles=bc.latency_s * clock, latency_s=bc.latency_s, compute_cycles=bc.compute_s * clock,
+                  stall_cycles=max(bc.latency_s - bc.compute_s, 0.0) * clock, energy_j=bc.energy_j,
+                  utilization=bc.utilization, bound=bc.bound,
+                  bytes_by_level={arch.memory[0].name: bc.bytes_by_tier["hbm"], arch.memory[1].name: bc.sram_bytes},
+                  energy_by_component=bc.energy_by_component, mapping={"pipeline": "one stage", "launches": bc.launches},
+                  detail={"tier_s": bc.tier_s, "ddr_bytes": bc.bytes_by_tier["ddr"]})

@@ -123,6 +123,10 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
         from ..mappers.fpga import fpga_matmul_cost
 
         cost = fpga_matmul_cost(op, arch, launch)
+    elif arch.device_class == "dataflow" and len(op.inputs) == 2:  # an RDU: the op as a one-stage fused pipeline
+        from ..mappers.rdu import rdu_op_cost
+
+        cost = rdu_op_cost(op, arch)
     elif arch.device_class == "wafer" and len(op.inputs) == 2:  # wafer-scale mesh: MeshGEMM / MeshGEMV (WaferLLM)
         cost = with_dequant(wafer_matmul_cost(op, arch, launch), op, arch)
     else:

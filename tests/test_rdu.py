@@ -260,3 +260,16 @@ def test_cli_rdu_mode(capsys):
     assert main(["simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode", "--context", "128",
                  "--rdu-mode", "looped"]) == 2
     assert "dataflow" in capsys.readouterr().err
+
+
+def test_op_costs_a_contraction_as_a_one_stage_pipeline():
+    """``xpusim op`` on an RDU: the operands cross HBM once (they are not re-read per tile) and a large
+    GEMM runs near the PCUs' peak, as inside a simulated block."""
+    from xpusim.sim.engine import op_cost
+    from xpusim.workloads.einsum import gemm_op
+
+    a = load_arch("sn40l")
+    op = gemm_op(8192, 8192, 8192, dtype="bf16")
+    c = op_cost(op, a)
+    assert c.bytes_by_level["hbm"] == pytest.approx(3 * 8192 * 8192 * 2)
+    assert c.bound == "compute" and c.utilization > 0.9
