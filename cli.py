@@ -6,6 +6,7 @@ Every :class:`~xpusim.errors.XpusimError` is printed as one line on stderr with 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -56,6 +57,11 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     model = load_model(a.model)
     if a.weight_dtype or a.act_dtype or a.kv_dtype:
         model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
+    if a.embed_dtype:
+        from .dtypes import get_dtype
+
+        get_dtype(a.embed_dtype)  # a one-line error for an unknown format
+        model = dataclasses.replace(model, embed_dtype=a.embed_dtype)
     given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype)) if v}
     kw = {"objective": "latency" if a.objective == "throughput" else a.objective, "routing": a.routing, "mla_form": a.mla_form,
           "check_memory": not a.ignore_memory}
@@ -506,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weight-dtype", help="override the weight format (e.g. fp8, int4)")
     s.add_argument("--act-dtype", help="override the activation format")
     s.add_argument("--kv-dtype", help="override the KV-cache format")
+    s.add_argument("--embed-dtype", help="override the embeddings' and LM head's format (default: the weights' dense format)")
     s.add_argument("--objective", default="latency", choices=["latency", "energy", "edp", "throughput"],
                    help="mapper objective; throughput ranks --plan auto by tokens/s")
     s.add_argument("--shared-prefix", type=_positive_int, help="decode: context tokens every sequence shares (Hydragen)")

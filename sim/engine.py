@@ -16,7 +16,7 @@ from ..arch.gpu import gpu_rules
 from ..arch.loader import load_arch
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
-from ..errors import CapacityError, SpecError
+from ..errors import CapacityError, DtypeError, SpecError
 from ..mappers.fusion import Group, plan
 from ..mappers.gpu import gpu_gemm_cost
 from ..mappers.gpu_attention import fused_attention_cost
@@ -282,7 +282,13 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
         arch = with_tiers(arch, *(resident or _trace_reads(trace)))
     for block in trace.blocks if arch.device_class != "dataflow" else []:
         for group in plan(block.ops, arch):
-            cost = collective_cost(group.ops[0], system) if group.kind == "collective" else group_cost(group, arch, objective)
+            try:
+                cost = (collective_cost(group.ops[0], system) if group.kind == "collective"
+                        else group_cost(group, arch, objective))
+            except DtypeError as e:  # name the op, and for the embeddings and LM head the format they run in
+                hint = (" (the embeddings and LM head keep the model's embedding format: give --embed-dtype)"
+                        if group.ops[0].kind == "embedding" or group.name in ("lm_head", "head") else "")
+                raise DtypeError(f"{block.name}.{group.name}: {e}{hint}") from None
             flops = sum(op.useful_flops for op in group.ops)  # the work the result needs (causal masks skipped)
             if len(group.ops) == 1:
                 nbytes = group.ops[0].bytes

@@ -117,3 +117,15 @@ def test_generate_reports_memory_it_was_told_to_ignore(capsys):
     assert main(["simulate", "--system", "4x-a100-nvlink", "--model", "gpt3-175b", "--tp", "4", "--phase", "generate",
                  "--batch", "8", "--seq", "2048", "--gen", "4", "--ignore-memory"]) == 0
     assert "EXCEEDS" in capsys.readouterr().out
+
+
+def test_the_lm_heads_format_is_named_and_can_be_chosen(capsys):
+    from xpusim.cli import main
+
+    argv = ["simulate", "--arch", "edge-npu", "--model", "bitnet-b1.58-2b4t", "--phase", "decode", "--context", "64",
+            "--weight-dtype", "int8", "--act-dtype", "int8", "--kv-dtype", "int8"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "lm_head" in err and "--embed-dtype" in err
+    assert main([*argv, "--embed-dtype", "int8"]) == 0
+    assert main([*argv, "--embed-dtype", "int7"]) == 2
