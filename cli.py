@@ -57,6 +57,11 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     model = load_model(a.model)
     if a.weight_dtype or a.act_dtype or a.kv_dtype:
         model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
+    if a.routing and not model.n_experts:
+        raise SpecError(f"--routing sizes a mixture of experts' expert GEMMs; {model.name} has no experts (drop --routing)")
+    if a.mla_form and not model.kv_lora_rank:
+        raise SpecError(f"--mla-form chooses how multi-head latent attention runs; {model.name} has standard attention "
+                        "(drop --mla-form)")
     if a.embed_dtype:
         from .dtypes import get_dtype
 

@@ -77,7 +77,7 @@ def test_workload_options(capsys):
     (["--model", "t5-base", "--phase", "decode", "--context", "16"], "source length (--seq)"),
     (["--model", "llama-3-8b", "--phase", "prefill", "--seq", "64", "--shared-prefix", "8"], "applies to decode"),
     (["--model", "llama-3-8b", "--phase", "speculative", "--context", "64"], "needs --context, --draft-tokens"),
-    (["--model", "llama-3-8b", "--phase", "decode", "--context", "64", "--routing", "zipf:-2"], "Zipf exponent"),
+    (["--model", "mixtral-8x7b", "--phase", "decode", "--context", "64", "--routing", "zipf:-2"], "Zipf exponent"),
     (["--system", "dgx-a100", "--model", "llama-3-8b", "--phase", "decode", "--context", "64"], "drop --arch h100-sxm"),
 ])
 def test_workload_errors_are_one_line(capsys, args, message):
@@ -89,6 +89,8 @@ def test_workload_errors_are_one_line(capsys, args, message):
     (["--arch", "h100-sxm", "--tp", "2", "--phase", "decode", "--context", "64"], "--tp 2 split a model"),
     (["--arch", "h100-sxm", "--phase", "prefill", "--seq", "64", "--context", "8"], "--context is a decode's"),
     (["--arch", "duplex", "h100-sxm", "--phase", "decode", "--context", "64"], "runs alone"),
+    (["--arch", "h100-sxm", "--phase", "decode", "--context", "64", "--routing", "zipf:1.2"], "has no experts"),
+    (["--arch", "h100-sxm", "--phase", "decode", "--context", "64", "--mla-form", "naive"], "standard attention"),
 ])
 def test_flags_that_do_not_apply_are_one_line_errors(argv, msg, capsys):
     from xpusim.cli import main
