@@ -25,7 +25,7 @@ def _fmt_s(x: float) -> str:
 
 
 def _fmt_b(x: float) -> str:
-    for unit, f in (("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+    for unit, f in (("TiB", 2.0**40), ("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
         if x >= f:
             return f"{x / f:.3g} {unit}"
     return f"{x:.0f} B"
@@ -246,7 +246,7 @@ def _print_result(res, model, phase) -> None:
     print(view.to_string(index=False))
     s = res.summary()
     print(f"latency {_fmt_s(s['latency_s'])}   throughput {s['tokens_per_s']:.1f} tokens/s   "
-          f"energy {s['energy_j']:.3g} J   achieved {s['achieved_flops_per_s'] / 1e12:.1f} TFLOP/s")
+          f"energy {s['energy_j']:.3g} J   achieved {s['achieved_flops_per_s'] / 1e12:.3g} TFLOP/s")
     state = f", SSM state {_fmt_b(s['ssm_state_bytes'])}" if s["ssm_state_bytes"] else ""
     plan = res.inputs.get("wafer_plan")
     streaming = (plan or {}).get("mode") == "streaming"

@@ -57,10 +57,10 @@ def run(a: argparse.Namespace) -> int:
           f"(batch {a.batch}, prompt {a.prompt}, output {a.output}), Zipf skew {a.skew:g}, seed {a.seed}"
           + ("" if a.no_router else f"; a resident {r0.model} router reads each prompt"))
     for r in results:
-        print(f"{r.system} (tp {r.tp}): cache {r.slots} experts (LRU), hit rate {100 * r.hit_rate:.1f} %, a miss switches in "
-              f"{_fmt_s(r.switch_s)}; per request: router {_fmt_s(r.router_s)} + switch {_fmt_s(r.mean_switch_s)} (mean) "
-              f"+ prefill {_fmt_s(r.prefill_s)} + decode {r.output} x {_fmt_s(r.decode_step_s)} = {_fmt_s(r.request_s)}; "
-              f"{1 / r.request_s:.2f} requests/s")
+        print(f"{r.system} (tp {r.tp}): cache room for {r.slots} experts (LRU), hit rate {100 * r.hit_rate:.1f} %, "
+              f"a miss switches in {_fmt_s(r.switch_s)}; per request: router {_fmt_s(r.router_s)} "
+              f"+ switch {_fmt_s(r.mean_switch_s)} (mean) + prefill {_fmt_s(r.prefill_s)} "
+              f"+ decode {r.output} x {_fmt_s(r.decode_step_s)} = {_fmt_s(r.request_s)}; {1 / r.request_s:.2f} requests/s")
     if a.vs:
         print(f"{results[0].system} over {results[1].system}: {results[1].request_s / results[0].request_s:.2f}x per request")
     return 0
