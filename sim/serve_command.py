@@ -56,6 +56,11 @@ def run(a: argparse.Namespace) -> int:
     if bool(a.system) == bool(a.arch):
         raise SpecError("serve needs --system SYSTEM or --arch DEVICE (one of them)")
     system = load_system(a.system) if a.system else None
+    if system is None and (a.tp > 1 or a.pp > 1 or a.prefill_tp or a.scheduler == "disaggregated"):
+        raise SpecError("--tp/--pp/--prefill-tp and the disaggregated scheduler run an engine over several devices: "
+                        "give --system (e.g. dgx-h100), not --arch")
+    if a.trace and (a.rate is not None):
+        raise SpecError("--trace gives the requests' arrivals; drop --rate (and --requests)")
     if a.trace:
         reqs = read_trace(a.trace)
     else:
