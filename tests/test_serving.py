@@ -434,3 +434,12 @@ def test_invariants(w):
     assert (tl["n_decode"] <= w["max_batch"]).all() and (tl["n_prefill"] <= w["max_batch"]).all()
     min_iter = step.iteration_time([], [1])
     assert (df["tpot_s"].dropna() >= min_iter - eps).all()
+
+
+def test_serve_on_one_device_refuses_multi_device_engines(capsys):
+    from xpusim.cli import main
+
+    base = ["serve", "--arch", "h100-sxm", "--model", "llama-3-8b", "--rate", "1", "--requests", "5"]
+    for extra in (["--tp", "2"], ["--scheduler", "disaggregated"]):
+        assert main([*base, *extra]) == 2
+        assert "give --system" in capsys.readouterr().err
