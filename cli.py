@@ -126,6 +126,9 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         print_formats(run, a.format_error)
         print(f"{model.name} {a.phase} on {res.inputs['arch']} ({a.placement} placement, {a.pim_mode}): latency "
               f"{res.latency_s * 1e3:.3f} ms, PIM share of the work {res.inputs['pim_share'] * 100:.1f} %")
+        print(f"throughput {res.tokens_per_s:.1f} tokens/s   energy {res.energy_j:.3g} J   memory "
+              f"{_fmt_b(res.memory_bytes)} of {_fmt_b(res.capacity_bytes)} ({res.inputs.get('pim_memory', 'shared')} "
+              f"PIM memory; weights {_fmt_b(res.weights_bytes)}, KV cache {_fmt_b(res.kv_cache_bytes)})")
         return 0
     if a.phase == "generate":
         raise SpecError("--phase generate runs on a system: give --system (e.g. 4x-a100-nvlink) with --tp/--pp or --plan auto")

@@ -79,7 +79,8 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
     print(f"stage times per micro-batch (ms): {stages}; send {res.inputs['send_s'] * 1e6:.3g} us")
     comm = res.ops[res.ops["kind"] == "collective"]
     share = float(comm["total_latency_s"].sum()) / float(res.ops["total_latency_s"].sum()) if len(res.ops) else 0.0
-    print(f"latency {res.latency_s * 1e3:.3f} ms   throughput {res.tokens_per_s:.1f} tokens/s   collectives "
+    print(f"latency {res.latency_s * 1e3:.3f} ms   throughput {res.tokens_per_s:.1f} tokens/s   energy "
+          f"{res.energy_j:.3g} J (every device)   collectives "
           f"{share * 100:.1f} % of a rank's time   busiest device memory {res.memory_bytes / 2**30:.1f} of "
           f"{res.capacity_bytes / 2**30:.0f} GiB" + ("" if res.memory_bytes <= res.capacity_bytes else
                                                      " - EXCEEDS it (simulated because of --ignore-memory)"))
