@@ -70,6 +70,8 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
         return 0
     if table is not None:
         print(table.drop(columns=["reason"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        for _, row in table[~table["feasible"]].iterrows():  # why a plan cannot run
+            print(f"  {row['plan']}: {row['reason']}")
     stages = ", ".join(f"{t * 1e3:.3g}" for t in res.inputs["stage_s"])
     print(f"{model.name} {phase.name} {vars(phase)} on {system.name}: plan {plan.describe()} ({plan.devices} of "
           f"{system.n_devices} x {system.device.name}), {res.inputs['microbatches']} micro-batch(es)")
