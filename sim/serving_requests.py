@@ -174,7 +174,8 @@ def read_trace(path: str | Path) -> list[Request]:
         if neg.any():
             i = int(np.argmax(neg))
             err = SpecError if c == "arrival_s" else ShapeError
-            raise err(f"trace file {p.name!r} row {i + 1}: {c} {_show(raw.iloc[i])} is negative; it must be >= 0")
+            bound = ">= 0 seconds" if c == "arrival_s" else "an integer >= 1"
+            raise err(f"trace file {p.name!r} row {i + 1}: {c} {_show(raw.iloc[i])} is negative; it must be {bound}")
         if c != "arrival_s":
             frac = (num != np.round(num)) | (num < 1)
             if frac.any():
