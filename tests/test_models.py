@@ -74,3 +74,18 @@ def test_bad_sizes():
         Decode(0, 10)
     with pytest.raises(ShapeError):
         Prefill(1, -4)
+
+
+def test_hf_configs_with_an_unknown_dtype_or_fractional_heads_are_refused(tmp_path):
+    import json
+
+    from xpusim.errors import SpecError
+    from xpusim.workloads.model import MODELS_DIR, load_model
+
+    base = json.loads((MODELS_DIR / "llama-3-8b.json").read_text())
+    for change, msg in (({"torch_dtype": "float8_e4m3"}, "torch_dtype"), ({"hidden_size": 4100}, "not a multiple")):
+        p = tmp_path / "config.json"
+        p.write_text(json.dumps({**base, **change}))
+        with pytest.raises(SpecError, match=msg) as e:
+            load_model(str(p))
+        assert "\n" not in str(e.value)

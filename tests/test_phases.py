@@ -182,3 +182,9 @@ def test_achieved_throughput_stays_below_the_peak_on_a_long_causal_prefill():
 
     r = simulate("h100-sxm", "llama-3-8b", Prefill(1, 16384))
     assert r.summary()["achieved_flops_per_s"] < load_arch("h100-sxm").peak_flops("bf16")
+
+
+def test_a_drafter_with_another_vocabulary_is_refused():
+    with pytest.raises(SpecError, match="vocabulary") as e:
+        speculate("h100-sxm", "llama-3-8b", 1, 512, 3, 0.7, draft_model="mamba-2.8b")
+    assert "\n" not in str(e.value)

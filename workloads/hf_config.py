@@ -27,12 +27,24 @@ def _get(cfg: dict[str, Any], key: str, name: str, default: Any = None) -> Any:
     return default
 
 
+def _whole_heads(hidden: Any, heads: Any, name: str) -> int:
+    """The head width ``hidden / heads`` when the config gives no ``head_dim``: it must divide."""
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
+        raise SpecError(f"config.json of {name!r}: hidden size {hidden} is not a multiple of {heads} attention heads; "
+                        "give head_dim")
+    return hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 else hidden
+
+
 def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
     """Map a Hugging Face ``config.json`` onto a :class:`ModelSpec`."""
     mt = cfg.get("model_type")
     if "tie_word_embeddings" in cfg and not isinstance(cfg["tie_word_embeddings"], bool):
         raise SpecError(f"config.json of {name!r}: tie_word_embeddings must be true or false")
-    dtype = _HF_DTYPES.get(str(cfg.get("torch_dtype", "bfloat16")), "bf16")
+    torch_dtype = str(cfg.get("torch_dtype") or "bfloat16")
+    if torch_dtype not in _HF_DTYPES:
+        raise SpecError(f"config.json of {name!r}: torch_dtype {torch_dtype!r} is not one of {', '.join(_HF_DTYPES)}; "
+                        "fix it, or load the model and choose formats with --weight-dtype/--act-dtype/--kv-dtype")
+    dtype = _HF_DTYPES[torch_dtype]
     if mt in ("deepseek_v2", "deepseek_v3"):
         return _deepseek(cfg, name, mt, dtype)
     if mt in ("mamba", "mamba2"):
@@ -69,7 +81,7 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
             d_model=hidden,
             n_heads=heads,
             n_kv_heads=_get(cfg, "num_key_value_heads", name, heads),
-            head_dim=_get(cfg, "head_dim", name, hidden // heads),
+            head_dim=cfg.get("head_dim") or _whole_heads(hidden, heads, name),
             d_ff=_get(cfg, "intermediate_size", name),
             vocab_size=_get(cfg, "vocab_size", name),
             max_seq_len=_get(cfg, "max_position_embeddings", name, 4096),
@@ -98,7 +110,7 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
             d_model=hidden,
             n_heads=heads,
             n_kv_heads=heads,
-            head_dim=hidden // heads,
+            head_dim=_whole_heads(hidden, heads, name),
             d_ff=_get(cfg, "n_inner", name, 4 * hidden),
             vocab_size=_get(cfg, "vocab_size", name),
             max_seq_len=_get(cfg, "n_positions", name, 1024),

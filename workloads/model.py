@@ -396,6 +396,9 @@ def model_from_dict(d: dict[str, Any], name: str = "model") -> ModelSpec:
     d = dict(d)
     d.setdefault("name", name)
     if "head_dim" not in d and isinstance(d.get("d_model"), int) and isinstance(d.get("n_heads"), int) and d["n_heads"] > 0:
+        if d["d_model"] % d["n_heads"]:
+            raise SpecError(f"model {name!r}: d_model {d['d_model']} is not a multiple of n_heads {d['n_heads']}; give "
+                            "head_dim explicitly (or fix the sizes)")
         d["head_dim"] = d["d_model"] // d["n_heads"]
     d.setdefault("n_kv_heads", d.get("n_heads"))
     missing = [f for f in ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size") if f not in d]
