@@ -486,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", nargs="+", action="extend",
                    help="device preset name or YAML file; several give a side-by-side comparison")
     s.add_argument("--model", required=True, help="model preset name, xpusim YAML or Hugging Face config.json")
-    s.add_argument("--phase", required=True, choices=["prefill", "decode", "verify", "speculative", "generate"])
+    s.add_argument("--phase", required=True, choices=["prefill", "decode", "verify", "speculative", "generate"],
+                   help="the step: a prompt's prefill, a decode step, a verify of drafted tokens, speculative decoding, "
+                        "or a whole generation (with --system)")
     s.add_argument("--system", help="multi-device system preset or YAML (see docs/systems.md)")
     s.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree (with --system)")
     s.add_argument("--pp", type=_positive_int, default=1, help="pipeline stages (with --system)")
@@ -514,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataflow devices: fused pipelines (default), kernel looping, or kernel by kernel")
     s.add_argument("--ignore-memory", action="store_true",
                    help="simulate even when the footprint exceeds device memory (reported, not refused)")
-    s.add_argument("--batch", type=_positive_int, default=1)
+    s.add_argument("--batch", type=_positive_int, default=1, help="sequences in the step (default 1)")
     s.add_argument("--seq", type=_positive_int, help="prompt tokens per sequence (prefill)")
     s.add_argument("--context", type=_positive_int, help="tokens attended per sequence (decode)")
     s.add_argument("--weight-dtype", help="override the weight format (e.g. fp8, int4)")
@@ -543,20 +545,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_simulate)
 
     o = sub.add_parser("op", help="cost one operator on a device")
-    o.add_argument("kind", choices=["gemm"])
-    o.add_argument("--m", type=_positive_int, required=True)
-    o.add_argument("--n", type=_positive_int, required=True)
-    o.add_argument("--k", type=_positive_int, required=True)
+    o.add_argument("kind", choices=["gemm"], help="the operator (gemm: C[m,n] = A[m,k] B[k,n])")
+    o.add_argument("--m", type=_positive_int, required=True, help="rows of A and C")
+    o.add_argument("--n", type=_positive_int, required=True, help="columns of B and C")
+    o.add_argument("--k", type=_positive_int, required=True, help="the contracted dimension")
     o.add_argument("--dtype", default=None,
                    help="operand format (default: the device's engine weight format if its preset declares one, else bf16)")
-    o.add_argument("--arch", required=True)
+    o.add_argument("--arch", required=True, help="device preset or YAML")
     o.add_argument("--rows", type=_positive_int, help="systolic array rows (overrides the preset)")
     o.add_argument("--cols", type=_positive_int, help="systolic array columns (overrides the preset)")
     o.add_argument("--dataflow", choices=["ws", "os", "is"], help="systolic dataflow (overrides the preset)")
-    o.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"])
+    o.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"],
+                   help="what the mapper minimises (default latency)")
     o.add_argument("--mapper", default="default", choices=["default", "exhaustive", "sampled"],
                    help="mapping search for generic/systolic devices (exhaustive: exact, small spaces)")
-    o.add_argument("--json", action="store_true")
+    o.add_argument("--json", action="store_true", help="print the cost as JSON (a report can be made from it)")
     o.add_argument("--report", metavar="HTML", help="write an interactive HTML report")
     o.add_argument("--save", metavar="JSON", help="save the result for `xpusim report`")
     o.set_defaults(func=_cmd_op)
@@ -565,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--arch", help="device preset or YAML (default: every device with shipped data)")
     v.add_argument("--kind", help="kind of your CSV: gemm, softmax, layernorm or gelu")
     v.add_argument("--csv", metavar="FILE", help="your measurements, in a format of validation/README.md")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("--json", action="store_true", help="print the comparison as JSON")
     v.add_argument("--report", metavar="HTML", help="write an interactive HTML report")
     v.add_argument("--save", metavar="JSON", help="save the comparison for `xpusim report`")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -594,16 +597,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("name", nargs="?", help="a case (see --list)")
     rp.add_argument("--list", action="store_true", help="name every case")
     rp.add_argument("--all", action="store_true", help="run every case")
-    rp.add_argument("--json", action="store_true")
+    rp.add_argument("--json", action="store_true", help="print the cases' results as JSON")
     rp.set_defaults(func=_cmd_reproduce)
 
     r = sub.add_parser("report", help="write the HTML report of a saved result (--save or --json output)")
     r.add_argument("result", help="a JSON file from --save, or from simulate/op --json")
-    r.add_argument("-o", "--output", required=True, metavar="HTML")
+    r.add_argument("-o", "--output", required=True, metavar="HTML", help="the HTML file to write")
     r.set_defaults(func=_cmd_report)
 
     ls = sub.add_parser("list", help="list device and model presets")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print the presets as JSON")
     ls.set_defaults(func=_cmd_list)
     return p
 

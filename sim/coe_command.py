@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slots", type=int, help="experts the cache holds (default: what device memory holds)")
     p.add_argument("--vs", metavar="SYSTEM", help="also serve the same stream on SYSTEM and print the speedup")
     p.add_argument("--vs-tp", type=int, help="devices per expert on the --vs system (default: all of them)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the request stream (default 0)")
+    p.add_argument("--json", action="store_true", help="print the runs as JSON")
 
 
 def run(a: argparse.Namespace) -> int:
