@@ -369,14 +369,17 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
     from .validation.reproduce import list_cases, load_case, run_case
 
     if a.list:
-        for n in list_cases():
+        names = list_cases()
+        w = max((len(n) for n in names), default=0)
+        for n in names:
             c = load_case(n)
-            print(f"{n:<28} {c['paper']}: {c['claim']}")
+            print(f"{n:<{w}}  {c['paper']}: {c['claim']}")
         return 0
     names = list_cases() if a.all else [a.name] if a.name else []
     if not names:
         raise SpecError("give a case name, --all or --list")
     out = [run_case(n) for n in names]
+    width = max(len(r["name"]) for r in out)
     if a.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -386,7 +389,7 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
                    else f"<= {hi}" if lo is None else f"{lo}..{hi}")
         tol = f" +-{r['tolerance_pct']:g} %" if r["tolerance_pct"] else ""
         status = "PASS" if r["passed"] else "GAP " if r["known_gap"] else "FAIL"
-        print(f"{status}  {r['name']:<28} claimed {claimed}{tol}  simulated {r['simulated']:.4g}  ({r['paper']})")
+        print(f"{status}  {r['name']:<{width}} claimed {claimed}{tol}  simulated {r['simulated']:.4g}  ({r['paper']})")
         if r["known_gap"] and not r["passed"]:
             print(f"      known gap: {r['known_gap']}")
     return 0 if all(r["passed"] or r["known_gap"] for r in out) else 1
@@ -419,23 +422,25 @@ def _cmd_list(a: argparse.Namespace) -> int:
         print(json.dumps({"archs": list_archs(), "hetero": list_hetero(), "models": list_models(),
                           "systems": list_systems(), "spaces": list_spaces()}))
         return 0
-    print("devices:")
-    for n in list_archs():
-        arch = load_arch(n)
-        print(f"  {n:<14} {arch.device_class:<9} {arch.description}")
-    print("models:")
-    for n in list_models():
-        m = load_model(n)
-        print(f"  {n:<18} {m.params / 1e9:7.2f} B params, {m.n_layers} layers, d_model {m.d_model}")
     from .sim.hetero import list_hetero, load_hetero
 
+    archs, models, hetero, systems = list_archs(), list_models(), list_hetero(), list_systems()
+    w = max(len(n) for n in [*archs, *models, *hetero, *systems])  # one name column for every section
+    print("devices:")
+    for n in archs:
+        arch = load_arch(n)
+        print(f"  {n:<{w}} {arch.device_class:<9} {arch.description}")
+    print("models:")
+    for n in models:
+        m = load_model(n)
+        print(f"  {n:<{w}} {m.params / 1e9:7.2f} B params, {m.n_layers} layers, d_model {m.d_model}")
     print("host + PIM devices (simulate --arch NAME):")
-    for n in list_hetero():
-        print(f"  {n:<14} {load_hetero(n)['description']}")  # type: ignore[index]
+    for n in hetero:
+        print(f"  {n:<{w}} {load_hetero(n)['description']}")  # type: ignore[index]
     print("systems:")
-    for n in list_systems():
+    for n in systems:
         sy = load_system(n)
-        print(f"  {n:<18} {sy.n_devices} x {sy.device.name}, {sy.intra_topology}")
+        print(f"  {n:<{w}} {sy.n_devices} x {sy.device.name}, {sy.intra_topology}")
     print("design spaces (xpusim explore --space NAME): " + ", ".join(list_spaces()))
     return 0
 
