@@ -326,6 +326,8 @@ def read_preset(ref: str | Path, directory: Path, what: str, names: list[str]) -
     if not path.is_file():
         cand = directory / f"{ref}.yaml"
         if not cand.is_file():
+            if path.is_dir():
+                raise SpecError(f"{what} {str(ref)!r} is a directory; give a {what} YAML file or a preset name")
             if path.suffix in (".yaml", ".yml") or "/" in str(ref):
                 raise SpecError(f"{what} file {str(ref)!r} does not exist")
             raise PresetNotFound(f"unknown {what} {str(ref)!r}; presets: {', '.join(names)} (or give a YAML path)")

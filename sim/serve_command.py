@@ -56,6 +56,12 @@ def run(a: argparse.Namespace) -> int:
 
     if bool(a.system) == bool(a.arch):
         raise SpecError("serve needs --system SYSTEM or --arch DEVICE (one of them)")
+    for flag in ("requests", "max_batch", "max_batched_tokens", "block_size", "chunk_size", "tp", "pp", "prefill_tp"):
+        v = getattr(a, flag)
+        if v is not None and v < 1:
+            raise SpecError(f"--{flag.replace('_', '-')} must be an integer >= 1, got {v}")
+    if a.rate is not None and not (a.rate > 0):
+        raise SpecError(f"--rate must be > 0 requests per second (inf: all at once), got {a.rate}")
     system = load_system(a.system) if a.system else None
     if system is None and (a.tp > 1 or a.pp > 1 or a.prefill_tp or a.scheduler == "disaggregated"):
         raise SpecError("--tp/--pp/--prefill-tp and the disaggregated scheduler run an engine over several devices: "

@@ -131,3 +131,15 @@ def test_the_lm_heads_format_is_named_and_can_be_chosen(capsys):
     assert "lm_head" in err and "--embed-dtype" in err
     assert main([*argv, "--embed-dtype", "int8"]) == 0
     assert main([*argv, "--embed-dtype", "int7"]) == 2
+
+
+def test_a_directory_is_a_model_with_its_config_json_and_never_a_device(tmp_path, capsys):
+    import shutil
+
+    from xpusim.workloads.model import MODELS_DIR
+
+    shutil.copy(MODELS_DIR / "llama-3-8b.json", tmp_path / "config.json")
+    assert main(["simulate", "--arch", "h100-sxm", "--model", str(tmp_path), "--phase", "decode", "--context", "8"]) == 0
+    capsys.readouterr()
+    assert main(["simulate", "--arch", str(tmp_path), "--model", "llama-3-8b", "--phase", "decode", "--context", "8"]) == 2
+    assert "is a directory" in capsys.readouterr().err

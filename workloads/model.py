@@ -442,9 +442,17 @@ def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
                 path = cand
                 break
         else:
-            if path.suffix in (".json", ".yaml", ".yml") or "/" in str(ref):
+            if path.is_dir():
+                cfg = path / "config.json"
+                if not cfg.is_file():
+                    raise SpecError(f"model {str(ref)!r} is a directory without a config.json; give the config.json "
+                                    "or an xpusim model file")
+                path = cfg
+            elif path.suffix in (".json", ".yaml", ".yml") or "/" in str(ref):
                 raise SpecError(f"model file {str(ref)!r} does not exist")
-            raise PresetNotFound(f"unknown model {str(ref)!r}; presets: {', '.join(list_models())} (or give a file path)")
+            else:
+                raise PresetNotFound(f"unknown model {str(ref)!r}; presets: {', '.join(list_models())} "
+                                     "(or give a file path)")
     data = _read_structured(path)
     name = path.stem if path.stem != "config" else path.parent.name
     if isinstance(data, dict) and "model_type" in data:
