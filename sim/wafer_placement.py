@@ -214,19 +214,24 @@ def handoff_s(arch: Arch, plan: WaferPlan, act_bytes: float) -> float:
 
 
 def no_fit_error(arch: Arch, model_name: str, units: list[Unit], trace: Trace, wafers: int,
-                 sides: list[int]) -> CapacityError:
+                 sides: list[int], fixed_side: bool = False) -> CapacityError:
     """The one-line error when the model fits no region layout on ``wafers`` wafers, with the fewest
-    wafers that would hold it."""
+    wafers that would hold it (``fixed_side``: the user chose the only region side tried)."""
     spec = wafer_spec(arch)
     total = sum(u.weight_bytes + u.kv_bytes for u in units)
     need = [n for s in sides if (n := wafers_needed(units, arch, s, buffer_bytes(trace, arch, s))) is not None]
-    more = (f"run it on {min(need)} wafers (--wafers {min(need)})" if need
-            else "shard its largest layer (it overflows a whole wafer)")
+    gib = 2.0**30
+    if need:
+        more = f"run it on {min(need)} wafers (--wafers {min(need)})"
+    elif fixed_side:
+        more = f"a larger region side than {sides[0]} (or drop --wafer-side to search the sides)"
+    else:
+        more = "shard its largest layer (it overflows a whole wafer)"
     return CapacityError(
-        f"{model_name} needs {total / 1e9:.1f} GB of weights and KV cache but {wafers} x {arch.name} hold "
-        f"{wafers * spec.core_sram_bytes * spec.width * spec.height / 1e9:.1f} GB in {spec.core_sram_bytes:,} B per core "
-        f"and no layout of its layers on square regions fits; {more} or stream the weights from external memory "
-        "(--weight-streaming)")
+        f"{model_name} needs {total / gib:.1f} GiB of weights and KV cache but {wafers} x {arch.name} hold "
+        f"{wafers * spec.core_sram_bytes * spec.width * spec.height / gib:.1f} GiB in {spec.core_sram_bytes:,} B per core "
+        f"and no layout of its layers on {'that region side' if fixed_side else 'square regions'} fits; {more} or "
+        "stream the weights from external memory (--weight-streaming)")
 
 
 def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency", check_memory: bool = True,
@@ -282,7 +287,7 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
                 cands.append((plan, res))
             if not cands:
                 if check_memory:
-                    raise no_fit_error(arch, model.name, units, trace, wafers, sides)
+                    raise no_fit_error(arch, model.name, units, trace, wafers, sides, fixed_side=side is not None)
                 res = simulate_trace(trace, arch, objective, model, kv_bytes=kv)
                 cands = [(None, res)]
         for plan, res in cands:
