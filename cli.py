@@ -216,7 +216,7 @@ def _outputs(a: argparse.Namespace, results: list) -> None:
     if a.trace:
         from .reports.sim_figures import chrome_trace
 
-        Path(a.trace).write_text(json.dumps(chrome_trace(results[0])))
+        Path(a.trace).write_text(json.dumps(chrome_trace(results)))  # one process per device
     if a.save:
         from .reports.build import save
 

@@ -156,14 +156,17 @@ def timeline(res: Result) -> go.Figure:
     return _style(fig, "Timeline of one step (first repetitions of each block)")
 
 
-def chrome_trace(res: Result) -> dict[str, Any]:
-    """The timeline as Chrome/Perfetto trace-event JSON (microseconds; one thread per resource)."""
-    ev = timeline_events(res, max_repeats=10**9)
-    tids = {r: i for i, r in enumerate(sorted({e["resource"] for e in ev}))}
-    out = [{"name": e["name"], "cat": e["kind"], "ph": "X", "ts": e["start"] * 1e6, "dur": e["dur"] * 1e6, "pid": 1,
-            "tid": tids[e["resource"]], "args": {"block": e["block"]}} for e in ev]
-    out += [{"name": "thread_name", "ph": "M", "pid": 1, "tid": t, "args": {"name": r}} for r, t in tids.items()]
-    out.append({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"{res.inputs.get('arch', '')}"}})
+def chrome_trace(results: Result | list[Result]) -> dict[str, Any]:
+    """The timelines as Chrome/Perfetto trace-event JSON (microseconds): one process per result (a
+    device of a side-by-side run), one thread per resource."""
+    out: list[dict[str, Any]] = []
+    for pid, res in enumerate(results if isinstance(results, list) else [results], start=1):
+        ev = timeline_events(res, max_repeats=10**9)
+        tids = {r: i for i, r in enumerate(sorted({e["resource"] for e in ev}))}
+        out += [{"name": e["name"], "cat": e["kind"], "ph": "X", "ts": e["start"] * 1e6, "dur": e["dur"] * 1e6, "pid": pid,
+                 "tid": tids[e["resource"]], "args": {"block": e["block"]}} for e in ev]
+        out += [{"name": "thread_name", "ph": "M", "pid": pid, "tid": t, "args": {"name": r}} for r, t in tids.items()]
+        out.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": f"{res.inputs.get('arch', '')}"}})
     return {"traceEvents": out, "displayTimeUnit": "ms"}
 
 
