@@ -208,7 +208,7 @@ def test_engine_formats_reach_speculation_serving_and_embeddings(capsys):
     assert main(["simulate", "--arch", "alveo-u280", "--model", "bitnet-b1.58-2b4t", "--phase", "decode",
                  "--context", "64", "--weight-dtype", "int4-g128"]) == 0  # also when the user picks the weights
     assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "speculative", "--context", "640",
-                 "--draft-tokens", "4", "--acceptance", "0.7", "--draft-model", "llama-3-8b"]) == 0  # the drafter too
+                 "--draft-tokens", "4", "--acceptance", "0.7", "--draft-model", "llama-2-7b"]) == 0  # the drafter too
     capsys.readouterr()
 
 
