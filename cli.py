@@ -67,13 +67,19 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
         get_dtype(a.embed_dtype)  # a one-line error for an unknown format
         model = dataclasses.replace(model, embed_dtype=a.embed_dtype)
-    given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype)) if v}
+    given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype),
+                            ("embed", a.embed_dtype)) if v}
     kw = {"objective": "latency" if a.objective == "throughput" else a.objective, "routing": a.routing, "mla_form": a.mla_form,
           "check_memory": not a.ignore_memory}
     wafer = {k: v for k, v in (("wafers", a.wafers), ("weight_streaming", a.weight_streaming or None),
                                ("side", a.wafer_side), ("algorithm", a.wafer_algorithm)) if v is not None}
     if wafer:
         kw["wafer_options"] = wafer
+    device_flags = [f"--{k.replace('_', '-')}" for k in ("pim", "pim_stacks", "pim_memory", "placement", "pim_mode",
+                                                          "wafers", "wafer_side", "wafer_algorithm")
+                    if getattr(a, k, None)] + (["--weight-streaming"] if a.weight_streaming else [])
+    if a.system and device_flags:
+        raise SpecError(f"{' '.join(device_flags)}: for one device (--arch) only, not --system {a.system}")
     if a.system:
         if a.arch:
             raise SpecError(f"--system {a.system} runs on its own devices; drop --arch {' '.join(a.arch)} (or give a system "
@@ -106,6 +112,9 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         a.placement = a.placement or combo["placement"]
         a.pim_mode = a.pim_mode or combo["mode"]
         a.pim_memory = a.pim_memory or combo["memory"]
+    pim_flags = [f"--{k.replace('_', '-')}" for k in ("pim_stacks", "pim_memory", "placement", "pim_mode") if getattr(a, k)]
+    if pim_flags and not a.pim:
+        raise SpecError(f"{' '.join(pim_flags)}: only for a host with PIM; give --pim PIM_DEVICE (or a host + PIM preset)")
     if a.pim:
         from .sim.hetero import pim_stacks, simulate_hetero
 
@@ -129,6 +138,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         print(f"throughput {res.tokens_per_s:.1f} tokens/s   energy {res.energy_j:.3g} J   memory "
               f"{_fmt_b(res.memory_bytes)} of {_fmt_b(res.capacity_bytes)} ({res.inputs.get('pim_memory', 'shared')} "
               f"PIM memory; weights {_fmt_b(res.weights_bytes)}, KV cache {_fmt_b(res.kv_cache_bytes)})")
+        print_energy_scope(host.static_power_w + load_arch(a.pim).static_power_w)
         return 0
     if a.phase == "generate":
         raise SpecError("--phase generate runs on a system: give --system (e.g. 4x-a100-nvlink) with --tp/--pp or --plan auto")
@@ -228,6 +238,13 @@ def _outputs(a: argparse.Namespace, results: list) -> None:
         write(a.report, simulate_report(results))
 
 
+def print_energy_scope(static_w: float) -> None:
+    """Say that the printed energy is dynamic only when the device states no static power."""
+    if static_w == 0.0:
+        print("energy: dynamic only (MACs and data movement); the device's static and idle power are not modelled (its "
+              "preset states no static_power), so it is a lower bound, not comparable with a board's measured power")
+
+
 def _print_result(res, model, phase) -> None:
     df = res.ops
     print(f"xpusim {__version__}: {model.name} {phase.name} {vars(phase)} on {res.inputs['arch']}")
@@ -269,8 +286,7 @@ def _print_result(res, model, phase) -> None:
         print("board power: not modelled for this part (no fpga.power section); the energy counts the MACs and the "
               "memory traffic only, a lower bound")
     elif res.inputs.get("static_power_w") == 0.0:
-        print("energy: dynamic only (MACs and data movement); the device's static and idle power are not modelled (its "
-              "preset states no static_power), so it is a lower bound, not comparable with a board's measured power")
+        print_energy_scope(0.0)
     ft = res.inputs.get("fpga_tiers")
     if ft and (ft["weights"] != "hbm" or ft["kv"] != "hbm"):
         w = res.weights_bytes

@@ -51,6 +51,8 @@ def _phase(space: Space, w: dict[str, Any], params: dict[str, Any]):
     for k in space.knobs:
         if k.path[0] == "workload" and k.name in params:
             fields[k.path[1]] = params[k.name]
+    if str(w["phase"]) == "prefill":  # a context knob sizes the space's decode workloads only
+        fields["context"] = None
     return make_phase(str(w["phase"]), int(fields["batch"] or 1), fields["seq"], fields["context"])
 
 

@@ -375,7 +375,7 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> No
         if phase.batch > 1:
             remedies.append(f"a smaller batch than {phase.batch}")
         else:
-            remedies.append("a shorter context")
+            remedies.append("a shorter prompt (--seq)" if isinstance(phase, Prefill) else "a shorter context")
     smaller = [f for f in ("fp8", "int4") if get_dtype(f).bytes < get_dtype(model.weight_dtype).bytes]
     if result.weights_bytes > 0.5 * result.capacity_bytes and smaller:
         remedies.append(f"{'/'.join(smaller)} weights (--weight-dtype {smaller[0]})")
@@ -410,11 +410,12 @@ def _objective_value(r: Result, objective: str) -> float:
 def with_engine_formats(model: ModelSpec, arch: Arch, keep: tuple[str, ...] | set[str] = ()) -> ModelSpec:
     """``model`` in the formats ``arch``'s engine runs (its preset's ``formats:``, e.g. an FPGA
     bitstream built for INT8), except the tensor classes in ``keep`` (``weights``,
-    ``activations``, ``kv``: those a user chose); unchanged when the preset declares none."""
+    ``activations``, ``kv``, ``embed``: those a user chose); unchanged when the preset declares none."""
     declared = arch.meta.get("formats", {})
     engine = {k: v for k, v in declared.items() if k not in keep}
     out = model.with_formats(engine.get("weights"), engine.get("activations"), engine.get("kv")) if engine else model
-    if "weights" in declared and model.embed_dtype:  # the embeddings and LM head run in the engine's weight format
+    if "weights" in declared and model.embed_dtype and "embed" not in keep:  # the embeddings and LM head run in the
+        # engine's weight format, unless the user chose theirs
         out = dataclasses.replace(out, embed_dtype=get_dtype(declared["weights"]).dense)
     return out
 

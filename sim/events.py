@@ -119,10 +119,17 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
         timeline=events)
     if check_memory and out.memory_bytes > out.capacity_bytes:
         gib = 2.0**30
+        remedies = ["a larger --tp or --pp"]
+        if _bytes(model.kv_dtype) > 1:
+            remedies.append("an fp8 KV cache (--kv-dtype fp8)")
+        smaller = [f for f in ("fp8", "int4") if _bytes(f) < _bytes(model.weight_dtype)]
+        if smaller:
+            remedies.append(f"{'/'.join(smaller)} weights (--weight-dtype {smaller[0]})")
+        if phase.batch > 1:
+            remedies.append("a smaller batch")
         raise CapacityError(
             f"{model.name} {phase.name} under {plan.describe()} needs {out.memory_bytes / gib:.1f} GiB on its busiest "
-            f"device but {system.device.name} has {out.capacity_bytes / gib:.1f} GiB; try a larger --tp or --pp, an fp8 "
-            "KV cache (--kv-dtype fp8), fp8/int4 weights, or a smaller batch")
+            f"device but {system.device.name} has {out.capacity_bytes / gib:.1f} GiB; try {', '.join(remedies)}")
     return out
 
 
@@ -156,9 +163,10 @@ def simulate_generate(system: System | str, model: ModelSpec | str, batch: int, 
         decode_total, tpot = 0.0, 0.0
         last = pre
     total = pre.latency_s + decode_total
+    peak = max((pre, last), key=lambda r: r.memory_bytes)  # the prefill's activations or the last step's KV cache
     return {"ttft_s": pre.latency_s, "tpot_s": tpot, "latency_s": total, "decode_s": decode_total,
             "tokens": batch * gen, "tokens_per_s": batch * gen / total if total else math.inf,
             "plan": plan.describe(), "devices": plan.devices, "system": load_system(system).name, "model": model.name,
             "batch": batch, "seq": seq, "gen": gen, "decode_points": int(min(points, max(len(contexts), 0))),
-            "memory_bytes": last.memory_bytes, "capacity_bytes": last.capacity_bytes,
-            "fits_memory": bool(last.memory_bytes <= last.capacity_bytes)}
+            "memory_bytes": peak.memory_bytes, "capacity_bytes": peak.capacity_bytes,
+            "fits_memory": bool(peak.memory_bytes <= peak.capacity_bytes)}

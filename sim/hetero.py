@@ -27,7 +27,7 @@ import yaml
 
 from ..arch.loader import load_arch
 from ..arch.spec import Arch
-from ..errors import DtypeError, SpecError
+from ..errors import CapacityError, DtypeError, SpecError
 from ..mappers.fusion import plan
 from ..workloads.builder import build_trace
 from ..workloads.model import ModelSpec, load_model
@@ -240,7 +240,12 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     if check_memory:  # one device's weights, KV cache and activations in the host's (and added PIM) memory
         from .engine import check_fits
 
-        check_fits(result, held, phase, host)
+        try:
+            check_fits(result, held, phase, host)
+        except CapacityError as e:
+            extra = ("; or, if the PIM stacks are extra memory beside the host's, --pim-memory added"
+                     if memory == "shared" else "")
+            raise CapacityError(f"{e}{extra} (--ignore-memory runs it anyway)") from None
     return result
 
 

@@ -53,7 +53,7 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
         print(f"TTFT {out['ttft_s'] * 1e3:.1f} ms   TPOT {out['tpot_s'] * 1e3:.2f} ms   total {out['latency_s']:.3f} s   "
               f"{out['tokens_per_s']:.1f} tokens/s")
         gib = 2.0**30
-        print(f"busiest device memory at the last step {out['memory_bytes'] / gib:.1f} of {out['capacity_bytes'] / gib:.0f} GiB"
+        print(f"busiest device memory at its peak {out['memory_bytes'] / gib:.1f} of {out['capacity_bytes'] / gib:.0f} GiB"
               + ("" if out["fits_memory"] else " - EXCEEDS the device's memory (simulated because of --ignore-memory)"))
         return 0
     if a.phase not in ("prefill", "decode"):
@@ -86,4 +86,7 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
           f"{share * 100:.1f} % of a rank's time   busiest device memory {res.memory_bytes / 2**30:.1f} of "
           f"{res.capacity_bytes / 2**30:.0f} GiB" + ("" if res.memory_bytes <= res.capacity_bytes else
                                                      " - EXCEEDS it (simulated because of --ignore-memory)"))
+    from ..cli import print_energy_scope
+
+    print_energy_scope(system.device.static_power_w)
     return 0

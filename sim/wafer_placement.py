@@ -201,13 +201,17 @@ def streaming_plan(units: list[Unit], arch: Arch, buffers: float) -> WaferPlan:
     return plan
 
 
+def _between_wafers(plan: WaferPlan) -> int:
+    """Stage boundaries that cross from one wafer to the next (over the wafers' I/O)."""
+    return (plan.stages - 1) // plan.regions_per_wafer if plan.wafers > 1 and plan.stages > 1 else 0
+
+
 def handoff_s(arch: Arch, plan: WaferPlan, act_bytes: float) -> float:
     """Seconds to pass a step's activations through every stage boundary (on-wafer and between wafers)."""
     spec = wafer_spec(arch)
     if plan.stages <= 1:
         return 0.0
-    per_wafer = plan.regions_per_wafer
-    between_wafers = (plan.stages - 1) // per_wafer if plan.wafers > 1 else 0
+    between_wafers = _between_wafers(plan)
     on_wafer = plan.stages - 1 - between_wafers
     cyc = act_bytes / (plan.side * spec.link_bytes_per_cycle) + plan.side * spec.hop_latency_cycles
     return on_wafer * cyc / arch.clock_hz + between_wafers * act_bytes / spec.io_bandwidth_Bps
@@ -284,6 +288,7 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
                 except CapacityError:  # an op's working set overflows a core of this region
                     continue
                 res.latency_s += handoff_s(arch, plan, act)
+                res.energy_j += _between_wafers(plan) * act * spec.io_energy_j_per_byte  # over the wafers' I/O
                 cands.append((plan, res))
             if not cands:
                 if check_memory:

@@ -143,3 +143,12 @@ def test_a_directory_is_a_model_with_its_config_json_and_never_a_device(tmp_path
     capsys.readouterr()
     assert main(["simulate", "--arch", str(tmp_path), "--model", "llama-3-8b", "--phase", "decode", "--context", "8"]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--system", "dgx-h100", "--placement", "auto"], "for one device (--arch) only"),
+    (["--arch", "h100-sxm", "--pim-mode", "blocked"], "only for a host with PIM"),
+])
+def test_device_flags_that_would_be_ignored_are_refused(argv, msg, capsys):
+    assert main(["simulate", *argv, "--model", "llama-3-8b", "--phase", "decode", "--context", "8"]) == 2
+    assert msg in capsys.readouterr().err

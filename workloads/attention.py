@@ -41,7 +41,7 @@ def sdpa_ops(p: str, b: int, h: int, r: int, q: int, s: int, e: int, q_name: str
            SOFTMAX_FLOPS, {**mask, **softmax}),
         Op(f"{p}attn_context", "matmul", dims,
            (Tensor(f"{p}probs", ("b", "h", "r", "q", "s"), adt), Tensor(v_name, kv_dims, kdtype, role)),
-           Tensor(out, ("b", "q", "h", "r", "e"), adt), 2.0, {k: v for k, v in mask.items() if k != "window"}),
+           Tensor(out, ("b", "q", "h", "r", "e"), adt), 2.0, dict(mask)),
     ]
 
 

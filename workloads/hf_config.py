@@ -40,10 +40,11 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
     mt = cfg.get("model_type")
     if "tie_word_embeddings" in cfg and not isinstance(cfg["tie_word_embeddings"], bool):
         raise SpecError(f"config.json of {name!r}: tie_word_embeddings must be true or false")
-    torch_dtype = str(cfg.get("torch_dtype") or "bfloat16")
+    torch_dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")  # newer configs write "dtype"
     if torch_dtype not in _HF_DTYPES:
         raise SpecError(f"config.json of {name!r}: torch_dtype {torch_dtype!r} is not one of {', '.join(_HF_DTYPES)}; "
-                        "fix it, or load the model and choose formats with --weight-dtype/--act-dtype/--kv-dtype")
+                        "set it to the checkpoint's storage format (the simulation's formats are chosen with "
+                        "--weight-dtype/--act-dtype/--kv-dtype)")
     dtype = _HF_DTYPES[torch_dtype]
     if mt in ("deepseek_v2", "deepseek_v3"):
         return _deepseek(cfg, name, mt, dtype)

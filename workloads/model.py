@@ -454,7 +454,7 @@ def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
                 raise PresetNotFound(f"unknown model {str(ref)!r}; presets: {', '.join(list_models())} "
                                      "(or give a file path)")
     data = _read_structured(path)
-    name = path.stem if path.stem != "config" else path.parent.name
+    name = path.stem if path.stem != "config" else path.resolve().parent.name
     if isinstance(data, dict) and "model_type" in data:
         from .hf_config import model_from_hf_config
 
