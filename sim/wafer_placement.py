@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..arch.spec import Arch
 from ..arch.wafer import wafer_spec
@@ -273,7 +274,13 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
             stream = [u.weight_bytes / spec.io_bandwidth_Bps for u in units] + [0.0]
             # the first unit streams in alone; then each unit computes while the next one streams in
             res.latency_s = stream[0] + sum(max(per_inst.get(u.block, 0.0), stream[i + 1]) for i, u in enumerate(units))
-            res.energy_j += sum(u.weight_bytes for u in units) * spec.io_energy_j_per_byte  # every weight crosses the I/O
+            streamed = sum(u.weight_bytes for u in units)
+            io_j = streamed * spec.io_energy_j_per_byte  # every weight crosses the I/O each step
+            res.energy_j += io_j
+            io_row = {c: 0.0 for c in res.ops.columns} | {  # its own row, so the ops' energies add up to the step's
+                "block": "io", "name": "weight_stream", "kind": "io", "repeat": 1, "bytes": streamed, "energy_j": io_j,
+                "total_energy_j": io_j, "bound": "io"}  # its time overlaps the units' compute (in the latency above)
+            res.ops = pd.concat([res.ops, pd.DataFrame([io_row])], ignore_index=True)
             cands = [(stream_plan, res)]
         else:
             sides = [side] if side is not None else candidate_sides(arch)

@@ -306,6 +306,7 @@ def test_weight_streaming_is_bounded_by_the_wafer_io():
     assert r.latency_s > resident.latency_s
     io = r.weights_bytes * wafer_spec(a).io_energy_j_per_byte  # every weight crosses the I/O each step
     assert io > 0 and r.energy_j == pytest.approx(resident.energy_j + io, rel=0.05)
+    assert r.ops["total_energy_j"].sum() == pytest.approx(r.energy_j)  # the I/O has its own row
     with pytest.raises(SpecError, match="one wafer"):
         _decode("llama-3-70b", weight_streaming=True, wafers=2)
 
