@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..errors import CapacityError, SpecError
 from ..units import parse_quantity
-from .sections import check_section, positive
+from .sections import check_section, count, positive
 
 _PART = ("dsp", "bram", "uram", "lut", "ff", "slrs", "dsp_kind")
 _PART_HBM = ("hbm_channels", "hbm_remote_efficiency")
@@ -127,13 +128,7 @@ def _where(name: str) -> str:
 
 
 _LIMIT = 10**9  # no FPGA resource count or template size comes near this
-
-
-def _int(d: dict[str, Any], key: str, where: str) -> int:
-    v = d.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= _LIMIT:
-        raise SpecError(f"{where}.{key}: must be a positive integer up to {_LIMIT:,}, got {v!r}")
-    return v
+_int = partial(count, limit=_LIMIT)  # a resource count or template size
 
 
 def _num(d: dict[str, Any], key: str, where: str, low: float = 0.0, high: float = 1e7) -> float:

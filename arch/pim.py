@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import SpecError
 from ..units import parse_quantity
-from .sections import check_section
+from .sections import check_section, count
 
 _KEYS = {"channels", "bank_groups", "banks", "row", "column", "timing", "pu", "mode", "all_bank_activate", "location",
          "internal_read_energy"}
@@ -107,15 +107,6 @@ def _where(name: str) -> str:
     return f"device {name!r} pim"
 
 
-def _count(d: dict[str, Any], key: str, where: str) -> int:
-    if key not in d:
-        raise SpecError(f"{where}: missing {key!r}")
-    v = d[key]
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or int(v) != v or v <= 0:
-        raise SpecError(f"{where}.{key}: must be a positive integer, got {v!r}")
-    return int(v)
-
-
 def _bytes(d: dict[str, Any], key: str, where: str) -> int:
     if key not in d:
         raise SpecError(f"{where}: missing {key!r}")
@@ -154,7 +145,7 @@ def parse_pim(d: Any, name: str = "device") -> PimSpec:
     """Parse and validate a ``pim:`` section (one-line :class:`SpecError` on any bad field)."""
     where = _where(name)
     check_section(d, _KEYS, [], where, "channels, banks, row, column, timing, pu")
-    channels, groups, banks = (_count(d, k, where) for k in ("channels", "bank_groups", "banks"))
+    channels, groups, banks = (count(d, k, where) for k in ("channels", "bank_groups", "banks"))
     row, column = _bytes(d, "row", where), _bytes(d, "column", where)
     if banks % groups:
         raise SpecError(f"{where}: banks ({banks}) must be a multiple of bank_groups ({groups})")
@@ -183,7 +174,7 @@ def parse_pim(d: Any, name: str = "device") -> PimSpec:
     unknown = sorted(set(pu) - _PU)
     if unknown:
         raise SpecError(f"{where}.pu: unknown field(s) {unknown}; allowed: {', '.join(sorted(_PU))}")
-    per_channel = _count(pu, "per_channel", f"{where}.pu")
+    per_channel = count(pu, "per_channel", f"{where}.pu")
     if banks % per_channel:
         raise SpecError(f"{where}.pu.per_channel ({per_channel}) must divide the banks per channel ({banks})")
     tree = pu.get("adder_tree")
@@ -205,7 +196,7 @@ def parse_pim(d: Any, name: str = "device") -> PimSpec:
         channels=channels, bank_groups=groups, banks=banks, row_bytes=row, column_bytes=column, tCK=tck, **times,
         column_period=col, command_period=cmd, pu_per_channel=per_channel,
         input_buffer_bytes=_bytes(pu, "input_buffer", f"{where}.pu"),
-        accumulators=_count(pu, "accumulators", f"{where}.pu"), adder_tree=tree, mode=str(mode),
+        accumulators=count(pu, "accumulators", f"{where}.pu"), adder_tree=tree, mode=str(mode),
         all_bank_activate=aba, location=str(location),
         internal_read_energy_pj_per_bit=float(ire) if ire is not None else None,
     )

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import SpecError
 from ..units import parse_quantity
-from .sections import check_section, positive
+from .sections import check_section, count, positive
 
 _KEYS = {"pcus", "pmus", "pcu", "pmu", "ddr", "kernel_launch"}
 
@@ -49,13 +49,6 @@ def _where(name: str) -> str:
     return f"device {name!r} rdu"
 
 
-def _count(d: Any, key: str, where: str) -> int:
-    v = d.get(key) if isinstance(d, dict) else None
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise SpecError(f"{where}.{key}: must be a positive integer, got {v!r}")
-    return v
-
-
 def parse_rdu(d: Any, name: str = "device") -> RduSpec:
     """Parse and validate an ``rdu:`` section (one-line :class:`SpecError` on any bad field)."""
     where = _where(name)
@@ -64,9 +57,9 @@ def parse_rdu(d: Any, name: str = "device") -> RduSpec:
     if not isinstance(ddr, dict) or set(ddr) != {"capacity", "bandwidth"}:
         raise SpecError(f"{where}.ddr: must give capacity and bandwidth, e.g. {{capacity: 1.5 TB, bandwidth: 200 GB/s}}")
     return RduSpec(
-        pcus=_count(d, "pcus", where), pmus=_count(d, "pmus", where),
-        pcu_lanes=_count(d["pcu"], "lanes", f"{where}.pcu"), pcu_stages=_count(d["pcu"], "stages", f"{where}.pcu"),
-        pmu_banks=_count(d["pmu"], "banks", f"{where}.pmu"),
+        pcus=count(d, "pcus", where), pmus=count(d, "pmus", where),
+        pcu_lanes=count(d["pcu"], "lanes", f"{where}.pcu"), pcu_stages=count(d["pcu"], "stages", f"{where}.pcu"),
+        pmu_banks=count(d["pmu"], "banks", f"{where}.pmu"),
         ddr_bytes=positive(parse_quantity(ddr["capacity"], "bytes", f"{where}.ddr.capacity"), f"{where}.ddr.capacity",
                             "'1.5 TB'"),
         ddr_Bps=positive(parse_quantity(ddr["bandwidth"], "bytes_per_s", f"{where}.ddr.bandwidth"),

@@ -1,4 +1,4 @@
-"""Validation shared by the device-class sections of a preset (``pim:``, ``wafer:``, ``rdu:``)."""
+"""Validation shared by the device-class sections of a preset (``pim:``, ``wafer:``, ``rdu:``, ``fpga:``)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,16 @@ def positive(v: float, where: str, example: str) -> float:
     if not (math.isfinite(v) and v > 0):
         raise SpecError(f"{where}: must be positive, e.g. {example}")
     return v
+
+
+def count(d: Any, key: str, where: str, limit: int | None = None) -> int:
+    """``d[key]`` as a positive whole number (an int, or a float without a fraction), at most ``limit``;
+    one-line :class:`SpecError` otherwise, a missing key included."""
+    if not isinstance(d, dict) or key not in d:
+        raise SpecError(f"{where}: missing {key!r}")
+    v = d[key]
+    if (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or int(v) != v or v <= 0
+            or (limit is not None and v > limit)):
+        bound = f" up to {limit:,}" if limit is not None else ""
+        raise SpecError(f"{where}.{key}: must be a positive integer{bound}, got {v!r}")
+    return int(v)

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import SpecError
 from ..units import parse_quantity
-from .sections import check_section, positive
+from .sections import check_section, count, positive
 
 _KEYS = {"mesh", "cores", "core_sram", "sram_total", "link_bandwidth", "fabric_bandwidth", "links_per_core",
          "hop_latency", "routes_per_core", "io_bandwidth", "io_energy"}
@@ -60,13 +60,6 @@ def _where(name: str) -> str:
     return f"device {name!r} wafer"
 
 
-def _count(d: dict[str, Any], key: str, where: str) -> int:
-    v = d[key]
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or int(v) != v or v <= 0:
-        raise SpecError(f"{where}.{key}: must be a positive integer, got {v!r}")
-    return int(v)
-
-
 def _rate_Bps(v: Any, where: str) -> float:
     """A bandwidth given in bytes/s (``'20 PB/s'``) or bits/s (``'220 Pb/s'``)."""
     if isinstance(v, str) and v.strip().endswith(("b/s", "bps")) and not v.strip().endswith(("B/s", "Bps")):
@@ -88,11 +81,11 @@ def parse_wafer(d: Any, clock_hz: float, name: str = "device") -> WaferSpec:
     mesh = d["mesh"]
     if not (isinstance(mesh, list | tuple) and len(mesh) == 2):
         raise SpecError(f"{where}.mesh: must be [width, height] of the core grid, got {mesh!r}")
-    width, height = _count({"w": mesh[0]}, "w", f"{where}.mesh"), _count({"h": mesh[1]}, "h", f"{where}.mesh")
-    cores = _count(d, "cores", where)
+    width, height = count({"w": mesh[0]}, "w", f"{where}.mesh"), count({"h": mesh[1]}, "h", f"{where}.mesh")
+    cores = count(d, "cores", where)
     if width * height > cores:
         raise SpecError(f"{where}.mesh: {width} x {height} = {width * height} cores exceeds cores ({cores}); shrink the mesh")
-    links = _count(d, "links_per_core", where) if "links_per_core" in d else 4  # 2-D mesh: N, E, S, W neighbours
+    links = count(d, "links_per_core", where) if "links_per_core" in d else 4  # 2-D mesh: N, E, S, W neighbours
     key = _one_of(d, "core_sram", "sram_total", where)
     total = parse_quantity(d[key], "bytes", f"{where}.{key}")
     sram = math.floor(total if key == "core_sram" else total / cores)
@@ -109,7 +102,7 @@ def parse_wafer(d: Any, clock_hz: float, name: str = "device") -> WaferSpec:
     hop = d["hop_latency"]
     if isinstance(hop, bool) or not isinstance(hop, int | float) or not math.isfinite(hop) or hop < 0:
         raise SpecError(f"{where}.hop_latency: must be a number of cycles >= 0, got {hop!r}")
-    routes = _count(d, "routes_per_core", where) if "routes_per_core" in d else None
+    routes = count(d, "routes_per_core", where) if "routes_per_core" in d else None
     io = _rate_Bps(d["io_bandwidth"], f"{where}.io_bandwidth")
     io_e = parse_quantity(d.get("io_energy", 0.0), "joules", f"{where}.io_energy")
     if not 0.0 <= io_e <= 1e-9:
