@@ -10,25 +10,11 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
 from .errors import SpecError, XpusimError
-
-
-def _fmt_s(x: float) -> str:
-    for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9), ("ps", 1e-12)):
-        if abs(x) >= f:
-            return f"{x / f:.3g} {unit}"
-    return f"{x:.3g} s"
-
-
-def _fmt_b(x: float) -> str:
-    for unit, f in (("TiB", 2.0**40), ("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
-        if x >= f:
-            return f"{x / f:.3g} {unit}"
-    return f"{x:.0f} B"
+from .sim.result_text import fmt_b, fmt_s, print_energy_scope, print_formats, print_result, write_outputs
 
 
 def _positive_int(s: str) -> int:
@@ -89,7 +75,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         results: list = []
         rc = run_system(a, model, results)
         if results:
-            _outputs(a, results)
+            write_outputs(a, results)
         return rc
     if not a.arch:
         raise SpecError("simulate needs --arch DEVICE (or --system SYSTEM)")
@@ -126,7 +112,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         res = simulate_hetero(host, pim_stacks(a.pim, a.pim_stacks or 1), run,
                               make_phase(a.phase, a.batch, a.seq, a.context), a.placement, a.pim_mode, a.routing,
                               memory=a.pim_memory or "shared", check_memory=not a.ignore_memory)
-        _outputs(a, [res])
+        write_outputs(a, [res])
         if a.json:
             print(res.to_json())
             return 0
@@ -136,8 +122,8 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         print(f"{model.name} {a.phase} on {res.inputs['arch']} ({a.placement} placement, {a.pim_mode}): latency "
               f"{res.latency_s * 1e3:.3f} ms, PIM share of the work {res.inputs['pim_share'] * 100:.1f} %")
         print(f"throughput {res.tokens_per_s:.1f} tokens/s   energy {res.energy_j:.3g} J   memory "
-              f"{_fmt_b(res.memory_bytes)} of {_fmt_b(res.capacity_bytes)} ({res.inputs.get('pim_memory', 'shared')} "
-              f"PIM memory; weights {_fmt_b(res.weights_bytes)}, KV cache {_fmt_b(res.kv_cache_bytes)})")
+              f"{fmt_b(res.memory_bytes)} of {fmt_b(res.capacity_bytes)} ({res.inputs.get('pim_memory', 'shared')} "
+              f"PIM memory; weights {fmt_b(res.weights_bytes)}, KV cache {fmt_b(res.kv_cache_bytes)})")
         print_energy_scope(host.static_power_w + load_arch(a.pim).static_power_w)
         return 0
     if a.phase == "generate":
@@ -155,8 +141,8 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         print_formats(run, a.format_error)
         print(f"xpusim {__version__}: {model.name} speculative decoding on {a.arch[0]}, drafter {spec.drafter}, "
               f"{spec.draft_tokens} drafted tokens ({spec.tree_nodes} tree nodes), acceptance {spec.acceptance:g}")
-        print(f"expected tokens per step {spec.expected_tokens:.3f}   step {_fmt_s(spec.step_s)} "
-              f"(draft {_fmt_s(spec.draft_s)}, verify {_fmt_s(spec.verify_s)})   plain decode step {_fmt_s(spec.decode_s)}   "
+        print(f"expected tokens per step {spec.expected_tokens:.3f}   step {fmt_s(spec.step_s)} "
+              f"(draft {fmt_s(spec.draft_s)}, verify {fmt_s(spec.verify_s)})   plain decode step {fmt_s(spec.decode_s)}   "
               f"speedup {spec.speedup:.2f}x")
         return 0
     if a.phase == "verify":
@@ -194,7 +180,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
             res.inputs["format_error"] = layer_error(run_model)
         results.append(res)
-    _outputs(a, results)
+    write_outputs(a, results)
     if a.csv:
         import pandas as pd
 
@@ -204,107 +190,10 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
                                                                           indent=2, default=float))
         return 0
     for res in results:
-        _print_result(res, model, phase)
+        print_result(res, model, phase)
     if len(results) > 1:
-        print("comparison: " + "   ".join(f"{r.inputs['arch']} {_fmt_s(r.latency_s)}" for r in results))
+        print("comparison: " + "   ".join(f"{r.inputs['arch']} {fmt_s(r.latency_s)}" for r in results))
     return 0
-
-
-def print_formats(model, format_error: bool = False, note: str = "") -> None:
-    """The formats line of a run (``note``: where they came from) and, with ``format_error``, the
-    --format-error line measured in those formats."""
-    print(f"formats: weights {model.weight_dtype}, activations {model.act_dtype}, KV {model.kv_dtype}{note}")
-    if format_error:
-        from .workloads.functional.numerics import layer_error
-
-        print(f"format error {layer_error(model):.3g} (relative L2 error of a width-reduced layer in weights "
-              f"{model.weight_dtype} / activations {model.act_dtype} / KV {model.kv_dtype} vs float64)")
-
-
-def _outputs(a: argparse.Namespace, results: list) -> None:
-    """--report, --save and --trace of a simulation."""
-    if a.trace:
-        from .reports.sim_figures import chrome_trace
-
-        Path(a.trace).write_text(json.dumps(chrome_trace(results)))  # one process per device
-    if a.save:
-        from .reports.build import save
-
-        save(a.save, "simulate", {"results": [r.to_dict() for r in results]})
-    if a.report:
-        from .reports.build import simulate_report
-        from .reports.html import write
-
-        write(a.report, simulate_report(results))
-
-
-def print_energy_scope(static_w: float) -> None:
-    """Say that the printed energy is dynamic only when the device states no static power."""
-    if static_w == 0.0:
-        print("energy: dynamic only (MACs and data movement); the device's static and idle power are not modelled (its "
-              "preset states no static_power), so it is a lower bound, not comparable with a board's measured power")
-
-
-def _print_result(res, model, phase) -> None:
-    df = res.ops
-    print(f"xpusim {__version__}: {model.name} {phase.name} {vars(phase)} on {res.inputs['arch']}")
-    f = res.inputs.get("formats")
-    if f:
-        src = res.inputs.get("formats_from")
-        names = {"weights": "weights", "activations": "activations", "kv": "KV"}
-        note = f" ({', '.join(names[k] for k in src['fields'])} from {src['device']}'s engine formats)" if src else ""
-        print(f"formats: weights {f['weights']}, activations {f['activations']}, KV {f['kv']}{note}")
-    cols = ["block", "name", "kind", "repeat", "latency_s", "total_latency_s", "bound", "utilization", "intensity"]
-    view = df[cols].copy()
-    share = df["total_latency_s"] / df["total_latency_s"].sum()
-    view["share"] = (share * 100).map(lambda v: f"{v:5.1f}%")
-    view["latency_s"] = view["latency_s"].map(_fmt_s)
-    view["total_latency_s"] = view["total_latency_s"].map(_fmt_s)
-    view["utilization"] = view["utilization"].map(lambda v: f"{v:.2f}")
-    view["intensity"] = view["intensity"].map(lambda v: f"{v:.1f}")
-    view = view.rename(columns={"latency_s": "latency", "total_latency_s": "x repeat", "intensity": "FLOP/B"})
-    print(view.to_string(index=False))
-    s = res.summary()
-    print(f"latency {_fmt_s(s['latency_s'])}   throughput {s['tokens_per_s']:.1f} tokens/s   "
-          f"energy {s['energy_j']:.3g} J   achieved {s['achieved_flops_per_s'] / 1e12:.3g} TFLOP/s")
-    state = f", SSM state {_fmt_b(s['ssm_state_bytes'])}" if s["ssm_state_bytes"] else ""
-    plan = res.inputs.get("wafer_plan")
-    streaming = (plan or {}).get("mode") == "streaming"
-    streamed = " - the weights stream in from external memory, not held on the wafer" if streaming else ""
-    print(f"memory {_fmt_b(s['memory_bytes'])} of {_fmt_b(s['capacity_bytes'])} "
-          f"(weights {_fmt_b(s['weights_bytes'])}, KV cache {_fmt_b(s['kv_cache_bytes'])}{state}, "
-          f"activations {_fmt_b(s['activation_bytes'])}){streamed}")
-    fr = res.inputs.get("fpga_resources")
-    if fr:
-        print("FPGA resources: " + ", ".join(f"{r.upper()} {v['used']:,} of {v['available']:,} "
-                                             f"({100 * v['used'] / v['available']:.0f} %)" for r, v in fr.items()))
-    fp = res.inputs.get("fpga_power")
-    if fp and res.latency_s > 0:
-        print(f"board power: {fp['board_idle_w']:.1f} W idle + {fp['logic_w']:.1f} W engine logic while running "
-              f"(fpga.power); {res.energy_j / res.latency_s:.1f} W on average over this step with its memory traffic")
-    elif fr:
-        print("board power: not modelled for this part (no fpga.power section); the energy counts the MACs and the "
-              "memory traffic only, a lower bound")
-    elif res.inputs.get("static_power_w") == 0.0:
-        print_energy_scope(0.0)
-    ft = res.inputs.get("fpga_tiers")
-    if ft and (ft["weights"] != "hbm" or ft["kv"] != "hbm"):
-        w = res.weights_bytes
-        print(f"off-chip tiers: weights {_fmt_b(w * ft['weights_hbm'])} in HBM and {_fmt_b(w * (1 - ft['weights_hbm']))} "
-              f"in the card's DDR (streamed at once); KV cache in {ft['kv'].upper()}")
-    hc = res.inputs.get("hbm_channels")
-    if hc:
-        print(f"HBM channels: {hc['layout']} layout over {hc['channels']} pseudo-channels of "
-              f"{_fmt_b(hc['channel_capacity_bytes'])} ({'/'.join(map(str, hc['channels_per_core']))} per core); "
-              f"the fullest holds {_fmt_b(hc['fullest_channel_bytes'])} ({100 * hc['fullest_channel_fill']:.0f} %)")
-    if plan:
-        print(f"wafer placement: {plan['mode']}, {plan['stages']} stage(s) on {plan['side']} x {plan['side']}-core regions "
-              f"({plan['regions_per_wafer']} per wafer, {plan['wafers']} wafer(s)); fullest core holds "
-              f"{plan['peak_core_bytes']:,.0f} of {plan['core_sram_bytes']:,} B")
-    if "format_error" in res.inputs:
-        f = res.inputs.get("formats") or {"weights": model.weight_dtype, "activations": model.act_dtype, "kv": model.kv_dtype}
-        print(f"format error {res.inputs['format_error']:.3g} (relative L2 error of a width-reduced layer in "
-              f"weights {f['weights']} / activations {f['activations']} / KV {f['kv']} vs float64)")
 
 
 def _cmd_op(a: argparse.Namespace) -> int:
@@ -339,12 +228,12 @@ def _cmd_op(a: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"gemm M={a.m} N={a.n} K={a.k} {a.dtype} on {arch.name}")
-    print(f"  latency {_fmt_s(cost.latency_s)} ({cost.cycles:.0f} cycles; compute {cost.compute_cycles:.0f}, "
+    print(f"  latency {fmt_s(cost.latency_s)} ({cost.cycles:.0f} cycles; compute {cost.compute_cycles:.0f}, "
           f"stall {cost.stall_cycles:.0f})")
     print(f"  utilization {cost.utilization:.3f}  bound {cost.bound}  energy {cost.energy_j:.3g} J  "
           f"{op.flops / cost.latency_s / 1e12:.1f} TFLOP/s")
     for name, b in cost.bytes_by_level.items():
-        print(f"  {name:>6}: {_fmt_b(b)} moved")
+        print(f"  {name:>6}: {fmt_b(b)} moved")
     if cost.mapping and "levels" in cost.mapping:
         for lv in cost.mapping["levels"]:
             extra = f" spatial {lv['spatial']} order {lv['loop_order']}" if "loop_order" in lv else ""

@@ -31,10 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from ..arch.system import load_system
-    from ..cli import _fmt_b, _fmt_s
     from ..workloads.model import load_model
     from .coe import simulate_coe
     from .engine import with_engine_formats
+    from .result_text import fmt_b, fmt_s
 
     given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype)) if v}
     model = load_model(a.model)
@@ -53,14 +53,14 @@ def run(a: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     r0 = results[0]
-    print(f"xpusim coe: {a.experts} experts of {r0.model} ({_fmt_b(r0.expert_bytes)} each on {r0.system}), {a.requests} requests "
+    print(f"xpusim coe: {a.experts} experts of {r0.model} ({fmt_b(r0.expert_bytes)} each on {r0.system}), {a.requests} requests "
           f"(batch {a.batch}, prompt {a.prompt}, output {a.output}), Zipf skew {a.skew:g}, seed {a.seed}"
           + ("" if a.no_router else f"; a resident {r0.model} router reads each prompt"))
     for r in results:
         print(f"{r.system} (tp {r.tp}): cache room for {r.slots} experts (LRU), hit rate {100 * r.hit_rate:.1f} %, "
-              f"a miss switches in {_fmt_s(r.switch_s)}; per request: router {_fmt_s(r.router_s)} "
-              f"+ switch {_fmt_s(r.mean_switch_s)} (mean) + prefill {_fmt_s(r.prefill_s)} "
-              f"+ decode {r.output} x {_fmt_s(r.decode_step_s)} = {_fmt_s(r.request_s)}; {1 / r.request_s:.2f} requests/s")
+              f"a miss switches in {fmt_s(r.switch_s)}; per request: router {fmt_s(r.router_s)} "
+              f"+ switch {fmt_s(r.mean_switch_s)} (mean) + prefill {fmt_s(r.prefill_s)} "
+              f"+ decode {r.output} x {fmt_s(r.decode_step_s)} = {fmt_s(r.request_s)}; {1 / r.request_s:.2f} requests/s")
     if a.vs:
         print(f"{results[0].system} over {results[1].system}: {results[1].request_s / results[0].request_s:.2f}x per request")
     return 0

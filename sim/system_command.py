@@ -75,7 +75,7 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
     stages = ", ".join(f"{t * 1e3:.3g}" for t in res.inputs["stage_s"])
     print(f"{model.name} {phase.name} {vars(phase)} on {system.name}: plan {plan.describe()} ({plan.devices} of "
           f"{system.n_devices} x {system.device.name}), {res.inputs['microbatches']} micro-batch(es)")
-    from ..cli import print_formats
+    from .result_text import print_formats
 
     print_formats(model, getattr(a, "format_error", False))
     print(f"stage times per micro-batch (ms): {stages}; send {res.inputs['send_s'] * 1e6:.3g} us")
@@ -86,7 +86,7 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
           f"{share * 100:.1f} % of a rank's time   busiest device memory {res.memory_bytes / 2**30:.1f} of "
           f"{res.capacity_bytes / 2**30:.0f} GiB" + ("" if res.memory_bytes <= res.capacity_bytes else
                                                      " - EXCEEDS it (simulated because of --ignore-memory)"))
-    from ..cli import print_energy_scope
+    from .result_text import print_energy_scope
 
     print_energy_scope(system.device.static_power_w)
     return 0

@@ -1,0 +1,128 @@
+"""Text output of simulation results (the ``simulate`` tables and summary lines) and the files a run
+writes (``--report``, ``--save``, ``--trace``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+
+
+def fmt_s(x: float) -> str:
+    """Seconds with a unit from s down to ps, three significant digits."""
+    for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9), ("ps", 1e-12)):
+        if abs(x) >= f:
+            return f"{x / f:.3g} {unit}"
+    return f"{x:.3g} s"
+
+
+def fmt_b(x: float) -> str:
+    """Bytes with a binary unit (KiB .. TiB), three significant digits."""
+    for unit, f in (("TiB", 2.0**40), ("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+        if x >= f:
+            return f"{x / f:.3g} {unit}"
+    return f"{x:.0f} B"
+
+
+def _format_error_line(err: float, weights: str, acts: str, kv: str) -> str:
+    return (f"format error {err:.3g} (relative L2 error of a width-reduced layer in weights {weights} / activations "
+            f"{acts} / KV {kv} vs float64)")
+
+
+def print_formats(model, format_error: bool = False, note: str = "") -> None:
+    """The formats line of a run (``note``: where they came from) and, with ``format_error``, the
+    --format-error line measured in those formats."""
+    print(f"formats: weights {model.weight_dtype}, activations {model.act_dtype}, KV {model.kv_dtype}{note}")
+    if format_error:
+        from ..workloads.functional.numerics import layer_error
+
+        print(_format_error_line(layer_error(model), model.weight_dtype, model.act_dtype, model.kv_dtype))
+
+
+def write_outputs(a: argparse.Namespace, results: list) -> None:
+    """--report, --save and --trace of a simulation."""
+    if a.trace:
+        from ..reports.sim_figures import chrome_trace
+
+        Path(a.trace).write_text(json.dumps(chrome_trace(results)))  # one process per device
+    if a.save:
+        from ..reports.build import save
+
+        save(a.save, "simulate", {"results": [r.to_dict() for r in results]})
+    if a.report:
+        from ..reports.build import simulate_report
+        from ..reports.html import write
+
+        write(a.report, simulate_report(results))
+
+
+def print_energy_scope(static_w: float) -> None:
+    """Say that the printed energy is dynamic only when the device states no static power."""
+    if static_w == 0.0:
+        print("energy: dynamic only (MACs and data movement); the device's static and idle power are not modelled (its "
+              "preset states no static_power), so it is a lower bound, not comparable with a board's measured power")
+
+
+def print_result(res: Any, model: Any, phase: Any) -> None:
+    """The op table and summary lines of one simulated step."""
+    df = res.ops
+    print(f"xpusim {__version__}: {model.name} {phase.name} {vars(phase)} on {res.inputs['arch']}")
+    f = res.inputs.get("formats")
+    if f:
+        src = res.inputs.get("formats_from")
+        names = {"weights": "weights", "activations": "activations", "kv": "KV"}
+        note = f" ({', '.join(names[k] for k in src['fields'])} from {src['device']}'s engine formats)" if src else ""
+        print(f"formats: weights {f['weights']}, activations {f['activations']}, KV {f['kv']}{note}")
+    cols = ["block", "name", "kind", "repeat", "latency_s", "total_latency_s", "bound", "utilization", "intensity"]
+    view = df[cols].copy()
+    share = df["total_latency_s"] / df["total_latency_s"].sum()
+    view["share"] = (share * 100).map(lambda v: f"{v:5.1f}%")
+    view["latency_s"] = view["latency_s"].map(fmt_s)
+    view["total_latency_s"] = view["total_latency_s"].map(fmt_s)
+    view["utilization"] = view["utilization"].map(lambda v: f"{v:.2f}")
+    view["intensity"] = view["intensity"].map(lambda v: f"{v:.1f}")
+    view = view.rename(columns={"latency_s": "latency", "total_latency_s": "x repeat", "intensity": "FLOP/B"})
+    print(view.to_string(index=False))
+    s = res.summary()
+    print(f"latency {fmt_s(s['latency_s'])}   throughput {s['tokens_per_s']:.1f} tokens/s   "
+          f"energy {s['energy_j']:.3g} J   achieved {s['achieved_flops_per_s'] / 1e12:.3g} TFLOP/s")
+    state = f", SSM state {fmt_b(s['ssm_state_bytes'])}" if s["ssm_state_bytes"] else ""
+    plan = res.inputs.get("wafer_plan")
+    streaming = (plan or {}).get("mode") == "streaming"
+    streamed = " - the weights stream in from external memory, not held on the wafer" if streaming else ""
+    print(f"memory {fmt_b(s['memory_bytes'])} of {fmt_b(s['capacity_bytes'])} "
+          f"(weights {fmt_b(s['weights_bytes'])}, KV cache {fmt_b(s['kv_cache_bytes'])}{state}, "
+          f"activations {fmt_b(s['activation_bytes'])}){streamed}")
+    fr = res.inputs.get("fpga_resources")
+    if fr:
+        print("FPGA resources: " + ", ".join(f"{r.upper()} {v['used']:,} of {v['available']:,} "
+                                             f"({100 * v['used'] / v['available']:.0f} %)" for r, v in fr.items()))
+    fp = res.inputs.get("fpga_power")
+    if fp and res.latency_s > 0:
+        print(f"board power: {fp['board_idle_w']:.1f} W idle + {fp['logic_w']:.1f} W engine logic while running "
+              f"(fpga.power); {res.energy_j / res.latency_s:.1f} W on average over this step with its memory traffic")
+    elif fr:
+        print("board power: not modelled for this part (no fpga.power section); the energy counts the MACs and the "
+              "memory traffic only, a lower bound")
+    elif res.inputs.get("static_power_w") == 0.0:
+        print_energy_scope(0.0)
+    ft = res.inputs.get("fpga_tiers")
+    if ft and (ft["weights"] != "hbm" or ft["kv"] != "hbm"):
+        w = res.weights_bytes
+        print(f"off-chip tiers: weights {fmt_b(w * ft['weights_hbm'])} in HBM and {fmt_b(w * (1 - ft['weights_hbm']))} "
+              f"in the card's DDR (streamed at once); KV cache in {ft['kv'].upper()}")
+    hc = res.inputs.get("hbm_channels")
+    if hc:
+        print(f"HBM channels: {hc['layout']} layout over {hc['channels']} pseudo-channels of "
+              f"{fmt_b(hc['channel_capacity_bytes'])} ({'/'.join(map(str, hc['channels_per_core']))} per core); "
+              f"the fullest holds {fmt_b(hc['fullest_channel_bytes'])} ({100 * hc['fullest_channel_fill']:.0f} %)")
+    if plan:
+        print(f"wafer placement: {plan['mode']}, {plan['stages']} stage(s) on {plan['side']} x {plan['side']}-core regions "
+              f"({plan['regions_per_wafer']} per wafer, {plan['wafers']} wafer(s)); fullest core holds "
+              f"{plan['peak_core_bytes']:,.0f} of {plan['core_sram_bytes']:,} B")
+    if "format_error" in res.inputs:
+        f = res.inputs.get("formats") or {"weights": model.weight_dtype, "activations": model.act_dtype, "kv": model.kv_dtype}
+        print(_format_error_line(res.inputs["format_error"], f["weights"], f["activations"], f["kv"]))
