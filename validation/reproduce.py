@@ -306,8 +306,8 @@ def decode_throughput_ratio(p: dict[str, Any]) -> float:
     return float(max(ratios) if p.get("stat", "mean") == "max" else sum(ratios) / len(ratios))
 
 
-def _decode_tokens_per_s(p: dict[str, Any], side: dict[str, Any]) -> list[float]:
-    """A side's batch-1 decode tokens/s for each ``[lin, lout]`` of ``p["cases"]``: ``lout`` tokens over
+def _decode_results(p: dict[str, Any], side: dict[str, Any]) -> list[Any]:
+    """A side's batch-1 decode step for each ``[lin, lout]`` of ``p["cases"]``: ``lout`` tokens over
     ``lout`` steps whose time is linear in the context, so their mean is the step at the mean context
     ``lin + lout / 2``. The side's ``weights``/``activations``/``kv`` formats override the case's."""
     from ..workloads.phases import Decode
@@ -315,7 +315,12 @@ def _decode_tokens_per_s(p: dict[str, Any], side: dict[str, Any]) -> list[float]
     if not p["cases"]:
         raise SpecError("case: cases must list at least one [prompt, output] pair")
     model = _model({**p, **{k: side[k] for k in ("weights", "activations", "kv") if k in side}})
-    return [1.0 / _side_step(side, model, Decode(1, int(lin) + int(lout) // 2)) for lin, lout in p["cases"]]
+    return [_side_result(side, model, Decode(1, int(lin) + int(lout) // 2)) for lin, lout in p["cases"]]
+
+
+def _decode_tokens_per_s(p: dict[str, Any], side: dict[str, Any]) -> list[float]:
+    """A side's batch-1 decode tokens/s for each case (:func:`_decode_results`)."""
+    return [1.0 / float(r.latency_s) for r in _decode_results(p, side)]
 
 
 def _geomean(values: list[float]) -> float:
@@ -336,15 +341,7 @@ def decode_board_power_w(p: dict[str, Any]) -> float:
     """Mean power (W) of ``step`` (a side: ``arch`` and formats) decoding at batch 1, geometric mean over
     ``cases`` ([prompt, output] lengths; each case's step at its mean context): the step's energy over
     its time, i.e. the device's power model (an FPGA's ``fpga.power``) with its memory traffic."""
-    from ..workloads.phases import Decode
-
-    side = p["step"]
-    model = _model({**p, **{k: side[k] for k in ("weights", "activations", "kv") if k in side}})
-    watts = []
-    for lin, lout in p["cases"]:
-        r = _side_result(side, model, Decode(1, int(lin) + int(lout) // 2))
-        watts.append(r.energy_j / r.latency_s)
-    return _geomean(watts)
+    return _geomean([r.energy_j / r.latency_s for r in _decode_results(p, p["step"])])
 
 
 @case_kind("decode_efficiency_ratio")
