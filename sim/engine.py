@@ -229,16 +229,10 @@ def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any,
 def _capacity(arch: Arch) -> float:
     """Bytes of device memory for weights, KV cache and activations: the backing level, and an RDU's or
     an FPGA card's DDR tier."""
-    cap = arch.backing.capacity_bytes * arch.backing.instances
-    if arch.device_class == "dataflow":
-        from ..arch.rdu import rdu_spec
+    from ..mappers.tiers import far_tier
 
-        cap += rdu_spec(arch).ddr_bytes
-    if arch.device_class == "fpga":
-        from ..arch.fpga import fpga_spec
-
-        cap += fpga_spec(arch).part.ddr_bytes
-    return float(cap)
+    far = far_tier(arch)
+    return float(arch.backing.capacity_bytes * arch.backing.instances + (far[0] if far else 0.0))
 
 
 def activation_bytes(trace: Trace, arch: Arch | None = None) -> float:
