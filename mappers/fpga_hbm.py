@@ -77,13 +77,10 @@ def hbm_plan(channels: int, cores: int, layout: str, remote_efficiency: float) -
 
 
 def channel_fill(plan: HbmPlan, stored_bytes: float, channel_capacity: float) -> dict[str, float | str | list[int]]:
-    """How full the channels are when ``stored_bytes`` (weights and KV cache) are laid out by ``plan``:
-    the fullest channel's bytes and its share of one channel's capacity."""
-    per_core = np.asarray(plan.share) * stored_bytes
-    if plan.layout == "per_core":
-        fullest = float(np.max(per_core / np.maximum(np.asarray(plan.local), 1)))
-    else:
-        fullest = stored_bytes / plan.channels
+    """How full the channels are when ``stored_bytes`` (weights and KV cache) are laid out by ``plan``.
+    Both layouts fill every channel alike (``per_core`` gives each core's group a share in proportion
+    to its channels), so the fullest channel holds ``stored_bytes / channels``."""
+    fullest = stored_bytes / plan.channels
     return {"layout": plan.layout, "channels": plan.channels, "channels_per_core": list(plan.local),
             "channel_capacity_bytes": channel_capacity, "fullest_channel_bytes": fullest,
             "fullest_channel_fill": fullest / channel_capacity}
