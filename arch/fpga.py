@@ -292,6 +292,13 @@ def resource_table(arch: Any) -> dict[str, dict[str, int]]:
     return {r: {"used": int(used[r]), "available": int(getattr(spec.part, r))} for r in RESOURCES}
 
 
+def part_use(arch: Any) -> dict[str, Any]:
+    """What a result records of an FPGA device: the template's use of its part (``fpga_resources``) and,
+    with a ``power`` section, the running board's power split (``fpga_power``)."""
+    power = engine_power_w(fpga_spec(arch), arch.matrix_clock_hz)
+    return {"fpga_resources": resource_table(arch), **({"fpga_power": power} if power else {})}
+
+
 def fpga_spec(arch: Any) -> FpgaSpec:
     """The :class:`FpgaSpec` of an FPGA device (stored under ``rules['fpga']`` by the loader)."""
     spec = arch.rules.get("fpga") if isinstance(arch.rules, dict) else None

@@ -321,13 +321,10 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
         mappings=mappings,
     )
     if arch.device_class == "fpga":  # what the template uses of the part (arch/fpga.py estimator), the HBM layout
-        from ..arch.fpga import engine_power_w, fpga_spec, resource_table
+        from ..arch.fpga import part_use
         from ..mappers.fpga import hbm_channel_summary
 
-        result.inputs["fpga_resources"] = resource_table(arch)
-        power = engine_power_w(fpga_spec(arch), arch.matrix_clock_hz)
-        if power is not None:
-            result.inputs["fpga_power"] = power
+        result.inputs.update(part_use(arch))
         if "fpga_tiers" in arch.rules:  # where the weights and KV cache live: HBM, the card's DDR
             result.inputs["fpga_tiers"] = dict(arch.rules["fpga_tiers"])
         place = arch.rules.get("fpga_tiers", {"weights_hbm": 1.0, "kv": "hbm"})

@@ -253,10 +253,9 @@ def _fpga_inputs(host: Arch) -> dict[str, Any]:
     """An FPGA host's template use of its part (what simulate records), else nothing."""
     if host.device_class != "fpga":
         return {}
-    from ..arch.fpga import engine_power_w, fpga_spec, resource_table
+    from ..arch.fpga import part_use
 
-    power = engine_power_w(fpga_spec(host), host.matrix_clock_hz)
-    return {"fpga_resources": resource_table(host), **({"fpga_power": power} if power else {})}
+    return part_use(host)
 
 
 def pim_stacks(pim: Arch | str, stacks: int) -> Arch:
