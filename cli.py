@@ -33,6 +33,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"xpusim: error: {message} (see 'xpusim {command + ' ' if command else ''}--help')\n")
 
 
+_PIM_FLAGS = ("pim_stacks", "pim_memory", "placement", "pim_mode")  # a host with PIM's options
+_WAFER_FLAGS = ("wafers", "wafer_side", "wafer_algorithm", "weight_streaming")  # a wafer-scale device's
+
+
+def _given(a: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """The flags among ``names`` the user set, as typed on the command line."""
+    return [f"--{k.replace('_', '-')}" for k in names if getattr(a, k, None)]
+
+
 def _cmd_simulate(a: argparse.Namespace) -> int:
     from .arch.loader import load_arch
     from .sim.engine import simulate, with_engine_formats
@@ -61,9 +70,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
                                ("side", a.wafer_side), ("algorithm", a.wafer_algorithm)) if v is not None}
     if wafer:
         kw["wafer_options"] = wafer
-    device_flags = [f"--{k.replace('_', '-')}" for k in ("pim", "pim_stacks", "pim_memory", "placement", "pim_mode",
-                                                          "wafers", "wafer_side", "wafer_algorithm")
-                    if getattr(a, k, None)] + (["--weight-streaming"] if a.weight_streaming else [])
+    device_flags = _given(a, ("pim", *_PIM_FLAGS, *_WAFER_FLAGS))
     if a.system and device_flags:
         raise SpecError(f"{' '.join(device_flags)}: for one device (--arch) only, not --system {a.system}")
     if a.system:
@@ -98,7 +105,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         a.placement = a.placement or combo["placement"]
         a.pim_mode = a.pim_mode or combo["mode"]
         a.pim_memory = a.pim_memory or combo["memory"]
-    pim_flags = [f"--{k.replace('_', '-')}" for k in ("pim_stacks", "pim_memory", "placement", "pim_mode") if getattr(a, k)]
+    pim_flags = _given(a, _PIM_FLAGS)
     if pim_flags and not a.pim:
         raise SpecError(f"{' '.join(pim_flags)}: only for a host with PIM; give --pim PIM_DEVICE (or a host + PIM preset)")
     if a.pim:
