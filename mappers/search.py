@@ -136,24 +136,31 @@ def _greedy_tiles(prob: Problem, arch: Arch, parent: np.ndarray, level: int, kee
 
 
 def _near_maximal(prob: Problem, arch: Arch, grid: np.ndarray, level: int, keep: np.ndarray, slack: int) -> np.ndarray:
-    """Tiles of ``grid`` that fit ``level`` with at least 1/2**slack of its capacity used (bigger tiles
-    reuse more; smaller ones are kept for parallelism), plus the largest tile for tiny problems."""
+    """Tiles of ``grid`` that fit ``level`` and fill at least 1/2**slack of what it can usefully hold:
+    its capacity, or the whole problem's footprint when that is smaller (bigger tiles reuse more;
+    smaller ones are kept for parallelism and a short first load), plus the whole problem and the
+    smallest tile (one systolic fold)."""
     probe = np.zeros((grid.shape[0], level + 1, grid.shape[1]), dtype=np.int64)
     probe[:, level] = grid
     ok = fits(prob, arch, probe, keep, level)
     lv = arch.memory[level]
-    fp = footprint(prob, probe, keep, level).sum(axis=1) * (2.0 if lv.double_buffer else 1.0)
+    scale = 2.0 if lv.double_buffer else 1.0
+    fp = footprint(prob, probe, keep, level).sum(axis=1) * scale
+    whole = np.zeros((1, level + 1, grid.shape[1]), dtype=np.int64)
+    whole[0, level] = prob.sizes
     cap = lv.capacity_bytes if not lv.partitions else sum(lv.partitions.values())
+    cap = min(cap, float(footprint(prob, whole, keep, level).sum()) * scale)
     big = fp >= cap / 2**slack
     full = (grid == prob.sizes[None, :]).all(axis=1)
-    sel = ok & (big | full)
+    smallest = (grid == min_tile(prob, arch)[None, :]).all(axis=1)  # one fold: the shortest first load
+    sel = ok & (big | full | smallest)
     if not sel.any():
         sel = ok
     return grid[sel]
 
 
 def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8, max_values: int = 12,
-           slack: int = 4) -> SearchResult:
+           slack: int = 5) -> SearchResult:
     """Best mapping found for ``prob`` on ``arch`` under ``objective`` (latency, energy or edp).
 
     Level by level from the outside in, each kept partial mapping is extended by every near-maximal

@@ -74,3 +74,30 @@ def test_larger_gemm_takes_longer_and_compute_never_exceeds_cycles():
         assert c.cycles[0] >= c.compute[0]
         assert c.cycles[0] > prev
         prev = c.cycles[0]
+
+
+SYSTOLIC = {name: load_arch(name) for name in ("tpu-v5e", "tpu-v4", "systolic-npu", "edge-npu")}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(SYSTOLIC)), st.integers(0, 2), st.integers(1, 3000), st.integers(1, 3000),
+       st.integers(1, 3000), st.integers(1, 600))
+def test_systolic_gemm_never_gets_faster_when_a_dimension_grows(name, dim, m, n, k, extra):
+    """More work never takes fewer cycles: the candidate tiles of a large SRAM must include the small
+    ones a small problem needs (a 128 MiB VMEM once kept only tiles of >= 8 MiB, so M = 32 rows on a
+    TPU v5e cost more than M = 48)."""
+    arch = SYSTOLIC[name]
+    dtype = "int8" if name == "edge-npu" else "bf16"
+    small = [m, n, k]
+    big = list(small)
+    big[dim] += extra
+    c_small = float(search(gemm_problem(*small, dtype), arch).costs.cycles[0])
+    c_big = float(search(gemm_problem(*big, dtype), arch).costs.cycles[0])
+    assert c_big >= c_small * (1 - 1e-9)
+
+
+def test_tpu_v5e_small_batch_gemm_is_not_slower_than_a_larger_one():
+    """The regression that the candidate-tile rule fixes (Mamba-2.8B's in-projection at decode)."""
+    arch = SYSTOLIC["tpu-v5e"]
+    cycles = [float(search(gemm_problem(m, 5120, 2560), arch).costs.cycles[0]) for m in (16, 32, 48, 64)]
+    assert cycles == sorted(cycles)
