@@ -3,8 +3,11 @@
 The op is ``groups`` independent products of ``m`` activation rows (``m x k``) with a stored matrix
 (``k x n``: a weight or the KV cache), as in ``mappers/pim.py`` (:func:`~xpusim.mappers.pim.as_gemv`).
 It runs on a ``width x height`` region of the mesh (default: the whole wafer). Each group gets a
-``p x p`` square of cores, ``p = min(side, floor(sqrt(cores / groups)))``; as many groups as fit run
-at once, the rest in ``waves``. Every count below is arithmetic on shapes, never a loop over cores.
+``p x p`` square of cores; as many groups as fit run at once, the rest in ``waves``. The candidate
+squares are the widest for each number of waves (:func:`square_sides`: the widest of all,
+``min(side, floor(sqrt(cores / groups)))``, may not tile the region and cost an extra wave); the
+fastest fitting mapping over squares and algorithms is kept. Every count below is arithmetic on
+shapes, never a loop over cores.
 
 The four PLMR terms (He et al., "WaferLLM", OSDI 2025, arXiv 2502.04563) are separate terms:
 
@@ -120,10 +123,24 @@ def region_of(spec: WaferSpec, region: tuple[int, int] | None) -> tuple[int, int
     return w, h
 
 
-def parallelism(g: Gemv, w: int, h: int) -> dict[str, int]:
-    """P: the square ``p x p`` of cores per group, groups run at once, waves, cores used."""
+def square_sides(g: Gemv, w: int, h: int) -> list[int]:
+    """Candidate sides ``p`` of the square each group gets on a ``w x h`` region, largest first: the
+    widest square with ``p^2 x groups <= w h`` and, for each fewer number of waves it would need,
+    the widest square whose packing ``floor(w/p) floor(h/p)`` runs the groups in that many waves
+    (squares do not tile a region exactly, so the widest square can cost an extra wave)."""
     side = min(w, h)
-    p = max(1, min(side, math.isqrt((w * h) // g.groups) if g.groups <= w * h else 1))
+    top = max(1, min(side, math.isqrt((w * h) // g.groups) if g.groups <= w * h else 1))
+    ps = np.arange(1, top + 1)
+    packed = (w // ps) * (h // ps)
+    waves = -(-g.groups // packed)
+    best = {int(v): int(ps[waves == v].max()) for v in np.unique(waves)}  # widest square per wave count
+    return sorted(best.values(), reverse=True)
+
+
+def parallelism(g: Gemv, w: int, h: int, p: int | None = None) -> dict[str, int]:
+    """P: the square ``p x p`` of cores per group (default: the widest of :func:`square_sides`),
+    groups run at once, waves, cores used."""
+    p = p if p is not None else square_sides(g, w, h)[0]
     concurrent = min(g.groups, (w // p) * (h // p))
     waves = _cdiv(g.groups, concurrent)
     return {"p": p, "concurrent": concurrent, "waves": waves, "cores_used": p * p * concurrent,
@@ -193,12 +210,13 @@ def times(g: Gemv, spec: WaferSpec, rate: float, par: dict[str, int]) -> dict[st
     return {"meshgemm": gemm, "meshgemv": gemv, "naive": naive}
 
 
-def evaluate(op: Op, arch: Arch, region: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Every PLMR term of every algorithm for ``op`` on ``region`` (no choice made)."""
+def evaluate(op: Op, arch: Arch, region: tuple[int, int] | None = None, p: int | None = None) -> dict[str, Any]:
+    """Every PLMR term of every algorithm for ``op`` on ``region`` with ``p x p`` squares per group
+    (default: the widest candidate; no choice made)."""
     spec = wafer_spec(arch)
     g = as_gemv(op, arch)
     w, h = region_of(spec, region)
-    par = parallelism(g, w, h)
+    par = parallelism(g, w, h, p)
     mem = core_bytes(g, par)
     routes = routes_needed(par)
     t = times(g, spec, arch.matrix.rate_per_cycle[g.compute], par)
@@ -208,32 +226,47 @@ def evaluate(op: Op, arch: Arch, region: tuple[int, int] | None = None) -> dict[
             "times": t, "fits": fits, "routable": routable}
 
 
+def _choose(evs: list[dict[str, Any]], algorithm: str | None, what: str) -> tuple[dict[str, Any], str]:
+    """The (square side, algorithm) of the fastest mapping that fits per-core memory and routing:
+    ``algorithm`` when given, else WaferLLM's two (the naive mapping only if neither fits)."""
+    def total(ev: dict[str, Any], a: str) -> float:
+        return ev["parallelism"]["waves"] * ev["times"][a]["total"]
+
+    spec, widest = evs[0]["spec"], evs[0]  # the widest square holds the least per core
+    if algorithm is not None:
+        routable = [ev for ev in evs if ev["routable"][algorithm]]
+        if not routable:
+            raise CapacityError(f"{what}: {algorithm} needs {widest['routes'][algorithm]} routes per core but a router "
+                                f"holds {spec.routes_per_core}; use a smaller region or another algorithm")
+        fit = [ev for ev in routable if ev["fits"][algorithm]]
+        if not fit:
+            check_core_memory(min(ev["memory"][algorithm] for ev in routable), spec, f"{what} ({algorithm})")
+        return min(fit, key=lambda ev: total(ev, algorithm)), algorithm
+    ok = [(ev, a) for ev in evs for a in ALGORITHMS if ev["fits"][a] and ev["routable"][a]]
+    pool = [(ev, a) for ev, a in ok if a != "naive"] or ok
+    if not pool:
+        k = min(ALGORITHMS, key=lambda a: widest["memory"][a])
+        if not any(any(ev["fits"].values()) for ev in evs):
+            check_core_memory(widest["memory"][k], spec, f"{what} (its smallest-footprint mapping, {k})")
+        raise CapacityError(f"{what}: no mapping fits both a core's {spec.core_sram_bytes:,} B "
+                            f"(needs {widest['memory']}) and the router's {spec.routes_per_core} routes "
+                            f"(needs {widest['routes']}); use a smaller region or a device with more routes")
+    return min(pool, key=lambda c: total(*c))
+
+
 def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[int, int] | None = None,
                       algorithm: str | None = None) -> OpCost:
-    """Cost of a two-input contraction on a wafer-scale device: the faster of MeshGEMM and MeshGEMV
-    that fits per-core memory and routing (or ``algorithm`` when given)."""
+    """Cost of a two-input contraction on a wafer-scale device: over the candidate squares per group
+    (:func:`square_sides`), the faster of MeshGEMM and MeshGEMV that fits per-core memory and routing
+    (or ``algorithm`` when given)."""
     algorithm = algorithm or (arch.rules.get("wafer_algorithm") if isinstance(arch.rules, dict) else None)
     if algorithm is not None and algorithm not in ALGORITHMS:
         raise SpecError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-    ev = evaluate(op, arch, region)
+    first = evaluate(op, arch, region)
+    sides = square_sides(first["gemv"], *first["region"])
+    evs = [first] + [evaluate(op, arch, region, p) for p in sides[1:]]
+    ev, best = _choose(evs, algorithm, f"op {op.name!r}")
     spec, g, par, t = ev["spec"], ev["gemv"], ev["parallelism"], ev["times"]
-    ok = [k for k in ALGORITHMS if ev["fits"][k] and ev["routable"][k]]
-    if algorithm is not None:
-        if spec.routes_per_core is not None and ev["routes"][algorithm] > spec.routes_per_core:
-            raise CapacityError(f"op {op.name!r}: {algorithm} needs {ev['routes'][algorithm]} routes per core but a router "
-                                f"holds {spec.routes_per_core}; use a smaller region or another algorithm")
-        check_core_memory(ev["memory"][algorithm], spec, f"op {op.name!r} ({algorithm})")
-        best = algorithm
-    else:
-        pool = [k for k in ok if k != "naive"] or ok
-        if not pool:
-            k = min(ALGORITHMS, key=lambda a: ev["memory"][a])
-            if not any(ev["fits"].values()):
-                check_core_memory(ev["memory"][k], spec, f"op {op.name!r} (its smallest-footprint mapping, {k})")
-            raise CapacityError(f"op {op.name!r}: no mapping fits both a core's {spec.core_sram_bytes:,} B "
-                                f"(needs {ev['memory']}) and the router's {spec.routes_per_core} routes (needs {ev['routes']}); "
-                                "use a smaller region or a device with more routes")
-        best = min(pool, key=lambda a: t[a]["total"])
     clock = arch.clock_hz
     waves = par["waves"]
     cycles = waves * t[best]["total"] + launch_s * clock

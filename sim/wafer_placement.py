@@ -37,7 +37,7 @@ from ..arch.spec import Arch
 from ..arch.wafer import wafer_spec
 from ..dtypes import get_dtype
 from ..errors import CapacityError, SpecError
-from ..mappers.wafer import ALGORITHMS, as_gemv, core_bytes, parallelism
+from ..mappers.wafer import ALGORITHMS, as_gemv, core_bytes, parallelism, square_sides
 from ..workloads.trace import Trace
 
 
@@ -128,10 +128,11 @@ def buffer_bytes(trace: Trace, arch: Arch, side: int) -> float:
         if op.kind != "matmul" or len(op.inputs) != 2:
             continue
         g = as_gemv(op, reg)
-        par = parallelism(g, side, side)
-        mem = core_bytes(g, par)
-        tile = par["nt"] * par["kt"] * g.w_bytes
-        worst = max(worst, min(mem["meshgemm"], mem["meshgemv"]) - min(tile, mem["meshgemv"]))
+        for p in square_sides(g, side, side):  # whichever square the mapper picks (mappers/wafer.py)
+            par = parallelism(g, side, side, p)
+            mem = core_bytes(g, par)
+            tile = par["nt"] * par["kt"] * g.w_bytes
+            worst = max(worst, min(mem["meshgemm"], mem["meshgemv"]) - min(tile, mem["meshgemv"]))
     return worst
 
 

@@ -16,6 +16,7 @@ from xpusim.arch import arch_from_dict, load_arch
 from xpusim.arch.loader import PRESETS_DIR
 from xpusim.arch.wafer import wafer_spec
 from xpusim.errors import CapacityError, SpecError
+from xpusim.mappers.pim import as_gemv
 from xpusim.mappers.wafer import (
     ALGORITHMS,
     core_bytes,
@@ -24,6 +25,7 @@ from xpusim.mappers.wafer import (
     interleave_order,
     ktree_phases,
     parallelism,
+    square_sides,
     wafer_matmul_cost,
 )
 from xpusim.sim.engine import clear_cache, op_cost
@@ -160,6 +162,31 @@ def test_parallelism_term_splits_groups_into_squares_and_waves():
     assert (par["p"], par["concurrent"], par["waves"], par["cores_used"]) == (4, 4, 1, 64)
     par = parallelism(evaluate(batched(100, 4, 64, 64), a)["gemv"], 8, 8)
     assert (par["p"], par["concurrent"], par["waves"]) == (1, 64, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 64), st.integers(1, 64), st.integers(1, 300))
+def test_square_sides_are_the_widest_square_for_each_number_of_waves(w, h, groups):
+    g = as_gemv(batched(groups, 4, 64, 64), variant(mesh=(64, 64)))
+    sides = square_sides(g, w, h)
+    assert sides == sorted(set(sides), reverse=True)
+    top = max(1, min(w, h, math.isqrt(w * h // groups) if groups <= w * h else 1))
+    waves = {p: -(-groups // ((w // p) * (h // p))) for p in range(1, top + 1)}
+    assert set(sides) == {max(p for p in waves if waves[p] == v) for v in set(waves.values())}
+    assert sides[0] == top
+
+
+def test_groups_that_widest_squares_do_not_tile_run_in_one_wave_on_narrower_ones():
+    """Eight KV-head groups on a 420 x 420 region: squares of 148 (the widest with 8 p^2 <= 420^2)
+    pack only 2 x 2, so they would take two waves; squares of 140 pack 3 x 3 and run at once."""
+    a = variant("wse-2")
+    op = batched(8, 4, 4096, 128)
+    cost = wafer_matmul_cost(op, a, region=(420, 420))
+    assert (cost.mapping["p"], cost.mapping["waves"]) == (140, 1)
+    widest = evaluate(op, a, region=(420, 420))
+    assert widest["parallelism"]["waves"] == 2
+    best = cost.detail["algorithm"]
+    assert cost.cycles < widest["parallelism"]["waves"] * widest["times"][best]["total"]
 
 
 def test_latency_term_is_hops_times_hop_latency():
