@@ -1,0 +1,39 @@
+"""Whole-step invariants across device classes: a decode step never gets faster when the batch or
+the context grows, nor a prefill when the prompt grows (the mappers' searches must not miss the
+mapping a smaller step uses)."""
+
+import pytest
+from xpusim import simulate
+from xpusim.arch import load_arch
+from xpusim.sim.engine import with_engine_formats
+from xpusim.workloads import Decode, Prefill, load_model
+
+# (device, model, formats, wafer options): one per device class, and the two steps that once broke
+# the rule (Mamba-2.8B on a TPU v5e: a 32-row GEMM dearer than a 48-row one; Mixtral on three WSE-3s:
+# two experts' squares that did not tile the wafer)
+CASES = [
+    ("h100-sxm", "llama-3-8b", None, None),
+    ("tpu-v5e", "mamba-2.8b", "bf16", None),
+    ("systolic-npu", "mixtral-8x7b", None, None),
+    ("alveo-u280", "llama-2-7b", None, None),
+    ("aim-gddr6", "llama-3-8b", None, None),
+    ("sn40l", "llama-3-8b", None, None),
+    ("wse-3", "mixtral-8x7b", None, {"wafers": 3}),
+]
+
+
+def _run(arch, model, fmt, wafer, phase):
+    a = load_arch(arch)
+    m = with_engine_formats(load_model(model), a)
+    if fmt:
+        m = m.with_formats(fmt, fmt, fmt)
+    return simulate(a, m, phase, check_memory=False, wafer_options=wafer).latency_s
+
+
+@pytest.mark.parametrize("arch,model,fmt,wafer", CASES, ids=[c[0] for c in CASES])
+def test_larger_steps_never_run_faster(arch, model, fmt, wafer):
+    by_batch = [_run(arch, model, fmt, wafer, Decode(batch=b, context=1024)) for b in (1, 2, 4, 8, 16, 32, 64)]
+    by_context = [_run(arch, model, fmt, wafer, Decode(batch=4, context=c)) for c in (256, 1024, 4096)]
+    by_prompt = [_run(arch, model, fmt, wafer, Prefill(batch=1, seq=s)) for s in (128, 512, 2048)]
+    for series in (by_batch, by_context, by_prompt):
+        assert all(b >= a * (1 - 1e-9) for a, b in zip(series[:-1], series[1:], strict=True)), series
