@@ -50,6 +50,9 @@ class WaferSpec:
     routes_per_core: int | None
     io_bandwidth_Bps: float
     io_energy_j_per_byte: float = 0.0  # moving a byte over the wafer's I/O (weight streaming); 0: not counted
+    #: per-core bytes an op's working buffers may use beside its stored weight/KV tile, on a region whose
+    #: cores already hold a stage's weights and KV cache (set by the placement); None: the whole SRAM
+    buffer_limit_bytes: float | None = None
 
     @property
     def mesh_cores(self) -> int:

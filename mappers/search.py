@@ -30,7 +30,8 @@ OBJECTIVES = ("latency", "energy", "edp")
 
 def tile_values(n: int, max_values: int = 12) -> np.ndarray:
     """Candidate tile sizes of a dimension of size n: powers of two below n, halvings of n, and n,
-    thinned geometrically to at most ``max_values``."""
+    thinned to the ones nearest (in log scale) to ``max_values`` sizes spread evenly in log scale
+    from 1 to n, so every magnitude keeps a candidate."""
     vals = {n}
     p = 1
     while p < n:
@@ -42,8 +43,9 @@ def tile_values(n: int, max_values: int = 12) -> np.ndarray:
         vals.add(h)
     v = np.array(sorted(vals), dtype=np.int64)
     if v.size > max_values:
-        keep = np.unique(np.round(np.geomspace(1, v.size, max_values)).astype(int) - 1)
-        v = v[np.union1d(keep, [v.size - 1])]
+        targets = np.log(np.geomspace(1, n, max_values))
+        nearest = np.abs(np.log(v)[None, :] - targets[:, None]).argmin(axis=1)
+        v = v[np.union1d(nearest, [v.size - 1])]
     return v
 
 

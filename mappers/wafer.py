@@ -4,8 +4,8 @@ The op is ``groups`` independent products of ``m`` activation rows (``m x k``) w
 (``k x n``: a weight or the KV cache), as in ``mappers/pim.py`` (:func:`~xpusim.mappers.pim.as_gemv`).
 It runs on a ``width x height`` region of the mesh (default: the whole wafer). Each group gets a
 ``p x p`` square of cores; as many groups as fit run at once, the rest in ``waves``. The candidate
-squares are the widest for each number of waves (:func:`square_sides`: the widest of all,
-``min(side, floor(sqrt(cores / groups)))``, may not tile the region and cost an extra wave); the
+squares are the widest for each number of waves up to twice what ``floor(sqrt(cores / groups))``
+needs (:func:`square_sides`: that square may not tile the region and cost an extra wave); the
 fastest fitting mapping over squares and algorithms is kept. Every count below is arithmetic on
 shapes, never a loop over cores.
 
@@ -15,7 +15,9 @@ The four PLMR terms (He et al., "WaferLLM", OSDI 2025, arXiv 2502.04563) are sep
   ``mt, kt, nt = ceil(m/p), ceil(k/p), ceil(n/p)``;
 * **L**atency: hops x ``hop_latency`` per message, plus bytes / ``link`` bandwidth;
 * **M**emory: bytes each core must hold (:func:`core_bytes`), checked against ``core_sram``
-  (:class:`~xpusim.errors.CapacityError` when over, fits at equality);
+  (:class:`~xpusim.errors.CapacityError` when over, fits at equality); on a region of a placed
+  model, whose cores already hold their stage's weights and KV cache, the working buffers beside
+  the stored tile (:func:`working_bytes`) are checked against what the stage leaves;
 * **R**outing: routes a core's router must hold at once (:func:`routes_needed`), checked against
   ``routes_per_core`` when the device gives one.
 
@@ -64,6 +66,7 @@ from ..workloads.einsum import Op
 from .pim import Gemv, as_gemv
 
 ALGORITHMS = ("meshgemm", "meshgemv", "naive")
+MESH_ALGORITHMS = ALGORITHMS[:2]  # WaferLLM's; the naive mapping is the GPU-style baseline
 #: phases of MeshGEMV's K-tree allreduce (WaferLLM, section 6.1: its implementation uses K = 2)
 KTREE_K = 2
 
@@ -124,23 +127,29 @@ def region_of(spec: WaferSpec, region: tuple[int, int] | None) -> tuple[int, int
 
 
 def square_sides(g: Gemv, w: int, h: int) -> list[int]:
-    """Candidate sides ``p`` of the square each group gets on a ``w x h`` region, largest first: the
-    widest square with ``p^2 x groups <= w h`` and, for each fewer number of waves it would need,
-    the widest square whose packing ``floor(w/p) floor(h/p)`` runs the groups in that many waves
-    (squares do not tile a region exactly, so the widest square can cost an extra wave)."""
+    """Candidate sides ``p`` of the square each group gets on a ``w x h`` region, widest first: for
+    each number of waves ``v`` the groups can take, up to twice what the widest square
+    ``floor(sqrt(w h / groups))`` needs, the widest square whose packing ``floor(w/p) floor(h/p)``
+    runs them in ``v`` waves (squares do not tile a region exactly: the widest square can cost an
+    extra wave, and a wider one the same waves as a narrower)."""
     side = min(w, h)
     top = max(1, min(side, math.isqrt((w * h) // g.groups) if g.groups <= w * h else 1))
-    ps = np.arange(1, top + 1)
-    packed = (w // ps) * (h // ps)
-    waves = -(-g.groups // packed)
-    best = {int(v): int(ps[waves == v].max()) for v in np.unique(waves)}  # widest square per wave count
+    ps = np.arange(1, side + 1)
+    waves = -(-g.groups // ((w // ps) * (h // ps)))
+    keep = waves <= 2 * waves[top - 1]
+    best = {int(v): int(ps[keep & (waves == v)].max()) for v in np.unique(waves[keep])}  # widest per wave count
     return sorted(best.values(), reverse=True)
 
 
 def parallelism(g: Gemv, w: int, h: int, p: int | None = None) -> dict[str, int]:
-    """P: the square ``p x p`` of cores per group (default: the widest of :func:`square_sides`),
-    groups run at once, waves, cores used."""
-    p = p if p is not None else square_sides(g, w, h)[0]
+    """P: the square ``p x p`` of cores per group (default: the square ``floor(sqrt(w h / groups))``,
+    the widest that could run every group at once), groups run at once, waves, cores used."""
+    side = min(w, h)
+    if p is None:
+        p = max(1, min(side, math.isqrt((w * h) // g.groups) if g.groups <= w * h else 1))
+    elif isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 1 <= p <= side:
+        raise SpecError(f"square side {p!r} must be an integer in 1..{side} (the region's shorter side)")
+    p = int(p)
     concurrent = min(g.groups, (w // p) * (h // p))
     waves = _cdiv(g.groups, concurrent)
     return {"p": p, "concurrent": concurrent, "waves": waves, "cores_used": p * p * concurrent,
@@ -171,11 +180,35 @@ def routes_needed(par: dict[str, int]) -> dict[str, int]:
             "meshgemv": (len(ktree_phases(p)) + 1) if p > 1 else 0, "naive": 2}
 
 
+def working_bytes(g: Gemv, par: dict[str, int]) -> dict[str, float]:
+    """Bytes one core holds under each algorithm beside its tile of the stored matrix (which a placed
+    model keeps resident with the stage's weights and KV cache)."""
+    mem = core_bytes(g, par)
+    tile = {"meshgemm": par["kt"] * par["nt"], "meshgemv": par["kt"] * par["nt"], "naive": par["chunk"]}
+    return {a: mem[a] - tile[a] * g.w_bytes for a in ALGORITHMS}
+
+
+def fit_need(g: Gemv, par: dict[str, int], spec: WaferSpec) -> dict[str, float]:
+    """Bytes per core each algorithm needs against :func:`fit_room`: its working buffers on a placed
+    region (``buffer_limit_bytes`` set), else everything it holds."""
+    return working_bytes(g, par) if spec.buffer_limit_bytes is not None else core_bytes(g, par)
+
+
+def fit_room(spec: WaferSpec) -> float:
+    """Bytes per core an op may use: what the stage's residents leave on a placed region, else the SRAM."""
+    return spec.buffer_limit_bytes if spec.buffer_limit_bytes is not None else float(spec.core_sram_bytes)
+
+
 def check_core_memory(need: float, spec: WaferSpec, what: str) -> None:
-    """Raise :class:`CapacityError` when ``need`` bytes exceed a core's SRAM (equality fits)."""
-    if need > spec.core_sram_bytes:
-        raise CapacityError(f"{what} needs {need:,.0f} B per core but a core has {spec.core_sram_bytes:,} B of SRAM; "
-                            "spread it over a larger region (more cores) or use a narrower dtype")
+    """Raise :class:`CapacityError` when ``need`` bytes exceed the room per core (equality fits)."""
+    if need <= fit_room(spec):
+        return
+    if spec.buffer_limit_bytes is not None:
+        raise CapacityError(f"{what} needs {need:,.0f} B of working buffers per core but its stage's weights and KV cache "
+                            f"leave {spec.buffer_limit_bytes:,.0f} B of a core's {spec.core_sram_bytes:,} B; use larger "
+                            "regions, more wafers or a narrower dtype")
+    raise CapacityError(f"{what} needs {need:,.0f} B per core but a core has {spec.core_sram_bytes:,} B of SRAM; "
+                        "spread it over a larger region (more cores) or use a narrower dtype")
 
 
 def times(g: Gemv, spec: WaferSpec, rate: float, par: dict[str, int]) -> dict[str, dict[str, float]]:
@@ -217,12 +250,13 @@ def evaluate(op: Op, arch: Arch, region: tuple[int, int] | None = None, p: int |
     g = as_gemv(op, arch)
     w, h = region_of(spec, region)
     par = parallelism(g, w, h, p)
-    mem = core_bytes(g, par)
+    mem = fit_need(g, par, spec)
     routes = routes_needed(par)
     t = times(g, spec, arch.matrix.rate_per_cycle[g.compute], par)
-    fits = {k: mem[k] <= spec.core_sram_bytes for k in ALGORITHMS}
+    fits = {k: mem[k] <= fit_room(spec) for k in ALGORITHMS}
     routable = {k: spec.routes_per_core is None or routes[k] <= spec.routes_per_core for k in ALGORITHMS}
-    return {"gemv": g, "spec": spec, "region": (w, h), "parallelism": par, "memory": mem, "routes": routes,
+    return {"gemv": g, "spec": spec, "region": (w, h), "parallelism": par, "memory": mem,
+            "core_bytes": core_bytes(g, par), "routes": routes,
             "times": t, "fits": fits, "routable": routable}
 
 
@@ -248,7 +282,7 @@ def _choose(evs: list[dict[str, Any]], algorithm: str | None, what: str) -> tupl
         k = min(ALGORITHMS, key=lambda a: widest["memory"][a])
         if not any(any(ev["fits"].values()) for ev in evs):
             check_core_memory(widest["memory"][k], spec, f"{what} (its smallest-footprint mapping, {k})")
-        raise CapacityError(f"{what}: no mapping fits both a core's {spec.core_sram_bytes:,} B "
+        raise CapacityError(f"{what}: no mapping fits both a core's {fit_room(spec):,.0f} B "
                             f"(needs {widest['memory']}) and the router's {spec.routes_per_core} routes "
                             f"(needs {widest['routes']}); use a smaller region or a device with more routes")
     return min(pool, key=lambda c: total(*c))
@@ -279,7 +313,8 @@ def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[i
     ideal = g.macs / (arch.matrix.rate_per_cycle[g.compute] * arch.matrix.instances)
     detail: dict[str, Any] = {f"{a}_cycles": waves * t[a]["total"] for a in ALGORITHMS}
     detail.update({
-        "algorithm": best, "region": ev["region"], "parallelism": par, "core_bytes": ev["memory"],
+        "algorithm": best, "region": ev["region"], "parallelism": par, "core_bytes": ev["core_bytes"],
+        "fit_bytes": ev["memory"], "fit_room_bytes": fit_room(spec),
         "core_sram_bytes": spec.core_sram_bytes, "routes": ev["routes"], "hops": {a: t[a]["hops"] for a in ALGORITHMS},
         "compute_cycles": {a: waves * t[a]["compute"] for a in ALGORITHMS},
         "comm_cycles": {a: waves * t[a]["comm"] for a in ALGORITHMS},

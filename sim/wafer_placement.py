@@ -37,7 +37,7 @@ from ..arch.spec import Arch
 from ..arch.wafer import wafer_spec
 from ..dtypes import get_dtype
 from ..errors import CapacityError, SpecError
-from ..mappers.wafer import ALGORITHMS, as_gemv, core_bytes, parallelism, square_sides
+from ..mappers.wafer import ALGORITHMS, MESH_ALGORITHMS, as_gemv, parallelism, working_bytes
 from ..workloads.trace import Trace
 
 
@@ -76,11 +76,16 @@ class WaferPlan:
                 "units_per_stage": list(self.units_per_stage)}
 
 
-def region_arch(arch: Arch, side: int) -> Arch:
-    """``arch`` restricted to a ``side x side`` region: the mesh, cores, lanes and SRAMs of the region."""
+def region_arch(arch: Arch, side: int, buffer_limit: float | None = None) -> Arch:
+    """``arch`` restricted to a ``side x side`` region: the mesh, cores, lanes and SRAMs of the region;
+    ``buffer_limit``: per-core bytes left for the ops' working buffers once the region's cores hold
+    their stage's weights and KV cache (the mappers fit against it)."""
     spec = wafer_spec(arch)
     if not (isinstance(side, int) and 1 <= side <= min(spec.width, spec.height)):
         raise SpecError(f"wafer region side {side!r} must be an integer in 1..{min(spec.width, spec.height)} (the mesh)")
+    if buffer_limit is not None:
+        spec = dataclasses.replace(spec, buffer_limit_bytes=buffer_limit)
+        arch = dataclasses.replace(arch, rules={**arch.rules, "wafer": spec})
     if (side, side) == (spec.width, spec.height):
         return arch
     n = side * side
@@ -120,20 +125,27 @@ def units_of(trace: Trace, weights_total: float, kv_total: float, embedding_byte
 
 
 def buffer_bytes(trace: Trace, arch: Arch, side: int) -> float:
-    """Per-core working buffers of the largest contraction on a ``side x side`` region: activation
-    tiles, received partial sums and accumulators (the weight tile is counted with the units)."""
+    """Per-core working buffers the largest contraction needs at least on a ``side x side`` region
+    (its widest squares; the smaller of MeshGEMM's and MeshGEMV's, or the forced one's): activation
+    tiles, received partial sums and accumulators (the stored tile is counted with the units). The
+    mapper then fits every op within what the fullest stage leaves (``region_arch``'s
+    ``buffer_limit``). The naive baseline runs on the regions of this placement; its all-gathered
+    activations are not reserved (on Llama-3-8B up to 28 KB per core: it would need four WSE-2s)."""
     reg = region_arch(arch, side)
+    forced = _forced(arch)
     worst = 0.0
     for _, op in trace.ops():
         if op.kind != "matmul" or len(op.inputs) != 2:
             continue
         g = as_gemv(op, reg)
-        for p in square_sides(g, side, side):  # whichever square the mapper picks (mappers/wafer.py)
-            par = parallelism(g, side, side, p)
-            mem = core_bytes(g, par)
-            tile = par["nt"] * par["kt"] * g.w_bytes
-            worst = max(worst, min(mem["meshgemm"], mem["meshgemv"]) - min(tile, mem["meshgemv"]))
+        work = working_bytes(g, parallelism(g, side, side))
+        worst = max(worst, work[forced] if forced in MESH_ALGORITHMS else min(work[a] for a in MESH_ALGORITHMS))
     return worst
+
+
+def _forced(arch: Arch) -> str | None:
+    """The contraction algorithm forced on ``arch`` (``algorithm=``), if any."""
+    return arch.rules.get("wafer_algorithm") if isinstance(arch.rules, dict) else None
 
 
 def pack_units(units: list[Unit], per_stage_bytes: float) -> list[list[Unit]] | None:
@@ -291,8 +303,10 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
                 plan = plan_for_side(units, arch, s, buf, wafers)
                 if plan is None:
                     continue
+                free = (spec.core_sram_bytes - max(plan.stage_core_bytes)  # beside the fullest stage's residents
+                        if _forced(arch) != "naive" else None)  # the baseline: its gathers are not reserved
                 try:
-                    res = simulate_trace(trace, region_arch(arch, s), objective, model, kv_bytes=kv)
+                    res = simulate_trace(trace, region_arch(arch, s, free), objective, model, kv_bytes=kv)
                 except CapacityError:  # an op's working set overflows a core of this region
                     continue
                 res.latency_s += handoff_s(arch, plan, act)
