@@ -96,6 +96,9 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
     print(f"memory {fmt_b(s['memory_bytes'])} of {fmt_b(s['capacity_bytes'])} "
           f"(weights {fmt_b(s['weights_bytes'])}, KV cache {fmt_b(s['kv_cache_bytes'])}{state}, "
           f"activations {fmt_b(s['activation_bytes'])}){streamed}")
+    if "wafer_plan" in res.inputs and plan is None:
+        print("wafer: not placed - no layout of the model on the wafers fits (memory ignored); every op ran on the "
+              "whole mesh, so the time is a bound, not a placed step")
     fr = res.inputs.get("fpga_resources")
     if fr:
         print("FPGA resources: " + ", ".join(f"{r.upper()} {v['used']:,} of {v['available']:,} "

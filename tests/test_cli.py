@@ -152,3 +152,14 @@ def test_a_directory_is_a_model_with_its_config_json_and_never_a_device(tmp_path
 def test_device_flags_that_would_be_ignored_are_refused(argv, msg, capsys):
     assert main(["simulate", *argv, "--model", "llama-3-8b", "--phase", "decode", "--context", "8"]) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_a_wafer_step_that_could_not_be_placed_says_so(capsys):
+    base = ("simulate", "--arch", "wse-3", "--model", "mixtral-8x7b", "--phase", "decode", "--batch", "64",
+            "--context", "1024")
+    rc, out, err = run(capsys, *base)
+    assert rc == 2 and "wafers" in err  # does not fit: the remedies
+    rc, out, _ = run(capsys, *base, "--ignore-memory")
+    assert rc == 0 and "wafer: not placed" in out
+    rc, out, _ = run(capsys, "simulate", "--arch", "wse-3", "--model", "llama-3-8b", "--phase", "decode", "--context", "1024")
+    assert rc == 0 and "not placed" not in out and "wafer placement: resident" in out
