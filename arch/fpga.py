@@ -4,7 +4,9 @@ An FPGA preset is a **part** (what the chip offers) plus a **template configurat
 engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section describes
 
 * ``part``: ``dsp``, ``bram`` (36 Kb blocks), ``uram`` (288 Kb blocks), ``lut``, ``ff``, ``slrs``
-  (super logic regions) and ``dsp_kind`` (``dsp48e2`` or ``dsp58``); on an HBM part optionally
+  (super logic regions) and ``dsp_kind`` (``dsp48e2`` or ``dsp58``); a resource count its vendor's
+  readable sources do not give is ``unpublished`` (the fit check then skips it and says so, and a
+  search that scores it refuses); on an HBM part optionally
   ``hbm_channels`` (pseudo-channels) with ``hbm_remote_efficiency`` (the rate of an access through
   the HBM switch to a channel outside a port's group, relative to a direct one); optionally
   ``dsp_fmax``, the DSP's maximum clock with every pipeline register used at the part's speed grade
@@ -74,6 +76,14 @@ class Part:
     dsp_fmax_hz: float = 0.0  # the DSP's maximum clock at the part's speed grade (data sheet); 0: not checked
     ddr_bytes: float = 0.0  # a card's DDR behind its HBM (0: none): capacity, bytes
     ddr_Bps: float = 0.0  # and bandwidth, bytes/s
+    unpublished: tuple[str, ...] = ()  # resources whose counts no cited source gives (their fields hold 0)
+
+    def count(self, resource: str) -> int:
+        """The part's count of ``resource``; :class:`SpecError` when it is unpublished."""
+        if resource in self.unpublished:
+            raise SpecError(f"the part's {resource.upper()} count is unpublished (fpga.part.{resource}); give the count "
+                            "from the part's data sheet to use it")
+        return int(getattr(self, resource))
 
 
 @dataclass(frozen=True)
@@ -147,7 +157,12 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
                       ", ".join(_PART) + "; optional hbm_channels with hbm_remote_efficiency, dsp_fmax, ddr")
     if p["dsp_kind"] not in ("dsp48e2", "dsp58"):
         raise SpecError(f"{where}.part.dsp_kind: must be dsp48e2 or dsp58, got {p['dsp_kind']!r}")
-    counts = {k: _int(p, k, f"{where}.part") for k in _PART[:-1]}
+    for k in RESOURCES:
+        if isinstance(p[k], str) and p[k] != "unpublished":
+            raise SpecError(f"{where}.part.{k}: must be a positive count, or 'unpublished' where no source gives it, "
+                            f"got {p[k]!r}")
+    unpublished = tuple(k for k in RESOURCES if p[k] == "unpublished")
+    counts = {k: 0 if k in unpublished else _int(p, k, f"{where}.part") for k in _PART[:-1]}
     if ("hbm_channels" in p) != ("hbm_remote_efficiency" in p):
         raise SpecError(f"{where}.part: hbm_channels and hbm_remote_efficiency go together (the pseudo-channels and "
                         "the relative rate through the HBM switch)")
@@ -157,7 +172,7 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
         raise SpecError(f"{where}.part.hbm_channels: at most {MAX_HBM_CHANNELS} pseudo-channels, got {hbm[0]:,}")
     part = Part(dsp=counts["dsp"], bram=counts["bram"], uram=counts["uram"], lut=counts["lut"], ff=counts["ff"],
                 slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]), hbm_channels=hbm[0], hbm_remote_efficiency=hbm[1],
-                dsp_fmax_hz=_fmax(p, where), **_ddr(p, where))
+                dsp_fmax_hz=_fmax(p, where), unpublished=unpublished, **_ddr(p, where))
     t = check_section(d["template"], set(_TEMPLATE + _OPTIONAL), list(_TEMPLATE), f"{where}.template",
                       ", ".join(_TEMPLATE))
     lb = check_section(t.get("length_buckets", {"prefill": 1, "decode": 1}), {"prefill", "decode"}, ["prefill", "decode"],
@@ -266,11 +281,14 @@ def check_clock(spec: FpgaSpec, name: str, clock_hz: float) -> None:
 def check_fits(spec: FpgaSpec, name: str, template: Template | None = None) -> dict[str, int]:
     """The resources of the template; :class:`CapacityError` naming the first resource over the part's
     budget (its count x ``max_utilisation``), or over one SLR's share of it: the cores are spread
-    evenly over the SLRs and a core does not straddle two (FlightLLM's per-die cores)."""
+    evenly over the SLRs and a core does not straddle two (FlightLLM's per-die cores). Unpublished
+    counts are not checked."""
     t = template or spec.template
     used = estimate_resources(spec, t)
     per_slr = math.ceil(t.cores / spec.part.slrs)
     for r in RESOURCES:
+        if r in spec.part.unpublished:  # nothing to check against (the result says so)
+            continue
         have = getattr(spec.part, r)
         budget = math.floor(have * spec.estimate.max_utilisation)
         if used[r] > budget:
@@ -285,11 +303,13 @@ def check_fits(spec: FpgaSpec, name: str, template: Template | None = None) -> d
     return used
 
 
-def resource_table(arch: Any) -> dict[str, dict[str, int]]:
-    """``{resource: {"used": n, "available": n}}`` of an FPGA device's template on its part."""
+def resource_table(arch: Any) -> dict[str, dict[str, int | None]]:
+    """``{resource: {"used": n, "available": n}}`` of an FPGA device's template on its part
+    (``available`` None where the part's count is unpublished)."""
     spec = fpga_spec(arch)
     used = estimate_resources(spec)
-    return {r: {"used": int(used[r]), "available": int(getattr(spec.part, r))} for r in RESOURCES}
+    return {r: {"used": int(used[r]), "available": None if r in spec.part.unpublished else int(getattr(spec.part, r))}
+            for r in RESOURCES}
 
 
 def part_use(arch: Any) -> dict[str, Any]:

@@ -134,8 +134,8 @@ def _metrics(arch: Arch, runs: list, needed: set[str], devices: int = 1) -> dict
 
         spec = fpga_spec(arch)
         used = estimate_resources(spec)
-        m["dsp_fraction"] = used["dsp"] / spec.part.dsp
-        m["lut_fraction"] = used["lut"] / spec.part.lut
+        m["dsp_fraction"] = used["dsp"] / spec.part.count("dsp")
+        m["lut_fraction"] = used["lut"] / spec.part.count("lut")
     if "format_error" in needed:
         from ..workloads.functional.numerics import layer_error
 

@@ -213,9 +213,10 @@ def fpga_resources(results: list[Result]) -> go.Figure | None:
     fig = go.Figure()
     for i, r in enumerate(fpgas):
         table = r.inputs["fpga_resources"]
-        names = [k.upper() for k in table]
-        share = [100.0 * v["used"] / v["available"] if v["available"] else 0.0 for v in table.values()]
-        text = [f"{v['used']:,} of {v['available']:,}" for v in table.values()]
+        known = {k: v for k, v in table.items() if v["available"]}  # unpublished counts have no share
+        names = [k.upper() for k in known]
+        share = [100.0 * v["used"] / v["available"] for v in known.values()]
+        text = [f"{v['used']:,} of {v['available']:,}" for v in known.values()]
         fig.add_trace(go.Bar(x=names, y=share, name=str(r.inputs.get("arch", "")), marker_color=PALETTE[i % len(PALETTE)],
                              text=text, hovertemplate="%{x}: %{text} (%{y:.1f} %)<extra></extra>"))
     fig.update_yaxes(title_text="share of the part (%)", range=[0, 100])

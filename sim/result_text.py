@@ -102,7 +102,12 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
     fr = res.inputs.get("fpga_resources")
     if fr:
         print("FPGA resources: " + ", ".join(f"{r.upper()} {v['used']:,} of {v['available']:,} "
-                                             f"({100 * v['used'] / v['available']:.0f} %)" for r, v in fr.items()))
+                                             f"({100 * v['used'] / v['available']:.0f} %)" if v["available"] else
+                                             f"{r.upper()} {v['used']:,} of unpublished" for r, v in fr.items()))
+        unknown = [r.upper() for r, v in fr.items() if not v["available"]]
+        if unknown:
+            print(f"FPGA fit: not checked for {', '.join(unknown)} - the part's counts are not published in the sources "
+                  "xpusim cites; give them under fpga.part in a device YAML to check the fit")
     fp = res.inputs.get("fpga_power")
     if fp and res.latency_s > 0:
         print(f"board power: {fp['board_idle_w']:.1f} W idle + {fp['logic_w']:.1f} W engine logic while running "

@@ -103,6 +103,8 @@ def test_batched_attention_shares_the_vpus():
     (lambda d: d.update({"class": "generic"}), "go together"),
     (lambda d: d["fpga"]["template"].update(length_buckets={"prefill": 0, "decode": 16}), "length_buckets.prefill"),
     (lambda d: d["fpga"]["template"].update(length_buckets={"decode": 16}), "missing prefill"),
+    (lambda d: d["fpga"]["part"].update(dsp="lots"), "'unpublished' where no source gives it"),
+    (lambda d: d["fpga"]["part"].update(slrs="unpublished"), "slrs: must be a positive integer"),
 ])
 def test_bad_fpga_sections_are_one_line_errors(mutate, msg):
     assert_refused(mutate, msg)
@@ -613,3 +615,45 @@ def _ddr_backed(d):
 def test_bad_ddr_tiers_are_one_line_errors(mutate, msg):
     """A malformed ddr section, or one on a part whose backing memory is already DDR."""
     assert_refused(mutate, msg)
+
+
+# --- a part whose resource counts are unpublished (versal-vhk158) ----------------------------------------
+
+
+def test_vhk158_engine_matches_flightllm_s_configuration_and_its_fit_is_not_checked():
+    a = load_arch("versal-vhk158")
+    s = fpga_spec(a)
+    assert set(s.part.unpublished) == {"dsp", "bram", "uram", "lut", "ff"}
+    assert s.template.dsps == 2 * 16 * 128  # the artifact's MM parallelism, in DSP58s
+    assert a.backing.capacity_bytes == 32 * 2**30 and a.backing.bandwidth_Bps == pytest.approx(819.2e9)
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    r = simulate(a, m, Decode(1, 640))
+    assert all(v["available"] is None and v["used"] > 0 for v in r.inputs["fpga_resources"].values())
+    # decode streams the INT8 weights at the profiler's 70 % of 819.2 GB/s
+    assert 1 / r.latency_s == pytest.approx(0.7 * 819.2e9 / r.ops["bytes_hbm"].mul(r.ops["repeat"]).sum(), rel=0.1)
+    with pytest.raises(SpecError, match="DSP count is unpublished"):
+        s.part.count("dsp")
+
+
+def test_an_unpublished_count_skips_only_its_own_check():
+    d = copy.deepcopy(RAW)
+    d["fpga"]["part"]["lut"] = "unpublished"
+    d["fpga"]["template"]["vpus"] = 256  # 12,288 DSPs: over the U280's 9,024, which are published
+    d["matrix"]["instances"] = 3 * 256
+    with pytest.raises(CapacityError, match="DSP"):
+        arch_from_dict(d)
+    d["fpga"]["part"]["dsp"] = "unpublished"
+    a = arch_from_dict(d)  # nothing published left to overflow
+    assert fpga_spec(a).part.unpublished == ("dsp", "lut")
+
+
+def test_a_search_scoring_an_unpublished_resource_is_refused_in_one_line():
+    from xpusim.explore.evaluate import evaluate
+    from xpusim.explore.space import parse_space
+
+    knobs = {"vpus": {"path": "device.fpga.template.vpus", "choices": [32, 64]},
+             **{k: {"path": f"model.{k}", "choices": ["int8"]} for k in ("weight_dtype", "act_dtype", "kv_dtype")}}
+    space = parse_space({"name": "t", "base": "versal-vhk158", "knobs": knobs, "workloads": [
+        {"model": "llama-2-7b", "phase": "decode", "batch": 1, "context": 128}], "objectives": ["latency", "dsp_fraction"]})
+    ev = evaluate(space, {"vpus": 32, "weight_dtype": "int8", "act_dtype": "int8", "kv_dtype": "int8"})
+    assert ev.reason and "unpublished" in ev.reason and "\n" not in ev.reason
