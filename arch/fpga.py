@@ -21,7 +21,9 @@ engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section 
   timing); ``hbm_efficiency`` (the sustained fraction of the HBM bandwidth); optional ``hbm_layout``
   (``per_core`` or ``striped``: where the stored matrices live, ``mappers/fpga_hbm.py``); optional
   ``length_buckets: {prefill, decode}`` (length-adaptive compilation: one instruction stream per
-  bucket of lengths, so attention runs at the length rounded up to the bucket);
+  bucket of lengths, so attention runs at the length rounded up to the bucket); optional
+  ``attention_block`` (the side of the score blocks a causal mask lets the engine skip whole, as
+  FlightLLM's block-sparse attention masks do);
 * ``power`` (optional): the board's power while the engine runs — ``board_idle`` (the board with the
   design loaded and clocked, not computing), ``dsp_energy`` per DSP per cycle and ``lut_energy`` per
   LUT (with its registers) per cycle of the template's logic, activity-independent as a vectorless
@@ -52,7 +54,7 @@ _PART = ("dsp", "bram", "uram", "lut", "ff", "slrs", "dsp_kind")
 _PART_HBM = ("hbm_channels", "hbm_remote_efficiency")
 _PART_OPTIONAL = _PART_HBM + ("dsp_fmax", "ddr")
 _TEMPLATE = ("cores", "vpus", "chain", "macs_per_dsp", "sparsity_m", "sfu_lanes", "buffers", "hbm_efficiency")
-_OPTIONAL = ("length_buckets", "hbm_layout")
+_OPTIONAL = ("length_buckets", "hbm_layout", "attention_block")
 _ESTIMATE = ("lut_per_dsp", "ff_per_dsp", "lut_fixed", "ff_fixed", "max_utilisation")
 #: on-chip memory blocks: URAM 4K x 72 bits, BRAM36 1K x 36 bits (AMD UltraScale+ and Versal)
 URAM_BYTES = 288 * 1024 // 8
@@ -98,6 +100,7 @@ class Template:
     hbm_efficiency: float
     length_buckets: tuple[int, int] = (1, 1)  # (prefill, decode): the token multiples instructions are compiled for
     hbm_layout: str = "per_core"  # where the stored matrices live on the HBM channels (mappers/fpga_hbm.py)
+    attention_block: int = 0  # side of the score blocks a causal mask can skip whole (0: the full q x s plane)
 
     @property
     def dsps(self) -> int:
@@ -174,7 +177,7 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
                 slrs=counts["slrs"], dsp_kind=str(p["dsp_kind"]), hbm_channels=hbm[0], hbm_remote_efficiency=hbm[1],
                 dsp_fmax_hz=_fmax(p, where), unpublished=unpublished, **_ddr(p, where))
     t = check_section(d["template"], set(_TEMPLATE + _OPTIONAL), list(_TEMPLATE), f"{where}.template",
-                      ", ".join(_TEMPLATE))
+                      ", ".join(_TEMPLATE) + "; optional " + ", ".join(_OPTIONAL))
     lb = check_section(t.get("length_buckets", {"prefill": 1, "decode": 1}), {"prefill", "decode"}, ["prefill", "decode"],
                        f"{where}.template.length_buckets", "prefill, decode (token multiples)")
     buckets = (_int(lb, "prefill", f"{where}.template.length_buckets"), _int(lb, "decode", f"{where}.template.length_buckets"))
@@ -194,7 +197,8 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
                         chain=_int(t, "chain", f"{where}.template"), macs_per_dsp=_int(t, "macs_per_dsp", f"{where}.template"),
                         sparsity_m=m, sfu_lanes=_int(t, "sfu_lanes", f"{where}.template"), buffers=buffers,
                         hbm_efficiency=_num(t, "hbm_efficiency", f"{where}.template", 1e-3, 1.0), length_buckets=buckets,
-                        hbm_layout=str(layout))
+                        hbm_layout=str(layout),
+                        attention_block=_int(t, "attention_block", f"{where}.template") if "attention_block" in t else 0)
     if part.hbm_channels and layout == "per_core" and part.hbm_channels < template.cores:
         raise SpecError(f"{where}: a per_core HBM layout needs a channel per core, but {template.cores} cores share "
                         f"{part.hbm_channels} channels; use hbm_layout: striped or fewer cores")

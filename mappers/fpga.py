@@ -163,6 +163,14 @@ def buffer_tiling(g: Gemv, t: Template, out_bytes: float, core_columns: int | No
     return best
 
 
+def kept_attention(op: Op, arch: Arch) -> float:
+    """Share of a causal attention op (scores, softmax, context) the engine computes: with the
+    template's ``attention_block`` it skips the score blocks the mask empties (FlightLLM's prefill
+    attention runs under block masks; its artifact's blocks are 64 x 64); else the whole plane."""
+    b = fpga_spec(arch).template.attention_block
+    return op.kept_block_fraction(b, b) if b else 1.0
+
+
 def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     """Cost of a two-input contraction on the FPGA template's MPE."""
     spec = fpga_spec(arch)
@@ -203,10 +211,11 @@ def fpga_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     mem_s = max(mem_s, ddr_s)
     if ddr_bytes:
         channels_used["ddr_bytes"] = float(ddr_bytes)
-    steps = math.ceil(g.m / p_m) * math.ceil(core_columns / t.vpus) * math.ceil(k_stored / p_k)
+    kept = kept_attention(op, arch)  # a causal mask's empty score blocks are skipped
+    steps = math.ceil(math.ceil(g.m / p_m) * math.ceil(core_columns / t.vpus) * math.ceil(k_stored / p_k) * kept)
     comp_s = steps / clock
     latency = max(comp_s, mem_s) + launch_s
-    macs = g.macs * density  # the MACs the chains perform (the pruned weights' are skipped)
+    macs = g.macs * density * kept  # the MACs the chains perform (the pruned weights' are skipped)
     lv = arch.backing
     energy = {"compute": macs * arch.matrix.energy(compute) * 1e-12,
               lv.name: matrix_bytes * lv.read_energy_pj_per_byte * 1e-12, "static": arch.static_power_w * latency}

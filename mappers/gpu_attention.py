@@ -60,21 +60,9 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
     hbm_bw = hbm.bandwidth_Bps * hbm.instances * rules.memory_efficiency
     l2 = next((lv for lv in arch.memory if lv.name == "l2"), None)
     l2_bw = (l2.bandwidth_Bps * l2.instances if l2 else hbm.bandwidth_Bps) * rules.l2_efficiency
-    # fraction of the (q x s) score matrix computed: causal prefill skips blocks above the diagonal
-    window = int(score.attrs.get("window", 0))
-    if causal and q > 1:  # with a sliding window, key blocks wholly left of the window are skipped too
-        qb = math.ceil(q / BM)
-        offset = s - q
-        sinks = int(score.attrs.get("sinks", 0))
-
-        def left_skipped(i: int) -> int:  # keys left of block i's window, less the sinks kept there
-            lo = max(0, offset + i * BM - window + 1) if window else 0
-            return lo - min(sinks, lo)
-
-        kept = sum(min(s, offset + (i + 1) * BM) - left_skipped(i) for i in range(qb))
-        frac = kept / (qb * s)
-    else:
-        frac = 1.0
+    # fraction of the (q x s) score matrix computed: causal prefill skips query blocks' keys above the
+    # diagonal, and with a sliding window the keys wholly left of it (the sinks stay)
+    frac = score.kept_block_fraction(BM) if causal else 1.0
     ev = context.sizes["e"]  # value head dim (MLA: the latent's first dc features)
     pairs = b * h * r * q * s * frac  # (query, key) pairs computed
     macs = pairs * (e + ev)  # QK^T and PV

@@ -113,6 +113,10 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
     launch = 0.0 if op.attrs.get("moe_group", 0) > 0 else launch_overhead(op.kind, arch, isolated)
     if op.kind != "matmul" and arch.device_class == "wafer":  # row reductions cross the mesh
         cost = wafer_streaming_cost(op, arch, launch)
+    elif op.kind != "matmul" and arch.device_class == "fpga":  # the SFUs skip a causal softmax's empty blocks
+        from ..mappers.fpga import kept_attention
+
+        cost = streaming_cost(op, arch, launch, work=kept_attention(op, arch))
     elif op.kind != "matmul":
         cost = streaming_cost(op, arch, launch)
     elif arch.device_class == "gpu" and len(op.inputs) == 2:

@@ -4,8 +4,8 @@ Every kernel group of the host's plan is costed on both sides (on the PIM op by 
 
 * ``auto`` — where it runs faster: the Duplex rule (Yun et al., MICRO 2024): low-Op/B work
   (decode attention, small-batch GEMV, few-token experts) goes to the PIM, the rest to the host;
-* ``attention`` — attention on the PIM, everything else on the host (AttAcc, Park et al.,
-  ASPLOS 2024);
+* ``attention`` — a generation step's attention on the PIM, everything else (a prefill's attention
+  included) on the host (AttAcc, Park et al., ASPLOS 2024);
 * ``host`` / ``pim`` — everything on one side (the baselines).
 
 The two sides share the memory (the PIM is the host's memory), so no data is copied between them.
@@ -67,11 +67,15 @@ def load_hetero(name: str) -> dict[str, Any] | None:
 
 
 def _is_attention(group: Any) -> bool:
-    """A fused attention, or one of its unfused parts: a product with the KV cache, or the softmax
-    over its scores (what AttAcc moves to the PIM)."""
+    """A generation step's attention, fused or one of its unfused parts (a product with the KV cache,
+    or the softmax over its scores): what AttAcc moves to the PIM. Attention over several new queries
+    per sequence (a prefill, a chunk, a verify step) stays on the host, as AttAcc runs the
+    summarization stage on the GPUs."""
+    op = group.ops[0]
+    if dict(op.dims).get("q", 1) > 1:
+        return False
     if group.kind == "attention":
         return True
-    op = group.ops[0]
     return op.kind == "softmax" or (op.kind == "matmul" and any(t.role == "kv" for t in op.inputs))
 
 

@@ -49,31 +49,33 @@ def vector_rate(arch: Arch, dtype: str) -> tuple[float, str]:
     return arch.vector.rate(compute), compute
 
 
-def streaming_cost(op: Op, arch: Arch, launch_s: float | None = None) -> OpCost:
+def streaming_cost(op: Op, arch: Arch, launch_s: float | None = None, work: float = 1.0) -> OpCost:
     """Cost of one streaming op on ``arch`` (a GPU applies its fitted bandwidth ceiling);
-    ``launch_s`` is the fixed cost per op (default: the device's in-stream launch overhead)."""
+    ``launch_s`` is the fixed cost per op (default: the device's in-stream launch overhead);
+    ``work``: the share of the op's elements computed and moved (a causal softmax whose empty
+    blocks are skipped)."""
     bw_eff = 1.0
     launch = arch.launch_overhead_s if launch_s is None else launch_s
     if arch.device_class == "gpu":
         from ..arch.gpu import gpu_rules
 
         bw_eff = gpu_rules(arch.rules, f"device {arch.name!r}").memory_efficiency
-    read = sum(op.tensor_bytes(t) for t in op.inputs)
-    extra = (passes(op, arch) - 1) * op.tensor_bytes(op.inputs[0])
-    moved = read + extra + op.tensor_bytes(op.output)
+    read = sum(op.tensor_bytes(t) for t in op.inputs) * work
+    extra = (passes(op, arch) - 1) * op.tensor_bytes(op.inputs[0]) * work
+    moved = read + extra + op.tensor_bytes(op.output) * work
     clock = arch.clock_hz
     lv_cycles = {lv.name: moved / (lv.bandwidth_Bps * lv.instances * bw_eff / clock) for lv in arch.memory}
     rate, compute = vector_rate(arch, op.output.dtype)
-    comp = op.flops / (rate * arch.vector.instances) * (clock / arch.vector_clock_hz)
+    comp = op.flops * work / (rate * arch.vector.instances) * (clock / arch.vector_clock_hz)
     prologue = sum(lv.latency_s for lv in arch.memory) * clock
     bound_name, bound_cycles = max(lv_cycles.items(), key=lambda kv: kv[1])
     if comp >= bound_cycles:
         bound_name, bound_cycles = "compute", comp
     cycles = bound_cycles + prologue + launch * clock
-    out_b = op.tensor_bytes(op.output)
+    out_b = op.tensor_bytes(op.output) * work
     level_e = {lv.name: ((read + extra) * lv.read_energy_pj_per_byte + out_b * lv.write_energy_pj_per_byte) * 1e-12
                for lv in arch.memory}
-    comp_e = op.flops * arch.vector.energy(compute) * 1e-12
+    comp_e = op.flops * work * arch.vector.energy(compute) * 1e-12
     latency = cycles / clock
     static_e = arch.static_power_w * latency
     energy = {"compute": comp_e, **level_e, "static": static_e}

@@ -657,3 +657,30 @@ def test_a_search_scoring_an_unpublished_resource_is_refused_in_one_line():
         {"model": "llama-2-7b", "phase": "decode", "batch": 1, "context": 128}], "objectives": ["latency", "dsp_fraction"]})
     ev = evaluate(space, {"vpus": 32, "weight_dtype": "int8", "act_dtype": "int8", "kv_dtype": "int8"})
     assert ev.reason and "unpublished" in ev.reason and "\n" not in ev.reason
+
+
+def test_causal_prefill_skips_the_empty_64x64_score_blocks():
+    """FlightLLM's prefill attention runs under block masks (64 x 64 in its artifact): a causal 2,048-token
+    prefill computes 33 of every 64 score blocks, on the DSP chains (scores, context) and the SFUs (softmax)."""
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    skip = simulate("alveo-u280", m, Prefill(1, 2048)).ops.set_index("name")
+    d = copy.deepcopy(RAW)
+    del d["fpga"]["template"]["attention_block"]
+    full = simulate(arch_from_dict(d), m, Prefill(1, 2048)).ops.set_index("name")
+    for name in ("attn_score", "softmax", "attn_context"):
+        assert skip.loc[name, "latency_s"] / full.loc[name, "latency_s"] == pytest.approx(33 / 64, rel=0.01)
+    assert skip.loc["q_proj", "latency_s"] == full.loc["q_proj", "latency_s"]  # nothing else changes
+
+
+def test_a_chunked_prefill_never_beats_the_whole_prompt_on_the_engine():
+    from xpusim.sim.steps import simulate_chunked_prefill
+
+    m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
+    whole = simulate("alveo-u280", m, Prefill(1, 2048)).latency_s
+    for chunk in (256, 1024):
+        assert simulate_chunked_prefill("alveo-u280", m, 1, 2048, chunk).latency_s >= whole
+
+
+@pytest.mark.parametrize("value", [0, -64, 2.5, "big"])
+def test_a_bad_attention_block_is_a_one_line_error(value):
+    assert_refused(lambda d: d["fpga"]["template"].update(attention_block=value), "attention_block")

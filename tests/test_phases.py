@@ -176,6 +176,33 @@ def test_useful_flops_count_the_causal_masks_pairs(q, extra, window, sinks):
     assert op.useful_flops == pytest.approx(op.flops * keep.sum() / (q * s))
 
 
+@settings(max_examples=80, deadline=None)
+@given(q=st.integers(2, 70), extra=st.integers(0, 70), window=st.integers(0, 60), sinks=st.integers(0, 6),
+       bq=st.sampled_from([1, 4, 16, 64]), bk=st.sampled_from([1, 4, 16, 64]))
+def test_kept_block_fraction_is_the_share_of_blocks_with_an_unmasked_pair(q, extra, window, sinks, bq, bk):
+    """A blocked kernel computes a block of (query, key) pairs unless the mask empties it: counted block
+    by block against the pair mask (sinks with whole key blocks only at block_k = 1)."""
+    import numpy as np
+    from xpusim.workloads.einsum import Op, Tensor
+
+    s = q + extra
+    sinks = sinks if window and bk == 1 else 0
+    op = Op("score", "matmul", (("q", q), ("s", s), ("e", 4)),
+            (Tensor("a", ("q", "e"), "bf16"), Tensor("b", ("s", "e"), "bf16", "kv")), Tensor("c", ("q", "s"), "fp32"),
+            attrs={"causal": True, "window": window, "sinks": sinks})
+    pos = np.arange(s - q, s)[:, None]
+    j = np.arange(s)[None, :]
+    keep = j <= pos
+    if window:
+        keep &= (j > pos - window) | (j < sinks)
+    kept = 0
+    for a in range(0, q, bq):
+        rows = keep[a:a + bq]
+        for b in range(0, s, bk):
+            kept += min(bk, s - b) if rows[:, b:b + bk].any() else 0
+    assert op.kept_block_fraction(bq, bk) == pytest.approx(kept / (len(range(0, q, bq)) * s))
+
+
 def test_achieved_throughput_stays_below_the_peak_on_a_long_causal_prefill():
     from xpusim import simulate
     from xpusim.arch import load_arch

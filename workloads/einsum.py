@@ -138,6 +138,28 @@ class Op:
         kept = k * first + k * (k - 1) / 2 + (q - k) * cap
         return self.flops * min(1.0, kept / (q * s))
 
+    def kept_block_fraction(self, block_q: int, block_k: int = 1) -> float:
+        """Share of a causal attention op's ``q x s`` (query, key) plane that a blocked kernel still
+        computes when it skips the ``block_q x block_k`` blocks the mask (causal, sliding ``window``
+        with ``sinks``) empties entirely: 1 for other ops and single-query steps. Each query block
+        keeps the keys up to its last query's, rounded up to whole key blocks, and drops the key
+        blocks wholly left of its first query's window (the sinks stay)."""
+        import numpy as np
+
+        sizes = dict(self.dims)
+        q, s = sizes.get("q", 0), sizes.get("s", 0)
+        if not self.attrs.get("causal") or q <= 1 or s <= 0:
+            return 1.0
+        offset = s - q  # keys before the first new query
+        start = np.arange(0, q, block_q)
+        last = np.minimum(start + block_q, q) + offset  # keys the block's last query sees
+        hi = np.minimum(s, -(-last // block_k) * block_k)
+        window = int(self.attrs.get("window", 0) or 0)
+        sinks = int(self.attrs.get("sinks", 0) or 0)
+        lo = np.maximum(0, offset + start - window + 1) // block_k * block_k if window else np.zeros_like(start)
+        kept = hi - (lo - np.minimum(sinks, lo))
+        return float(kept.sum() / (len(start) * s))
+
     @property
     def macs(self) -> int:
         return self.points if self.kind == "matmul" else 0
