@@ -41,3 +41,22 @@ def test_larger_steps_never_run_faster(arch, model, fmt, wafer):
     by_prompt = [_run(arch, model, fmt, wafer, Prefill(batch=1, seq=s)) for s in (128, 512, 2048)]
     for series in (by_batch, by_context, by_prompt):
         assert all(b >= a * (1 - 1e-9) for a, b in zip(series[:-1], series[1:], strict=True)), series
+
+
+@pytest.mark.parametrize("arch,model,fmt,wafer", [c for c in CASES if c[0] != "aim-gddr6"],
+                         ids=[c[0] for c in CASES if c[0] != "aim-gddr6"])
+def test_a_chunked_prefill_never_beats_the_whole_prompt(arch, model, fmt, wafer):
+    """Chunks see only the keys before them and re-read the weights, so chunking can only add work
+    (a standalone PIM is excluded: it computes the whole causal plane of a one-shot prefill, as
+    docs/devices.md states)."""
+    from xpusim.sim.steps import simulate_chunked_prefill
+
+    a = load_arch(arch)
+    m = with_engine_formats(load_model(model), a)
+    if fmt:
+        m = m.with_formats(fmt, fmt, fmt)
+    whole = _run(arch, model, fmt, wafer, Prefill(batch=1, seq=1024))
+    for chunk in (256, 512):
+        res = simulate_chunked_prefill(a, m, 1, 1024, chunk, check_memory=wafer is not None,
+                                       **({"wafer_options": wafer} if wafer else {}))
+        assert res.latency_s >= whole * (1 - 1e-9), (chunk, res.latency_s, whole)
