@@ -23,7 +23,7 @@ from ..workloads.layers import layer_block_map
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Decode, Phase, Prefill
 from .engine import powered_energy, simulate_trace
-from .parallel import Plan, device_trace, local_phase, shard_model, stage_layers
+from .parallel import Plan, device_trace, held_weights_bytes, local_phase, shard_model, stage_layers
 from .result import Result
 
 
@@ -93,14 +93,15 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
     from .engine import compiled_phase
 
     run = compiled_phase(phase, system.device)  # an FPGA prefill runs as its length bucket's program
-    mb_phase = dataclasses.replace(local_phase(run, plan), batch=phase.batch // plan.dp // mb)
-    micro_plan = dataclasses.replace(plan, dp=1)
-    trace = device_trace(model, mb_phase, micro_plan, routing, mla_form)
+    # one micro-batch of every replica (device_trace takes one replica's share of it; expert parallelism
+    # sees the tokens of all dp replicas, whose experts it spreads over the stage's tp x dp devices)
+    mb_phase = dataclasses.replace(local_phase(run, plan), batch=phase.batch // plan.dp // mb * plan.dp)
+    trace = device_trace(model, mb_phase, plan, routing, mla_form)
     # memory of the busiest device: its stage's share of the layers, embedding or head, KV cache
     shard = shard_model(model, plan)
     frac = max(stage_layers(model, plan)) / model.n_layers
     emb = shard.embedding_params * _bytes(shard.embedding_dtype)
-    weights = (shard.weights_bytes - emb) * frac + emb * (1.0 if plan.pp == 1 else 0.5)
+    weights = (held_weights_bytes(shard, plan) - emb) * frac + emb * (1.0 if plan.pp == 1 else 0.5)
     lp = local_phase(phase, plan)
     kv = shard.kv_cache_bytes(lp.batch, lp.kv_len) * frac
     res = simulate_trace(trace, system.device, objective, None, system=system, resident=(weights, kv))

@@ -20,6 +20,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ..dtypes import get_dtype
 from ..errors import SpecError
 from ..workloads.builder import build_trace
 from ..workloads.einsum import Op, Tensor
@@ -50,8 +51,12 @@ class Plan:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise SpecError(f"--{f} must be a positive integer, got {v!r}")
         if self.ep > 1 and self.ep != self.tp * self.dp:
-            raise SpecError(f"expert parallelism spreads experts over the tp x dp = {self.tp * self.dp} devices of a stage; "
-                            f"use --ep {self.tp * self.dp} or --ep 1")
+            stage = self.tp * self.dp
+            grow = (f"give a stage {self.ep} devices (--dp {self.ep // self.tp} with --tp {self.tp})"
+                    if self.ep % self.tp == 0 else f"give a stage {self.ep} devices (--tp x --dp = {self.ep})")
+            keep = f"use --ep {stage}" if stage > 1 else "drop --ep"
+            raise SpecError(f"expert parallelism spreads experts over the tp x dp = {stage} devices of a stage; "
+                            f"{keep}, or {grow}")
 
     @property
     def devices(self) -> int:
@@ -83,9 +88,21 @@ def shard_model(model: ModelSpec, plan: Plan) -> ModelSpec:
         changes["vocab_size"] = math.ceil(model.vocab_size / tp)
         if model.is_moe and plan.ep == 1:
             changes["d_ff_expert"] = _split(model.expert_ff, tp, "the expert width", model)
-    if model.is_moe and plan.ep > 1:
+    if model.is_moe and plan.ep > 1:  # whole experts, E / ep on each device (its trace's routing picks them)
         _split(model.n_experts, plan.ep, "the routed experts", model)
+        changes["d_ff_expert"] = model.expert_ff  # at full width: expert parallelism does not split an expert
     return dataclasses.replace(model, **changes)
+
+
+def held_weights_bytes(shard: ModelSpec, plan: Plan) -> float:
+    """Weight bytes one device of a pipeline-less stage holds: the shard's, of whose routed experts
+    expert parallelism keeps ``1 / ep`` (the shard counts every expert, as its trace's routing needs
+    them all to choose the device's)."""
+    if not shard.is_moe or plan.ep == 1:
+        return shard.weights_bytes
+    mlp = (3 if shard.gated_mlp else 2) * shard.d_model
+    routed = shard.moe_layers * shard.n_experts * mlp * shard.expert_ff * get_dtype(shard.weight_dtype).bytes
+    return shard.weights_bytes - routed * (1.0 - 1.0 / plan.ep)
 
 
 def local_phase(phase: Phase, plan: Plan) -> Phase:

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import CapacityError
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Decode, Prefill
-from .parallel import Plan, shard_model
+from .parallel import Plan, held_weights_bytes, shard_model
 
 TOKEN_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 MEMORY_UTILIZATION = 0.9  # fraction of device memory an engine plans with (vLLM's default gpu_memory_utilization)
@@ -53,7 +53,7 @@ class SimStepModel:
         self.a_prefill = self._fit_prefill()
         shard = shard_model(self.model, plan)
         frac = 1.0 / plan.pp
-        weights = shard.weights_bytes * frac
+        weights = held_weights_bytes(shard, plan) * frac
         free = MEMORY_UTILIZATION * self.arch.backing.capacity_bytes * self.arch.backing.instances - weights
         per_token = shard.kv_bytes_per_token * frac
         if free <= 0:

@@ -150,3 +150,36 @@ def test_disaggregation_raises_goodput_under_tight_tpot_slo(h100_engines):
     split = simulate_serving(reqs, "disaggregated", one, prefill_step=one, max_batched_tokens=16384, slo_tpot_s=0.02,
                              slo_ttft_s=2).summary()
     assert split["goodput_req_s"] > 1.5 * colocated["goodput_req_s"]
+
+
+# --- expert parallelism ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tp,dp", [(8, 1), (1, 8), (2, 4)])
+def test_expert_parallelism_holds_whole_experts_one_ep_th_of_them(tp, dp):
+    """Under --ep every device of a stage holds E / ep whole experts at full width (an expert is not
+    split), beside its tensor-parallel share of everything else; its step runs its experts' GEMMs at
+    full width on the tokens of every data-parallel replica routed to them."""
+    from xpusim.sim.parallel import held_weights_bytes
+
+    m = load_model("mixtral-8x7b")
+    plan = Plan(tp=tp, dp=dp, ep=8)
+    shard = shard_model(m, plan)
+    expert = 3 * m.d_model * m.expert_ff * 2  # one bf16 expert of one layer
+    dense = shard_model(m, Plan(tp=tp)).weights_bytes - m.moe_layers * m.n_experts * expert / tp  # without experts
+    assert held_weights_bytes(shard, plan) == pytest.approx(dense + m.moe_layers * m.n_experts / 8 * expert)
+    batch = 64 * dp  # 64 sequences per replica
+    trace = device_trace(m, Decode(batch, 2048), plan)
+    gemm = next(op for _, op in trace.ops() if op.name == "expert_gate.0")
+    sizes = gemm.sizes
+    assert sizes["x"] == 1 and sizes["n"] == m.expert_ff  # one whole expert per device
+    # 64 // tp tokens per rank of each replica, all dp replicas' tokens routed, top-2 over 8 experts
+    assert sizes["m"] == 64 * dp * m.experts_per_token // 8
+
+
+def test_data_parallel_replicas_can_share_their_experts():
+    # --dp 8 --ep 8 once failed: the step dropped dp and then found ep larger than a stage
+    r = simulate_system("dgx-h100", "mixtral-8x7b", Decode(512, 2048), Plan(dp=8, ep=8))
+    assert r.inputs["plan"] == "tp1 pp1 dp8 ep8" and r.memory_bytes < r.capacity_bytes
+    with pytest.raises(SpecError, match="drop --ep, or give a stage 8 devices"):
+        Plan(ep=8)
