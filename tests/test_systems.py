@@ -183,3 +183,15 @@ def test_data_parallel_replicas_can_share_their_experts():
     assert r.inputs["plan"] == "tp1 pp1 dp8 ep8" and r.memory_bytes < r.capacity_bytes
     with pytest.raises(SpecError, match="drop --ep, or give a stage 8 devices"):
         Plan(ep=8)
+
+
+def test_expert_parallel_devices_share_a_small_steps_active_experts():
+    """Four DeepSeek-V3 tokens pick 32 of 256 experts; dealt round-robin from the hottest, the 8
+    devices hold 4 active experts each (contiguous slices once put all 32 on one device)."""
+    from xpusim.workloads.routing import Routing, local_counts
+
+    counts, _ = local_counts(Routing(ep_ranks=8, ep_tokens=4), 4, 256, 8)
+    assert counts.size == 32 and int((counts > 0).sum()) == 4 and int(counts.sum()) == 4
+    skewed, _ = local_counts(Routing("zipf", 1.2, ep_ranks=8, ep_tokens=64), 64, 256, 8)
+    whole, _ = local_counts(Routing("zipf", 1.2), 64, 256, 8)
+    assert int(skewed.sum()) <= int(whole.sum()) // 8 + int(whole.max())  # the hottest experts are spread

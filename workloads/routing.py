@@ -127,13 +127,15 @@ def count_groups(counts: np.ndarray) -> list[tuple[int, int]]:
 def local_counts(routing: Routing, tokens: int, n_experts: int, top_k: int,
                  capacity_factor: float = 0.0) -> tuple[np.ndarray, int]:
     """Tokens per expert on one device: all experts without expert parallelism; with it, the
-    experts of the most loaded of the ``ep_ranks`` devices (contiguous slices of ``E / ep_ranks``
-    experts, hottest first), counted over the ``ep_tokens`` tokens routed across them."""
+    experts of the most loaded of the ``ep_ranks`` devices, counted over the ``ep_tokens`` tokens
+    routed across them. The experts are dealt to the devices round-robin from the hottest (expert
+    ``i`` on device ``i mod ep_ranks``), as a load-balancing placement spreads the popular ones;
+    contiguous slices would put a balanced step's few active experts all on one device."""
     if routing.ep_ranks <= 1:
         return expert_counts(routing, tokens, n_experts, top_k, capacity_factor)
     if n_experts % routing.ep_ranks:
         raise SpecError(f"expert parallelism over {routing.ep_ranks} devices needs the {n_experts} experts to divide "
                         "evenly; choose an ep that divides the expert count")
     counts, dropped = expert_counts(routing, routing.ep_tokens or tokens, n_experts, top_k, capacity_factor)
-    slices = counts.reshape(routing.ep_ranks, -1)
+    slices = counts.reshape(-1, routing.ep_ranks).T  # row r: experts r, r + ep, r + 2 ep, ...
     return slices[int(np.argmax(slices.sum(axis=1)))], dropped
