@@ -23,7 +23,7 @@ from ..workloads.layers import layer_block_map
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Decode, Phase, Prefill
 from .engine import powered_energy, simulate_trace
-from .parallel import Plan, device_trace, held_weights_bytes, local_phase, shard_model, stage_layers
+from .parallel import Plan, device_trace, local_phase, shard_model, stage_footprints, stage_layers
 from .result import Result
 
 
@@ -32,13 +32,36 @@ def _stage_times(res: Result, model: ModelSpec, plan: Plan) -> tuple[list[float]
     on the last) and the stage-to-stage send time."""
     df = res.ops
     per_block = df.groupby("block", sort=False)["latency_s"].sum().to_dict()
-    layer_cost = [per_block.get(b, 0.0) * f for b, f in layer_block_map(model)]
+    layer_map = layer_block_map(model)
+    layer_cost = [per_block.get(b, 0.0) * f for b, f in layer_map]
     send = float(per_block.get("stage_send", 0.0))
+    others = {str(b) for b, t in per_block.items() if t > 0} - {b for b, _ in layer_map} - {"embed", "head", "stage_send"}
+    if plan.pp == 1:  # one stage runs the whole trace, every block repeat
+        return [float(df.loc[df["block"] != "stage_send", "total_latency_s"].sum())], send
+    if others:
+        raise SpecError(f"{model.name}: pipeline stages over its {', '.join(sorted(others))} blocks are not modelled "
+                        "(an encoder-decoder model); use --tp or --dp")
     edges = np.cumsum([0, *stage_layers(model, plan)])
     times = [float(sum(layer_cost[edges[s]:edges[s + 1]])) for s in range(plan.pp)]
     times[0] += float(per_block.get("embed", 0.0))
     times[-1] += float(per_block.get("head", 0.0))
     return times, send
+
+
+def _group_link_energy(trace: Any, system: System, microbatches: int, plan: Plan) -> float:
+    """Link energy of a step: a collective's energy is its whole group's, so each group counts once —
+    a tensor-parallel group per data-parallel replica, the expert-parallel all-to-all once (its
+    group spans the stage's tp x dp devices), a stage send from every rank of every replica."""
+    from .engine import collective_cost
+
+    per_group = {"tp": plan.dp, "ep": 1, "pp": plan.tp * plan.dp}
+    total = 0.0
+    for block in trace.blocks:
+        for op in block.ops:
+            if op.kind == "collective":
+                groups = per_group.get(str(op.attrs.get("group")), plan.tp * plan.dp)
+                total += collective_cost(op, system).energy_j * block.repeat * microbatches * groups
+    return total
 
 
 def pipeline(stage_s: list[float], send_s: float, microbatches: int) -> tuple[float, list[dict[str, Any]]]:
@@ -99,21 +122,20 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
     trace = device_trace(model, mb_phase, plan, routing, mla_form)
     # memory of the busiest device: its stage's share of the layers, embedding or head, KV cache
     shard = shard_model(model, plan)
-    frac = max(stage_layers(model, plan)) / model.n_layers
-    emb = shard.embedding_params * _bytes(shard.embedding_dtype)
-    weights = (held_weights_bytes(shard, plan) - emb) * frac + emb * (1.0 if plan.pp == 1 else 0.5)
     lp = local_phase(phase, plan)
-    kv = shard.kv_cache_bytes(lp.batch, lp.kv_len) * frac
+    weights, kv, state = max(stage_footprints(shard, plan, lp.batch, lp.kv_len), key=sum)  # the busiest stage
     res = simulate_trace(trace, system.device, objective, None, system=system, resident=(weights, kv))
     stage_s, send_s = _stage_times(res, model, plan)
     makespan, events = pipeline(stage_s, send_s, mb)
     scale = mb * plan.tp * plan.dp  # every micro-batch on every rank
     static_w = system.device.static_power_w
     busy_s = float(res.ops.loc[res.ops["bound"] != "link", "total_latency_s"].sum())
-    energy = powered_energy(res.energy_j * scale, static_w * busy_s * scale, static_w * plan.devices, makespan)
+    link_j = float(res.ops.loc[res.ops["bound"] == "link", "total_energy_j"].sum())
+    ops_j = (res.energy_j - link_j) * scale + _group_link_energy(trace, system, mb, plan)
+    energy = powered_energy(ops_j, static_w * busy_s * scale, static_w * plan.devices, makespan)
     out = dataclasses.replace(
         res, latency_s=makespan, energy_j=energy, tokens=phase.tokens,
-        weights_bytes=weights, kv_cache_bytes=kv, ssm_state_bytes=shard.ssm_state_bytes(lp.batch) * frac,
+        weights_bytes=weights, kv_cache_bytes=kv, ssm_state_bytes=state,
         inputs={**res.inputs, "system": system.name, "plan": plan.describe(), "devices": plan.devices, "model": model.name,
                 "phase": phase.name, "phase_args": dict(vars(phase)), "microbatches": mb,
                 "stage_s": stage_s, "send_s": send_s},
@@ -151,10 +173,13 @@ def simulate_generate(system: System | str, model: ModelSpec | str, batch: int, 
         raise SpecError(f"--gen must be >= 1 (tokens generated per sequence), got {gen}")
     model = load_model(model)
     pre = simulate_system(system, model, Prefill(batch, seq), plan, objective, routing, check_memory=check_memory)
-    contexts = np.arange(seq + 1, seq + gen)
+    # decode steps attend to the prompt and the tokens so far; an encoder-decoder model's decoder to its
+    # own tokens so far, and to the encoded source through cross-attention
+    encdec = bool(model.encoder_layers)
+    contexts = np.arange(2, gen + 1) if encdec else np.arange(seq + 1, seq + gen)
     if len(contexts):
         grid = np.unique(np.linspace(contexts[0], contexts[-1], min(points, len(contexts))).round().astype(int))
-        runs = [simulate_system(system, model, Decode(batch, int(c)), plan, objective, routing,
+        runs = [simulate_system(system, model, Decode(batch, int(c), seq if encdec else 0), plan, objective, routing,
                                 check_memory=check_memory and c == grid[-1]) for c in grid]
         lat = [r.latency_s for r in runs]
         last = runs[-1]  # the longest context: the largest footprint of the run

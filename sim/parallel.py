@@ -20,6 +20,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..dtypes import get_dtype
 from ..errors import SpecError
 from ..workloads.builder import build_trace
@@ -103,6 +105,35 @@ def held_weights_bytes(shard: ModelSpec, plan: Plan) -> float:
     mlp = (3 if shard.gated_mlp else 2) * shard.d_model
     routed = shard.moe_layers * shard.n_experts * mlp * shard.expert_ff * get_dtype(shard.weight_dtype).bytes
     return shard.weights_bytes - routed * (1.0 - 1.0 / plan.ep)
+
+
+def stage_footprints(shard: ModelSpec, plan: Plan, batch: int, kv_len: int) -> list[tuple[float, float, float]]:
+    """(weight, KV-cache, SSM-state) bytes one device of each pipeline stage holds: its layers' own
+    (an attention layer's KV cache, an SSM layer's state, a MoE layer's E/ep experts), the token
+    embedding (and learned positions) on the first stage and the head, or a tied embedding's copy,
+    on the last; one stage holds everything."""
+    wb, kb = get_dtype(shard.weight_dtype).bytes, get_dtype(shard.kv_dtype).bytes
+    held = held_weights_bytes(shard, plan)
+    emb = shard.embedding_params * get_dtype(shard.embedding_dtype).bytes
+    tokens = shard.kv_tokens(kv_len)
+    if plan.pp == 1:
+        return [(held, shard.kv_cache_bytes(batch, kv_len), shard.ssm_state_bytes(batch))]
+    mlp = (3 if shard.gated_mlp else 2) * shard.d_model
+    routed = shard.n_experts * mlp * shard.expert_ff * (1.0 - 1.0 / plan.ep) if shard.is_moe else 0.0
+    hyena = shard.hyena_order * shard.ssm_inner if shard.ssm_kind == "hyena" else 0
+    layers = []
+    for mixer, ffn in shard.layer_kinds():
+        w = (shard.kind_params(mixer, ffn) - (routed if ffn == "moe" else 0.0)) * wb
+        per_token = shard.kv_elements_per_token if mixer == "attn" else hyena
+        state = batch * shard.ssm_state_elements * kb if mixer == "ssm" else 0.0
+        layers.append((w, per_token * kb * batch * tokens, state))
+    edges = np.cumsum([0, *stage_layers(shard, plan)])
+    out = [tuple(float(sum(x[i] for x in layers[edges[s]:edges[s + 1]])) for i in range(3)) for s in range(plan.pp)]
+    table = shard.vocab_size * shard.d_model * get_dtype(shard.embedding_dtype).bytes
+    rest = held - emb - sum(x[0] for x in layers)  # final norm
+    out[0] = (out[0][0] + emb - (0.0 if shard.tied_embeddings else table), out[0][1], out[0][2])
+    out[-1] = (out[-1][0] + table + rest, out[-1][1], out[-1][2])
+    return out  # type: ignore[return-value]
 
 
 def local_phase(phase: Phase, plan: Plan) -> Phase:

@@ -15,7 +15,7 @@ import pandas as pd
 from ..arch.system import System, load_system
 from ..errors import CapacityError, SpecError, XpusimError
 from ..workloads.model import ModelSpec, load_model
-from ..workloads.phases import Phase
+from ..workloads.phases import Phase, Prefill
 from .events import simulate_system
 from .parallel import Plan
 
@@ -43,18 +43,31 @@ def candidate_plans(system: System, model: ModelSpec, phase: Phase) -> list[Plan
 
 
 def plan_auto(system: System | str, model: ModelSpec | str, phase: Phase, objective: str = "latency",
-              routing: str | None = None) -> tuple[Plan, pd.DataFrame]:
-    """The best feasible plan for ``objective`` (step latency, or tokens/s) and the table of all."""
+              routing: str | None = None, gen: int = 0) -> tuple[Plan, pd.DataFrame]:
+    """The best feasible plan for ``objective`` (step latency, or tokens/s) and the table of all;
+    with ``gen`` (a prefill ``phase`` then ``gen`` tokens per sequence) plans are ranked on the whole
+    generation (:func:`~xpusim.sim.events.simulate_generate`, decode steps at a few contexts) and must
+    hold the KV cache of its last step."""
     if objective not in OBJECTIVES:
         raise SpecError(f"plan objective {objective!r}: use {' or '.join(OBJECTIVES)}")
     system, model = load_system(system), load_model(model)
+    if gen and not isinstance(phase, Prefill):
+        raise SpecError("a generation is ranked from its prefill: give a Prefill phase with gen")
     rows: list[dict[str, Any]] = []
     for plan in candidate_plans(system, model, phase):
         row: dict[str, Any] = {"plan": plan.describe(), "tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep}
         try:
-            res = simulate_system(system, model, phase, plan, routing=routing)
-            row.update(latency_s=res.latency_s, tokens_per_s=res.tokens_per_s, memory_gib=res.memory_bytes / 2**30,
-                       feasible=True, reason="")
+            if gen:
+                from .events import simulate_generate
+
+                seq = phase.seq if isinstance(phase, Prefill) else 0
+                out = simulate_generate(system, model, phase.batch, seq, gen, plan, routing=routing, points=3)
+                row.update(latency_s=out["latency_s"], tokens_per_s=out["tokens_per_s"],
+                           memory_gib=out["memory_bytes"] / 2**30, feasible=True, reason="")
+            else:
+                res = simulate_system(system, model, phase, plan, routing=routing)
+                row.update(latency_s=res.latency_s, tokens_per_s=res.tokens_per_s, memory_gib=res.memory_bytes / 2**30,
+                           feasible=True, reason="")
         except CapacityError as e:
             row.update(feasible=False, reason=str(e))
         except XpusimError as e:  # a plan the model cannot be split by

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import CapacityError
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Decode, Prefill
-from .parallel import Plan, held_weights_bytes, shard_model
+from .parallel import Plan, shard_model, stage_footprints
 
 TOKEN_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 MEMORY_UTILIZATION = 0.9  # fraction of device memory an engine plans with (vLLM's default gpu_memory_utilization)
@@ -52,15 +52,15 @@ class SimStepModel:
         self.a_decode = self._fit_decode()
         self.a_prefill = self._fit_prefill()
         shard = shard_model(self.model, plan)
-        frac = 1.0 / plan.pp
-        weights = held_weights_bytes(shard, plan) * frac
-        free = MEMORY_UTILIZATION * self.arch.backing.capacity_bytes * self.arch.backing.instances - weights
-        per_token = shard.kv_bytes_per_token * frac
-        if free <= 0:
+        room = MEMORY_UTILIZATION * self.arch.backing.capacity_bytes * self.arch.backing.instances
+        stages = stage_footprints(shard, plan, 1, 1)  # per stage: weights, KV bytes per cached token
+        weights = max(w for w, _, _ in stages)
+        if room - weights <= 0:
             raise CapacityError(f"{self.model.name}'s weights ({weights / 2**30:.1f} GiB per device under "
                                 f"{plan.describe()}) leave no room for a KV cache on {self.arch.name}; use more devices "
                                 "(--tp/--pp) or smaller weight formats")
-        self.kv_capacity_tokens = int(free // per_token) * plan.dp if per_token else 10**12
+        tokens = [int((room - w) // kv) for w, kv, _ in stages if kv > 0]  # the stage that fills first bounds it
+        self.kv_capacity_tokens = min(tokens) * plan.dp if tokens else 10**12
         self.kv_bytes_per_token = self.model.kv_bytes_per_token
 
     # ------------------------------------------------------------------ calibration on the simulator

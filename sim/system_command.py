@@ -13,11 +13,12 @@ from ..workloads.phases import make_phase
 from .parallel import Plan
 
 
-def _plan(a: argparse.Namespace, system, model: ModelSpec, phase) -> tuple[Plan, Any]:
+def _plan(a: argparse.Namespace, system, model: ModelSpec, phase, gen: int = 0) -> tuple[Plan, Any]:
     if a.plan == "auto":
         from .planner import plan_auto
 
-        return plan_auto(system, model, phase, "throughput" if a.objective == "throughput" else "latency", a.routing)
+        return plan_auto(system, model, phase, "throughput" if a.objective == "throughput" else "latency", a.routing,
+                         gen=gen)
     return Plan(tp=a.tp, pp=a.pp, dp=a.dp, ep=a.ep, sp=a.sp, microbatches=a.microbatches or 0), None
 
 
@@ -42,7 +43,7 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
             raise SpecError("generate needs --seq (prompt tokens) and --gen (tokens generated per sequence)")
         from ..workloads.phases import Prefill
 
-        plan, table = _plan(a, system, model, Prefill(a.batch, a.seq))
+        plan, table = _plan(a, system, model, Prefill(a.batch, a.seq), gen=a.gen)
         out = simulate_generate(system, model, a.batch, a.seq, a.gen, plan, routing=a.routing,
                                 check_memory=not a.ignore_memory)
         if a.json:

@@ -195,3 +195,73 @@ def test_expert_parallel_devices_share_a_small_steps_active_experts():
     skewed, _ = local_counts(Routing("zipf", 1.2, ep_ranks=8, ep_tokens=64), 64, 256, 8)
     whole, _ = local_counts(Routing("zipf", 1.2), 64, 256, 8)
     assert int(skewed.sum()) <= int(whole.sum()) // 8 + int(whole.max())  # the hottest experts are spread
+
+
+@pytest.mark.parametrize("name", ["llama-3-8b", "t5-base", "jamba-v0.1", "mamba-2.8b", "mixtral-8x7b"])
+def test_a_one_device_plan_is_the_single_device_step(name):
+    """Plan() on a system runs exactly what one device runs (an encoder-decoder's encoder and decoder
+    blocks were once dropped, making t5-base 53x too fast)."""
+    from xpusim import simulate
+
+    m = load_model(name)
+    for phase in (Prefill(1, 512), Decode(8, 64, 512 if m.encoder_layers else 0)):
+        one = simulate("a100-80gb", m, phase, check_memory=False)
+        sys1 = simulate_system("dgx-a100", m, phase, Plan(), check_memory=False)
+        assert sys1.latency_s == pytest.approx(one.latency_s, rel=1e-9)
+        assert sys1.energy_j == pytest.approx(one.energy_j, rel=1e-9)
+    from contextlib import nullcontext
+
+    with pytest.raises(SpecError, match="pipeline stages") if m.encoder_layers else nullcontext():
+        simulate_system("dgx-a100", m, Decode(8, 64, 512 if m.encoder_layers else 0), Plan(pp=2), check_memory=False)
+
+
+def test_a_collectives_link_energy_counts_once_per_group():
+    """A collective's energy is its whole group's: a tensor-parallel step's link energy is its
+    all-reduces' once per replica, not once per rank."""
+    from xpusim.sim.collectives import collective_time
+
+    m = load_model("llama-3-8b")
+    r = simulate_system("dgx-a100", m, Prefill(8, 1024), Plan(tp=8))
+    links = r.ops[r.ops["bound"] == "link"]
+    compute = r.ops[r.ops["bound"] != "link"]
+    ar = collective_time(load_system("dgx-a100"), "all_reduce", 8 * 1024 * m.d_model * 2, 8).energy_j
+    n_ar = int(links.loc[links["name"].str.endswith(".ar"), "repeat"].sum())
+    assert r.energy_j == pytest.approx(compute["total_energy_j"].sum() * 8 + links["total_energy_j"].sum(), rel=1e-6)
+    assert links.loc[links["name"].str.endswith(".ar"), "total_energy_j"].sum() == pytest.approx(n_ar * ar, rel=1e-6)
+
+
+def test_generate_plan_auto_ranks_whole_generations_and_their_memory():
+    # the prefill alone once chose tp2 dp4, which then ran out of memory as the KV cache grew
+    from xpusim.sim.planner import plan_auto
+
+    plan, table = plan_auto("dgx-a100", "llama-3-70b", Prefill(64, 2048), gen=4096)
+    assert plan.describe() == "tp8 pp1 dp1"
+    assert not table.loc[table["plan"] == "tp2 pp1 dp4", "feasible"].iloc[0]
+
+
+def test_an_encoder_decoder_generates_on_a_system():
+    out = simulate_generate("dgx-a100", "t5-base", 4, 512, 16, Plan())
+    assert out["ttft_s"] > 0 and out["tpot_s"] > 0 and out["fits_memory"]
+
+
+def test_pipeline_stages_hold_their_own_layers_kv_and_embeddings():
+    """A stage holds its layers' weights, KV cache and state: Jamba's attention layers (one in eight)
+    put a whole layer's KV cache on every other stage at pp 8, and a tied embedding needs a copy on
+    both the first and the last stage."""
+    from xpusim.sim.parallel import stage_footprints
+
+    jamba = load_model("jamba-v0.1")
+    fp = stage_footprints(shard_model(jamba, Plan(pp=8)), Plan(pp=8), 16, 65536)
+    layer_kv = jamba.kv_cache_bytes(16, 65536) / jamba.attention_layers
+    assert sorted({round(kv / layer_kv, 6) for _, kv, _ in fp}) == [0.0, 1.0]
+    r = simulate_system("dgx-a100", jamba, Decode(16, 65536), Plan(pp=8), check_memory=False)
+    assert r.kv_cache_bytes == pytest.approx(layer_kv)
+    bitnet = load_model("bitnet-b1.58-2b4t")
+    assert bitnet.tied_embeddings
+    fp = stage_footprints(shard_model(bitnet, Plan(pp=8)), Plan(pp=8), 1, 1)
+    table = bitnet.vocab_size * bitnet.d_model * 2  # bf16 embedding table
+    assert fp[0][0] > table and fp[-1][0] > table and all(w < table for w, _, _ in fp[1:-1])
+    dense = load_model("llama-3-8b")
+    fp = stage_footprints(shard_model(dense, Plan(pp=4)), Plan(pp=4), 8, 2048)
+    assert sum(w for w, _, _ in fp) == pytest.approx(dense.weights_bytes)
+    assert sum(kv for _, kv, _ in fp) == pytest.approx(dense.kv_cache_bytes(8, 2048))
