@@ -5,7 +5,9 @@ parallelism, with the collectives each implies.
   intermediate, routed experts' intermediates (without EP) and the vocabulary are split over
   ``tp`` devices (column-parallel Q/K/V, up/gate; row-parallel output and down projections); the
   row-parallel outputs are all-reduced (two all-reduces per layer), or, with sequence parallelism,
-  reduce-scattered and all-gathered (same bytes on the wire, smaller norm/residual work per rank).
+  reduce-scattered and all-gathered (same bytes on the wire; the norms and residual adds between
+  them still run on every token of each rank: the smaller activations and work sequence
+  parallelism brings are not modelled).
   KV heads are split when there are at least ``tp`` of them, otherwise replicated.
 * **Pipeline parallelism**: ``pp`` stages of consecutive layers; activations pass between stages
   (send/recv); micro-batches fill the pipeline (see :mod:`xpusim.sim.events`).
