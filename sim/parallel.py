@@ -95,6 +95,8 @@ def shard_model(model: ModelSpec, plan: Plan) -> ModelSpec:
     if model.is_moe and plan.ep > 1:  # whole experts, E / ep on each device (its trace's routing picks them)
         _split(model.n_experts, plan.ep, "the routed experts", model)
         changes["d_ff_expert"] = model.expert_ff  # at full width: expert parallelism does not split an expert
+        if tp > 1 and model.n_shared_experts:  # the shared experts, on every rank, stay tensor-parallel
+            changes["d_ff_shared"] = _split(model.shared_ff, tp, "the shared expert width", model)
     return dataclasses.replace(model, **changes)
 
 

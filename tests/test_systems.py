@@ -265,3 +265,11 @@ def test_pipeline_stages_hold_their_own_layers_kv_and_embeddings():
     fp = stage_footprints(shard_model(dense, Plan(pp=4)), Plan(pp=4), 8, 2048)
     assert sum(w for w, _, _ in fp) == pytest.approx(dense.weights_bytes)
     assert sum(kv for _, kv, _ in fp) == pytest.approx(dense.kv_cache_bytes(8, 2048))
+
+
+def test_shared_experts_stay_tensor_parallel_under_expert_parallelism():
+    # every rank runs the shared experts: without splitting them each would compute all of their work
+    m = load_model("deepseek-v3")
+    shared = {p.describe(): next(op for _, op in device_trace(m, Decode(4, 2048), p).ops() if op.name == "shared_gate_proj")
+              for p in (Plan(tp=8), Plan(tp=8, ep=8))}
+    assert shared["tp8 pp1 dp1"].sizes["n"] == shared["tp8 pp1 dp1 ep8"].sizes["n"] == m.expert_ff * m.n_shared_experts // 8

@@ -74,7 +74,7 @@ def moe_ops(model: ModelSpec, m: int, routing: Routing) -> tuple[list[Op], dict[
                   {**route, "function": model.activation, "gated": model.gated_mlp,
                    "weights": tuple(f"experts.w_{n}" for n in (("gate", "up", "down") if model.gated_mlp else ("fc1", "fc2")))}))
     if model.n_shared_experts:
-        ops += mlp_ops(model, m, model.n_shared_experts * f, "shared_", "shared_out")
+        ops += mlp_ops(model, m, model.n_shared_experts * model.shared_ff, "shared_", "shared_out")
         ops.append(add("shared_add", m, d, "moe_out", "shared_out", "mlp_out", adt))
     meta: dict[str, int | str] = {"routing": routing.describe(), "active_experts": int((counts > 0).sum()),
                                   "dropped_assignments": dropped}

@@ -58,6 +58,7 @@ class ModelSpec:
     experts_per_token: int = 0
     d_ff_expert: int = 0
     n_shared_experts: int = 0
+    d_ff_shared: int = 0  # a shared expert's width on one device (0: the routed experts'); tensor parallelism under EP splits it
     first_dense_layers: int = 0
     router_scoring: str = "softmax"
     norm_topk_prob: bool = True
@@ -155,7 +156,8 @@ class ModelSpec:
                 raise SpecError(f"model {self.name!r}: {off} must be below {per}")
 
     def _check_moe(self) -> None:
-        ints = ("n_experts", "experts_per_token", "d_ff_expert", "n_shared_experts", "first_dense_layers", "sliding_window",
+        ints = ("n_experts", "experts_per_token", "d_ff_expert", "n_shared_experts", "d_ff_shared", "first_dense_layers",
+                "sliding_window",
                 "attention_sinks", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
         for f in ints:
             v = getattr(self, f)
@@ -195,8 +197,13 @@ class ModelSpec:
 
     @property
     def expert_ff(self) -> int:
-        """Intermediate size of one routed (and one shared) expert."""
+        """Intermediate size of one routed expert (and, unless ``d_ff_shared``, of one shared expert)."""
         return self.d_ff_expert or self.d_ff
+
+    @property
+    def shared_ff(self) -> int:
+        """Intermediate size of one shared expert."""
+        return self.d_ff_shared or self.expert_ff
 
     def layer_kinds(self) -> list[tuple[str, str]]:
         """(mixer, feed-forward) of every layer: mixer ``attn`` or ``ssm``; feed-forward ``mlp``,
@@ -279,7 +286,8 @@ class ModelSpec:
         mix = self.attention_params if mixer == "attn" else self.ssm_params
         mlp = (3 if self.gated_mlp else 2) * self.d_model
         ff = {"none": 0, "mlp": mlp * self.d_ff,
-              "moe": self.n_experts * self.d_model + (self.n_experts + self.n_shared_experts) * mlp * self.expert_ff}[ffn]
+              "moe": self.n_experts * self.d_model + mlp * (self.n_experts * self.expert_ff
+                                                            + self.n_shared_experts * self.shared_ff)}[ffn]
         sub = (self.n_heads * self.head_dim if mixer == "attn" else 0) + (self.d_ff if ffn == "mlp" else 0)
         return mix + ff + norm * (1 if ffn == "none" else 2) + (sub if self.sub_norms else 0)
 
