@@ -16,17 +16,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, help="Poisson arrival rate (requests/s)")
     p.add_argument("--requests", type=int, default=1000, help="number of requests (Poisson)")
     p.add_argument("--trace", metavar="FILE", help="requests from a CSV/JSONL trace: arrival_s, input_tokens, output_tokens")
-    p.add_argument("--input-tokens", default="1024,256", help="prompt length: N, or MEAN,STD (lognormal)")
-    p.add_argument("--output-tokens", default="256,64", help="output length: N, or MEAN,STD (lognormal)")
+    p.add_argument("--input-tokens", default="1024,256", help="prompt length: N, or MEAN,STD or MEAN,STD,MAX (lognormal)")
+    p.add_argument("--output-tokens", default="256,64", help="output length: N, or MEAN,STD or MEAN,STD,MAX (lognormal)")
     p.add_argument("--scheduler", default="continuous", choices=["static", "continuous", "chunked", "disaggregated"],
                    help="batching policy (default continuous)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of an engine")
     p.add_argument("--pp", type=int, default=1, help="pipeline stages of an engine (with --system)")
     p.add_argument("--prefill-tp", type=int, help="disaggregated: tensor-parallel degree of the prefill engine")
     p.add_argument("--max-batch", type=int, default=256, help="most sequences an iteration runs (default 256)")
-    p.add_argument("--max-batched-tokens", type=int, default=8192, help="most tokens an iteration runs (default 8192)")
+    p.add_argument("--max-batched-tokens", type=int, default=8192,
+                   help="most prompt tokens a prefill iteration runs, continuous and disaggregated (default 8192)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per paged-KV block (default 16)")
-    p.add_argument("--chunk-size", type=int, default=512, help="prompt tokens per chunk, chunked scheduler (default 512)")
+    p.add_argument("--chunk-size", type=int, default=512,
+                   help="tokens an iteration of the chunked scheduler runs, prompt chunks and decodes together (default 512)")
     p.add_argument("--slo-ttft", type=float, help="TTFT SLO (s) for goodput")
     p.add_argument("--slo-tpot", type=float, help="TPOT SLO (s) for goodput")
     p.add_argument("--seed", type=int, default=0, help="seed of the request stream (default 0)")
@@ -36,15 +38,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _tokens(spec: str, name: str):
+    """A token-count flag: ``N`` (a whole number), ``MEAN,STD`` or ``MEAN,STD,MAX`` (lognormal)."""
+    hint = "give N (a whole number of tokens), MEAN,STD or MEAN,STD,MAX"
     try:
         parts = [float(x) for x in spec.split(",")]
     except ValueError:
-        raise SpecError(f"--{name} {spec!r}: give N or MEAN,STD") from None
+        raise SpecError(f"--{name} {spec!r}: {hint}") from None
     if len(parts) == 1:
+        if parts[0] != int(parts[0]) or parts[0] < 1:
+            raise SpecError(f"--{name} {spec!r}: {hint}, at least 1")
         return int(parts[0])
-    if len(parts) == 2:
-        return (parts[0], parts[1])
-    raise SpecError(f"--{name} {spec!r}: give N or MEAN,STD")
+    if len(parts) in (2, 3):
+        return tuple(parts)
+    raise SpecError(f"--{name} {spec!r}: {hint}")
 
 
 def run(a: argparse.Namespace) -> int:
@@ -56,12 +62,22 @@ def run(a: argparse.Namespace) -> int:
 
     if bool(a.system) == bool(a.arch):
         raise SpecError("serve needs --system SYSTEM or --arch DEVICE (one of them)")
+    if a.arch:
+        from .hetero import load_hetero
+
+        if load_hetero(a.arch) is not None:
+            raise SpecError(f"{a.arch} is a host + PIM device: serve runs one device or a system; simulate its steps "
+                            f"with xpusim simulate --arch {a.arch}")
     for flag in ("requests", "max_batch", "max_batched_tokens", "block_size", "chunk_size", "tp", "pp", "prefill_tp"):
         v = getattr(a, flag)
         if v is not None and v < 1:
             raise SpecError(f"--{flag.replace('_', '-')} must be an integer >= 1, got {v}")
     if a.rate is not None and not (a.rate > 0):
         raise SpecError(f"--rate must be > 0 requests per second (inf: all at once), got {a.rate}")
+    if a.seed < 0:
+        raise SpecError(f"--seed must be an integer >= 0, got {a.seed}")
+    if a.prefill_tp and a.scheduler != "disaggregated":
+        raise SpecError("--prefill-tp sizes the prefill engine of --scheduler disaggregated; drop it or use that scheduler")
     system = load_system(a.system) if a.system else None
     if system is None and (a.tp > 1 or a.pp > 1 or a.prefill_tp or a.scheduler == "disaggregated"):
         raise SpecError("--tp/--pp/--prefill-tp and the disaggregated scheduler run an engine over several devices: "

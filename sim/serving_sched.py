@@ -162,6 +162,10 @@ class ServingSim:
         self.next = i
 
     def _until_next_arrival(self) -> simpy.Event:
+        """The next request's arrival; after the last one an event that never fires (the run ends
+        when every request has finished)."""
+        if self.next >= self.n:
+            return self.env.event()
         return self.env.timeout(max(0.0, self.seqs[self.next].arrival - self.env.now))
 
     def _time(self, pool: _Pool, prefill: list[tuple[int, int]], decode: list[int]) -> float:

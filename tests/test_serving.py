@@ -478,3 +478,29 @@ def test_prefill_just_past_a_power_of_two_is_not_interpolated_from_below():
     for t in (257, 513, 1025):
         sim = simulate("h100-sxm", "llama-3-8b", Prefill(1, t), check_memory=False).latency_s
         assert step.iteration_time([(t, 0)], []) == pytest.approx(sim, rel=0.08)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--seed", "-1"], "--seed must be"),
+    (["--input-tokens", "10.7"], "whole number"),
+    (["--prefill-tp", "2"], "--prefill-tp sizes the prefill engine"),
+])
+def test_bad_serve_flags_are_one_line_errors(capsys, args, msg):
+    from xpusim.cli import main
+
+    rc = main(["serve", "--arch", "h100-sxm", "--model", "llama-3-8b", "--rate", "1", "--requests", "5", "--quiet", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and err.count("\n") == 1
+
+
+def test_serve_names_a_host_pim_device_as_such(capsys):
+    from xpusim.cli import main
+
+    assert main(["serve", "--arch", "attacc", "--model", "llama-3-8b", "--rate", "1", "--requests", "5"]) == 2
+    assert "host + PIM device" in capsys.readouterr().err
+
+
+def test_a_lognormal_length_may_be_capped():
+    from xpusim.sim.serve_command import _tokens
+
+    assert _tokens("2000,3000,8000", "input-tokens") == (2000.0, 3000.0, 8000.0)
