@@ -45,7 +45,7 @@ from ..sim.cost import OpCost
 from ..workloads.einsum import Op
 from .fpga_hbm import HbmPlan, channel_fill, hbm_plan
 from .pim import Gemv, as_gemv
-from .tiers import tiers
+from .tiers import kv_near, tiers
 
 
 def template_hbm_plan(arch: Arch) -> HbmPlan | None:
@@ -86,7 +86,7 @@ def _ddr_share(op: Op, arch: Arch) -> float:
     role = op.inputs[1].role
     if role == "weight":
         return 1.0 - float(place["weights_hbm"])
-    return 1.0 if role in ("kv", "state") and place["kv"] == "ddr" else 0.0
+    return 1.0 - kv_near(place) if role in ("kv", "state") else 0.0
 
 
 def compiled_lengths(op: Op, arch: Arch) -> Op:

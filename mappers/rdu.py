@@ -36,6 +36,7 @@ from ..dtypes import get_dtype
 from ..errors import DtypeError, SpecError
 from ..sim.cost import OpCost
 from ..workloads.einsum import Op
+from .tiers import kv_near
 from .tiers import tiers as two_tiers
 
 #: how a dataflow device runs a trace: fused pipelines (a kernel per block instance), looped (a kernel
@@ -179,15 +180,15 @@ def block_cost(ops: list[Op], arch: Arch, placement: dict[str, str], fused: bool
     moved = [_op_bytes(op) for op in ops]
     by_tier = {"hbm": 0.0, "ddr": 0.0}
     frac = float(placement.get("weights_hbm", 1.0 if placement["weights"] == "hbm" else 0.0))
+    kv_frac = kv_near(placement)
     for b in moved:
-        by_tier["hbm"] += b["weights"] * frac
-        by_tier["ddr"] += b["weights"] * (1.0 - frac)
-        by_tier[placement["kv"]] += b["kv"]
-    # unfused: every op alone on the PCUs it can use, its activations through HBM
+        by_tier["hbm"] += b["weights"] * frac + b["kv"] * kv_frac
+        by_tier["ddr"] += b["weights"] * (1.0 - frac) + b["kv"] * (1.0 - kv_frac)
+    # unfused: every op alone on the PCUs it can use, its activations through HBM; both tiers stream at once
     alone = work / np.minimum(cap, spec.pcus)
     act = np.array([b["act"] for b in moved])
-    traffic_s = np.array([max(b["weights"] * frac / hbm_bw, b["weights"] * (1 - frac) / spec.ddr_Bps)
-                          + b["kv"] / bw[placement["kv"]] for b in moved]) + act / hbm_bw
+    traffic_s = np.array([max((b["weights"] * frac + b["kv"] * kv_frac + b["act"]) / hbm_bw,
+                              (b["weights"] * (1 - frac) + b["kv"] * (1 - kv_frac)) / spec.ddr_Bps) for b in moved])
     unfused_op_s = np.maximum(alone / clock, traffic_s) + spec.kernel_launch_s
     share = unfused_op_s / unfused_op_s.sum() if unfused_op_s.sum() > 0 else np.full(len(ops), 1.0 / len(ops))
     if fused:

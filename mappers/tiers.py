@@ -8,14 +8,24 @@ from typing import Any
 from ..arch.spec import Arch
 
 
+def _label(frac: float) -> str:
+    return "hbm" if frac >= 1.0 else "ddr" if frac <= 0.0 else "hbm+ddr"
+
+
 def tiers(near_bytes: float, weights_bytes: float, kv_bytes: float) -> dict[str, Any]:
-    """The KV cache in the near tier (HBM, ``near_bytes``) when it fits, else the far one (DDR); the
-    weights filling the rest of the near tier and overflowing into the far one (``weights_hbm``: the
-    fraction of the weights, and so of their traffic, the near tier holds; both tiers stream at once)."""
-    kv = "hbm" if kv_bytes <= near_bytes else "ddr"
-    room = near_bytes - (kv_bytes if kv == "hbm" else 0.0)
+    """The KV cache in the near tier (HBM, ``near_bytes``) as far as it fits, the rest in the far one
+    (DDR); the weights filling what is left of the near tier and overflowing into the far one.
+    ``kv_hbm`` and ``weights_hbm``: the fractions, and so the shares of their traffic, the near tier
+    holds (both tiers stream at once)."""
+    kv_frac = 1.0 if kv_bytes <= near_bytes else max(0.0, near_bytes) / kv_bytes
+    room = near_bytes - kv_bytes * kv_frac
     frac = 1.0 if weights_bytes <= room else max(0.0, room) / weights_bytes
-    return {"weights": "hbm" if frac >= 1.0 else "ddr" if frac <= 0.0 else "hbm+ddr", "weights_hbm": frac, "kv": kv}
+    return {"weights": _label(frac), "weights_hbm": frac, "kv": _label(kv_frac), "kv_hbm": kv_frac}
+
+
+def kv_near(place: dict[str, Any]) -> float:
+    """The fraction of the KV cache a placement keeps in the near tier (HBM)."""
+    return float(place.get("kv_hbm", 1.0 if place.get("kv", "hbm") == "hbm" else 0.0))
 
 
 def far_tier(arch: Arch) -> tuple[float, float] | None:

@@ -107,8 +107,9 @@ class CoeResult:
 
     @property
     def request_s(self) -> float:
-        """Mean seconds per request (a batch of ``batch`` sequences to one expert)."""
-        return self.router_s + self.mean_switch_s + self.prefill_s + self.output * self.decode_step_s
+        """Mean seconds per request (a batch of ``batch`` sequences to one expert): the router, the
+        switch, the prefill (which gives the first output token) and ``output - 1`` decode steps."""
+        return self.router_s + self.mean_switch_s + self.prefill_s + (self.output - 1) * self.decode_step_s
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(vars(self))

@@ -60,7 +60,7 @@ def run(a: argparse.Namespace) -> int:
         print(f"{r.system} (tp {r.tp}): cache room for {r.slots} experts (LRU), hit rate {100 * r.hit_rate:.1f} %, "
               f"a miss switches in {fmt_s(r.switch_s)}; per request: router {fmt_s(r.router_s)} "
               f"+ switch {fmt_s(r.mean_switch_s)} (mean) + prefill {fmt_s(r.prefill_s)} "
-              f"+ decode {r.output} x {fmt_s(r.decode_step_s)} = {fmt_s(r.request_s)}; {1 / r.request_s:.2f} requests/s")
+              f"+ decode {r.output - 1} x {fmt_s(r.decode_step_s)} = {fmt_s(r.request_s)}; {1 / r.request_s:.2f} requests/s")
     if a.vs:
         print(f"{results[0].system} over {results[1].system}: {results[1].request_s / results[0].request_s:.2f}x per request")
     return 0

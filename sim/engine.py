@@ -332,7 +332,9 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
         if "fpga_tiers" in arch.rules:  # where the weights and KV cache live: HBM, the card's DDR
             result.inputs["fpga_tiers"] = dict(arch.rules["fpga_tiers"])
         place = arch.rules.get("fpga_tiers", {"weights_hbm": 1.0, "kv": "hbm"})
-        in_hbm = result.weights_bytes * place["weights_hbm"] + (result.kv_cache_bytes if place["kv"] == "hbm" else 0.0)
+        from ..mappers.tiers import kv_near
+
+        in_hbm = result.weights_bytes * place["weights_hbm"] + result.kv_cache_bytes * kv_near(place)
         channels = hbm_channel_summary(arch, in_hbm)
         if channels is not None:
             result.inputs["hbm_channels"] = channels

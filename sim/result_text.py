@@ -121,7 +121,7 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
     if ft and (ft["weights"] != "hbm" or ft["kv"] != "hbm"):
         w = res.weights_bytes
         print(f"off-chip tiers: weights {fmt_b(w * ft['weights_hbm'])} in HBM and {fmt_b(w * (1 - ft['weights_hbm']))} "
-              f"in the card's DDR (streamed at once); KV cache in {ft['kv'].upper()}")
+              f"in the card's DDR (streamed at once); KV cache {100 * ft.get('kv_hbm', 1.0):.0f} % in HBM")
     hc = res.inputs.get("hbm_channels")
     if hc:
         print(f"HBM channels: {hc['layout']} layout over {hc['channels']} pseudo-channels of "

@@ -403,8 +403,8 @@ def model_switch_speedup(p: dict[str, Any]) -> float:
 @case_kind("coe_speedup")
 def coe_speedup(p: dict[str, Any]) -> float:
     """Composition of experts, one request after another, every request to an expert not in HBM: switch the
-    expert in, prefill ``prompt`` tokens, decode ``output`` tokens (at the mean context), ``batch``
-    sequences at a time; the time per request of ``baseline`` over ``design``."""
+    expert in, prefill ``prompt`` tokens (the first output token), decode the other ``output - 1`` (at
+    the mean context), ``batch`` sequences at a time; the time per request of ``baseline`` over ``design``."""
     from ..workloads.phases import Decode, Prefill
 
     model = _model(p)
@@ -413,7 +413,7 @@ def coe_speedup(p: dict[str, Any]) -> float:
     for side in ("baseline", "design"):
         pre = _side_step(p[side], model, Prefill(b, prompt))
         dec = _side_step(p[side], model, Decode(b, prompt + out // 2))
-        t[side] = _switch_s(p[side], model.weights_bytes) + pre + out * dec
+        t[side] = _switch_s(p[side], model.weights_bytes) + pre + (out - 1) * dec
     return t["baseline"] / t["design"]
 
 
