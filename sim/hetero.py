@@ -61,7 +61,10 @@ def load_hetero(name: str) -> dict[str, Any] | None:
         raise SpecError(f"host + PIM preset {name!r}: needs host and pim, and only {', '.join(sorted(_HETERO_KEYS))}")
     if d.get("memory", "shared") not in PIM_MEMORY:
         raise SpecError(f"host + PIM preset {name!r}: memory must be {' or '.join(PIM_MEMORY)}, got {d['memory']!r}")
-    return {"host": d["host"], "pim": d["pim"], "pim_stacks": int(d.get("pim_stacks", 1)),
+    stacks = d.get("pim_stacks", 1)
+    if isinstance(stacks, bool) or not isinstance(stacks, int) or stacks < 1:
+        raise SpecError(f"host + PIM preset {name!r}: pim_stacks must be a whole number >= 1, got {stacks!r}")
+    return {"host": d["host"], "pim": d["pim"], "pim_stacks": stacks,
             "placement": d.get("placement", "auto"), "mode": d.get("mode", "blocked"),
             "memory": str(d.get("memory", "shared")), "description": str(d.get("description", ""))}
 
@@ -223,13 +226,15 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     busy = df["bound"] != "link"
     charged = (host.static_power_w * df.loc[busy & (df["device"] == "host"), "total_latency_s"].sum()
                + pim.static_power_w * df.loc[df["device"] == "pim", "total_latency_s"].sum()) * streams * tp
-    energy = powered_energy(float(df["total_energy_j"].sum()) * streams * tp, float(charged),  # every rank's
-                            (host.static_power_w + pim.static_power_w) * tp, makespan)
+    link = df["bound"] == "link"  # a collective's energy is already its whole tensor-parallel group's
+    ops_j = float(df.loc[~link, "total_energy_j"].sum()) * streams * tp + float(df.loc[link, "total_energy_j"].sum()) * streams
+    energy = powered_energy(ops_j, float(charged), (host.static_power_w + pim.static_power_w) * tp, makespan)
     capacity = host.backing.capacity_bytes * host.backing.instances
     if memory == "added":
         capacity += pim.backing.capacity_bytes * pim.backing.instances
     result = Result(ops=df, latency_s=makespan, energy_j=energy,
                   tokens=phase.tokens, weights_bytes=held.weights_bytes, kv_cache_bytes=_kv_bytes(held, phase),
+                  ssm_state_bytes=held.ssm_state_bytes(phase.batch),
                   activation_bytes=activation_bytes(trace, host),
                   capacity_bytes=capacity,
                   inputs={"arch": f"{host.name} + {pim.name}" + (f" (tp{tp} on {system.name})" if tp > 1 else ""),

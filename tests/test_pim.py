@@ -509,3 +509,32 @@ def test_interleaved_subbatch_schedule_computes_what_the_blocked_step_computes()
     bad = [dict(e, start=-e["start"]) for e in events]
     with pytest.raises((KeyError, XpusimError)):
         execute_schedule(sub, segs, bad, w, [nxt[:half], nxt[half:]], caches)
+
+
+def test_host_pim_link_energy_counts_once_per_group_and_ssm_state_is_memory():
+    """A collective's energy is its whole group's: a tensor-parallel host + PIM step with everything on
+    the host costs what the same system's step does; a Mamba step holds its recurrent state."""
+    from xpusim.sim.events import simulate_system
+    from xpusim.sim.hetero import pim_stacks, simulate_hetero
+    from xpusim.sim.parallel import Plan
+    from xpusim.workloads import Decode
+
+    m = load_model("llama-3-70b").with_formats("fp16", "fp16", "fp16")
+    h = simulate_hetero("a100-hbm3", pim_stacks("attacc-hbm3-pim", 5), m, Decode(32, 2048), "host", "blocked",
+                        system="dgx-a100", tp=8, check_memory=False)
+    s = simulate_system("dgx-a100", m, Decode(32, 2048), Plan(tp=8), check_memory=False)
+    links = lambda r: float(r.ops.loc[r.ops["bound"] == "link", "total_energy_j"].sum())  # noqa: E731
+    assert links(h) == pytest.approx(links(s), rel=1e-6)
+    mamba = load_model("mamba-2.8b").with_formats("fp16", "fp16", "fp16")
+    r = simulate_hetero("a100-hbm3", pim_stacks("attacc-hbm3-pim", 5), mamba, Decode(64, 2048), "host", "blocked")
+    assert r.ssm_state_bytes == pytest.approx(mamba.ssm_state_bytes(64)) and r.ssm_state_bytes > 0
+
+
+@pytest.mark.parametrize("stacks", [2.7, 0, "two"])
+def test_a_bad_pim_stacks_in_a_preset_is_a_one_line_error(tmp_path, monkeypatch, stacks):
+    import xpusim.sim.hetero as H
+
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"host": "a100-hbm3", "pim": "attacc-hbm3-pim", "pim_stacks": stacks}))
+    monkeypatch.setattr(H, "HETERO_DIR", tmp_path)
+    with pytest.raises(SpecError, match="pim_stacks must be a whole number"):
+        H.load_hetero("bad")
