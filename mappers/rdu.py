@@ -52,14 +52,17 @@ def op_work_cycles(op: Op, arch: Arch) -> float:
     """Cycles the op needs on one PCU: MACs over the PCU's MAC rate for a contraction, FLOPs over its
     SIMD lanes x stages (one operation per lane per stage per cycle) otherwise."""
     spec = rdu_spec(arch)
+    # causal attention streams query tiles of ``lanes`` rows against key tiles: tiles the mask empties
+    # are skipped (Op.kept_block_fraction; 1 for every other op)
+    kept = op.kept_block_fraction(spec.pcu_lanes, spec.pcu_lanes)
     if op.kind == "matmul" and len(op.inputs) == 2:
         try:
             rate = arch.matrix.rate(arch.matrix.resolve(_compute_class(op)))
         except DtypeError:  # a class the systolic mode lacks (fp32 SSM scans) runs in SIMD mode
-            return op.flops / (spec.pcu_lanes * spec.pcu_stages)
-        return op.flops / 2.0 / rate
+            return op.flops * kept / (spec.pcu_lanes * spec.pcu_stages)
+        return op.flops * kept / 2.0 / rate
     elems = float(np.prod([op.sizes[d] for d in op.output.dims])) if op.output.dims else 1.0
-    return max(op.flops, elems) / (spec.pcu_lanes * spec.pcu_stages)
+    return max(op.flops, elems) * kept / (spec.pcu_lanes * spec.pcu_stages)
 
 
 def op_parallelism(op: Op, arch: Arch) -> int:

@@ -255,6 +255,12 @@ def activation_bytes(trace: Trace, arch: Arch | None = None) -> float:
 
     if arch is None:
         return max((live([op]) for _, op in trace.ops()), default=0.0)
+    if arch.device_class == "dataflow":  # a block is one fused pipeline; streaming attention keeps score tiles only
+        from ..mappers.rdu import attention_form
+
+        if attention_form(arch) == "streaming":
+            return max((live(ops) for block in trace.blocks
+                        if (ops := [op for op in block.ops if op.kind != "collective"])), default=0.0)
     return max((live(list(group.ops)) for block in trace.blocks for group in plan(block.ops, arch)
                 if group.kind != "collective"), default=0.0)
 

@@ -284,3 +284,20 @@ def test_a_kv_cache_overflowing_hbm_spills_only_its_overflow_into_ddr():
     assert place["kv_hbm"] == pytest.approx(0.8) and place["weights_hbm"] == 0.0 and place["kv"] == "hbm+ddr"
     at = {b: simulate("sn40l", "llama-3-8b", Decode(b, 2048), check_memory=False).latency_s for b in (256, 257)}
     assert at[257] < 1.05 * at[256]
+
+
+def test_streaming_attention_skips_masked_tiles_and_keeps_only_tiles_live():
+    """A causal prefill's streamed attention skips the tiles above the diagonal, and the fused block
+    keeps only score tiles on chip: a 128k-token prefill fits (its activations once counted the
+    whole 2 TiB score matrix)."""
+    from xpusim.arch import load_arch
+    from xpusim.mappers.rdu import op_work_cycles
+    from xpusim.workloads import Prefill, build_trace, load_model
+
+    r = simulate("sn40l", "llama-3-8b", Prefill(1, 131072))
+    assert r.activation_bytes < 2**31
+    a = load_arch("sn40l")
+    score = next(op for _, op in build_trace(load_model("llama-3-8b"), Prefill(1, 4096)).ops() if op.name == "attn_score")
+    full = dataclasses.replace(score, attrs={**score.attrs, "causal": False})
+    n = 4096 // 32  # key and query tiles of the PCU's 32 lanes
+    assert op_work_cycles(score, a) / op_work_cycles(full, a) == pytest.approx((n + 1) / (2 * n))
