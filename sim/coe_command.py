@@ -42,6 +42,10 @@ def run(a: argparse.Namespace) -> int:
         model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
     kw = dict(experts=a.experts, requests=a.requests, prompt=a.prompt, output=a.output, skew=a.skew, seed=a.seed,
               batch=a.batch, router=not a.no_router, slots=a.slots)
+    if a.vs_tp is not None and not a.vs:
+        from ..errors import SpecError
+
+        raise SpecError("--vs-tp sizes the experts of the --vs system; give --vs SYSTEM or drop it")
     results = []
     for name, tp in [(a.system, a.tp)] + ([(a.vs, a.vs_tp)] if a.vs else []):
         system = load_system(name)

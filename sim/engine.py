@@ -270,14 +270,15 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
     """Simulate every op of ``trace`` on ``arch``; memory accounting uses ``model``'s weights and
     ``kv_bytes`` of KV cache if a model is given; ``system`` (a :class:`~xpusim.arch.system.System`)
     costs the trace's collectives on its interconnect; ``resident``: (weights, KV) bytes one device
-    holds, for a dataflow device's tier choice (default: the model's, else what the trace reads)."""
+    holds, for a dataflow device's tier choice (default: the model's, its KV cache with any recurrent
+    state, else what the trace reads)."""
     arch = load_arch(arch)
     check_sparse_trace(trace, arch)
     rows: list[dict[str, Any]] = []
     mappings: dict[str, Any] = {}
     level_names = [lv.name for lv in arch.memory]
-    if resident is None and model is not None:
-        resident = (model.weights_bytes, kv_bytes)
+    if resident is None and model is not None:  # a recurrent state lives with the KV cache (per-sequence memory)
+        resident = (model.weights_bytes, kv_bytes + model.ssm_state_bytes(int(trace.meta.get("batch", 0) or 0)))
     if arch.device_class == "dataflow":  # a block is one fused spatial pipeline (mappers/rdu.py)
         rows, mappings = _rdu_rows(trace, arch, level_names, system, resident)
     if arch.device_class == "fpga":  # weights beyond the HBM overflow into the card's DDR (mappers/fpga.py)

@@ -124,7 +124,7 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
     shard = shard_model(model, plan)
     lp = local_phase(phase, plan)
     weights, kv, state = max(stage_footprints(shard, plan, lp.batch, lp.kv_len), key=sum)  # the busiest stage
-    res = simulate_trace(trace, system.device, objective, None, system=system, resident=(weights, kv))
+    res = simulate_trace(trace, system.device, objective, None, system=system, resident=(weights, kv + state))
     stage_s, send_s = _stage_times(res, model, plan)
     makespan, events = pipeline(stage_s, send_s, mb)
     scale = mb * plan.tp * plan.dp  # every micro-batch on every rank

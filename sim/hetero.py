@@ -246,6 +246,14 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
                                              / max(df["total_latency_s"].sum(), 1e-30))},
                   timeline=events)
     result.inputs["pim_memory"] = memory
+    host_bytes = host.backing.capacity_bytes * host.backing.instances
+    on_host = result.weights_bytes + result.activation_bytes
+    if check_memory and memory == "added" and on_host > host_bytes:
+        gib = 2.0**30
+        raise CapacityError(f"{model.name}'s weights and activations ({on_host / gib:.1f} GiB per device) exceed "
+                            f"{host.name}'s {host_bytes / gib:.1f} GiB: added PIM stacks hold the KV cache, the host "
+                            "holds the weights; use more devices (--system with --tp), smaller weight formats, or "
+                            "--pim-memory shared (--ignore-memory runs it anyway)")
     if check_memory:  # one device's weights, KV cache and activations in the host's (and added PIM) memory
         from .engine import check_fits
 

@@ -147,3 +147,10 @@ def test_coe_runs_in_the_devices_engine_formats(tmp_path, capsys):
                  "--requests", "50", "--json"]) == 0
     run = json.loads(capsys.readouterr().out)["runs"][0]
     assert run["expert_bytes"] < 7.5e9  # INT8 weights, not bf16's 13.5 GB
+
+
+def test_vs_tp_without_vs_is_a_one_line_error(capsys):
+    from xpusim.cli import main
+
+    assert main(["coe", "--system", "sn40l-node", "--model", "llama-2-7b", "--experts", "10", "--vs-tp", "2"]) == 2
+    assert "--vs-tp sizes the experts of the --vs system" in capsys.readouterr().err

@@ -452,7 +452,12 @@ def test_host_plus_pim_refuses_what_its_memory_cannot_hold(capsys):
     with pytest.raises(CapacityError, match="a100-80gb \\+ hbm2-pim x5 has 80.0 GiB") as e:
         simulate_hetero("a100-80gb", pim_stacks("hbm2-pim", 5), m, Decode(1, 4096), "attention")
     assert "\n" not in str(e.value)
-    added = simulate_hetero("a100-80gb", pim_stacks("hbm2-pim", 5), m, Decode(1, 4096), "attention", memory="added")
+    with pytest.raises(CapacityError, match="added PIM stacks hold the KV cache, the host holds the weights"):
+        simulate_hetero("a100-80gb", pim_stacks("hbm2-pim", 5), m, Decode(1, 4096), "attention", memory="added")
+    small = load_model("llama-3-8b").with_formats("fp16", "fp16", "fp16")  # 15 GiB of weights, 74 GiB of KV cache
+    with pytest.raises(CapacityError, match="has 80.0 GiB"):
+        simulate_hetero("a100-80gb", pim_stacks("hbm2-pim", 5), small, Decode(19, 32768), "attention")
+    added = simulate_hetero("a100-80gb", pim_stacks("hbm2-pim", 5), small, Decode(19, 32768), "attention", memory="added")
     assert added.capacity_bytes == pytest.approx(80 * 2**30 + 5 * load_arch("hbm2-pim").backing.capacity_bytes)
     assert main(["simulate", "--arch", "duplex", "--model", "mixtral-8x7b", "--phase", "decode", "--batch", "4096",
                  "--context", "32768"]) == 2

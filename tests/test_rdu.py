@@ -301,3 +301,10 @@ def test_streaming_attention_skips_masked_tiles_and_keeps_only_tiles_live():
     full = dataclasses.replace(score, attrs={**score.attrs, "causal": False})
     n = 4096 // 32  # key and query tiles of the PCU's 32 lanes
     assert op_work_cycles(score, a) / op_work_cycles(full, a) == pytest.approx((n + 1) / (2 * n))
+
+
+def test_a_recurrent_state_is_placed_with_the_kv_cache():
+    # Mamba-2.8B at batch 8,192 holds 190 GiB of state: it overflows the 64 GiB of HBM into DDR
+    r = simulate("sn40l", "mamba-2.8b", Decode(8192, 2048), check_memory=False)
+    assert r.ssm_state_bytes > 64 * 2**30
+    assert r.mappings["rdu"]["tiers"]["kv_hbm"] < 0.5
