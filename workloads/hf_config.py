@@ -132,7 +132,8 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
 
 def _deepseek(cfg: dict[str, Any], name: str, mt: str, dtype: str) -> ModelSpec:
     """DeepSeek-V2/V3: multi-head latent attention and fine-grained MoE with shared experts. The
-    fp8 checkpoint of V3 (``quantization_config`` fmt e4m3, 128x128 blocks) stores fp8 weights; the
+    fp8 checkpoint of V3 (``quantization_config`` fmt e4m3, 128x128 blocks) stores fp8 weights (its
+    embedding and LM head stay in the config's dtype, as DeepSeek's inference code loads them); the
     multi-token-prediction module (``num_nextn_predict_layers``) is not part of a decode step, and
     group-limited expert selection (``n_group``/``topk_group``) changes which experts are chosen,
     not how many, so the routing distribution models it."""
@@ -151,6 +152,7 @@ def _deepseek(cfg: dict[str, Any], name: str, mt: str, dtype: str) -> ModelSpec:
         norm="rmsnorm", norm_eps=_num(_get(cfg, "rms_norm_eps", name, 1e-6), "rms_norm_eps", name), position="rope",
         rope_theta=_num(_get(cfg, "rope_theta", name, 10000.0), "rope_theta", name),
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), weight_dtype=wdt, act_dtype=dtype, kv_dtype=dtype,
+        embed_dtype=dtype if wdt != dtype else "",  # the fp8 checkpoint keeps its embedding and LM head in bf16
         n_experts=_get(cfg, "n_routed_experts", name), experts_per_token=_get(cfg, "num_experts_per_tok", name),
         d_ff_expert=_get(cfg, "moe_intermediate_size", name), n_shared_experts=_get(cfg, "n_shared_experts", name, 0),
         first_dense_layers=_get(cfg, "first_k_dense_replace", name, 0),
