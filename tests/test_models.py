@@ -89,3 +89,22 @@ def test_hf_configs_with_an_unknown_dtype_or_fractional_heads_are_refused(tmp_pa
         with pytest.raises(SpecError, match=msg) as e:
             load_model(str(p))
         assert "\n" not in str(e.value)
+
+
+def test_hf_config_numbers_of_the_wrong_type_and_fractional_jamba_heads_are_refused():
+    import copy
+    import json
+
+    from xpusim.workloads.hf_config import model_from_hf_config
+    from xpusim.workloads.model import MODELS_DIR
+
+    ds = json.loads((MODELS_DIR / "deepseek-v3.json").read_text())
+    bad = copy.deepcopy(ds)
+    bad["qk_rope_head_dim"] = "64"
+    with pytest.raises(SpecError, match="qk_rope_head_dim must be a whole number"):
+        model_from_hf_config(bad, "ds")
+    jamba = json.loads((MODELS_DIR / "jamba-v0.1.json").read_text())
+    jamba["hidden_size"] = 4100
+    with pytest.raises(SpecError, match="not a multiple of 32 attention heads"):
+        model_from_hf_config(jamba, "jamba")
+    assert model_from_hf_config(ds, "ds").embed_dtype == "bf16"  # the fp8 checkpoint's embeddings and head

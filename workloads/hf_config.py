@@ -27,6 +27,14 @@ def _get(cfg: dict[str, Any], key: str, name: str, default: Any = None) -> Any:
     return default
 
 
+def _whole(cfg: dict[str, Any], key: str, name: str) -> int:
+    """A required whole-number field."""
+    v = _get(cfg, key, name)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SpecError(f"config.json of {name!r}: {key} must be a whole number, got {v!r}")
+    return v
+
+
 def _whole_heads(hidden: Any, heads: Any, name: str) -> int:
     """The head width ``hidden / heads`` when the config gives no ``head_dim``: it must divide."""
     if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
@@ -146,7 +154,7 @@ def _deepseek(cfg: dict[str, Any], name: str, mt: str, dtype: str) -> ModelSpec:
     return ModelSpec(
         name=name, family=mt, n_layers=_get(cfg, "num_hidden_layers", name), d_model=_get(cfg, "hidden_size", name),
         n_heads=heads, n_kv_heads=heads,
-        head_dim=_get(cfg, "qk_nope_head_dim", name) + _get(cfg, "qk_rope_head_dim", name),
+        head_dim=sum(_whole(cfg, k, name) for k in ("qk_nope_head_dim", "qk_rope_head_dim")),
         d_ff=_get(cfg, "intermediate_size", name), vocab_size=_get(cfg, "vocab_size", name),
         max_seq_len=_get(cfg, "max_position_embeddings", name, 4096), activation="silu", gated_mlp=True,
         norm="rmsnorm", norm_eps=_num(_get(cfg, "rms_norm_eps", name, 1e-6), "rms_norm_eps", name), position="rope",
@@ -195,7 +203,7 @@ def _jamba(cfg: dict[str, Any], name: str, dtype: str) -> ModelSpec:
         raise ShapeError(f"config.json of {name!r}: hidden_size and num_attention_heads must be positive integers")
     return ModelSpec(
         name=name, family="jamba", n_layers=_get(cfg, "num_hidden_layers", name), d_model=hidden, n_heads=heads,
-        n_kv_heads=_get(cfg, "num_key_value_heads", name, heads), head_dim=hidden // heads,
+        n_kv_heads=_get(cfg, "num_key_value_heads", name, heads), head_dim=_whole_heads(hidden, heads, name),
         d_ff=_get(cfg, "intermediate_size", name), vocab_size=_get(cfg, "vocab_size", name),
         max_seq_len=_get(cfg, "max_position_embeddings", name, 262144), norm="rmsnorm", position="none",
         norm_eps=_num(_get(cfg, "rms_norm_eps", name, 1e-6), "rms_norm_eps", name),
