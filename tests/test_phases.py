@@ -195,12 +195,12 @@ def test_kept_block_fraction_is_the_share_of_blocks_with_an_unmasked_pair(q, ext
     keep = j <= pos
     if window:
         keep &= (j > pos - window) | (j < sinks)
-    kept = 0
+    kept = 0  # (query, key) pairs in blocks with an unmasked pair (a partial last block has fewer rows)
     for a in range(0, q, bq):
         rows = keep[a:a + bq]
         for b in range(0, s, bk):
-            kept += min(bk, s - b) if rows[:, b:b + bk].any() else 0
-    assert op.kept_block_fraction(bq, bk) == pytest.approx(kept / (len(range(0, q, bq)) * s))
+            kept += rows.shape[0] * min(bk, s - b) if rows[:, b:b + bk].any() else 0
+    assert op.kept_block_fraction(bq, bk) == pytest.approx(kept / (q * s))
 
 
 def test_achieved_throughput_stays_below_the_peak_on_a_long_causal_prefill():

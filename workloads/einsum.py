@@ -157,8 +157,9 @@ class Op:
         window = int(self.attrs.get("window", 0) or 0)
         sinks = int(self.attrs.get("sinks", 0) or 0)
         lo = np.maximum(0, offset + start - window + 1) // block_k * block_k if window else np.zeros_like(start)
-        kept = hi - (lo - np.minimum(sinks, lo))
-        return float(kept.sum() / (len(start) * s))
+        rows = np.minimum(start + block_q, q) - start  # the last query block may be partial
+        kept = (hi - (lo - np.minimum(sinks, lo))) * rows
+        return float(kept.sum() / (q * s))
 
     @property
     def macs(self) -> int:
