@@ -155,6 +155,13 @@ def load_or_create(space: Space, study: str, storage: str | None, sampler: str, 
     if [d.name.lower() for d in s.directions] != space.directions:
         raise SpecError(f"study {study!r} exists with directions {[d.name.lower() for d in s.directions]}; "
                         f"this space has {space.directions}: use another --study name")
+    stored = s.user_attrs.get("objectives")
+    if stored is not None and list(stored) != list(space.objectives):
+        raise SpecError(f"study {study!r} exists with objectives {list(stored)}; this space has {list(space.objectives)}: "
+                        "use another --study name")
+    done = len(s.trials)
+    if done and seed is not None:  # a continued study draws new designs: the same seed would replay the first ones
+        s.sampler = make_sampler(space, sampler, seed + done)
     s.set_user_attr("space", space.source)
     s.set_user_attr("objectives", space.objectives)
     return s

@@ -56,6 +56,21 @@ def test_same_seed_same_study(tmp_path):
     assert [t.value for t in a.trials] == [t.value for t in b.trials]
 
 
+def test_a_continued_study_draws_new_designs_and_keeps_its_objectives(tmp_path):
+    """Continuing a study with the same seed once replayed its first designs (10 + 10 trials, 10
+    distinct); a space with other objectives is refused."""
+    space = parse_space(SMALL)
+    url = f"sqlite:///{tmp_path}/c.db"
+    run_study(space, 6, "c", url, "random", seed=5, progress=False)
+    study = run_study(space, 12, "c", url, "random", seed=5, progress=False)
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(params) == 12 and params[6:] != params[:6]  # not the first six replayed
+    other = parse_space({**SMALL, "objectives": ["energy_per_token"]})  # the same direction, another metric
+    assert other.directions == space.directions
+    with pytest.raises(XpusimError, match="exists with objectives"):
+        run_study(other, 14, "c", url, "random", seed=5, progress=False)
+
+
 def test_workers_share_a_study_without_losing_trials(tmp_path):
     space = parse_space(SMALL)
     url = f"sqlite:///{tmp_path}/w.db"
