@@ -119,23 +119,28 @@ def _metrics(arch: Arch, runs: list, needed: set[str], devices: int = 1) -> dict
         "energy_per_token": energy / tokens if tokens else 0.0,
         "memory_fraction": max(r.memory_bytes / r.capacity_bytes for _, r, _ in runs),
     }
-    if needed & set(AREA_METRICS):
+    area_needed = needed & {"area_mm2", "cost_usd", "perf_per_area", "perf_per_dollar"}
+    if area_needed or needed & {"power_w", "perf_per_watt"}:
         from ..arch import area
 
-        leak = 0.0 if arch.static_power_w else area.leakage_power_w(arch) * devices  # energy already has static
+        # the die model gives leakage; a device with its own static power (an FPGA's fitted board power,
+        # which the area model refuses) has it in its energy already
+        leak = 0.0 if arch.static_power_w else area.leakage_power_w(arch) * devices
         m["power_w"] = (energy / latency if latency else 0.0) + leak
-        m["area_mm2"] = area.die_area_mm2(arch) * devices  # silicon of every device used
-        m["cost_usd"] = area.device_cost_usd(arch) * devices
-        m["perf_per_area"] = throughput / m["area_mm2"]
         m["perf_per_watt"] = throughput / m["power_w"] if m["power_w"] else 0.0
-        m["perf_per_dollar"] = throughput / m["cost_usd"]
+        if area_needed:
+            m["area_mm2"] = area.die_area_mm2(arch) * devices  # silicon of every device used
+            m["cost_usd"] = area.device_cost_usd(arch) * devices
+            m["perf_per_area"] = throughput / m["area_mm2"]
+            m["perf_per_dollar"] = throughput / m["cost_usd"]
     if needed & {"dsp_fraction", "lut_fraction"}:
         from ..arch.fpga import estimate_resources, fpga_spec
 
         spec = fpga_spec(arch)
         used = estimate_resources(spec)
-        m["dsp_fraction"] = used["dsp"] / spec.part.count("dsp")
-        m["lut_fraction"] = used["lut"] / spec.part.count("lut")
+        for r in ("dsp", "lut"):  # only what is scored: a part may publish one count and not the other
+            if f"{r}_fraction" in needed:
+                m[f"{r}_fraction"] = used[r] / spec.part.count(r)
     if "format_error" in needed:
         from ..workloads.functional.numerics import layer_error
 

@@ -243,3 +243,15 @@ def test_fpga_space_records_templates_that_do_not_fit_with_the_resource():
     dense, sparse = (evaluate(space, {**base, "vpus": 128, "wdt": w}) for w in ("int8", "int8-8:16"))
     assert sparse.metrics["latency"] < dense.metrics["latency"]
     assert sparse.metrics["format_error"] > dense.metrics["format_error"]
+
+
+def test_an_fpga_with_a_board_power_model_scores_power_without_the_area_model():
+    # power_w once went through the die-area model, which refuses FPGAs: every U280 trial was pruned
+    from xpusim.explore.evaluate import evaluate
+
+    knobs = {"vpus": {"path": "device.fpga.template.vpus", "choices": [64, 128]},
+             **{k: {"path": f"model.{k}", "choices": ["int8"]} for k in ("weight_dtype", "act_dtype", "kv_dtype")}}
+    space = parse_space({"name": "p", "base": "alveo-u280", "knobs": knobs, "objectives": ["latency", "power_w"],
+                         "workloads": [{"model": "llama-2-7b", "phase": "decode", "batch": 1, "context": 640}]})
+    ev = evaluate(space, {"vpus": 128, "weight_dtype": "int8", "act_dtype": "int8", "kv_dtype": "int8"})
+    assert not ev.reason and 40 < ev.metrics["power_w"] < 47  # the board's fitted 26.9 W idle + logic + HBM traffic
