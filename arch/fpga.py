@@ -294,12 +294,12 @@ def check_fits(spec: FpgaSpec, name: str, template: Template | None = None) -> d
         if r in spec.part.unpublished:  # nothing to check against (the result says so)
             continue
         have = getattr(spec.part, r)
-        budget = math.floor(have * spec.estimate.max_utilisation)
+        budget = math.floor(have * spec.estimate.max_utilisation + 1e-9)  # no rounding below an exact budget
         if used[r] > budget:
             raise CapacityError(f"device {name!r}: the template needs {used[r]:,} {r.upper()} but the part allows "
                                 f"{budget:,} ({have:,} x {spec.estimate.max_utilisation:g} utilisation); "
                                 f"use fewer cores, VPUs or shorter chains, or smaller buffers")
-        slr_budget = math.floor(have / spec.part.slrs * spec.estimate.max_utilisation)
+        slr_budget = math.floor(have / spec.part.slrs * spec.estimate.max_utilisation + 1e-9)  # 1000 / 3 x 0.3 = 99.99..
         slr_used = math.ceil(used[r] / t.cores) * per_slr
         if slr_used > slr_budget:
             raise CapacityError(f"device {name!r}: {per_slr} core(s) per SLR need {slr_used:,} {r.upper()} but one of "

@@ -53,7 +53,8 @@ def _phase(space: Space, w: dict[str, Any], params: dict[str, Any]):
             fields[k.path[1]] = params[k.name]
     if str(w["phase"]) == "prefill":  # a context knob sizes the space's decode workloads only
         fields["context"] = None
-    return make_phase(str(w["phase"]), int(fields["batch"] or 1), fields["seq"], fields["context"])
+    return make_phase(str(w["phase"]), 1 if fields["batch"] is None else int(fields["batch"]), fields["seq"],
+                      fields["context"])
 
 
 def build_device(space: Space, params: dict[str, Any]) -> Arch:
