@@ -218,6 +218,11 @@ def parse_space(d: Any, where: str = "<dict>") -> Space:
             raise _fail(where, f"workload field(s) {bad} unknown; use {', '.join(WORKLOAD_FIELDS)}")
         if _number(w.get("weight", 1.0), f"{where} workload weight") <= 0:
             raise _fail(where, "workload weights must be positive")
+        if str(w["phase"]) not in ("prefill", "decode"):
+            raise _fail(where, f"workload phase {w['phase']!r}: use prefill or decode")
+        from ..workloads.model import load_model
+
+        load_model(str(w["model"]))  # an unknown model is a one-line error now, not a space of pruned trials
     objs = d["objectives"] if isinstance(d["objectives"], list) else [d["objectives"]]
     for o in objs:
         if o not in METRICS:

@@ -136,6 +136,8 @@ def test_infeasible_designs_are_recorded_with_reasons(tmp_path):
     ({**SMALL, "knobs": {"x": {"path": "chip.clock", "low": 1, "high": 2}}}, "path must start with one of"),
     ({**SMALL, "knobs": {"x": {"path": "device.clock", "low": 2, "high": 1}}}, "must be below high"),
     ({**SMALL, "workloads": []}, "workloads must be a non-empty list"),
+    ({**SMALL, "workloads": [{"model": "llama-9b", "phase": "decode", "batch": 1, "context": 64}]}, "unknown model"),
+    ({**SMALL, "workloads": [{"model": "llama-3-8b", "phase": "decod", "batch": 1, "context": 64}]}, "use prefill or decode"),
     ({**SMALL, "base": "no-such-device"}, "unknown device"),
     ({**SMALL, "constraints": {"speed": 3}}, "unknown constraint"),
 ])
