@@ -278,6 +278,10 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         if arch.matrix.instances != t.cores * t.vpus or arch.matrix.rate_per_cycle.get("int8") != t.chain * t.macs_per_dsp:
             raise SpecError(f"device {name!r}: matrix must be the template's VPUs: instances = cores x vpus "
                             f"({t.cores * t.vpus}) and int8 macs_per_cycle = chain x macs_per_dsp ({t.chain * t.macs_per_dsp})")
+        sfu = {c: r for c, r in arch.vector.rate_per_cycle.items() if c in ("fp16", "fp32")}
+        if arch.vector.instances != t.cores or any(r != t.sfu_lanes for r in sfu.values()):
+            raise SpecError(f"device {name!r}: vector must be the template's SFUs: instances = cores ({t.cores}) and "
+                            f"fp16/fp32 flops_per_cycle = sfu_lanes ({t.sfu_lanes})")
         backing_kind = str(arch.meta.get("memory_kinds", {}).get(arch.backing.name) or "")
         if fspec.part.hbm_channels and not backing_kind.startswith("hbm"):
             raise SpecError(f"device {name!r}: fpga.part.hbm_channels describes HBM, but the backing memory "

@@ -337,6 +337,10 @@ def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
         doc["matrix"]["instances"] = cores * int(tpl.get("vpus", 0))
         doc["matrix"]["macs_per_cycle"] = {"int8": int(tpl.get("chain", 0)) * int(tpl.get("macs_per_dsp", 0))}
         doc["vector"]["instances"] = cores
+        rates = doc["vector"].get("flops_per_cycle", {})
+        for c in ("fp16", "fp32"):  # an SFU's lanes: its softmax and norm rate follows them
+            if c in rates:
+                rates[c] = int(tpl.get("sfu_lanes", 0))
         if isinstance(doc.get("memory"), list) and len(doc["memory"]) > 1 and cores > 0:
             doc["memory"][1]["instances"] = cores
             bufs = tpl.get("buffers", {})

@@ -684,3 +684,17 @@ def test_a_chunked_prefill_never_beats_the_whole_prompt_on_the_engine():
 @pytest.mark.parametrize("value", [0, -64, 2.5, "big"])
 def test_a_bad_attention_block_is_a_one_line_error(value):
     assert_refused(lambda d: d["fpga"]["template"].update(attention_block=value), "attention_block")
+
+
+def test_the_sfu_lanes_set_the_vector_rate_in_presets_and_searches():
+    # an sfu_lanes knob once added BRAM but left the softmax rate unchanged
+    from xpusim.explore.space import device_dict, parse_space
+
+    assert_refused(lambda d: d["fpga"]["template"].update(sfu_lanes=32), "vector must be the template's SFUs")
+    knobs = {"lanes": {"path": "device.fpga.template.sfu_lanes", "choices": [16, 64]}}
+    space = parse_space({"name": "s", "base": "alveo-u280", "knobs": knobs, "objectives": ["latency"],
+                         "workloads": [{"model": "llama-2-7b", "phase": "decode", "batch": 1, "context": 640}]})
+    d = device_dict(space, {"lanes": 64})
+    assert d["vector"]["flops_per_cycle"] == {"fp16": 64, "fp32": 64}
+    a = arch_from_dict(d)
+    assert estimate_resources(fpga_spec(a))["bram"] == 3 * 64
