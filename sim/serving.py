@@ -203,6 +203,9 @@ def simulate_serving(requests: Sequence[Request], scheduler: str, step: StepMode
     if scheduler not in SCHEDULERS:
         raise SpecError(f"unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}")
     max_batch = _pos_int("max_batch", max_batch)
+    held = getattr(step, "max_sequences", None)  # sequences whose recurrent state (SSM) the memory holds
+    if held is not None:
+        max_batch = min(max_batch, max(1, int(held)))
     max_batched_tokens = _pos_int("max_batched_tokens", max_batched_tokens)
     block_size = _pos_int("block_size", block_size)
     chunk_size = _pos_int("chunk_size", chunk_size)

@@ -59,6 +59,10 @@ class SimStepModel:
                                 "(--tp/--pp) or smaller weight formats")
         tokens = [int((room - w) // kv) for w, kv, _ in stages if kv > 0]  # the stage that fills first bounds it
         self.kv_capacity_tokens = min(tokens) * plan.dp if tokens else 10**12
+        # a recurrent state (Mamba, Jamba) per running sequence: the sequences whose state fits beside the
+        # weights bound the batch (the KV pool does not reserve it)
+        states = [int((room - w) // st) for w, _, st in stages if st > 0]
+        self.max_sequences = min(states) * plan.dp if states else None
         self.kv_bytes_per_token = self.model.kv_bytes_per_token
         grid = [t for t in TOKEN_GRID if t <= max_tokens]
         self._grid = np.array(grid, dtype=float)

@@ -504,3 +504,19 @@ def test_a_lognormal_length_may_be_capped():
     from xpusim.sim.serve_command import _tokens
 
     assert _tokens("2000,3000,8000", "input-tokens") == (2000.0, 3000.0, 8000.0)
+
+
+def test_recurrent_state_bounds_the_running_sequences():
+    """A Mamba sequence's state is memory too: the engine runs at most the sequences whose state fits
+    beside the weights (3,000 at once once ran on a 24 GB card with 75 GB of state)."""
+    from xpusim.sim.serving_model import MEMORY_UTILIZATION, SimStepModel
+    from xpusim.workloads import load_model
+
+    step = SimStepModel("mamba-2.8b", arch="rtx-4090")
+    m = load_model("mamba-2.8b")
+    room = MEMORY_UTILIZATION * 24 * 2**30  # the card's 24 GiB
+    assert step.max_sequences == int((room - m.weights_bytes) // m.ssm_state_bytes(1))
+    reqs = [Request(f"r{i}", 0.0, 64, 4) for i in range(2 * step.max_sequences)]
+    res = simulate_serving(reqs, "continuous", step, max_batch=4096)
+    assert res.summary()["max_batch"] == step.max_sequences
+    assert SimStepModel("llama-3-8b", arch="h100-sxm").max_sequences is None
