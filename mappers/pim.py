@@ -142,6 +142,7 @@ def counts(g: Gemv, spec: PimSpec, lanes: float, plan: dict[str, np.ndarray]) ->
     return {
         "valid": valid, "g_c": g_c, "n_c": n_c, "k_c": k_c, "k_chunk": kc, "chunks": chunks, "bursts_per_row": s,
         "n_u": n_u, "row_block": rb, "bursts_per_pu": g_c * n_u * s, "rows_per_pu": g_c * rows_per_group,
+        "banks_active": np.minimum(b, rows_per_group),  # a PU's banks holding rows of a group: the ones opened
         "act_groups": g_c * np.ceil(rows_per_group / b), "input_writes": rewrite, "readouts": spill,
         "input_bytes": g_c * k_c * rewrite * g.x_bytes,  # per vector
         "output_bytes": g_c * n_c * spill * partials * g.acc_bytes,  # per vector
@@ -152,7 +153,7 @@ def counts(g: Gemv, spec: PimSpec, lanes: float, plan: dict[str, np.ndarray]) ->
 def _phase_times(g: Gemv, spec: PimSpec, c: dict[str, np.ndarray], m: np.ndarray, rate: float, pu_hz: float,
                  vec_flops_s: float, bw_channel: float) -> dict[str, np.ndarray]:
     """Seconds of one pass with ``m`` vectors: each bound's time and the pass total."""
-    U, b = spec.pu_per_channel, spec.banks_per_pu
+    U = spec.pu_per_channel
     B, R, G = c["bursts_per_pu"], c["rows_per_pu"], c["act_groups"]
     t_mac = m * (spec.column_bytes / g.w_bytes) / rate / pu_hz  # one burst's MACs for m vectors
     comp = B * t_mac
@@ -161,14 +162,15 @@ def _phase_times(g: Gemv, spec: PimSpec, c: dict[str, np.ndarray], m: np.ndarray
     adds = np.maximum(c["partials_per_output"] - 1, 0) * g.groups * g.n * m  # reduction outside the PUs
     io = io_bytes / bw_channel + adds / vec_flops_s
     # a PU's banks open their rows together (G groups), each exposing tRCD + tRP, and stay open >= tRAS
-    stagger = 0.0 if spec.all_bank_activate or spec.mode == "per_bank" else (U * b - 1) * rrd
+    banks = c["banks_active"]  # a group opens the banks that hold its rows, not every bank of the PU
+    stagger = 0.0 if spec.all_bank_activate or spec.mode == "per_bank" else (U * banks - 1) * rrd
     col = B * spec.column_period
     act = G * (spec.tRCD + spec.tRP + stagger)
     stream = np.maximum(col, comp)
     act = act + np.maximum(G * (spec.tRAS + spec.tRP) - (act + stream), 0.0)
     bank = act + stream
     if spec.mode == "all_bank":
-        n_cmd = 2 * G * (1 if spec.all_bank_activate else U * b) + B
+        n_cmd = 2 * G * (1 if spec.all_bank_activate else U * banks) + B
     else:  # one bank per column command: the channel's commands serialise over its PUs; one ACT per bank row
         col = np.maximum(col, U * B * spec.tCCD_S)
         act = np.maximum(act, U * R * rrd)
