@@ -33,7 +33,7 @@ from ..workloads.builder import build_trace
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Phase
 from .engine import _kv_bytes, activation_bytes, collective_cost, group_cost, op_cost
-from .parallel import Plan
+from .parallel import Plan, device_trace
 from .result import COLUMNS, Result
 
 PLACEMENTS = ("auto", "attention", "host", "pim")
@@ -202,7 +202,6 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     sub = dataclasses.replace(compiled_phase(phase, host), batch=phase.batch // streams)  # an FPGA host's prefill bucket
     if tp > 1:
         from ..arch.system import load_system
-        from .parallel import device_trace
 
         if system is None:
             raise SpecError(f"tensor parallelism over {tp} host + PIM devices needs a system for the fabric (e.g. dgx-h100)")
@@ -235,7 +234,8 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     result = Result(ops=df, latency_s=makespan, energy_j=energy,
                   tokens=phase.tokens, weights_bytes=held.weights_bytes, kv_cache_bytes=_kv_bytes(held, phase),
                   ssm_state_bytes=held.ssm_state_bytes(phase.batch),
-                  activation_bytes=activation_bytes(trace, host),
+                  activation_bytes=activation_bytes(device_trace(model, phase, Plan(tp=tp), routing) if tp > 1 else trace,
+                                                    host),  # one device's share of the whole batch
                   capacity_bytes=capacity,
                   inputs={"arch": f"{host.name} + {pim.name}" + (f" (tp{tp} on {system.name})" if tp > 1 else ""),
                           "device_class": "hetero", "trace": trace.name, "tp": tp,

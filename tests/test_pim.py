@@ -558,3 +558,18 @@ def test_more_banks_per_pu_never_open_banks_without_data():
     wide = arch_from_dict(d, "wide")
     op = gemm_op(1, 1024, 128, "fp16")
     assert pim_matmul_cost(op, wide).latency_s <= pim_matmul_cost(op, base).latency_s * (1 + 1e-9)
+
+
+def test_a_tensor_parallel_host_pim_footprint_is_one_devices_activations():
+    # the footprint once took the unsharded model's activations (8.7 MB) for each of 8 devices (1.6 MB)
+    from xpusim.sim.engine import activation_bytes
+    from xpusim.sim.hetero import pim_stacks, simulate_hetero
+    from xpusim.sim.parallel import Plan, device_trace
+    from xpusim.workloads import Decode, build_trace
+
+    m = load_model("llama-3-70b").with_formats("fp16", "fp16", "fp16")
+    r = simulate_hetero("a100-hbm3", pim_stacks("attacc-hbm3-pim", 5), m, Decode(32, 2048), "attention", "blocked",
+                        system="dgx-a100", tp=8, check_memory=False)
+    host = load_arch("a100-hbm3")
+    assert r.activation_bytes == activation_bytes(device_trace(m, Decode(32, 2048), Plan(tp=8)), host)
+    assert r.activation_bytes < activation_bytes(build_trace(m, Decode(32, 2048)), host) / 4
