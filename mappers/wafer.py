@@ -126,6 +126,12 @@ def region_of(spec: WaferSpec, region: tuple[int, int] | None) -> tuple[int, int
     return w, h
 
 
+def _widest_square(g: Gemv, w: int, h: int) -> int:
+    """Side of the widest square ``floor(sqrt(w h / groups))`` that could run every group at once on a
+    ``w x h`` region (at least 1, at most the shorter side)."""
+    return max(1, min(w, h, math.isqrt((w * h) // g.groups) if g.groups <= w * h else 1))
+
+
 def square_sides(g: Gemv, w: int, h: int) -> list[int]:
     """Candidate sides ``p`` of the square each group gets on a ``w x h`` region, widest first: for
     each number of waves ``v`` the groups can take, up to twice what the widest square
@@ -133,7 +139,7 @@ def square_sides(g: Gemv, w: int, h: int) -> list[int]:
     runs them in ``v`` waves (squares do not tile a region exactly: the widest square can cost an
     extra wave, and a wider one the same waves as a narrower)."""
     side = min(w, h)
-    top = max(1, min(side, math.isqrt((w * h) // g.groups) if g.groups <= w * h else 1))
+    top = _widest_square(g, w, h)
     ps = np.arange(1, side + 1)
     waves = -(-g.groups // ((w // ps) * (h // ps)))
     keep = waves <= 2 * waves[top - 1]
@@ -146,7 +152,7 @@ def parallelism(g: Gemv, w: int, h: int, p: int | None = None) -> dict[str, int]
     the widest that could run every group at once), groups run at once, waves, cores used."""
     side = min(w, h)
     if p is None:
-        p = max(1, min(side, math.isqrt((w * h) // g.groups) if g.groups <= w * h else 1))
+        p = _widest_square(g, w, h)
     elif isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 1 <= p <= side:
         raise SpecError(f"square side {p!r} must be an integer in 1..{side} (the region's shorter side)")
     p = int(p)
