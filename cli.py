@@ -214,6 +214,13 @@ def _cmd_op(a: argparse.Namespace) -> int:
     if a.dtype is None:  # the device's engine format (an FPGA's INT8), else bf16
         a.dtype = arch.meta.get("formats", {}).get("weights", "bf16")
     op = gemm_op(a.m, a.n, a.k, a.dtype)
+    backing = arch.memory[0]
+    held = backing.capacity_bytes * backing.instances
+    if arch.device_class in ("generic", "systolic") and op.bytes > held:
+        from .errors import CapacityError
+
+        raise CapacityError(f"the GEMM's operands need {op.bytes:,.0f} B but {arch.name}'s {backing.name} holds "
+                            f"{held:,.0f} B; use smaller --m/--n/--k or a narrower --dtype")
     if a.mapper != "default":
         from .sim.engine import matmul_cost
 

@@ -266,7 +266,7 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         if arch.device_class != "wafer" or "wafer" not in d:
             raise SpecError(f"device {name!r}: class wafer and a wafer: section (mesh, cores, SRAM, links) go together")
         wspec = parse_wafer(d["wafer"], arch.matrix_clock_hz, name)
-        check_wafer_arch(wspec, arch.matrix.instances, name)
+        check_wafer_arch(wspec, arch.matrix.instances, name, arch.memory[-1])
         arch.rules["wafer"] = wspec
     if arch.device_class == "fpga" or "fpga" in d:  # FPGA part + LLM-engine template (arch/fpga.py)
         from .fpga import check_clock, check_fits, parse_fpga

@@ -206,3 +206,7 @@ class Arch:
                 raise SpecError(f"device {self.name!r}: array rows and cols must be positive")
             if self.matrix.dataflow not in DATAFLOWS:
                 raise SpecError(f"device {self.name!r}: a systolic array needs dataflow ws, os or is")
+            for dt, rate in self.matrix.rate_per_cycle.items():  # k MACs per PE per cycle, k a whole number
+                if rate % (r * c):
+                    raise SpecError(f"device {self.name!r}: matrix macs_per_cycle {dt}: {rate:g} is not a whole multiple "
+                                    f"of the {r} x {c} array ({r * c} PEs); give k x {r * c} for k MACs per PE per cycle")

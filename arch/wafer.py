@@ -115,11 +115,18 @@ def parse_wafer(d: Any, clock_hz: float, name: str = "device") -> WaferSpec:
                      io_energy_j_per_byte=io_e)
 
 
-def check_wafer_arch(spec: WaferSpec, matrix_instances: int, name: str) -> None:
-    """The cores are the matrix unit: its instance count must be width x height."""
+def check_wafer_arch(spec: WaferSpec, matrix_instances: int, name: str, sram: Any = None) -> None:
+    """The cores are the matrix unit: its instance count must be width x height; the innermost
+    memory level ``sram`` (when given) is the cores' SRAM: one instance per core of ``core_sram``."""
     if matrix_instances != spec.mesh_cores:
         raise SpecError(f"{_where(name)}: matrix.instances ({matrix_instances}) must equal mesh width x height "
                         f"({spec.width} x {spec.height} = {spec.mesh_cores}): the matrix unit is the cores")
+    if sram is not None and sram.instances != spec.mesh_cores:
+        raise SpecError(f"{_where(name)}: memory level {sram.name!r} has {sram.instances} instances but the mesh has "
+                        f"{spec.mesh_cores} cores; give it one instance per core")
+    if sram is not None and sram.capacity_bytes != spec.core_sram_bytes:
+        raise SpecError(f"{_where(name)}: memory level {sram.name!r} holds {sram.capacity_bytes:,.0f} B per instance but "
+                        f"core_sram is {spec.core_sram_bytes:,} B; give both the same per-core SRAM")
 
 
 def wafer_spec(arch: Any) -> WaferSpec:

@@ -20,7 +20,7 @@ import numpy as np
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
 from ..errors import MappingError
-from ..sim.compute import compute_cycles, lanes, min_tile, systolic_roles  # noqa: F401
+from ..sim.compute import compute_cycles, fold_aligned, lanes, min_tile, systolic_roles  # noqa: F401
 from ..sim.cost import LevelArrays, NestCosts, evaluate, fits, footprint, keep_mask
 from ..sim.problem import Problem
 from .mapping import Mapping
@@ -139,9 +139,9 @@ def _greedy_tiles(prob: Problem, arch: Arch, parent: np.ndarray, level: int, kee
 
 def _near_maximal(prob: Problem, arch: Arch, grid: np.ndarray, level: int, keep: np.ndarray, slack: int) -> np.ndarray:
     """Tiles of ``grid`` that fit ``level`` and fill at least 1/2**slack of what it can usefully hold:
-    its capacity, or the whole problem's footprint when that is smaller (bigger tiles reuse more;
-    smaller ones are kept for parallelism and a short first load), plus the whole problem and the
-    smallest tile (one systolic fold)."""
+    its capacity, or the whole problem's footprint when that is smaller (bigger tiles reuse more),
+    plus the whole problem and the tiles within 2**slack of the smallest tile's footprint (one
+    systolic fold: a short first load and parallelism), which a larger level keeps as well."""
     probe = np.zeros((grid.shape[0], level + 1, grid.shape[1]), dtype=np.int64)
     probe[:, level] = grid
     ok = fits(prob, arch, probe, keep, level)
@@ -154,8 +154,10 @@ def _near_maximal(prob: Problem, arch: Arch, grid: np.ndarray, level: int, keep:
     cap = min(cap, float(footprint(prob, whole, keep, level).sum()) * scale)
     big = fp >= cap / 2**slack
     full = (grid == prob.sizes[None, :]).all(axis=1)
-    smallest = (grid == min_tile(prob, arch)[None, :]).all(axis=1)  # one fold: the shortest first load
-    sel = ok & (big | full | smallest)
+    low = np.zeros((1, level + 1, grid.shape[1]), dtype=np.int64)
+    low[0, level] = np.minimum(min_tile(prob, arch), prob.sizes)
+    near_min = fp <= float(footprint(prob, low, keep, level).sum()) * scale * 2**slack  # one fold: a short first load
+    sel = ok & (big | full | near_min)
     if not sel.any():
         sel = ok
     return grid[sel]
@@ -190,7 +192,7 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
             raise MappingError(f"op {prob.name!r} is not a GEMM-like contraction; a systolic array cannot run it")
     leaf_order = _leaf_order(prob, stream)
     default_order = _leaf_order(prob, None)
-    values = [tile_values(int(n), max_values) for n in prob.sizes]
+    values = [fold_aligned(prob, arch, d, tile_values(int(n), max_values)) for d, n in enumerate(prob.sizes)]
     grid = np.array(np.meshgrid(*values, indexing="ij")).reshape(D, -1).T  # (G, D)
     grid = np.unique(np.maximum(grid, min_tile(prob, arch)[None, :]), axis=0)  # whole folds on a systolic array
     cands = {c: _near_maximal(prob, arch, grid, c, keep, slack) for c in range(1, L)}

@@ -148,11 +148,11 @@ def square_sides(g: Gemv, w: int, h: int) -> list[int]:
 
 
 def parallelism(g: Gemv, w: int, h: int, p: int | None = None) -> dict[str, int]:
-    """P: the square ``p x p`` of cores per group (default: the square ``floor(sqrt(w h / groups))``,
-    the widest that could run every group at once), groups run at once, waves, cores used."""
+    """P: the square ``p x p`` of cores per group (default: the widest candidate of
+    :func:`square_sides`, which holds the least per core), groups run at once, waves, cores used."""
     side = min(w, h)
     if p is None:
-        p = _widest_square(g, w, h)
+        p = square_sides(g, w, h)[0]
     elif isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 1 <= p <= side:
         raise SpecError(f"square side {p!r} must be an integer in 1..{side} (the region's shorter side)")
     p = int(p)
@@ -349,7 +349,7 @@ def allreduce_cycles(p: int, rows: int, spec: WaferSpec, add_rate: float, stat_b
         return 0.0
     steps = sum(st for st, _ in phases)
     dist = sum(d for _, d in phases)
-    msg = rows * stat_bytes / spec.link_bytes_per_cycle
+    msg = _msg(rows * stat_bytes, spec.link_bytes_per_cycle)
     return steps * (msg + rows / add_rate) + msg + 2 * dist * spec.hop_latency_cycles
 
 

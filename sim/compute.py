@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..arch.spec import Arch
+from ..dtypes import get_dtype
 from .problem import Problem
 
 
@@ -56,21 +57,55 @@ def systolic_fold_cycles(rows: int, cols: int, stream: int, dataflow: str, prelo
     return stream + rows + cols - 2 + (rows if dataflow in ("ws", "is") and not preload else 0)
 
 
+def packing(arch: Arch, compute: str) -> int:
+    """MACs each PE of a systolic array retires per cycle in a compute class (``macs_per_cycle`` over
+    rows x cols, a whole number: tpu-v5e's int8 runs two per PE): they serve that many columns of the
+    column dim in one fold."""
+    rows, cols = arch.matrix.array or (1, 1)
+    return max(1, int(arch.matrix.rate(compute)) // (rows * cols))
+
+
+def array_extents(arch: Arch, compute: str) -> tuple[int, int]:
+    """(rows, columns) of the row and column dims one fold covers: the array's, the columns times
+    :func:`packing`."""
+    rows, cols = arch.matrix.array or (1, 1)
+    return rows, cols * packing(arch, compute)
+
+
 def systolic_compute_cycles(prob: Problem, rows: int, cols: int, dataflow: str, arrays: int = 1,
-                            preload: bool = False) -> int:
+                            preload: bool = False, folds: int | None = None) -> int:
     """Compute cycles of a GEMM-like problem on an R x C array, exactly as SCALE-Sim v3 reports
     them for a GEMM row ``M, N, K`` (its total minus stall cycles): ``Fr * Fc * D - 1`` with
     ``Fr = ceil(Sr / R)``, ``Fc = ceil(Sc / C)``, ``D`` the fold cycles of the streamed extent ``T``
     (the whole dimension: buffer limits become stalls, not extra folds). Batch dims repeat the GEMM;
     a device with several arrays deals the folds out to them (``arrays`` = 1 is SCALE-Sim's case).
-    ``preload``: the stationary operand of every fold but the first loads during the previous one."""
+    ``preload``: the stationary operand of every fold but the first loads during the previous one.
+    ``folds``: the folds a mapping executes when its tiles split the array's dims into more than
+    ``Fr * Fc`` (see :func:`executed_folds`)."""
     rd, cd, sd = systolic_roles(prob, dataflow)
     size = lambda i: int(prob.sizes[i]) if i >= 0 else 1  # noqa: E731
     batch = int(np.prod([prob.sizes[d] for d in range(prob.n_dims) if prob.rel[:, d].all()])) or 1
-    folds = -(-size(rd) // rows) * -(-size(cd) // cols)
+    if folds is None:
+        folds = -(-size(rd) // rows) * -(-size(cd) // cols)
     per_array = -(-(batch * folds) // arrays)
     first = rows if preload and dataflow in ("ws", "is") else 0
     return per_array * systolic_fold_cycles(rows, cols, size(sd), dataflow, preload) + first - 1
+
+
+def executed_folds(size: int, tiles: np.ndarray, extent: int) -> np.ndarray:
+    """(C,) array passes a dim of ``size`` takes when each candidate's storage levels cut it into
+    tiles ``tiles`` (C, levels), outermost first: every level splits each piece into whole tiles and
+    a remainder, and an innermost piece of ``f`` elements takes ``ceil(f / extent)`` passes. Equals
+    ``ceil(size / extent)`` when every tile is a multiple of ``extent`` (or the whole dim)."""
+    C = tiles.shape[0]
+    sizes = np.full((C, 1), size, dtype=np.int64)
+    counts = np.ones((C, 1), dtype=np.int64)
+    for lvl in range(tiles.shape[1]):
+        t = np.maximum(tiles[:, lvl : lvl + 1], 1)
+        whole, rest = sizes // t, sizes % t
+        sizes = np.concatenate([np.broadcast_to(t, sizes.shape), rest], axis=1)
+        counts = np.concatenate([counts * whole, counts * (rest > 0)], axis=1)
+    return (counts * -(-sizes // extent)).sum(axis=1)
 
 
 def min_tile(prob: Problem, arch: Arch) -> np.ndarray:
@@ -81,18 +116,43 @@ def min_tile(prob: Problem, arch: Arch) -> np.ndarray:
     if arch.matrix.array is None:
         return out
     rd, cd, _ = systolic_roles(prob, arch.matrix.dataflow or "ws")
-    rows, cols = arch.matrix.array
-    for d, extent in ((rd, rows), (cd, cols)):
+    for d, extent in zip((rd, cd), array_extents(arch, get_dtype(prob.compute_dtype).compute), strict=True):
         if d >= 0:
             out[d] = min(int(prob.sizes[d]), extent)
     return out
 
 
-def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarray, stream_dim: int | None) -> np.ndarray:
-    """Cycles of the MAC lanes on the busiest instance for each candidate (C,)."""
+def fold_aligned(prob: Problem, arch: Arch, d: int, values: np.ndarray) -> np.ndarray:
+    """Tile sizes of dim ``d`` rounded up to whole folds on a systolic array (multiples of the
+    array's extent along ``d``, or the whole dim): tiles that split no fold. Unchanged elsewhere."""
+    if arch.matrix.array is None:
+        return values
+    rd, cd, _ = systolic_roles(prob, arch.matrix.dataflow or "ws")
+    ext = dict(zip((rd, cd), array_extents(arch, get_dtype(prob.compute_dtype).compute), strict=True)).get(d)
+    if ext is None or d < 0:
+        return values
+    return np.unique(np.minimum(-(-np.asarray(values) // ext) * ext, int(prob.sizes[d])))
+
+
+def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarray, stream_dim: int | None,
+                   used: np.ndarray | None = None) -> np.ndarray:
+    """Cycles of the MAC lanes on the busiest instance for each candidate (C,). On a systolic array:
+    the folds the candidate's tiles execute, dealt to the arrays below the innermost level's
+    instances in use (``used``, (C,); all when None)."""
     if arch.matrix.array is None:
         return steps.astype(np.float64)
-    rows, cols = arch.matrix.array
-    arrays = arch.matrix.instances
-    cyc = systolic_compute_cycles(prob, rows, cols, arch.matrix.dataflow or "ws", arrays, arch.matrix.preload)
-    return np.full(steps.shape, float(cyc))
+    dataflow = arch.matrix.dataflow or "ws"
+    rows, cols = array_extents(arch, get_dtype(prob.compute_dtype).compute)
+    phys_rows, phys_cols = arch.matrix.array
+    rd, cd, _ = systolic_roles(prob, dataflow)
+    levels = tiles[:, 1:-1]  # the on-chip storage levels' tiles
+    fr = executed_folds(int(prob.sizes[rd]), levels[:, :, rd], rows) if rd >= 0 else np.ones(tiles.shape[0], np.int64)
+    fc = executed_folds(int(prob.sizes[cd]), levels[:, :, cd], cols) if cd >= 0 else np.ones(tiles.shape[0], np.int64)
+    per_inst = arch.matrix.instances // arch.memory[-1].instances
+    arrays = np.full(tiles.shape[0], arch.matrix.instances) if used is None else per_inst * used
+    out = np.empty(tiles.shape[0])
+    for key in np.unique(np.stack([fr * fc, arrays], axis=1), axis=0):  # few distinct (folds, arrays) pairs
+        sel = (fr * fc == key[0]) & (arrays == key[1])
+        out[sel] = systolic_compute_cycles(prob, phys_rows, phys_cols, dataflow, int(key[1]), arch.matrix.preload,
+                                           folds=int(key[0]))
+    return out

@@ -1,9 +1,10 @@
 """Cost of mapped contractions on the hierarchy: cycles, energy, bound, for many candidates at once.
 
-cycles = max(compute cycles, transfer cycles of every level) + prologue, where a level's transfer
-cycles are its bytes (reads + writes) over the bandwidth of the instances in use (double buffering
-overlaps transfers with compute), and the prologue is the access latency of every level plus the
-first tiles' fill.
+cycles = max(compute cycles + first fill, transfer cycles of every level) + access latencies, where a
+level's transfer cycles are its bytes (reads + writes) over the bandwidth of the instances in use
+(double buffering overlaps transfers with compute; a level that is not double-buffered adds its
+transfer cycles to compute instead), and the first fill is the first tile of every input into each
+on-chip level, which compute waits for. The prologue reported is the latencies plus the first fill.
 """
 
 from __future__ import annotations
@@ -151,14 +152,17 @@ def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, 
     L = len(arch.memory)
     used = tr.used[:, :L]
     level_cycles = (tr.reads + tr.writes) / (lv.bw_bytes_per_cycle[None, :] * used)
-    comp = compute_cycles(arch, prob, tiles, tr.steps, stream_dim) * (arch.clock_hz / arch.matrix_clock_hz)
-    # prologue: one access latency per level plus the first tile of every input into each level
+    comp = compute_cycles(arch, prob, tiles, tr.steps, stream_dim, tr.used[:, L - 1]) * (arch.clock_hz / arch.matrix_clock_hz)
+    # prologue: one access latency per level plus the first tile of every input into each level,
+    # which compute waits for (the levels' own transfer time already holds those bytes)
     first = np.zeros(tiles.shape[0])
     for c in range(1, L):
         fp = footprint(prob, tiles, keep, c)[:, :-1].sum(axis=1)
         first += fp / lv.bw_bytes_per_cycle[c - 1]
     prologue = lv.latency_cycles.sum() + first
-    cycles = np.maximum(comp, level_cycles.max(axis=1)) + prologue
+    # a level that is not double-buffered cannot refill while compute reads it: its transfers add to compute
+    serial = (level_cycles * ~lv.double_buffer[None, :]).sum(axis=1)
+    cycles = np.maximum(comp + first + serial, level_cycles.max(axis=1)) + lv.latency_cycles.sum()
     level_e = tr.reads * lv.read_pj[None, :] + tr.writes * lv.write_pj[None, :]
     mac_e = arch.matrix.energy(get_dtype(prob.compute_dtype).compute) * prob.macs
     return NestCosts(cycles, comp, level_cycles, prologue, level_e.sum(axis=1) + mac_e, level_e, tr.reads, tr.writes)

@@ -47,6 +47,9 @@ def clear_cache() -> None:
 def matmul_cost(op: Op, arch: Arch, objective: str = "latency", mapper: str = "default") -> OpCost:
     """Cost of a contraction under the best mapping the chosen mapper finds (``default`` beam
     search, ``exhaustive`` exact branch and bound, ``sampled`` random within one second)."""
+    if mapper != "default" and arch.device_class not in ("generic", "systolic"):
+        raise SpecError(f"--mapper {mapper} searches the loop nest of generic and systolic devices; {arch.name!r} is a "
+                        f"{arch.device_class} device with its own mapper: drop --mapper")
     for t in op.inputs:
         check_sparse_format(t.dtype, arch)
     prob = problem_from_op(op, arch.matrix.accumulator_bits)

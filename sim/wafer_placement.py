@@ -266,6 +266,8 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
         raise SpecError(f"--wafers must be a positive integer, got {wafers!r}")
     if weight_streaming and wafers > 1:
         raise SpecError("weight streaming runs on one wafer; give --wafers 1 or drop --weight-streaming")
+    if weight_streaming and side is not None:
+        raise SpecError("weight streaming runs on the whole wafer; drop --wafer-side or --weight-streaming")
     if algorithm is not None:
         if algorithm not in ALGORITHMS:
             raise SpecError(f"wafer algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")

@@ -43,6 +43,10 @@ def test_op_json(capsys):
     ["simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode", "--context", "0"],
     ["op", "gemm", "--m", "-3", "--n", "4", "--k", "4", "--arch", "h100-sxm"],
     ["op", "gemm", "--m", "3", "--n", "4", "--k", "4", "--arch", "h100-sxm", "--dtype", "fp13"],
+    ["op", "gemm", "--m", "1", "--n", "1024", "--k", "1024", "--arch", "wse-2", "--mapper", "exhaustive"],
+    ["op", "gemm", "--m", "256", "--n", "256", "--k", "256", "--arch", "h100-sxm", "--mapper", "sampled"],
+    ["op", "gemm", "--m", "1", "--n", "4096", "--k", "4096", "--arch", "alveo-u280", "--mapper", "sampled"],
+    ["op", "gemm", "--m", "1", "--n", "100000000", "--k", "64", "--arch", "zigzag-tpu-like", "--dtype", "int8"],
     ["simulate", "--arch", "h100-sxm", "--model", "llama-3-70b", "--phase", "decode", "--context", "8192",
      "--batch", "64"],
 ])

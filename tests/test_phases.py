@@ -1,6 +1,8 @@
 """Chunked prefill equals one-shot prefill; verifying a drafted token tree yields the tokens greedy
 decoding yields; expected accepted tokens follow the speculative-decoding formula."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import xpusim
@@ -41,7 +43,10 @@ def _greedy(model, w, prompt, n):
     return np.stack(out, axis=1), np.stack(steps, axis=1)
 
 
-@pytest.mark.parametrize("model", [TINY_LLAMA, TINY_MLA], ids=lambda m: m.name)
+TINY_SWA = dataclasses.replace(TINY_LLAMA, name="tiny-swa", sliding_window=4)  # the window inside the tree's span
+
+
+@pytest.mark.parametrize("model", [TINY_LLAMA, TINY_MLA, TINY_SWA], ids=lambda m: m.name)
 def test_tree_verification_accepts_the_greedy_tokens(model):
     rng = np.random.default_rng(10)
     prompt = rng.integers(0, model.vocab_size, size=(1, 5))
@@ -141,6 +146,16 @@ def test_shared_prefix_decode_equals_plain_decode():
     logits, cache = execute(build_trace(model, Decode(3, 8, shared_prefix=5)), w, ids[:, 7:], shared)
     np.testing.assert_allclose(logits, plain, rtol=1e-9, atol=1e-9)
     assert cache["layer.0.k_cache"].shape[1] == 3
+
+
+def test_shared_prefix_on_a_window_beyond_its_span_is_refused():
+    """A sliding window that drops the oldest context tokens would drop the shared prefix too."""
+    inside = dataclasses.replace(TINY_SWA, sliding_window=16)
+    build_trace(inside, Decode(3, 8, shared_prefix=5))  # the whole context inside the window: the split holds
+    with pytest.raises(SpecError, match="sliding window keeps 4 of the 8"):
+        build_trace(TINY_SWA, Decode(3, 8, shared_prefix=5))
+    with pytest.raises(SpecError, match="--shared-prefix"):
+        xpusim.simulate("h100-sxm", "mistral-7b", Decode(8, 8192, shared_prefix=1024))
 
 
 def test_shared_prefix_reads_the_prefix_once():

@@ -43,13 +43,15 @@ FABRIC_TOL = {"wse-2": 0.10, "wse-3": 0.20}
 
 
 def variant(name="wse-3", mesh=None, **wafer):
-    """A preset with wafer: fields replaced (matrix, vector and SRAM instances resized to the mesh)."""
+    """A preset with wafer: fields replaced (matrix, vector and SRAM instances resized to the mesh, the
+    SRAM level's capacity to core_sram)."""
     d = copy.deepcopy(RAW[name])
     if mesh is not None:
         d["wafer"]["mesh"] = list(mesh)
     for k, v in wafer.items():
         if k == "core_sram":
             d["wafer"].pop("sram_total", None)
+            d["memory"][0]["capacity"] = v  # the cores' SRAM level is the same SRAM
         d["wafer"][k] = v
     n = d["wafer"]["mesh"][0] * d["wafer"]["mesh"][1]
     d["matrix"]["instances"] = d["vector"]["instances"] = d["memory"][0]["instances"] = n
@@ -192,15 +194,26 @@ def test_a_square_side_outside_the_region_is_a_clear_error():
 
 def test_groups_that_widest_squares_do_not_tile_run_in_one_wave_on_narrower_ones():
     """Eight KV-head groups on a 420 x 420 region: squares of 148 (the widest with 8 p^2 <= 420^2)
-    pack only 2 x 2, so they would take two waves; squares of 140 pack 3 x 3 and run at once."""
+    pack only 2 x 2, so they take two waves, as do squares of 210; squares of 140 pack 3 x 3 and run at once."""
     a = variant("wse-2")
     op = batched(8, 4, 4096, 128)
     cost = wafer_matmul_cost(op, a, region=(420, 420))
     assert (cost.mapping["p"], cost.mapping["waves"]) == (140, 1)
     widest = evaluate(op, a, region=(420, 420))
-    assert widest["parallelism"]["waves"] == 2
+    assert (widest["parallelism"]["p"], widest["parallelism"]["waves"]) == (210, 2)
     best = cost.detail["algorithm"]
     assert cost.cycles < widest["parallelism"]["waves"] * widest["times"][best]["total"]
+
+
+def test_the_widest_candidate_square_is_costed_and_maps_what_narrower_squares_cannot_hold():
+    """8 groups of a 30000 x 30000 GEMV on 420 x 420: squares of 210 (two waves, like 148) hold the
+    least per core and are the only ones whose MeshGEMV fits a WSE-2 core; the mapper must find them."""
+    a = variant("wse-2")
+    op = batched(8, 1, 30000, 30000)
+    fits = {p: evaluate(op, a, (420, 420), p)["fits"]["meshgemv"] for p in (210, 148, 140)}
+    assert fits == {210: True, 148: False, 140: False}
+    cost = wafer_matmul_cost(op, a, region=(420, 420))
+    assert (cost.mapping["p"], cost.mapping["waves"], cost.detail["algorithm"]) == (210, 2, "meshgemv")
 
 
 def test_latency_term_is_hops_times_hop_latency():
@@ -374,6 +387,17 @@ def test_weight_streaming_is_bounded_by_the_wafer_io():
     assert r.ops["total_energy_j"].sum() == pytest.approx(r.energy_j)  # the I/O has its own row
     with pytest.raises(SpecError, match="one wafer"):
         _decode("llama-3-70b", weight_streaming=True, wafers=2)
+    with pytest.raises(SpecError, match="whole wafer"):
+        _decode("llama-3-70b", weight_streaming=True, side=100)
+
+
+@pytest.mark.parametrize("field, value, message", [("instances", 1, "one instance per core"),
+                                                   ("capacity", "4 MiB", "same per-core SRAM")])
+def test_the_sram_level_must_be_the_cores_sram(field, value, message):
+    d = copy.deepcopy(RAW["wse-2"])
+    d["memory"][0][field] = value
+    with pytest.raises(SpecError, match=message):
+        arch_from_dict(d)
 
 
 def test_decode_slows_on_larger_regions_as_waferllm_measured():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import SpecError
 from .einsum import Op, Tensor
 from .model import ModelSpec
 from .opkit import ROPE_FLOPS, SOFTMAX_FLOPS, linear, norm
@@ -69,6 +70,10 @@ def attention_core(model: ModelSpec, phase: Phase) -> list[Op]:
         q_name, k_name = "q_rot", "k_rot"
     prefix = getattr(phase, "shared_prefix", 0)
     if prefix:  # Hydragen: the shared prefix attended as one batched GEMM, the suffixes per sequence
+        if lkv < phase.kv_len:
+            raise SpecError(f"--shared-prefix: {model.name}'s sliding window keeps {lkv} of the {phase.kv_len} context tokens, "
+                            "so the shared prefix would leave it; the split is modelled for full-attention caches: drop "
+                            f"--shared-prefix or use a context of at most {lkv}")
         scale = {"scale": 1.0 / math.sqrt(e), "lse": True}
         own = lkv - prefix
         ops += kv_append_ops("", b, lq, h, e, ((k_name, "k_cache"), ("v", "v_cache")), own - lq, adt, kdt)

@@ -161,9 +161,11 @@ def run_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
             qpos = op.attrs.get("offset", kv - q) + np.arange(q)
             kpos = op.attrs.get("kv_start", 0) + np.arange(kv)
             keep = kpos[None, :] <= qpos[:, None]
-            if op.attrs.get("tree"):  # token tree: a node sees the cache, its ancestors and itself
-                off = op.attrs["offset"]
-                keep = (kpos[None, :] < off) | np.pad(tree_ancestors(op.attrs["tree"]), ((0, 0), (off, kv - off - q)))
+            if op.attrs.get("tree"):  # token tree: a node sees the cache, its ancestors and itself, and sits at
+                anc = tree_ancestors(op.attrs["tree"])  # position offset + depth (the tree's nodes are the last q keys)
+                depth = op.attrs["offset"] + anc.sum(axis=1) - 1
+                qpos, kpos = depth, np.concatenate([kpos[: kv - q], depth])
+                keep = np.concatenate([np.ones((q, kv - q), dtype=bool), anc], axis=1)
             if op.attrs.get("window"):  # sliding window: the last `window` positions up to the query
                 recent = kpos[None, :] > qpos[:, None] - op.attrs["window"]
                 keep &= recent | (kpos[None, :] < op.attrs.get("sinks", 0))  # plus the attention sinks

@@ -1,0 +1,153 @@
+"""Systolic arrays: the folds a mapping executes, packed MACs per PE, and the nest's time terms.
+
+Each test names the behaviour it pins; they fail on a cost model that charges the closed-form folds
+for tiles that split folds, ignores a dtype's MACs per PE, re-counts the first tile of a memory-bound
+op, lets a single-buffered level overlap compute, or deals folds to arrays a mapping does not use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from xpusim.arch.loader import arch_dict, arch_from_dict, load_arch
+from xpusim.cli import _override_array
+from xpusim.errors import SpecError
+from xpusim.sim.compute import executed_folds, systolic_compute_cycles
+from xpusim.sim.cost import evaluate, keep_mask
+from xpusim.sim.engine import op_cost
+from xpusim.sim.problem import gemm_problem
+from xpusim.workloads.einsum import gemm_op
+
+
+def _pieces(size: int, tiles: list[int]) -> list[int]:
+    """Innermost pieces of a dim cut level by level (reference by enumeration)."""
+    pieces = [size]
+    for t in tiles:
+        pieces = [p for x in pieces for p in [t] * (x // t) + ([x % t] if x % t else [])]
+    return pieces
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 3000), st.lists(st.integers(1, 700), min_size=0, max_size=3), st.integers(1, 160))
+def test_executed_folds_count_every_piece_the_tiles_leave(size, tiles, extent):
+    tiles = sorted((min(t, size) for t in tiles), reverse=True)
+    got = executed_folds(size, np.array([tiles], dtype=np.int64).reshape(1, len(tiles)), extent)[0]
+    assert got == sum(-(-p // extent) for p in _pieces(size, tiles))
+    if all(t % extent == 0 or t == size for t in tiles):
+        assert got == -(-size // extent)  # tiles of whole folds split none
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(["systolic-npu", "edge-npu", "tpu-v4"]), st.integers(1, 700), st.integers(1, 700),
+       st.integers(1, 700))
+def test_the_default_mapper_executes_the_closed_form_folds(name, m, n, k):
+    arch = load_arch(name)
+    dt = "int8" if name == "edge-npu" else "bf16"
+    cost = op_cost(gemm_op(m, n, k, dt), arch, isolated=True)
+    rows, cols = arch.matrix.array
+    closed = systolic_compute_cycles(gemm_problem(m, n, k, dt), rows, cols, arch.matrix.dataflow, arch.matrix.instances,
+                                     arch.matrix.preload)
+    assert cost.compute_cycles == closed
+
+
+def _replay(arch, prob, gbuf_tile):
+    """Cost of one hand-written two-level ws mapping (whole problem in DRAM, ``gbuf_tile`` on chip)."""
+    tiles = np.array([[prob.sizes, gbuf_tile, [1, 1, 1]]], dtype=np.int64)
+    spatial = np.ones((1, 2, 3), dtype=np.int64)
+    spatial[0, 1, 1], spatial[0, 1, 2] = arch.matrix.array[1], arch.matrix.array[0]  # n on columns, k on rows
+    order = np.array([[[0, 1, 2], [1, 2, 0]]], dtype=np.int64)
+    return evaluate(prob, arch, tiles, spatial, order, keep_mask(prob, arch))
+
+
+def test_tiles_that_split_folds_are_charged_the_folds_they_run():
+    """64 x 300 x 300 on a 128 x 128 ws array: k tiles of 150 take two folds each (128 + 22), so
+    the schedule runs 2 x 2 x 3 = 12 folds, not the closed form's 3 x 3 = 9."""
+    arch = load_arch("systolic-npu")
+    prob = gemm_problem(64, 300, 300)
+    fold = 64 + 2 * 128 + 128 - 2  # T + 2R + C - 2 (ws)
+    assert _replay(arch, prob, [64, 128, 128]).compute[0] == 9 * fold - 1
+    assert _replay(arch, prob, [64, 128, 150]).compute[0] == 12 * fold - 1
+
+
+def test_int8_packing_halves_the_folds_on_tpu_v5e():
+    """tpu-v5e retires two int8 MACs per PE per cycle (393 TOPS vs 197 bf16 TFLOPS): an int8 GEMM
+    runs half the column folds of the bf16 one."""
+    arch = load_arch("tpu-v5e")
+    bf16 = op_cost(gemm_op(1024, 2048, 1024, "bf16"), arch, isolated=True).compute_cycles
+    int8 = op_cost(gemm_op(1024, 2048, 1024, "int8"), arch, isolated=True).compute_cycles
+    assert (bf16 + 1) == 2 * (int8 + 1)
+
+
+def test_a_mac_rate_that_is_not_whole_macs_per_pe_is_refused():
+    d, _ = arch_dict("systolic-npu")
+    d["matrix"]["macs_per_cycle"] = {"bf16": 1024}
+    with pytest.raises(SpecError, match="whole multiple"):
+        arch_from_dict(d, "badrate")
+
+
+@pytest.mark.parametrize("shape", [(100, 300, 700), (512, 512, 512), (64, 4096, 128)])
+def test_a_larger_array_with_the_same_buffers_is_never_slower(shape):
+    arch = load_arch("edge-npu")
+    prev = math.inf
+    for side in (64, 128, 256):
+        cyc = op_cost(gemm_op(*shape, "int8"), _override_array(arch, side, side, None), isolated=True).cycles
+        assert cyc <= prev * 1.001
+        prev = cyc
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(8, 2048), st.integers(8, 2048), st.integers(8, 2048))
+def test_a_single_buffered_level_is_never_faster(m, n, k):
+    a0 = load_arch("systolic-npu")
+    mem = list(a0.memory)
+    mem[-1] = replace(mem[-1], double_buffer=False)
+    single = replace(a0, memory=tuple(mem), name="single")
+    c2 = op_cost(gemm_op(m, n, k), a0, isolated=True)
+    c1 = op_cost(gemm_op(m, n, k), single, isolated=True)
+    assert c1.cycles >= c2.cycles * 0.999
+
+
+def test_folds_go_only_to_the_arrays_of_the_instances_in_use():
+    """tpu-v4: 8 MXUs under 2 VMEMs. A mapping that keeps a 512^3 GEMM in one VMEM runs its 16
+    folds on that TensorCore's 4 MXUs, twice the compute of one that uses both."""
+    arch = load_arch("tpu-v4")
+    prob = gemm_problem(512, 512, 512)
+
+    def run(split):
+        tiles = np.array([[[512, 512, 512], [512, 512 // split, 512], [1, 1, 1]]], dtype=np.int64)
+        spatial = np.ones((1, 2, 3), dtype=np.int64)
+        spatial[0, 0, 1] = split
+        spatial[0, 1, 1] = spatial[0, 1, 2] = 128
+        order = np.array([[[0, 1, 2], [2, 0, 1]]], dtype=np.int64)
+        return evaluate(prob, arch, tiles, spatial, order, keep_mask(prob, arch)).compute[0]
+
+    fold = 512 + 2 * 128 + 128 - 2
+    assert run(1) == 4 * fold - 1 and run(2) == 2 * fold - 1
+
+
+@pytest.mark.parametrize("name, dt", [("systolic-npu", "bf16"), ("tpu-v4", "bf16"), ("tpu-v5e", "bf16"),
+                                      ("edge-npu", "int8")])
+def test_a_large_square_gemm_is_compute_bound_on_every_systolic_preset(name, dt):
+    """The buffer bandwidths are sized to feed the array at full rate under the modelled dataflow
+    (docs/devices.md), so a 4096^3 GEMM waits on neither memory level."""
+    cost = op_cost(gemm_op(4096, 4096, 4096, dt), load_arch(name), isolated=True)
+    assert cost.bound == "compute"
+
+
+@pytest.mark.parametrize("name", ["systolic-npu", "tpu-v4", "edge-npu"])
+def test_more_buffer_capacity_is_never_slower(name):
+    arch = load_arch(name)
+    dt = "int8" if name == "edge-npu" else "bf16"
+    prev = math.inf
+    for mib in (4, 8, 16, 64):
+        mem = list(arch.memory)
+        mem[-1] = replace(mem[-1], capacity_bytes=float(mib * 2**20))
+        cyc = op_cost(gemm_op(64, 1024, 4096, dt), replace(arch, memory=tuple(mem), name=f"{name}-{mib}"),
+                      isolated=True).cycles
+        assert cyc <= prev * 1.001
+        prev = cyc
