@@ -130,11 +130,11 @@ class Arch:
 
     @property
     def matrix_clock_hz(self) -> float:
-        return self.matrix.clock_hz or self.clock_hz
+        return self.matrix.clock_hz if self.matrix.clock_hz is not None else self.clock_hz
 
     @property
     def vector_clock_hz(self) -> float:
-        return self.vector.clock_hz or self.clock_hz
+        return self.vector.clock_hz if self.vector.clock_hz is not None else self.clock_hz
 
     def peak_flops(self, compute: str) -> float:
         """Peak matrix FLOP/s for a compute class (2 FLOPs per MAC)."""
@@ -156,6 +156,14 @@ class Arch:
             raise SpecError(f"device {self.name!r}: class {self.device_class!r} is not one of {', '.join(DEVICE_CLASSES)}")
         if not (self.clock_hz > 0 and math.isfinite(self.clock_hz)):
             raise SpecError(f"device {self.name!r}: clock must be a positive frequency, e.g. '1.4 GHz'")
+        for field, value, example in (("launch_overhead", self.launch_overhead_s, "'5 us'"),
+                                      ("static_power", self.static_power_w, "'50 W'"), ("tdp", self.tdp_w, "'300 W'")):
+            if not (value >= 0 and math.isfinite(value)):
+                raise SpecError(f"device {self.name!r}: {field} must be a finite quantity >= 0, e.g. {example}; got {value!r}")
+        for unit in (self.matrix, self.vector):
+            if unit.clock_hz is not None and not (unit.clock_hz > 0 and math.isfinite(unit.clock_hz)):
+                raise SpecError(f"device {self.name!r}: {unit.kind}.clock must be a positive frequency, e.g. '1.4 GHz' "
+                                "(or drop it to use the device clock)")
         if not self.memory:
             raise SpecError(f"device {self.name!r}: needs at least one memory level")
         names = [lv.name for lv in self.memory]

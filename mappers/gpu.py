@@ -18,8 +18,10 @@ pipeline stages bounded by shared memory, and costs every configuration at once 
 * **memory-level parallelism** (Little's law): the resident CTAs keep ``stages - 1`` pipeline
   stages of loads in flight, so the bandwidth they can draw is bytes in flight over the latency
   of the level (the preset's measured pointer-chase latency), at most the level's bandwidth;
-* time = max(tensor-core time, L2 time, HBM time) + pipeline fill + epilogue + launch overhead,
-  with the efficiency ceilings and launch overheads of :class:`~xpusim.arch.gpu.GpuRules`.
+* time = max(tensor-core time, L2 time, HBM time) + pipeline fill (the first stage of each CTA of
+  the first wave) + epilogue (the last wave's tiles), both at each CTA's share of the HBM bandwidth,
+  + launch overhead, with the efficiency ceilings and launch overheads of
+  :class:`~xpusim.arch.gpu.GpuRules`.
 """
 
 from __future__ import annotations
@@ -168,13 +170,15 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     l2_s = l2_total / _sustained(l2_bw, in_flight, l2.latency_s if l2 and l2.latency_s > 0 else hbm.latency_s)
     hbm_s = hbm_total / _sustained(hbm_bw, in_flight, hbm.latency_s)
     reduce_s = np.where(sp > 1, np.maximum(partials / l2_bw, (part_hbm + out_bytes) / hbm_bw) + launch_s, 0.0)
-    # pipeline fill (first stages of the first wave) and epilogue (last tile written)
-    per_sm_bw = hbm_bw / sms
-    fill_s = hbm.latency_s + (stages - 1) * stage / per_sm_bw
+    # pipeline fill (the first stage of every CTA of the first wave: compute starts when it lands, the
+    # later stages load behind it) and epilogue (the last wave's tiles written), each CTA with its
+    # share of the bandwidth
+    per_sm_bw = hbm_bw / np.minimum(ctas, sms)
+    fill_s = hbm.latency_s + stage / per_sm_bw
     epi_s = bm * bn * g.out_bytes / per_sm_bw
     total = np.maximum.reduce([mma_s, l2_s, hbm_s]) + fill_s + epi_s + launch_s + reduce_s
     # among configurations within 1 % of the fastest, a library-like choice moves the fewest bytes
-    near = np.flatnonzero(total <= total.min() * 1.01)
+    near = np.flatnonzero(total <= total.min() + 0.01 * abs(total.min()))
     best = int(near[np.lexsort((sp[near], l2_total[near]))[0]])
 
     clock = arch.clock_hz

@@ -13,7 +13,8 @@
   ``n_waves / ceil(n_waves)`` is within 85% of the best.
 
 Time = max(tensor-core time, exp time on the special-function units, L2 time, HBM time) + the
-launch overhead (and a second launch for the split combine), with the GPU's fitted rules.
+launch overhead (and a second launch for the split combine), with the GPU's fitted rules; the L2 and
+HBM rates are what the resident CTAs' loads in flight sustain (two K/V blocks each, Little's law).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..arch.spec import Arch
 from ..dtypes import get_dtype
 from ..sim.cost import OpCost, kernel_energy
 from ..workloads.einsum import Op
+from .gpu import _sustained
 
 BM, BN = 128, 64  # FlashAttention-2 forward blocks for head dim <= 128 on A100/H100
 KV_BLOCK = 256  # key block of the split-KV decode kernel
@@ -75,7 +77,7 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
     if q == 1 or q * r <= 16:  # decode: split-KV
         work = b * h  # one CTA per (sequence, KV head) covers its r query heads
         splits = flash_splits(work, sms, math.ceil(s / KV_BLOCK))
-        partial = b * h * r * splits * (ev + 1) * 4.0 if splits > 1 else 0.0
+        partial = b * h * r * q * splits * (ev + 1) * 4.0 if splits > 1 else 0.0  # every query's O and LSE
         launches += 1 if splits > 1 else 0
         hbm_bytes = q_bytes + kv_bytes + o_bytes + 2 * partial
         l2_bytes = hbm_bytes
@@ -91,8 +93,14 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
     wave_eff = (ctas / sms) / waves
     t_mma = macs / mac_rate / wave_eff
     t_exp = pairs / exp_rate / wave_eff
-    t_l2 = l2_bytes / l2_bw
-    t_hbm = hbm_bytes / hbm_bw
+    # memory-level parallelism (Little's law, as for GEMMs): each resident CTA keeps two K/V blocks in
+    # flight; a few CTAs cannot draw the whole bandwidth, which is why split-KV exists
+    block = BN * (e + ev) * kd.bytes
+    smem = next((lv for lv in arch.memory if lv.name == "smem"), None)
+    resident = max(1, int(smem.capacity_bytes // (BM * e * qd.bytes + 2 * block))) if smem else 1
+    in_flight = min(ctas, sms * resident) * 2 * block
+    t_l2 = l2_bytes / _sustained(l2_bw, in_flight, l2.latency_s if l2 and l2.latency_s > 0 else hbm.latency_s)
+    t_hbm = hbm_bytes / _sustained(hbm_bw, in_flight, hbm.latency_s)
     terms = {"compute": max(t_mma, t_exp), "l2": t_l2, hbm.name: t_hbm}
     bound = max(terms, key=lambda k: terms[k])
     lat = max(terms.values()) + hbm.latency_s + launches * launch_s

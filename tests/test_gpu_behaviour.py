@@ -3,6 +3,7 @@
 import pytest
 from xpusim import MappingError
 from xpusim.arch import list_archs, load_arch
+from xpusim.arch.gpu import gpu_rules
 from xpusim.mappers.gpu import gpu_gemm_cost
 from xpusim.mappers.gpu_attention import flash_splits
 from xpusim.sim.engine import clear_cache, simulate
@@ -74,15 +75,22 @@ def test_flash_decoding_split_heuristic_fills_the_gpu():
 
 def test_few_ctas_cannot_saturate_hbm_so_the_mapper_splits_k():
     """Little's law: 8 CTAs (M=16, N=512) keep too few bytes in flight to draw the HBM bandwidth
-    over its latency, so the mapper splits K to occupy more SMs; many CTAs are not limited."""
+    over its latency, so the mapper splits K (split-K or stream-K) to occupy more SMs; many CTAs are
+    not limited."""
     for name in ("a100-80gb", "h100-sxm"):
         arch = load_arch(name)
         prob = gemm_problem(16, 512, 16384)
         best = gpu_gemm_cost(prob, arch, 5e-6)
         unsplit = gpu_gemm_cost(prob, arch, 5e-6, splits=(1,))
-        assert best.mapping["ctas"] >= 64 and best.latency_s < 0.6 * unsplit.latency_s
+        split = best.mapping["split_k"] > 1 or best.mapping["kernel"] == "gemm-stream-k"  # K shared by more CTAs
+        assert split and best.mapping["ctas"] > unsplit.mapping["ctas"]
+        assert best.latency_s < 0.6 * unsplit.latency_s
         hbm = arch.backing
         assert unsplit.latency_s > unsplit.bytes_by_level[hbm.name] / (hbm.bandwidth_Bps * hbm.instances)
+        # the split kernel's loads in flight sustain the fitted HBM ceiling
+        rules = gpu_rules(arch.rules, name)
+        ceiling = best.bytes_by_level[hbm.name] / (hbm.bandwidth_Bps * hbm.instances * rules.memory_efficiency)
+        assert best.detail["terms_s"][hbm.name] == pytest.approx(ceiling, rel=0.05)
 
 
 def test_stream_k_removes_wave_quantisation_on_hopper_only():
@@ -95,3 +103,103 @@ def test_stream_k_removes_wave_quantisation_on_hopper_only():
     assert sk.mapping["kernel"] == "gemm-stream-k" and sk.latency_s < dp.latency_s
     with pytest.raises(MappingError):
         gpu_gemm_cost(prob, load_arch("a100-80gb"), 5e-6, splits=(0,))
+
+
+def test_split_kv_beats_one_split_on_a_long_batch_one_decode(monkeypatch):
+    """8 CTAs (one per KV head) cannot keep enough K/V in flight to draw the HBM bandwidth; the
+    split-KV heuristic's CTAs can, which is why FlashDecoding exists."""
+    import xpusim.mappers.gpu_attention as ga
+
+    def attention_s():
+        clear_cache()
+        r = simulate("h100-sxm", load_model("llama-3-8b"), Decode(1, 32768))
+        return float(r.ops[r.ops.kind == "attention"].latency_s.iloc[0])
+
+    split = attention_s()
+    monkeypatch.setattr(ga, "flash_splits", lambda work, sms, kv_blocks: 1)
+    unsplit = attention_s()
+    clear_cache()
+    assert split < 0.7 * unsplit
+
+
+def test_verifying_more_drafted_tokens_never_runs_faster():
+    from xpusim.workloads.phases import Verify
+
+    model, prev = load_model("llama-3-8b"), 0.0
+    for drafts in range(1, 10):
+        r = simulate("h100-sxm", model, Verify(1, 8192, drafts), check_memory=False)
+        att = float(r.ops[r.ops.kind == "attention"].latency_s.iloc[0])
+        assert att >= prev * 0.999
+        prev = att
+
+
+@pytest.mark.parametrize("name, shape", [("h100-sxm", (3000, 5000, 700)), ("mi300x", (3000, 5000, 700)),
+                                         ("a100-80gb", (2048, 128, 8192))])
+def test_more_shared_memory_never_slows_a_gemm(name, shape):
+    """A larger SMEM only allows deeper pipelines, which a library may or may not use."""
+    import dataclasses
+
+    arch, prev = load_arch(name), float("inf")
+    smem = next(lv for lv in arch.memory if lv.name == "smem")
+    for f in (0.5, 0.75, 1.0, 1.25):
+        lv = dataclasses.replace(smem, capacity_bytes=smem.capacity_bytes * f)
+        a = dataclasses.replace(arch, memory=tuple(lv if x.name == "smem" else x for x in arch.memory))
+        t = gpu_gemm_cost(gemm_problem(*shape), a, 5e-6).latency_s
+        assert t <= prev * 1.001
+        prev = t
+
+
+@pytest.mark.parametrize("line, message", [("launch_overhead: -50 us", "launch_overhead must be"),
+                                           ("static_power: -300 W", "static_power must be"),
+                                           ("tdp: -1 W", "tdp must be")])
+def test_negative_device_quantities_are_refused(line, message):
+    from xpusim import SpecError
+    from xpusim.arch.loader import arch_dict, arch_from_dict
+
+    d, _ = arch_dict("h100-sxm")
+    key, value = line.split(": ")
+    d[key] = value
+    with pytest.raises(SpecError, match=message):
+        arch_from_dict(d, "bad")
+
+
+@pytest.mark.parametrize("clock", ["0 GHz", "-1 GHz"])
+def test_a_unit_clock_must_be_positive(clock):
+    from xpusim import SpecError
+    from xpusim.arch.loader import arch_dict, arch_from_dict
+
+    d, _ = arch_dict("h100-sxm")
+    d["matrix"]["clock"] = clock
+    with pytest.raises(SpecError, match="matrix.clock must be a positive frequency"):
+        arch_from_dict(d, "bad")
+
+
+def test_op_sizes_beyond_exact_counting_are_refused():
+    from xpusim import ShapeError
+    from xpusim.workloads.einsum import gemm_op
+
+    gemm_op(2**17, 2**18, 2**18)  # 2^53 points: still exact
+    with pytest.raises(ShapeError, match="2\\^53"):
+        gemm_op(2**17 + 1, 2**18, 2**18)
+
+
+def test_split_kv_partials_count_every_query():
+    """Under split-KV every query writes its own partial output and log-sum-exp: verifying q tokens
+    moves q times the partials of one."""
+    from xpusim.mappers.gpu_attention import fused_attention_cost
+    from xpusim.workloads import build_trace
+    from xpusim.workloads.phases import Verify
+
+    def hbm_bytes(q):
+        phase = Verify(1, 8192, q - 1) if q > 1 else Decode(1, 8192)
+        ops = {op.name: op for _, op in build_trace(load_model("llama-3-8b"), phase).ops()}
+        c = fused_attention_cost(ops["attn_score"], ops["attn_context"], load_arch("h100-sxm"), 0.0)
+        assert c.mapping["kernel"] == "flash-decoding"
+        return c.bytes_by_level["hbm"], c.mapping["splits"]
+
+    (b1, s1), (b4, s4) = hbm_bytes(1), hbm_bytes(4)
+    m = load_model("llama-3-8b")
+    qkvo = lambda q: (2 * q * m.n_heads * m.head_dim + 2 * 8192 * m.n_kv_heads * m.head_dim) * 2  # noqa: E731
+    per_query_partials = m.n_heads * (m.head_dim + 1) * 4.0 * 2  # written and read
+    assert b1 == pytest.approx(qkvo(1) + s1 * per_query_partials, rel=0.02)
+    assert b4 == pytest.approx(qkvo(4) + 4 * s4 * per_query_partials, rel=0.02)

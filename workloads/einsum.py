@@ -28,6 +28,10 @@ KINDS = (
 ROLES = ("weight", "activation", "kv", "state", "input")
 
 
+#: most index points an op may span: counts stay exact in float64 and int64 arithmetic
+MAX_POINTS = 2**53
+
+
 @dataclass(frozen=True)
 class Tensor:
     """A tensor as the projection of an op's iteration space onto ``dims`` (layout order)."""
@@ -74,6 +78,9 @@ class Op:
         for d, n in self.dims:
             if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
                 raise ShapeError(f"op {self.name!r}: dimension {d!r} has size {n!r}; sizes must be positive integers")
+        if math.prod(n for _, n in self.dims) > MAX_POINTS:
+            raise ShapeError(f"op {self.name!r}: {dict(self.dims)} spans more than 2^53 index points, beyond what "
+                             "xpusim counts exactly; use smaller sizes")
         for t in (*self.inputs, self.output):
             missing = [d for d in t.dims if d not in names]
             if missing:
