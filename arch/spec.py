@@ -156,10 +156,10 @@ class Arch:
             raise SpecError(f"device {self.name!r}: class {self.device_class!r} is not one of {', '.join(DEVICE_CLASSES)}")
         if not (self.clock_hz > 0 and math.isfinite(self.clock_hz)):
             raise SpecError(f"device {self.name!r}: clock must be a positive frequency, e.g. '1.4 GHz'")
-        for field, value, example in (("launch_overhead", self.launch_overhead_s, "'5 us'"),
-                                      ("static_power", self.static_power_w, "'50 W'"), ("tdp", self.tdp_w, "'300 W'")):
+        for key, value, example in (("launch_overhead", self.launch_overhead_s, "'5 us'"),
+                                    ("static_power", self.static_power_w, "'50 W'"), ("tdp", self.tdp_w, "'300 W'")):
             if not (value >= 0 and math.isfinite(value)):
-                raise SpecError(f"device {self.name!r}: {field} must be a finite quantity >= 0, e.g. {example}; got {value!r}")
+                raise SpecError(f"device {self.name!r}: {key} must be a finite quantity >= 0, e.g. {example}; got {value!r}")
         for unit in (self.matrix, self.vector):
             if unit.clock_hz is not None and not (unit.clock_hz > 0 and math.isfinite(unit.clock_hz)):
                 raise SpecError(f"device {self.name!r}: {unit.kind}.clock must be a positive frequency, e.g. '1.4 GHz' "
