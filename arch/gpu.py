@@ -9,9 +9,9 @@
   on chip; a longer row is read ``row_passes`` times from device memory.
 
 The values are fitted by ``validation/fit_gpu.py`` on the A100 measurements and written into the
-A100 preset. Every other GPU preset uses the same rules (the A100's, unless a preset carries fitted
-rules of its own): the rules describe the software stack and the architecture family, not one chip,
-so there is no per-device fudge table.
+A100 preset. Every other GPU preset uses the same rules (the A100's; a preset's own ``rules:`` replace
+them field by field, a per-kind table key by key): the rules describe the software stack and the
+architecture family, not one chip, so there is no per-device fudge table.
 """
 
 from __future__ import annotations
@@ -83,7 +83,21 @@ def _calibrated() -> GpuRules:
 
 
 def gpu_rules(rules: dict[str, Any] | None, where: str = "device") -> GpuRules:
-    """The rules of a GPU: its own fitted ones, else those fitted on the calibration device."""
-    if rules:
-        return parse_gpu_rules(rules, where)
-    return _calibrated()
+    """The rules of a GPU: those fitted on the calibration device, with the fields its own ``rules:``
+    give replacing them (a per-kind table key by key)."""
+    if not rules:
+        return _calibrated()
+    own = parse_gpu_rules(rules, where)
+    base = _calibrated()
+    merged: dict[str, Any] = {}
+    for key, name in (("mma_efficiency", "mma_efficiency"), ("memory_efficiency", "memory_efficiency"),
+                      ("l2_efficiency", "l2_efficiency"), ("launch_overhead", "launch_overhead_s"),
+                      ("single_pass_row", "single_pass_row_bytes"), ("row_passes", "row_passes")):
+        mine, theirs = getattr(own, name), getattr(base, name)
+        if key not in rules:
+            merged[name] = theirs
+        elif isinstance(mine, dict):
+            merged[name] = {**theirs, **mine}
+        else:
+            merged[name] = mine
+    return GpuRules(**merged)

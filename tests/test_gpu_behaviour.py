@@ -203,3 +203,15 @@ def test_split_kv_partials_count_every_query():
     per_query_partials = m.n_heads * (m.head_dim + 1) * 4.0 * 2  # written and read
     assert b1 == pytest.approx(qkvo(1) + s1 * per_query_partials, rel=0.02)
     assert b4 == pytest.approx(qkvo(4) + 4 * s4 * per_query_partials, rel=0.02)
+
+
+def test_a_partial_rules_section_keeps_the_fitted_rules_it_does_not_name():
+    from xpusim.arch.gpu import gpu_rules
+
+    base = gpu_rules({})
+    own = gpu_rules({"launch_overhead": {"matmul": "30 us"}, "fitted_by": "me"})
+    assert own.launch("matmul") == pytest.approx(30e-6) and own.launch("softmax") == base.launch("softmax")
+    assert (own.mma_efficiency, own.memory_efficiency, own.l2_efficiency) == (
+        base.mma_efficiency, base.memory_efficiency, base.l2_efficiency)
+    assert own.single_pass_row_bytes == base.single_pass_row_bytes and own.row_passes == base.row_passes
+    assert gpu_rules({"mma_efficiency": 0.5}).mma_efficiency == 0.5
