@@ -7,6 +7,7 @@ import json
 import time
 import warnings
 
+from ..errors import SpecError
 from .space import METRICS, load_space
 from .study import export, finished, pareto_frame, run_study, trials_frame
 
@@ -21,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", help="tpe, nsga2, cmaes, random, grid (default: the space's, else nsga2 for several "
                                      "objectives, tpe for one)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds (> 0)")
     p.add_argument("--export", metavar="DIR", help="write trials and Pareto set as CSV/JSON (and Parquet with pyarrow)")
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                    help="no progress bar (none either when stderr is not a terminal)")
@@ -31,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
+    if a.timeout is not None and not a.timeout > 0:
+        raise SpecError(f"--timeout {a.timeout:g}: give a positive number of seconds (or leave it out: no time limit)")
     space = load_space(a.space)
     study_name = a.study or space.name
     sampler = a.sampler or space.sampler

@@ -59,29 +59,29 @@ def simulate_report(results: list[Result], command: str | None = None) -> str:
 
 
 def op_report(out: dict[str, Any], command: str | None = None) -> str:
-    """``out``: the dict ``xpusim op --json`` prints."""
+    """``out``: the dict ``xpusim op --json`` prints; its ``roof`` (:func:`~xpusim.sim.result.roof`)
+    draws the roofline (a file saved without one: the device loaded by name, else no roof)."""
     import plotly.graph_objects as go
 
-    from ..arch.loader import load_arch
+    from ..dtypes import get_dtype
 
     flops, lat = float(out["flops"]), float(out["latency_s"])
     moved = out.get("bytes_by_level", {})
-    arch = load_arch(str(out["arch"]))
-    dram = float(moved.get(arch.backing.name, 0.0)) or 1.0
+    rf = SF.saved_roof(out.get("roof"), str(out["arch"]), lambda arch: get_dtype(str(out["dtype"])).compute)
+    memory = rf["memory"] if rf else next(iter(moved), "memory")
+    dram = float(moved.get(memory, 0.0)) or 1.0
     fig = go.Figure()
-    peak = arch.peak_flops(max(arch.matrix.rate_per_cycle, key=lambda c: arch.matrix.rate_per_cycle[c]))
-    bw = arch.backing.bandwidth_Bps * arch.backing.instances
-    import numpy as np
-
-    xs = np.logspace(-1, 4, 100)
-    fig.add_trace(go.Scatter(x=xs, y=np.minimum(peak, bw * xs), mode="lines", name="roof", line={"color": "#333"}))
+    if rf is not None:
+        xs = np.logspace(-1, 4, 100)
+        fig.add_trace(go.Scatter(x=xs, y=np.minimum(rf["peak_flops_per_s"], rf["bandwidth_Bps"] * xs), mode="lines",
+                                 name=f"roof ({rf['compute']} peak, {memory} bandwidth)", line={"color": "#333"}))
     name = f"gemm {out['m']}x{out['n']}x{out['k']} {out['dtype']}"
     fig.add_trace(go.Scatter(x=[flops / dram], y=[flops / lat], mode="markers", name=name, marker={"size": 14},
                              text=[f"<b>{name}</b><br>latency {lat * 1e6:.4g} us<br>bound: {out['bound']}"],
                              hovertemplate="%{text}<extra></extra>"))
-    fig.update_xaxes(type="log", title=f"FLOP per byte of {arch.backing.name} traffic")
+    fig.update_xaxes(type="log", title=f"FLOP per byte of {memory} traffic")
     fig.update_yaxes(type="log", title="achieved throughput (FLOP/s)")
-    SF._style(fig, f"{name} on {arch.name}")
+    SF._style(fig, f"{name} on {out['arch']}")
     levels = go.Figure(go.Bar(x=list(moved), y=[v / 2**20 for v in moved.values()], marker_color=SF.PALETTE[1]))
     levels.update_xaxes(title="memory level")
     levels.update_yaxes(title="bytes moved (MiB)")
@@ -102,7 +102,9 @@ def explore_report(trials: pd.DataFrame, front: pd.DataFrame, objectives: list[s
 
     units = {m: v[1] for m, v in METRICS.items()}
     sections = []
-    if len(objectives) >= 2:
+    if trials.empty:
+        sections.append(("No trials yet", "The study has no finished trial: run more (--trials, a longer --timeout).", ""))
+    elif len(objectives) >= 2:
         fig = STF.pareto(trials, front, objectives, knobs, units)
         sections.append(("Pareto front", "Grey: infeasible designs (a constraint broken); blue: feasible; red: the "
                          "Pareto-optimal designs.", H.figure_html(fig, "pareto", 520)))
@@ -187,15 +189,53 @@ def report_from_file(path: str | Path, command: str | None = None) -> str:
     several = isinstance(d.get("results"), list) and all(isinstance(r, dict) and "ops" in r for r in d["results"])
     kind = d.get("report") or ("simulate" if ("ops" in d and "latency_s" in d) or several
                                else "op" if d.get("op") == "gemm" else "")
+    try:
+        return _report_of(kind, d, path, command)
+    except KeyError as e:  # a field the report reads: a file from another version, or edited
+        raise SpecError(f"{path}: a saved {kind} result without {e.args[0]!r}; re-save it") from None
+
+
+#: what a report reads of each saved simulation result, and of each row of a validation
+_RESULT_FIELDS = ("ops", "latency_s", "energy_j", "tokens", "weights_bytes", "kv_cache_bytes", "activation_bytes",
+                  "capacity_bytes")
+_VALIDATE_COLUMNS = ("shape", "measured_s", "predicted_s", "err_pct")
+
+
+def _table(rows: Any, columns: list[str] | tuple[str, ...], name: str) -> pd.DataFrame:
+    """``rows`` (a list of records) as a frame; a KeyError names the first column it lacks
+    (an empty table needs none)."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise KeyError(name)
+    df = pd.DataFrame(rows)
+    missing = [c for c in columns if c not in df.columns] if rows else []
+    if missing:
+        raise KeyError(f"{name}.{missing[0]}")
+    return df
+
+
+def _report_of(kind: str, d: dict[str, Any], path: str | Path, command: str | None) -> str:
+    """The report of a saved result ``d`` of ``kind``; a missing field raises KeyError naming it."""
+    from ..sim.result import COLUMNS
+
     if kind == "simulate":
-        results = [Result.from_dict(r) for r in d.get("results", [d])]
-        return simulate_report(results, command)
+        saved = d.get("results", [d])
+        if not isinstance(saved, list) or not saved or not all(isinstance(r, dict) for r in saved):
+            raise KeyError("results")
+        for r in saved:
+            missing = [f for f in _RESULT_FIELDS if f not in r] or ([] if r["ops"] else ["ops"])
+            if missing:
+                raise KeyError(missing[0])
+            _table(r["ops"], COLUMNS, "ops")
+        return simulate_report([Result.from_dict(r) for r in saved], command)
     if kind == "op":
         return op_report(d, command)
     if kind == "explore":
-        return explore_report(pd.DataFrame(d["trials"]), pd.DataFrame(d["pareto"]), d["objectives"], d["directions"],
-                              d["knobs"], d["study"], d["space"], d.get("importance"), command)
+        objectives, knobs = list(d["objectives"]), list(d["knobs"])
+        trials = _table(d["trials"], ["number", "feasible", *knobs, *objectives], "trials")
+        pareto = _table(d["pareto"], ["number", *knobs, *objectives], "pareto")
+        return explore_report(trials, pareto, objectives, d["directions"], knobs, d["study"], d["space"],
+                              d.get("importance"), command)
     if kind == "validate":
-        return validate_report(pd.DataFrame(d["rows"]), d["summary"], command)
+        return validate_report(_table(d["rows"], _VALIDATE_COLUMNS, "rows"), d["summary"], command)
     raise SpecError(f"{path}: not a saved xpusim result (expected the output of --save, or of simulate (one or several "
                     "--arch) or op with --json)")

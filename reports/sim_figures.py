@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from ..arch.loader import load_arch
 from ..errors import XpusimError
-from ..sim.result import Result
+from ..sim.result import Result, roof, step_compute_class
 from ..workloads.model import load_model
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -36,18 +36,17 @@ def _style(fig: go.Figure, title: str) -> go.Figure:
     return fig
 
 
-def _compute_class(res: Result, arch) -> str:
-    """The matrix class the step's GEMMs run in: the model's weight/activation format, resolved on
-    the device (the widest of the two, as the matmuls compute)."""
-    from ..dtypes import get_dtype
-
+def saved_roof(saved: dict[str, Any] | None, arch_name: str, compute) -> dict[str, Any] | None:
+    """The roof a result stored (:func:`~xpusim.sim.result.roof`); for a file saved without one,
+    that of the device loaded by name (``compute(arch)`` gives the class); None when no device of
+    that name loads."""
+    if saved:
+        return saved
     try:
-        model = load_model(str(res.inputs.get("model", "")))
-        fmt = max((model.weight_dtype, model.act_dtype), key=lambda f: get_dtype(f).bits)
-        return arch.matrix.resolve(get_dtype(fmt).compute)
+        arch = load_arch(arch_name)
+        return roof(arch, compute(arch))
     except XpusimError:
-        rates = arch.matrix.rate_per_cycle
-        return "bf16" if "bf16" in rates else max(rates, key=lambda c: rates[c])
+        return None
 
 
 def _stacked_pair(fig: go.Figure, left: tuple[str, str], right: tuple[str, str]) -> None:
@@ -67,18 +66,15 @@ def roofline(res: Result) -> go.Figure:
     arch_name = str(res.inputs.get("arch", ""))
     x_lo = max(1e-2, float(df["intensity"].min()) / 3) if len(df) else 1e-2
     x_hi = max(1e3, float(df["intensity"].max()) * 3) if len(df) else 1e4
-    try:
-        arch = load_arch(arch_name)
-        compute = _compute_class(res, arch)
-        peak = arch.peak_flops(compute)
-        bw = arch.backing.bandwidth_Bps * arch.backing.instances
+    rf = saved_roof(res.inputs.get("roof"), arch_name, lambda arch: step_compute_class(res.inputs, arch))
+    if rf is not None:  # a file saved without a roof, of a device no longer there: ops only
+        peak = rf["peak_flops_per_s"]
         xs = np.logspace(math.log10(x_lo), math.log10(x_hi), 200)
-        fig.add_trace(go.Scatter(x=xs, y=np.minimum(peak, bw * xs), mode="lines", name=f"roof ({compute} peak, "
-                                 f"{arch.backing.name} bandwidth)", line={"color": "#333", "width": 2}, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=xs, y=np.minimum(peak, rf["bandwidth_Bps"] * xs), mode="lines",
+                                 name=f"roof ({rf['compute']} peak, {rf['memory']} bandwidth)",
+                                 line={"color": "#333", "width": 2}, hoverinfo="skip"))
         fig.add_annotation(x=math.log10(x_hi), y=math.log10(peak), text=f"{peak / 1e12:.0f} TFLOP/s", showarrow=False,
                            xanchor="right", yanchor="bottom")
-    except XpusimError:
-        pass  # a device file that is no longer there: ops only
     for kind, g in df.groupby("kind", sort=True):
         text = [f"<b>{n}</b> ({b})<br>FLOPs {f:.3g}<br>bytes {by:.3g}<br>intensity {it:.3g} FLOP/B<br>bound: {bd}"
                 f"<br>latency {lat * 1e6:.3g} us" for n, b, f, by, it, bd, lat in
@@ -108,10 +104,13 @@ def breakdown(res: Result) -> go.Figure:
 
 def timeline_events(res: Result, max_repeats: int = 2) -> list[dict[str, Any]]:
     """Ops in trace order as (name, resource, start, duration) events, seconds; a block repeated
-    N times shows its first ``max_repeats`` repetitions and one summary bar for the rest."""
+    N times shows its first ``max_repeats`` repetitions and one summary bar for the rest. A result
+    of several steps (a chunked prefill's ``step`` column) runs them one after the other."""
     events: list[dict[str, Any]] = []
     t = 0.0
-    for block, g in res.ops.groupby("block", sort=False):
+    steps = "step" in res.ops.columns
+    for key, g in res.ops.groupby(["step", "block"] if steps else "block", sort=False):
+        block = f"step {key[0]} {key[1]}" if steps else key
         rep = int(g["repeat"].iloc[0])
         for r in range(min(rep, max_repeats)):
             for _, op in g.iterrows():
@@ -156,17 +155,26 @@ def timeline(res: Result) -> go.Figure:
     return _style(fig, "Timeline of one step (first repetitions of each block)")
 
 
+def _system_events(res: Result) -> list[dict[str, Any]]:
+    """A system step's events (:attr:`Result.timeline`) as :func:`timeline_events` gives them, the
+    stage or link that runs each as its resource."""
+    return [{"name": str(e["name"]), "block": str(e["name"]), "resource": str(e["device"]), "kind": str(e["kind"]),
+             "start": float(e["start"]), "dur": float(e["dur"])} for e in res.timeline]
+
+
 def chrome_trace(results: Result | list[Result]) -> dict[str, Any]:
     """The timelines as Chrome/Perfetto trace-event JSON (microseconds): one process per result (a
-    device of a side-by-side run), one thread per resource."""
+    device of a side-by-side run), one thread per resource — per pipeline stage and link for a
+    system step (its :attr:`Result.timeline`)."""
     out: list[dict[str, Any]] = []
     for pid, res in enumerate(results if isinstance(results, list) else [results], start=1):
-        ev = timeline_events(res, max_repeats=10**9)
+        ev = _system_events(res) if res.timeline else timeline_events(res, max_repeats=10**9)
         tids = {r: i for i, r in enumerate(sorted({e["resource"] for e in ev}))}
         out += [{"name": e["name"], "cat": e["kind"], "ph": "X", "ts": e["start"] * 1e6, "dur": e["dur"] * 1e6, "pid": pid,
                  "tid": tids[e["resource"]], "args": {"block": e["block"]}} for e in ev]
         out += [{"name": "thread_name", "ph": "M", "pid": pid, "tid": t, "args": {"name": r}} for r, t in tids.items()]
-        out.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": f"{res.inputs.get('arch', '')}"}})
+        name = res.inputs.get("system") or res.inputs.get("arch", "")
+        out.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": str(name)}})
     return {"traceEvents": out, "displayTimeUnit": "ms"}
 
 

@@ -25,6 +25,36 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def roof(arch: Any, compute: str) -> dict[str, Any]:
+    """What a roofline needs of device ``arch`` for work of class ``compute``: the class it runs in,
+    its peak FLOP/s, and its backing memory with the bandwidth of every instance (kept in a result
+    so a report never reloads the device)."""
+    cls = arch.matrix.resolve(compute)
+    return {"compute": cls, "peak_flops_per_s": arch.peak_flops(cls), "memory": arch.backing.name,
+            "bandwidth_Bps": arch.backing.bandwidth_Bps * arch.backing.instances}
+
+
+def step_compute_class(inputs: dict[str, Any], arch: Any) -> str:
+    """The matrix class a step's GEMMs run in on ``arch``: the widest of its weight and activation
+    formats (those ``inputs`` recorded, else its model's); bf16 (else the fastest class) when
+    neither is known."""
+    from ..dtypes import get_dtype
+    from ..errors import XpusimError
+    from ..workloads.model import load_model
+
+    try:
+        f = inputs.get("formats") or {}
+        if f.get("weights") and f.get("activations"):
+            fmts = (f["weights"], f["activations"])
+        else:
+            model = load_model(str(inputs.get("model", "")))
+            fmts = (model.weight_dtype, model.act_dtype)
+        return arch.matrix.resolve(get_dtype(max(fmts, key=lambda x: get_dtype(x).bits)).compute)
+    except XpusimError:
+        rates = arch.matrix.rate_per_cycle
+        return "bf16" if "bf16" in rates else max(rates, key=lambda c: rates[c])
+
+
 @dataclass
 class Result:
     """A simulated step.
@@ -33,7 +63,8 @@ class Result:
     ``total_*`` = per-op value x repeat); ``latency_s``, ``energy_j``: the whole step;
     ``tokens_per_s``: tokens of the step over its latency; memory in bytes (weights, KV cache,
     SSM recurrent state, peak activations); ``inputs``: what was
-    simulated (device, model, phase, options) so a report can be rebuilt from the result.
+    simulated (device, model, phase, options, and the device's ``roof``: :func:`roof`) so a
+    report can be rebuilt from the result.
     """
 
     ops: pd.DataFrame

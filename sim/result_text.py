@@ -42,8 +42,29 @@ def print_formats(model, format_error: bool = False, note: str = "") -> None:
         print(_format_error_line(layer_error(model), model.weight_dtype, model.act_dtype, model.kv_dtype))
 
 
+def stamp_roofs(a: argparse.Namespace, results: list) -> None:
+    """Keep in each result the roof of the device it ran on (:func:`~xpusim.sim.result.roof`; each
+    ``--arch``, or the ``--system``'s device), so its report, --save and --json draw that device's
+    roofline without loading a device by name (a YAML device, one named like a preset)."""
+    from ..arch.loader import load_arch
+    from .result import roof, step_compute_class
+
+    if getattr(a, "system", None):
+        from ..arch.system import load_system
+
+        devices = [load_system(a.system).device] * len(results)
+    else:
+        devices = [load_arch(spec) for spec in getattr(a, "arch", None) or []]
+    if len(devices) != len(results):
+        return
+    for arch, res in zip(devices, results, strict=True):
+        if "roof" not in res.inputs and arch.name == res.inputs.get("arch"):  # not a host + PIM pair
+            res.inputs["roof"] = roof(arch, step_compute_class(res.inputs, arch))
+
+
 def write_outputs(a: argparse.Namespace, results: list) -> None:
-    """--report, --save and --trace of a simulation."""
+    """Each result's roof (:func:`stamp_roofs`), then --report, --save and --trace of a simulation."""
+    stamp_roofs(a, results)
     if a.trace:
         from ..reports.sim_figures import chrome_trace
 

@@ -34,13 +34,15 @@ from .result import Result
 def simulate_chunked_prefill(arch: Arch | str, model: ModelSpec | str, batch: int, seq: int, chunk: int,
                              **kw) -> Result:
     """A prefill of ``seq`` tokens in chunks of ``chunk``: the chunk steps summed, one row per op
-    and chunk (column ``step``); memory is that of the last chunk (the whole prompt cached)."""
+    and chunk (column ``step``, in order); memory is that of the last chunk (the whole prompt
+    cached). Its ``phase_args`` describe the whole prompt (``seq``, ``chunk``)."""
     from .engine import simulate
 
     steps = [simulate(arch, model, ph, **kw) for ph in chunk_steps(batch, seq, chunk)]
     ops = pd.concat([r.ops.assign(step=i) for i, r in enumerate(steps)], ignore_index=True)
     last = steps[-1]
     inputs = {**last.inputs, "phase": "prefill", "chunk": chunk, "steps": len(steps),
+              "phase_args": {"batch": batch, "seq": seq, "prefix": 0, "chunk": chunk},
               "meta": {**last.inputs.get("meta", {}), "seq": seq, "prefix": 0, "chunk": chunk}}
     return Result(ops=ops, latency_s=sum(r.latency_s for r in steps), energy_j=sum(r.energy_j for r in steps),
                   tokens=batch * seq, weights_bytes=last.weights_bytes, kv_cache_bytes=last.kv_cache_bytes,
