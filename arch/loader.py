@@ -250,6 +250,10 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         from .gpu import parse_gpu_rules
 
         parse_gpu_rules(arch.rules, f"device {name!r}")
+        missing = [n for n in ("l2", "smem", "rf") if n not in {lv.name for lv in arch.memory}]
+        if missing:
+            raise SpecError(f"device {name!r}: a gpu's kernel model reads its levels l2, smem and rf by name; "
+                            f"none is named {', '.join(missing)} (rename the matching levels)")
     if arch.device_class == "pim" or "pim" in d:  # bank-level DRAM PIM: organisation, timing, PUs (arch/pim.py)
         from .pim import check_pim_arch, parse_pim
 

@@ -33,7 +33,7 @@ import numpy as np
 from ..arch.gpu import GpuRules, gpu_rules
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
-from ..errors import MappingError
+from ..errors import MappingError, SpecError
 from ..sim.compute import gemm_roles
 from ..sim.cost import OpCost, kernel_energy
 from ..sim.problem import Problem
@@ -104,8 +104,9 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     rate = arch.matrix.rate(compute) / prob.density
     f_m = arch.matrix_clock_hz
     smem, l2, rf, hbm = _level(arch, "smem"), _level(arch, "l2"), _level(arch, "rf"), arch.backing
-    smem_cap = smem.capacity_bytes if smem else 96 * 1024
-    rf_cap = rf.capacity_bytes if rf else 256 * 1024
+    if smem is None or rf is None:
+        raise SpecError(f"device {arch.name!r}: the GPU kernel model needs levels named smem and rf")
+    smem_cap, rf_cap = smem.capacity_bytes, rf.capacity_bytes
     # operands are reused in the largest on-chip cache (L2, or an Infinity Cache/LLC above it)
     caches = [lv for lv in arch.memory[1:] if lv.name not in ("smem", "rf")]
     l2_cap = max((lv.capacity_bytes * lv.instances for lv in caches), default=0.0)

@@ -215,3 +215,13 @@ def test_a_partial_rules_section_keeps_the_fitted_rules_it_does_not_name():
         base.mma_efficiency, base.memory_efficiency, base.l2_efficiency)
     assert own.single_pass_row_bytes == base.single_pass_row_bytes and own.row_passes == base.row_passes
     assert gpu_rules({"mma_efficiency": 0.5}).mma_efficiency == 0.5
+
+
+def test_a_gpu_without_its_named_levels_is_refused():
+    from xpusim import SpecError
+    from xpusim.arch.loader import arch_dict, arch_from_dict
+
+    d, _ = arch_dict("h100-sxm")
+    d["memory"][1]["name"] = "L2"
+    with pytest.raises(SpecError, match="none is named l2"):
+        arch_from_dict(d, "renamed")
