@@ -42,12 +42,101 @@ def _given(a: argparse.Namespace, names: Sequence[str]) -> list[str]:
     return [f"--{k.replace('_', '-')}" for k in names if getattr(a, k, None)]
 
 
+#: the phase flags of ``simulate``: the phases that take each, and what it gives
+PHASE_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "seq": (("prefill", "decode", "generate"),
+            "gives a prompt's tokens (prefill, generate) or an encoder-decoder model's source length (decode)"),
+    "context": (("decode", "verify", "speculative"), "gives the cached tokens a decode, verify or speculative step attends"),
+    "chunk": (("prefill",), "splits a prefill's prompt into chunks"),
+    "gen": (("generate",), "gives the tokens a generation produces per sequence"),
+    "shared_prefix": (("decode",), "applies to decode: the leading context tokens every sequence shares"),
+    "draft_tokens": (("verify", "speculative"), "gives the drafted tokens a verify or speculative step scores"),
+    "tree_width": (("verify", "speculative"), "gives a token tree's candidates per level (verify, speculative)"),
+    "acceptance": (("speculative",), "is speculative decoding's acceptance rate"),
+    "draft_model": (("speculative",), "is speculative decoding's drafter"),
+    "medusa_heads": (("speculative",), "is speculative decoding's drafter"),
+}
+_FOR_ONE_DEVICE = "runs on one device: give --arch without --pim"
+#: how a step runs (one device, a host with PIM, a system): its phases and the flags it cannot honour
+PATHS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "--arch": (("prefill", "decode", "verify", "speculative"), {}),
+    "--pim": (("prefill", "decode"), {
+        "chunk": f"chunked prefill {_FOR_ONE_DEVICE}",
+        "shared_prefix": f"a shared-prefix decode {_FOR_ONE_DEVICE}",
+        "mla_form": "a host + PIM step takes the default form; drop it",
+        "rdu_mode": "for a dataflow device run alone; drop it with --pim",
+        "wafers": "for a wafer-scale device run alone; drop it with --pim",
+        "weight_streaming": "for a wafer-scale device run alone; drop it with --pim",
+        "wafer_side": "for a wafer-scale device run alone; drop it with --pim",
+        "wafer_algorithm": "for a wafer-scale device run alone; drop it with --pim",
+    }),
+    "--system": (("prefill", "decode", "generate"), {
+        "chunk": f"chunked prefill {_FOR_ONE_DEVICE}",
+        "shared_prefix": f"a shared-prefix decode {_FOR_ONE_DEVICE}",
+    }),
+}
+#: phases that print a summary, not a step's result, so write no files
+SUMMARY_PHASES = {"speculative": "speculative decoding", "generate": "a generation"}
+OUTPUT_FLAGS = ("save", "report", "trace", "csv")
+MAX_TREE_NODES = 100_000  # a token tree's nodes (each is a query row of the verify step)
+
+
+def _flag(dest: str) -> str:
+    return f"--{dest.replace('_', '-')}"
+
+
+def check_flags(a: argparse.Namespace, path: str, model=None) -> None:
+    """Refuse, in one line, a ``simulate`` flag the phase or ``path`` (``--arch``, ``--pim``,
+    ``--system``) would not use; nothing is silently ignored."""
+    phases, refused = PATHS[path]
+    if a.phase not in phases:
+        hint = "; generate runs on a system: give --system (e.g. 4x-a100-nvlink) with --tp/--pp or --plan auto" \
+            if a.phase == "generate" else ""
+        raise SpecError(f"{path} runs the {', '.join(phases[:-1])} or {phases[-1]} phase, not {a.phase}{hint}")
+    for dest, (takes, gives) in PHASE_FLAGS.items():
+        if getattr(a, dest) is not None and a.phase not in takes:
+            raise SpecError(f"{_flag(dest)} {gives}; --phase {a.phase} does not take it (drop {_flag(dest)})")
+    for dest, why in refused.items():
+        if getattr(a, dest):
+            raise SpecError(f"{_flag(dest)} with {path}: {why}")
+    if path == "--pim" and a.objective != "latency":
+        raise SpecError(f"--objective {a.objective}: a host + PIM step is costed for latency only; drop it")
+    if a.objective == "throughput" and not a.plan:
+        raise SpecError("--objective throughput ranks --plan auto's plans by tokens/s; give --system with --plan auto, "
+                        "or use --objective latency, energy or edp")
+    if a.plan:
+        fixed = [f"--{k} {getattr(a, k)}" for k in ("tp", "pp", "dp", "ep") if getattr(a, k) != 1]
+        fixed += ["--sp"] * bool(a.sp) + [f"--microbatches {a.microbatches}"] * bool(a.microbatches)
+        if fixed:
+            raise SpecError(f"--plan auto searches every plan; drop {' '.join(fixed)}, or drop --plan auto to run that plan")
+    if a.phase in SUMMARY_PHASES and _given(a, OUTPUT_FLAGS):
+        raise SpecError(f"{_given(a, OUTPUT_FLAGS)[0]}: {SUMMARY_PHASES[a.phase]} prints a summary only, not a step's "
+                        "result; use --json")
+    if a.tree_width and a.draft_tokens:
+        nodes = sum(a.tree_width**level for level in range(1, min(a.draft_tokens, 64) + 1))
+        if nodes > MAX_TREE_NODES:
+            raise SpecError(f"a token tree of {a.draft_tokens} levels of {a.tree_width} candidates has more than "
+                            f"{MAX_TREE_NODES:,} nodes; use a smaller --tree-width or --draft-tokens")
+    if model is not None and a.phase == "decode" and a.seq is not None and not model.encoder_layers:
+        raise SpecError(f"--seq in a decode is an encoder-decoder model's source length; {model.name} is decoder-only "
+                        "(drop --seq)")
+
+
+def write_files(a: argparse.Namespace, results: list) -> None:
+    """--report, --save, --trace and --csv (the per-op tables, one ``arch`` column) of simulated steps."""
+    write_outputs(a, results)
+    if a.csv:
+        import pandas as pd
+
+        pd.concat([r.ops.assign(arch=r.inputs["arch"]) for r in results]).to_csv(a.csv, index=False)
+
+
 def _cmd_simulate(a: argparse.Namespace) -> int:
     from .arch.loader import load_arch
     from .sim.engine import simulate, with_engine_formats
     from .sim.steps import simulate_chunked_prefill, speculate
     from .workloads.model import load_model
-    from .workloads.phases import Decode, Phase, Verify, make_phase
+    from .workloads.phases import Phase, Verify, make_phase
 
     model = load_model(a.model)
     if a.weight_dtype or a.act_dtype or a.kv_dtype:
@@ -64,8 +153,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         model = dataclasses.replace(model, embed_dtype=a.embed_dtype)
     given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype),
                             ("embed", a.embed_dtype)) if v}
-    kw = {"objective": "latency" if a.objective == "throughput" else a.objective, "routing": a.routing, "mla_form": a.mla_form,
-          "check_memory": not a.ignore_memory}
+    kw = {"objective": a.objective, "routing": a.routing, "mla_form": a.mla_form, "check_memory": not a.ignore_memory}
     wafer = {k: v for k, v in (("wafers", a.wafers), ("weight_streaming", a.weight_streaming or None),
                                ("side", a.wafer_side), ("algorithm", a.wafer_algorithm)) if v is not None}
     if wafer:
@@ -77,12 +165,13 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         if a.arch:
             raise SpecError(f"--system {a.system} runs on its own devices; drop --arch {' '.join(a.arch)} (or give a system "
                             "YAML whose device: is that preset)")
+        check_flags(a, "--system", model)
         from .sim.system_command import run as run_system
 
         results: list = []
         rc = run_system(a, model, results)
         if results:
-            write_outputs(a, results)
+            write_files(a, results)
         return rc
     if not a.arch:
         raise SpecError("simulate needs --arch DEVICE (or --system SYSTEM)")
@@ -108,18 +197,21 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     pim_flags = _given(a, _PIM_FLAGS)
     if pim_flags and not a.pim:
         raise SpecError(f"{' '.join(pim_flags)}: only for a host with PIM; give --pim PIM_DEVICE (or a host + PIM preset)")
+    check_flags(a, "--pim" if a.pim else "--arch", model)
     if a.pim:
         from .sim.hetero import pim_stacks, simulate_hetero
 
-        if a.phase not in ("prefill", "decode"):
-            raise SpecError("--pim runs the prefill or decode phase")
         a.placement, a.pim_mode = a.placement or "auto", a.pim_mode or "blocked"
         host = load_arch(a.arch[0])
         run = with_engine_formats(model, host, given)
         res = simulate_hetero(host, pim_stacks(a.pim, a.pim_stacks or 1), run,
                               make_phase(a.phase, a.batch, a.seq, a.context), a.placement, a.pim_mode, a.routing,
                               memory=a.pim_memory or "shared", check_memory=not a.ignore_memory)
-        write_outputs(a, [res])
+        if a.format_error:
+            from .workloads.functional.numerics import layer_error
+
+            res.inputs["format_error"] = layer_error(run)
+        write_files(a, [res])
         if a.json:
             print(res.to_json())
             return 0
@@ -133,17 +225,24 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
               f"PIM memory; weights {fmt_b(res.weights_bytes)}, KV cache {fmt_b(res.kv_cache_bytes)})")
         print_energy_scope(host.static_power_w + load_arch(a.pim).static_power_w)
         return 0
-    if a.phase == "generate":
-        raise SpecError("--phase generate runs on a system: give --system (e.g. 4x-a100-nvlink) with --tp/--pp or --plan auto")
     if a.phase == "speculative":
         if a.context is None or a.draft_tokens is None or a.acceptance is None:
             raise SpecError("speculative needs --context, --draft-tokens and --acceptance (and --draft-model or --medusa-heads)")
         target = load_arch(a.arch[0])
+        if a.rdu_mode:
+            from .arch.rdu import with_mode
+
+            target = with_mode(target, a.rdu_mode)
         run = with_engine_formats(model, target, given)
         spec = speculate(target, run, a.batch, a.context, a.draft_tokens, a.acceptance, a.draft_model,
-                         a.medusa_heads or 0, a.tree_width, **kw)
+                         a.medusa_heads or 0, a.tree_width or 1, **kw)
         if a.json:
-            print(json.dumps(spec.to_dict(), indent=2))
+            out = spec.to_dict()
+            if a.format_error:
+                from .workloads.functional.numerics import layer_error
+
+                out["format_error"] = layer_error(run)
+            print(json.dumps(out, indent=2))
             return 0
         print_formats(run, a.format_error)
         print(f"xpusim {__version__}: {model.name} speculative decoding on {a.arch[0]}, drafter {spec.drafter}, "
@@ -155,13 +254,15 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     if a.phase == "verify":
         if a.context is None or a.draft_tokens is None:
             raise SpecError("verify needs --context (cached tokens) and --draft-tokens")
-        phase: Phase = Verify(a.batch, a.context, a.draft_tokens)
+        from .sim.steps import tree_parents
+
+        width = a.tree_width or 1  # a full token tree: --draft-tokens levels of --tree-width candidates
+        parents = tree_parents(a.draft_tokens, width) if width > 1 else ()
+        phase: Phase = Verify(a.batch, a.context, len(parents) or a.draft_tokens, parents)
     else:
         phase = make_phase(a.phase, a.batch, a.seq, a.context)
-        if a.shared_prefix:
-            if not isinstance(phase, Decode):
-                raise SpecError("--shared-prefix applies to decode: the leading context tokens every sequence shares")
-            phase = Decode(phase.batch, phase.context, phase.source, a.shared_prefix)
+        if a.shared_prefix:  # decode only (check_flags)
+            phase = dataclasses.replace(phase, shared_prefix=a.shared_prefix)
     from tqdm import tqdm
 
     results = []
@@ -187,11 +288,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
             res.inputs["format_error"] = layer_error(run_model)
         results.append(res)
-    write_outputs(a, results)
-    if a.csv:
-        import pandas as pd
-
-        pd.concat([r.ops.assign(arch=r.inputs["arch"]) for r in results]).to_csv(a.csv, index=False)
+    write_files(a, results)
     if a.json:
         print(results[0].to_json() if len(results) == 1 else json.dumps({"results": [r.to_dict() for r in results]},
                                                                           indent=2, default=float))
@@ -394,10 +491,12 @@ def _cmd_validate(a: argparse.Namespace) -> int:
         return 0
     if a.verbose:
         print(rows.to_string(index=False))
-    print(f"{'device':<12}{'kind':<11}{'N':>4}{'MAPE %':>9}{'max |err| %':>13}")
-    for dev, kinds in summary.items():
-        for kind, v in kinds.items():
-            print(f"{dev:<12}{kind:<11}{v['n']:>4}{v['mape_pct']:>9.2f}{v['max_abs_pct_err']:>13.2f}")
+    table = [("device", "kind", "N", "MAPE %", "max |err| %")]
+    table += [(dev, kind, str(v["n"]), f"{v['mape_pct']:.2f}", f"{v['max_abs_pct_err']:.2f}")
+              for dev, kinds in summary.items() for kind, v in kinds.items()]
+    widths = [max(len(row[c]) for row in table) for c in range(5)]  # each column as wide as its widest cell
+    for row in table:
+        print("  ".join(cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths, strict=True))))
     return 0
 
 
@@ -419,7 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dp", type=_positive_int, default=1, help="data-parallel replicas (with --system)")
     s.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree: 1, or tp x dp (with --system)")
     s.add_argument("--sp", action="store_true", help="sequence parallelism: reduce-scatter + all-gather")
-    s.add_argument("--microbatches", type=_positive_int, help="pipeline micro-batches (default: one per stage)")
+    s.add_argument("--microbatches", type=_positive_int,
+                   help="pipeline micro-batches, a divisor of each replica's batch (default: one per stage, or the largest "
+                        "divisor below that)")
     s.add_argument("--plan", choices=["auto"], help="search the parallel plans of the system and take the best")
     s.add_argument("--gen", type=_positive_int, help="tokens generated per sequence (--phase generate)")
     s.add_argument("--pim", help="a PIM device (class pim) in the --arch host's memory: host + PIM execution")
@@ -457,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--acceptance", type=float, help="per-token acceptance rate of the drafts (speculative)")
     s.add_argument("--draft-model", help="draft model preset or file (speculative)")
     s.add_argument("--medusa-heads", type=_positive_int, help="Medusa heads as the drafter (speculative)")
-    s.add_argument("--tree-width", type=_positive_int, default=1, help="candidates per level of a Medusa token tree")
+    s.add_argument("--tree-width", type=_positive_int,
+                   help="candidates per level of a token tree (speculative with Medusa heads, or verify; default 1: a chain)")
     s.add_argument("--mla-form", choices=["naive", "absorbed"], help="multi-head latent attention form (default: the faster)")
     s.add_argument("--routing", help="MoE tokens per expert: balanced (default), zipf:S, or a file of per-expert weights")
     s.add_argument("--json", action="store_true", help="print one JSON object")

@@ -96,12 +96,18 @@ def pipeline(stage_s: list[float], send_s: float, microbatches: int) -> tuple[fl
 
 
 def _microbatches(phase: Phase, plan: Plan) -> int:
-    local = phase.batch // plan.dp
-    want = plan.microbatches or plan.pp
-    m = max(1, min(want, local))
-    while local % m:
-        m -= 1
-    return m
+    """Micro-batches of one replica's batch: the plan's, which must divide it, else one per stage
+    (the largest divisor of the batch up to ``pp`` when the batch is smaller or does not divide)."""
+    local = local_phase(phase, plan).batch  # a one-line error when --dp does not divide the batch
+    small = [d for d in range(1, math.isqrt(local) + 1) if local % d == 0]
+    divisors = sorted({*small, *(local // d for d in small)})
+    if plan.microbatches:
+        if local % plan.microbatches:
+            verb = "exceeds" if plan.microbatches > local else "does not divide"
+            valid = ", ".join(map(str, divisors[:-1])) + (" or " if len(divisors) > 1 else "") + str(divisors[-1])
+            raise SpecError(f"--microbatches {plan.microbatches} {verb} the batch {local} per replica; use {valid}")
+        return plan.microbatches
+    return max(d for d in divisors if d <= plan.pp)
 
 
 def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, plan: Plan, objective: str = "latency",
@@ -164,7 +170,7 @@ def _bytes(fmt: str) -> float:
 
 def simulate_generate(system: System | str, model: ModelSpec | str, batch: int, seq: int, gen: int, plan: Plan,
                       objective: str = "latency", routing: str | None = None, points: int = 33,
-                      check_memory: bool = True) -> dict[str, Any]:
+                      check_memory: bool = True, mla_form: str | None = None) -> dict[str, Any]:
     """Prefill ``batch x seq`` then ``gen - 1`` decode steps (the first token comes from prefill):
     TTFT (the prefill), TPOT (mean decode step) and the total. Decode steps are simulated at up to
     ``points`` contexts spread over the range and linearly interpolated in between (a step's cost
@@ -172,7 +178,7 @@ def simulate_generate(system: System | str, model: ModelSpec | str, batch: int, 
     if gen < 1:
         raise SpecError(f"--gen must be >= 1 (tokens generated per sequence), got {gen}")
     model = load_model(model)
-    pre = simulate_system(system, model, Prefill(batch, seq), plan, objective, routing, check_memory=check_memory)
+    pre = simulate_system(system, model, Prefill(batch, seq), plan, objective, routing, mla_form, check_memory)
     # decode steps attend to the prompt and the tokens so far; an encoder-decoder model's decoder to its
     # own tokens so far, and to the encoded source through cross-attention
     encdec = bool(model.encoder_layers)
@@ -180,7 +186,7 @@ def simulate_generate(system: System | str, model: ModelSpec | str, batch: int, 
     if len(contexts):
         grid = np.unique(np.linspace(contexts[0], contexts[-1], min(points, len(contexts))).round().astype(int))
         runs = [simulate_system(system, model, Decode(batch, int(c), seq if encdec else 0), plan, objective, routing,
-                                check_memory=check_memory and c == grid[-1]) for c in grid]
+                                mla_form, check_memory=check_memory and c == grid[-1]) for c in grid]
         lat = [r.latency_s for r in runs]
         last = runs[-1]  # the longest context: the largest footprint of the run
         steps = np.interp(contexts, grid, lat)

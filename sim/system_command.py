@@ -22,6 +22,11 @@ def _plan(a: argparse.Namespace, system, model: ModelSpec, phase, gen: int = 0) 
     return Plan(tp=a.tp, pp=a.pp, dp=a.dp, ep=a.ep, sp=a.sp, microbatches=a.microbatches or 0), None
 
 
+def _objective(a: argparse.Namespace) -> str:
+    """The mapper objective of the simulated steps (``throughput`` only ranks ``--plan auto``'s plans)."""
+    return "latency" if a.objective == "throughput" else a.objective
+
+
 def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
     """Returns the exit code; appends the step's Result (not for ``generate``) to ``results_out``."""
     from ..arch.system import load_system
@@ -44,25 +49,33 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
         from ..workloads.phases import Prefill
 
         plan, table = _plan(a, system, model, Prefill(a.batch, a.seq), gen=a.gen)
-        out = simulate_generate(system, model, a.batch, a.seq, a.gen, plan, routing=a.routing,
-                                check_memory=not a.ignore_memory)
+        out = simulate_generate(system, model, a.batch, a.seq, a.gen, plan, _objective(a), a.routing,
+                                check_memory=not a.ignore_memory, mla_form=a.mla_form)
         if a.json:
+            if a.format_error:
+                from ..workloads.functional.numerics import layer_error
+
+                out["format_error"] = layer_error(model)
             print(json.dumps(out, indent=2))
             return 0
         print(f"{model.name} on {system.name} ({plan.describe()}): prefill {a.batch} x {a.seq} tokens, then {a.gen} tokens "
               f"per sequence")
+        from .result_text import print_formats
+
+        print_formats(model, a.format_error)
         print(f"TTFT {out['ttft_s'] * 1e3:.1f} ms   TPOT {out['tpot_s'] * 1e3:.2f} ms   total {out['latency_s']:.3f} s   "
               f"{out['tokens_per_s']:.1f} tokens/s")
         gib = 2.0**30
         print(f"busiest device memory at its peak {out['memory_bytes'] / gib:.1f} of {out['capacity_bytes'] / gib:.0f} GiB"
               + ("" if out["fits_memory"] else " - EXCEEDS the device's memory (simulated because of --ignore-memory)"))
         return 0
-    if a.phase not in ("prefill", "decode"):
-        raise SpecError(f"--system runs the prefill, decode or generate phase, not {a.phase}")
-    phase = make_phase(a.phase, a.batch, a.seq, a.context)
+    phase = make_phase(a.phase, a.batch, a.seq, a.context)  # prefill or decode (the CLI checked the phase and flags)
     plan, table = _plan(a, system, model, phase)
-    res = simulate_system(system, model, phase, plan, a.objective if a.objective != "throughput" else "latency",
-                          a.routing, a.mla_form, check_memory=not a.ignore_memory)
+    res = simulate_system(system, model, phase, plan, _objective(a), a.routing, a.mla_form, check_memory=not a.ignore_memory)
+    if a.format_error:
+        from ..workloads.functional.numerics import layer_error
+
+        res.inputs["format_error"] = layer_error(model)
     results_out.append(res)
     if table is not None:
         res.inputs["plans"] = table.to_dict(orient="records")

@@ -91,7 +91,7 @@ def test_workload_errors_are_one_line(capsys, args, message):
 
 @pytest.mark.parametrize("argv, msg", [
     (["--arch", "h100-sxm", "--tp", "2", "--phase", "decode", "--context", "64"], "--tp 2 split a model"),
-    (["--arch", "h100-sxm", "--phase", "prefill", "--seq", "64", "--context", "8"], "--context is a decode's"),
+    (["--arch", "h100-sxm", "--phase", "prefill", "--seq", "64", "--context", "8"], "prefill does not take it (drop --context)"),
     (["--arch", "duplex", "h100-sxm", "--phase", "decode", "--context", "64"], "runs alone"),
     (["--arch", "h100-sxm", "--phase", "decode", "--context", "64", "--routing", "zipf:1.2"], "has no experts"),
     (["--arch", "h100-sxm", "--phase", "decode", "--context", "64", "--mla-form", "naive"], "standard attention"),

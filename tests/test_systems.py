@@ -273,3 +273,16 @@ def test_shared_experts_stay_tensor_parallel_under_expert_parallelism():
     shared = {p.describe(): next(op for _, op in device_trace(m, Decode(4, 2048), p).ops() if op.name == "shared_gate_proj")
               for p in (Plan(tp=8), Plan(tp=8, ep=8))}
     assert shared["tp8 pp1 dp1"].sizes["n"] == shared["tp8 pp1 dp1 ep8"].sizes["n"] == m.expert_ff * m.n_shared_experts // 8
+
+
+def test_microbatches_must_divide_a_replicas_batch_and_default_to_one_per_stage():
+    m = load_model("llama-3-8b")
+    for mb, verb in ((3, "does not divide"), (16, "exceeds")):
+        with pytest.raises(SpecError, match=f"--microbatches {mb} {verb} the batch 8 per replica; use 1, 2, 4 or 8"):
+            simulate_system("dgx-h100", m, Decode(16, 256), Plan(pp=2, dp=2, microbatches=mb))
+    given = simulate_system("dgx-h100", m, Decode(16, 256), Plan(pp=2, dp=2, microbatches=8))
+    assert given.inputs["microbatches"] == 8
+    # not given: one per stage, or the largest divisor of the replica's batch below that
+    assert simulate_system("dgx-h100", m, Decode(8, 256), Plan(pp=4)).inputs["microbatches"] == 4
+    assert simulate_system("dgx-h100", m, Decode(6, 256), Plan(pp=4)).inputs["microbatches"] == 3
+    assert simulate_system("dgx-h100", m, Decode(2, 256), Plan(pp=4)).inputs["microbatches"] == 2

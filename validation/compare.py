@@ -34,25 +34,42 @@ class Measurement:
     latency_s: float
 
 
-def _num(text: str, path: Path, line: int) -> float:
-    t = text.strip().lower()
-    for suffix, f in (("tflops", 1.0), ("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
+#: columns of a row of each kind (a gemm row may add its achieved throughput)
+COLUMNS = {"gemm": (4, 5), "softmax": (3,), "layernorm": (3,), "gelu": (2,)}
+_TIME = (("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9), ("s", 1.0))  # longest suffix first: "ms" before "s"
+#: a gemm's stated throughput may differ this much from 2*M*N*K / latency (rounding), no more
+THROUGHPUT_TOLERANCE = 0.05
+
+
+def _value(text: str, where: str, what: str, suffixes: tuple[tuple[str, float], ...] = ()) -> float:
+    """A positive finite number, optionally with one of ``suffixes`` (unit, scale); ``what`` names the column."""
+    t, scale = text.strip().lower(), 1.0
+    for suffix, f in suffixes:
         if t.endswith(suffix):
             t, scale = t[: -len(suffix)], f
             break
-    else:
-        scale = 1.0
     try:
         v = float(t) * scale
     except ValueError:
-        raise SpecError(f"{path}:{line}: cannot read number {text.strip()!r}") from None
+        raise SpecError(f"{where}: {what}, got {text.strip()!r}") from None
     if not np.isfinite(v) or v <= 0:
-        raise SpecError(f"{path}:{line}: values must be positive, got {text.strip()!r}")
+        raise SpecError(f"{where}: {what} must be positive, got {text.strip()!r}")
     return v
 
 
+def _dim(text: str, where: str, name: str) -> int:
+    """A dimension: a positive whole number, no unit."""
+    v = _value(text, where, f"{name} must be a whole number")
+    if not v.is_integer():
+        raise SpecError(f"{where}: {name} must be a whole number, got {text.strip()!r}")
+    return int(v)
+
+
 def read_measurements(kind: str, path: str | Path) -> list[Measurement]:
-    """Rows of a measured file of ``kind`` (see ``validation/README.md`` for the columns)."""
+    """Rows of a measured file of ``kind`` (see ``validation/README.md`` for the columns): exactly
+    the kind's columns, whole-number dimensions, a gemm latency in s (or with ms/us/ns) and its
+    optional throughput in TFLOP/s (checked against the latency), and the other kinds' throughput
+    as a plain number of 1e9 elements/s."""
     if kind not in KINDS:
         raise SpecError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     path = Path(path)
@@ -60,25 +77,34 @@ def read_measurements(kind: str, path: str | Path) -> list[Measurement]:
         lines = path.read_text().splitlines()
     except OSError as e:
         raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    rate = "column {} is a throughput in 1e9 elements/s (a plain number)"
     out = []
     for i, row in enumerate(csv.reader(lines), start=1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
-        need = {"gemm": 4, "softmax": 3, "layernorm": 3, "gelu": 2}[kind]
-        if len(row) < need:
-            raise SpecError(f"{path}:{i}: a {kind} row needs {need} columns, got {len(row)} (see validation/README.md)")
+        where = f"{path}:{i}"
+        if len(row) not in COLUMNS[kind]:
+            other = [k for k, n in COLUMNS.items() if len(row) in n]
+            hint = f"; {len(row)} columns is a {' or '.join(other)} file" if other else ""
+            raise SpecError(f"{where}: a {kind} row has {' or '.join(map(str, COLUMNS[kind]))} columns, got {len(row)}"
+                            f"{hint} (see validation/README.md)")
         if kind == "gemm":
-            m, n, k = (int(_num(x, path, i)) for x in row[:3])
-            lat = _num(row[3], path, i)
-            if not row[3].strip().lower().endswith(("ms", "us", "s")):
-                lat = lat  # plain seconds
+            m, n, k = (_dim(x, where, name) for x, name in zip(row[:3], "MNK", strict=True))
+            lat = _value(row[3], where, "column 4 is a latency (seconds, or a number with ms, us or ns)", _TIME)
+            if len(row) == 5:
+                tflops = _value(row[4], where, "column 5 is a throughput in TFLOP/s (a number, optionally with Tflops)",
+                                (("tflops", 1.0),))
+                implied = 2.0 * m * n * k / lat / 1e12
+                if abs(tflops / implied - 1.0) > THROUGHPUT_TOLERANCE:
+                    raise SpecError(f"{where}: the throughput {tflops:g} TFLOP/s disagrees with 2*M*N*K / latency = "
+                                    f"{implied:.4g} TFLOP/s")
             out.append(Measurement(kind, (m, n, k), lat))
         elif kind == "gelu":
-            n = int(_num(row[0], path, i))
-            out.append(Measurement(kind, (n,), n / (_num(row[1], path, i) * 1e9)))
+            n = _dim(row[0], where, "N")
+            out.append(Measurement(kind, (n,), n / (_value(row[1], where, rate.format(2)) * 1e9)))
         else:
-            m, n = int(_num(row[0], path, i)), int(_num(row[1], path, i))
-            out.append(Measurement(kind, (m, n), m * n / (_num(row[2], path, i) * 1e9)))
+            m, n = _dim(row[0], where, "M"), _dim(row[1], where, "N")
+            out.append(Measurement(kind, (m, n), m * n / (_value(row[2], where, rate.format(3)) * 1e9)))
     if not out:
         raise SpecError(f"{path}: no measurements found")
     return out
