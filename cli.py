@@ -326,6 +326,10 @@ def _cmd_op(a: argparse.Namespace) -> int:
         cost = op_cost(op, arch, a.objective, isolated=True)
     out = {"op": "gemm", "m": a.m, "n": a.n, "k": a.k, "dtype": a.dtype, "arch": arch.name,
            "flops": op.flops, **cost.to_dict()}
+    from .dtypes import get_dtype
+    from .sim.result import roof
+
+    out["roof"] = roof(arch, get_dtype(a.dtype).compute)  # the report draws it without reloading the device
     if a.save:
         from .reports.build import save
 

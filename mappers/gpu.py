@@ -80,7 +80,7 @@ def _sustained(bandwidth: float, in_flight: np.ndarray, latency_s: float) -> np.
     """Bandwidth (bytes/s) that ``in_flight`` outstanding bytes sustain over ``latency_s`` (Little's
     law), at most the level's; a level without a latency figure is not limited."""
     if latency_s <= 0:
-        return np.full(in_flight.shape, bandwidth)
+        return np.full(np.shape(in_flight), bandwidth)
     return np.minimum(bandwidth, in_flight / latency_s)
 
 

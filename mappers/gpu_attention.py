@@ -99,8 +99,8 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
     smem = next((lv for lv in arch.memory if lv.name == "smem"), None)
     resident = max(1, int(smem.capacity_bytes // (BM * e * qd.bytes + 2 * block))) if smem else 1
     in_flight = min(ctas, sms * resident) * 2 * block
-    t_l2 = l2_bytes / _sustained(l2_bw, in_flight, l2.latency_s if l2 and l2.latency_s > 0 else hbm.latency_s)
-    t_hbm = hbm_bytes / _sustained(hbm_bw, in_flight, hbm.latency_s)
+    t_l2 = l2_bytes / float(_sustained(l2_bw, in_flight, l2.latency_s if l2 and l2.latency_s > 0 else hbm.latency_s))
+    t_hbm = hbm_bytes / float(_sustained(hbm_bw, in_flight, hbm.latency_s))
     terms = {"compute": max(t_mma, t_exp), "l2": t_l2, hbm.name: t_hbm}
     bound = max(terms, key=lambda k: terms[k])
     lat = max(terms.values()) + hbm.latency_s + launches * launch_s
