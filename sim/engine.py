@@ -93,6 +93,21 @@ def launch_overhead(kind: str, arch: Arch, isolated: bool) -> float:
     return arch.launch_overhead_s
 
 
+#: side of the (query, key) blocks a causal prefill's attention skips where its mask empties them, on the
+#: classes costed op by op without a block of their own (generic, PIM, wafer; a systolic array blocks by
+#: its rows); FPGA templates, GPUs' fused kernels and RDUs' PCU lanes set theirs
+MASK_BLOCK = 128
+
+
+def masked_share(op: Op, arch: Arch) -> float:
+    """Share of a causal attention op's (query, key) plane a blocked kernel on ``arch`` computes
+    (``Op.kept_block_fraction``); 1 for other ops and for classes that handle the mask themselves."""
+    if arch.device_class not in ("generic", "systolic", "pim", "wafer") or op.kind not in ("matmul", "softmax"):
+        return 1.0
+    block = arch.matrix.array[0] if arch.matrix.array else MASK_BLOCK
+    return op.kept_block_fraction(block, block) if "s" in dict(op.dims) else 1.0
+
+
 def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = False) -> OpCost:
     """Cost of one op on ``arch``, memoised on (op signature, device fingerprint, objective).
 
@@ -105,6 +120,12 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
         if padded is not op:  # the cost of the padded op; utilization counts the useful work only
             cost = op_cost(padded, arch, objective, isolated)
             return dataclasses.replace(cost, utilization=cost.utilization * op.flops / padded.flops if padded.flops else 0.0)
+    share = masked_share(op, arch)
+    if share < 1.0:  # a blocked kernel reads and computes only the key blocks the causal mask keeps
+        kept = max(1, round(dict(op.dims)["s"] * share))
+        reduced = dataclasses.replace(op, dims=tuple((d, kept if d == "s" else n) for d, n in op.dims),
+                                      attrs={**op.attrs, "causal": False, "masked_share": share})
+        return op_cost(reduced, arch, objective, isolated)
     key = (op.signature(), arch.fingerprint(), objective, isolated)
     hit = _CACHE.get(key)
     if hit is not None:

@@ -473,12 +473,12 @@ def test_attention_placement_moves_only_the_attention_to_the_pim():
     r = simulate_hetero("neupims-npu", "neupims-pim", m, Decode(8, 512), "attention", "blocked")
     assert set(r.ops.loc[r.ops["device"] == "pim", "name"]) == {"attn_score", "softmax", "attn_context"}  # unfused parts
     # a prefill's attention stays on the host (AttAcc runs the summarization stage on the GPUs): on the
-    # PIM it would be 16x slower
+    # PIM it would be 8x slower
     from xpusim.workloads import Prefill
 
     r = simulate_hetero("a100-hbm3", pim_stacks("attacc-hbm3-pim", 5), m, Prefill(1, 512), "attention", "blocked")
     att = r.ops.set_index("name").loc["attention"]
-    assert att["device"] == "host" and att["pim_s"] > 10 * att["host_s"]
+    assert att["device"] == "host" and att["pim_s"] > 5 * att["host_s"]
 
 
 def test_interleaved_subbatch_schedule_computes_what_the_blocked_step_computes():
