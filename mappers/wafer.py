@@ -249,6 +249,25 @@ def times(g: Gemv, spec: WaferSpec, rate: float, par: dict[str, int]) -> dict[st
     return {"meshgemm": gemm, "meshgemv": gemv, "naive": naive}
 
 
+def sram_traffic(g: Gemv, par: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """(reads, writes): bytes one core of a group moves through its SRAM under each algorithm, with
+    ``a, b, c`` its activation, matrix and accumulator tiles. MeshGEMM: each of the ``p`` steps reads
+    ``a, b`` and updates ``c``, and writes the shifted ``a, b`` it receives (plus the initial skew);
+    MeshGEMV: reads its tiles once and writes its partial sums; the reduction tree adds each of a
+    row's ``p - 1`` other partials once (read the received one and the running sum, write the sum),
+    and the result comes back to every core; naive: reads its chunk and the whole gathered
+    activation, which it also receives (writes)."""
+    p, mt, kt, nt = par["p"], par["mt"], par["kt"], par["nt"]
+    a, b, c = mt * kt * g.x_bytes, kt * nt * g.w_bytes, mt * nt * g.acc_bytes
+    adds = (p - 1) / p  # received partials per core of a row, on average
+    part = g.m * nt * g.acc_bytes
+    act = g.m * g.k * g.x_bytes
+    outs = g.m * (_cdiv(par["chunk"], g.k) + 1) * g.acc_bytes
+    return {"meshgemm": (p * (a + b + c) + (a + b), p * (a + b + c) + (a + b)),
+            "meshgemv": (b + g.m * kt * g.x_bytes + 2 * adds * part, part * (2 + adds)),
+            "naive": (par["chunk"] * g.w_bytes + act, act + outs)}
+
+
 def evaluate(op: Op, arch: Arch, region: tuple[int, int] | None = None, p: int | None = None) -> dict[str, Any]:
     """Every PLMR term of every algorithm for ``op`` on ``region`` with ``p x p`` squares per group
     (default: the widest candidate; no choice made)."""
@@ -266,11 +285,29 @@ def evaluate(op: Op, arch: Arch, region: tuple[int, int] | None = None, p: int |
             "times": t, "fits": fits, "routable": routable}
 
 
-def _choose(evs: list[dict[str, Any]], algorithm: str | None, what: str) -> tuple[dict[str, Any], str]:
-    """The (square side, algorithm) of the fastest mapping that fits per-core memory and routing:
-    ``algorithm`` when given, else WaferLLM's two (the naive mapping only if neither fits)."""
-    def total(ev: dict[str, Any], a: str) -> float:
+def _energy_j(ev: dict[str, Any], a: str, arch: Arch) -> float:
+    """Joules of mapping ``ev`` under algorithm ``a``: MACs, every core's SRAM traffic
+    (:func:`sram_traffic`) and static power over its cycles."""
+    g, par, lv = ev["gemv"], ev["parallelism"], arch.backing
+    reads, writes = sram_traffic(g, par)[a]
+    sram = g.groups * par["p"] ** 2 * (reads * lv.read_energy_pj_per_byte + writes * lv.write_energy_pj_per_byte)
+    seconds = par["waves"] * ev["times"][a]["total"] / arch.clock_hz
+    return (g.macs * arch.matrix.energy(g.compute) + sram) * 1e-12 + arch.static_power_w * seconds
+
+
+def _choose(evs: list[dict[str, Any]], algorithm: str | None, what: str, arch: Arch | None = None,
+            objective: str = "latency") -> tuple[dict[str, Any], str]:
+    """The (square side, algorithm) of the best mapping under ``objective`` (latency, energy or
+    edp; energy needs ``arch``) that fits per-core memory and routing: ``algorithm`` when given,
+    else WaferLLM's two (the naive mapping only if neither fits)."""
+    def cycles(ev: dict[str, Any], a: str) -> float:
         return ev["parallelism"]["waves"] * ev["times"][a]["total"]
+
+    def total(ev: dict[str, Any], a: str) -> float:
+        if objective == "latency" or arch is None:
+            return cycles(ev, a)
+        e = _energy_j(ev, a, arch)
+        return e if objective == "energy" else e * cycles(ev, a)
 
     spec, widest = evs[0]["spec"], evs[0]  # the widest square holds the least per core
     if algorithm is not None:
@@ -295,17 +332,17 @@ def _choose(evs: list[dict[str, Any]], algorithm: str | None, what: str) -> tupl
 
 
 def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[int, int] | None = None,
-                      algorithm: str | None = None) -> OpCost:
+                      algorithm: str | None = None, objective: str = "latency") -> OpCost:
     """Cost of a two-input contraction on a wafer-scale device: over the candidate squares per group
-    (:func:`square_sides`), the faster of MeshGEMM and MeshGEMV that fits per-core memory and routing
-    (or ``algorithm`` when given)."""
+    (:func:`square_sides`), the better under ``objective`` of MeshGEMM and MeshGEMV that fits
+    per-core memory and routing (or ``algorithm`` when given)."""
     algorithm = algorithm or (arch.rules.get("wafer_algorithm") if isinstance(arch.rules, dict) else None)
     if algorithm is not None and algorithm not in ALGORITHMS:
         raise SpecError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     first = evaluate(op, arch, region)
     sides = square_sides(first["gemv"], *first["region"])
     evs = [first] + [evaluate(op, arch, region, p) for p in sides[1:]]
-    ev, best = _choose(evs, algorithm, f"op {op.name!r}")
+    ev, best = _choose(evs, algorithm, f"op {op.name!r}", arch, objective)
     spec, g, par, t = ev["spec"], ev["gemv"], ev["parallelism"], ev["times"]
     clock = arch.clock_hz
     waves = par["waves"]
@@ -313,9 +350,12 @@ def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[i
     latency = cycles / clock
     comp = waves * t[best]["compute"]
     lv = arch.backing
-    sram_bytes = g.groups * (g.n * g.k * g.w_bytes + g.m * (g.k * g.x_bytes + g.n * g.acc_bytes))
-    energy = {"compute": g.macs * arch.matrix.energy(g.compute) * 1e-12,
-              lv.name: sram_bytes * lv.read_energy_pj_per_byte * 1e-12, "static": arch.static_power_w * latency}
+    reads, writes = sram_traffic(g, par)[best]
+    cores = g.groups * par["p"] ** 2  # every group runs once on its square
+    sram_bytes = cores * (reads + writes)
+    sram_j = cores * (reads * lv.read_energy_pj_per_byte + writes * lv.write_energy_pj_per_byte) * 1e-12
+    energy = {"compute": g.macs * arch.matrix.energy(g.compute) * 1e-12, lv.name: sram_j,
+              "static": arch.static_power_w * latency}
     ideal = g.macs / (arch.matrix.rate_per_cycle[g.compute] * arch.matrix.instances)
     detail: dict[str, Any] = {f"{a}_cycles": waves * t[a]["total"] for a in ALGORITHMS}
     detail.update({

@@ -156,7 +156,7 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
 
         cost = rdu_op_cost(op, arch)
     elif arch.device_class == "wafer" and len(op.inputs) == 2:  # wafer-scale mesh: MeshGEMM / MeshGEMV (WaferLLM)
-        cost = with_dequant(wafer_matmul_cost(op, arch, launch), op, arch)
+        cost = with_dequant(wafer_matmul_cost(op, arch, launch, objective=objective), op, arch)
     else:
         cost = with_dequant(matmul_cost(op, arch, objective), op, arch)
     _CACHE[key] = (cost, cost.mapping)

@@ -446,3 +446,24 @@ def test_moe_units_carry_their_idle_experts_and_nothing_else_is_scaled():
     assert sum(u.weight_bytes for u in units) == pytest.approx(m.weights_bytes)
     emb = [u for u in units if u.block == "embed"][0]
     assert emb.weight_bytes == pytest.approx(m.embedding_params * 2)  # bf16 table, unscaled
+
+
+def test_sram_traffic_follows_each_algorithm_and_the_energy_objective_uses_it():
+    """A GEMV's MeshGEMV reads each stored tile once; MeshGEMM shifts tiles p times and the naive
+    mapping gathers the whole activation to every core, so their SRAM energy is larger; the
+    energy objective picks the mapping with the least."""
+    from xpusim.mappers.wafer import sram_traffic
+
+    a = load_arch("wse-2")
+    ev = evaluate(gemm_op(1, 4096, 4096, "fp16"), a)
+    g, par = ev["gemv"], ev["parallelism"]
+    p, kt, nt = par["p"], par["kt"], par["nt"]
+    reads, writes = sram_traffic(g, par)["meshgemv"]
+    acc = g.acc_bytes
+    assert reads == pytest.approx(kt * nt * 2 + kt * 2 + 2 * (p - 1) / p * nt * acc)
+    assert writes == pytest.approx(nt * acc * (2 + (p - 1) / p))
+    forced = {alg: wafer_matmul_cost(gemm_op(1, 4096, 4096, "fp16"), a, algorithm=alg).energy_j for alg in ALGORITHMS}
+    assert forced["meshgemv"] < forced["naive"] < forced["meshgemm"]
+    op = gemm_op(256, 4096, 4096, "fp16")
+    fast, frugal = wafer_matmul_cost(op, a), wafer_matmul_cost(op, a, objective="energy")
+    assert frugal.energy_j < fast.energy_j and frugal.cycles > fast.cycles
