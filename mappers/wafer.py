@@ -278,6 +278,10 @@ def evaluate(op: Op, arch: Arch, region: tuple[int, int] | None = None, p: int |
     mem = fit_need(g, par, spec)
     routes = routes_needed(par)
     t = times(g, spec, arch.matrix.rate_per_cycle[g.compute], par)
+    sram_bpc = arch.backing.bandwidth_Bps / arch.clock_hz  # one core's SRAM, bytes per cycle
+    for a, (reads, writes) in sram_traffic(g, par).items():  # a wave cannot beat its SRAM traffic
+        t[a]["sram"] = (reads + writes) / sram_bpc
+        t[a]["total"] = max(t[a]["total"], t[a]["sram"])
     fits = {k: mem[k] <= fit_room(spec) for k in ALGORITHMS}
     routable = {k: spec.routes_per_core is None or routes[k] <= spec.routes_per_core for k in ALGORITHMS}
     return {"gemv": g, "spec": spec, "region": (w, h), "parallelism": par, "memory": mem,
@@ -370,7 +374,8 @@ def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[i
     return OpCost(
         cycles=cycles, latency_s=latency, compute_cycles=comp, stall_cycles=max(cycles - comp, 0.0),
         energy_j=float(sum(energy.values())), utilization=ideal / cycles if cycles else 0.0,
-        bound="compute" if t[best]["compute"] >= t[best]["comm"] else "fabric",
+        bound=max((("compute", t[best]["compute"]), ("fabric", t[best]["comm"]), (lv.name, t[best]["sram"])),
+                  key=lambda kv: kv[1])[0],
         bytes_by_level={lv.name: sram_bytes}, energy_by_component=energy,
         mapping={"algorithm": best, "p": par["p"], "region": list(ev["region"]), "waves": waves}, detail=detail,
     )

@@ -467,3 +467,12 @@ def test_sram_traffic_follows_each_algorithm_and_the_energy_objective_uses_it():
     op = gemm_op(256, 4096, 4096, "fp16")
     fast, frugal = wafer_matmul_cost(op, a), wafer_matmul_cost(op, a, objective="energy")
     assert frugal.energy_j < fast.energy_j and frugal.cycles > fast.cycles
+
+
+def test_a_core_sram_too_slow_for_the_traffic_bounds_the_contraction():
+    d = copy.deepcopy(RAW["wse-2"])
+    d["memory"][0]["bandwidth"] = "0.001 GB/s"  # 23,530x below the preset's
+    slow = arch_from_dict(d)
+    op = gemm_op(1, 4096, 4096, "fp16")
+    fast, starved = wafer_matmul_cost(op, load_arch("wse-2")), wafer_matmul_cost(op, slow)
+    assert fast.bound != "sram" and starved.bound == "sram" and starved.cycles > 100 * fast.cycles
