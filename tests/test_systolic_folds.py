@@ -151,3 +151,17 @@ def test_more_buffer_capacity_is_never_slower(name):
                       isolated=True).cycles
         assert cyc <= prev * 1.001
         prev = cyc
+
+
+def test_fp32_operands_run_as_one_bf16_pass_on_a_tpu():
+    """A Mamba scan's fp32 contractions run on the MXU as one bf16 pass (the TPU default precision):
+    the same folds as bf16, twice the operand bytes."""
+    arch = load_arch("tpu-v4")
+    bf16 = op_cost(gemm_op(256, 1024, 1024, "bf16"), arch, isolated=True)
+    fp32 = op_cost(gemm_op(256, 1024, 1024, "fp32"), arch, isolated=True)
+    assert fp32.compute_cycles == bf16.compute_cycles
+    assert sum(fp32.bytes_by_level.values()) > sum(bf16.bytes_by_level.values())
+    from xpusim import simulate
+    from xpusim.workloads import Decode
+
+    assert simulate("tpu-v4", "mamba-2.8b", Decode(4, 3000)).latency_s > 0
