@@ -21,7 +21,7 @@ _LEVEL = {"name", "capacity", "bandwidth", "instances", "latency", "read_energy_
           "write_energy_pj_per_byte", "energy_pj_per_byte", "multicast", "double_buffer", "partitions", "kind",
           "serves"}
 _UNIT = {"instances", "macs_per_cycle", "flops_per_cycle", "energy_pj_per_mac", "energy_pj_per_flop", "array",
-         "dataflow", "clock", "accumulator_bits", "preload"}
+         "dataflow", "clock", "accumulator_bits", "preload", "runs_as"}
 
 
 #: class-specific hardware features a preset may declare, with their meaning
@@ -129,10 +129,17 @@ def _unit(d: Any, kind: str, where: str) -> ComputeUnit:
     preload = d.get("preload", False)
     if not isinstance(preload, bool) or (preload and "array" not in d):
         raise SpecError(f"{where}.preload: must be true or false, and applies to a systolic array (give array:)")
+    rates = _rates(d[rate_key], f"{where}.{rate_key}")
+    runs_as = d.get("runs_as", {})
+    if not isinstance(runs_as, dict) or any(not isinstance(v, str) or v not in rates or k in rates
+                                            for k, v in runs_as.items()):
+        raise SpecError(f"{where}.runs_as: must map classes the unit has no rate for to classes it has, "
+                        f"e.g. {{fp32: bf16}}; it has {', '.join(rates)}")
     return ComputeUnit(
         kind=kind,
         instances=_int(d.get("instances", 1), f"{where}.instances"),
-        rate_per_cycle=_rates(d[rate_key], f"{where}.{rate_key}"),
+        rate_per_cycle=rates,
+        runs_as={str(k): str(v) for k, v in runs_as.items()},
         energy_pj=energy,
         array=array,
         dataflow=d.get("dataflow"),

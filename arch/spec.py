@@ -65,7 +65,9 @@ class ComputeUnit:
     clock for this unit; ``accumulator_bits``: width of the partial sums the unit keeps and spills
     (``None``: the dtype's accumulation type, e.g. 32 bits for int8 and fp32 for bf16);
     ``preload``: a systolic array double-buffers its stationary operand, so only the first fold pays
-    the ``R`` cycles of loading it.
+    the ``R`` cycles of loading it; ``runs_as``: classes the unit computes on another class's lanes
+    (a TPU's fp32 operands as one bf16 pass), costed at that class's rate and energy, no silicon of
+    their own.
     """
 
     kind: str
@@ -77,11 +79,15 @@ class ComputeUnit:
     clock_hz: float | None = None
     accumulator_bits: int | None = None
     preload: bool = False  # systolic: the next fold's stationary operand loads while the current fold streams
+    runs_as: dict[str, str] = field(default_factory=dict)
 
     def resolve(self, compute: str) -> str:
-        """The compute class that runs work of class ``compute``: itself when the unit has it,
-        else the first wider class it has (:data:`UPCAST`: operands are dequantised to it, as
-        weight-only and fp8 kernels do on devices without the narrow format); raises if none."""
+        """The compute class that runs work of class ``compute``: itself when the unit has it, the
+        class it ``runs_as``, else the first wider class it has (:data:`UPCAST`: operands are
+        dequantised to it, as weight-only and fp8 kernels do on devices without the narrow format);
+        raises if none."""
+        if compute not in self.rate_per_cycle and compute in self.runs_as:
+            return self.runs_as[compute]
         for c in (compute, *UPCAST.get(compute, ())):
             if c in self.rate_per_cycle:
                 return c

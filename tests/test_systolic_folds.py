@@ -165,3 +165,19 @@ def test_fp32_operands_run_as_one_bf16_pass_on_a_tpu():
     from xpusim.workloads import Decode
 
     assert simulate("tpu-v4", "mamba-2.8b", Decode(4, 3000)).latency_s > 0
+
+
+def test_a_class_run_on_another_class_lanes_adds_no_silicon():
+    """runs_as: {fp32: bf16} costs fp32 at the bf16 rate and energy; the area model sizes no fp32 array."""
+    from xpusim.arch import area
+
+    d, _ = arch_dict("tpu-v4")
+    d["matrix"].pop("runs_as")
+    plain = arch_from_dict(d, "tpu-v4-bf16-only")
+    tpu = load_arch("tpu-v4")
+    assert area.area_breakdown(tpu)["matrix"] == area.area_breakdown(plain)["matrix"]
+    assert tpu.matrix.energy("fp32") == tpu.matrix.energy("bf16")
+    for bad in ({"fp32": "fp64"}, {"bf16": "int8"}, ["fp32"]):
+        d["matrix"]["runs_as"] = bad
+        with pytest.raises(SpecError, match="runs_as"):
+            arch_from_dict(d, "bad")
