@@ -26,6 +26,7 @@ Fitted (one constant): ``CORE_OVERHEAD_MM2_45`` -- see ``validation/fit_area.py`
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -177,7 +178,7 @@ def fma_area_um2_45(compute: str) -> float:
 
 # --- physical configuration ---------------------------------------------------------------------
 
-_DIE_KEYS = {"matrix_instances", "vector_instances", "memory", "dram_interfaces", "io", "chiplets"}
+_DIE_KEYS = {"matrix_instances", "vector_instances", "memory", "dram_interfaces", "io", "chiplets", "ref"}
 
 
 def _pos_int(v: Any, where: str) -> int:
@@ -197,8 +198,15 @@ def parse_die(d: Any, arch: Arch) -> dict[str, Any]:
     unknown = sorted(set(d) - _DIE_KEYS)
     if unknown:
         raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: {', '.join(sorted(_DIE_KEYS))}")
-    out: dict[str, Any] = {"ref": {"matrix_instances": arch.matrix.instances, "vector_instances": arch.vector.instances,
-                                   "memory": {}, "dram_bandwidth": _dram_bandwidth(arch)}}
+    given = d.get("ref")
+    if given is not None:  # the enabled values the physical ones refer to, kept by a variant of the device
+        if not isinstance(given, dict) or set(given) != {"matrix_instances", "vector_instances", "memory", "dram_bandwidth"}:
+            raise SpecError(f"{where}.ref: must be what die_reference() gives (matrix_instances, vector_instances, "
+                            "memory, dram_bandwidth)")
+        out: dict[str, Any] = {"ref": copy.deepcopy(given)}
+    else:
+        out = {"ref": {"matrix_instances": arch.matrix.instances, "vector_instances": arch.vector.instances,
+                       "memory": {}, "dram_bandwidth": _dram_bandwidth(arch)}}
     for k in ("matrix_instances", "vector_instances", "dram_interfaces", "chiplets"):
         if k in d:
             out[k] = _pos_int(d[k], f"{where}.{k}")
@@ -218,12 +226,21 @@ def parse_die(d: Any, arch: Arch) -> dict[str, Any]:
         if "instances" in lv:
             phys["instances"] = _pos_int(lv["instances"], f"{where}.memory.{name}.instances")
         out["memory"][level.name] = phys
-        out["ref"]["memory"][level.name] = {"capacity": level.capacity_bytes, "instances": level.instances}
+        if given is None:
+            out["ref"]["memory"][level.name] = {"capacity": level.capacity_bytes, "instances": level.instances}
+        elif level.name not in out["ref"]["memory"]:
+            raise SpecError(f"{where}.ref.memory: has no entry for level {level.name!r}")
     io = d.get("io") or {}
     if not isinstance(io, dict) or set(io) - set(IO_KINDS):
         raise SpecError(f"{where}.io: must map I/O kinds ({', '.join(IO_KINDS)}) to lane/link counts")
     out["io"] = {k: _pos_int(v, f"{where}.io.{k}") for k, v in io.items()}
     return out
+
+
+def die_reference(arch: Arch) -> dict[str, Any]:
+    """The enabled values a device's ``die:`` section refers to (``ref``), for a variant built from
+    its YAML (a design-space trial) to keep the device's physical/enabled ratios."""
+    return copy.deepcopy(arch.meta["die"]["ref"]) if "die" in arch.meta else {}
 
 
 def _kind(arch: Arch, i: int) -> str:
@@ -264,8 +281,8 @@ def physical(arch: Arch) -> dict[str, Any]:
     for i, (lv, kind, _cap, _n) in enumerate(levels):
         if kind in DRAM_KINDS:
             need = math.ceil(lv.bandwidth_Bps * lv.instances / DRAM_INTERFACE_BPS[kind] - 1e-9)
-            if i == 0 and "dram_interfaces" in die and ref.get("dram_bandwidth", 0) > 0:
-                need = math.ceil(die["dram_interfaces"] * bw / ref["dram_bandwidth"] - 1e-9)
+            if i == 0 and "dram_interfaces" in die and ref.get("dram_bandwidth", 0) > 0:  # never fewer than the bandwidth needs
+                need = max(need, math.ceil(die["dram_interfaces"] * bw / ref["dram_bandwidth"] - 1e-9))
             dram.append((kind, max(1, need), lv.capacity_bytes * lv.instances))
     return {"cores": scale("matrix_instances", arch.matrix.instances),
             "vector": scale("vector_instances", arch.vector.instances),

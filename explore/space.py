@@ -354,6 +354,11 @@ def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
         for unit in ("matrix", "vector"):  # an RDU's PCUs are its matrix and vector units
             doc[unit]["instances"] = rdu.get("pcus")
         doc["memory"][1]["instances"] = rdu.get("pmus")  # and its PMUs the SRAM level
+    if isinstance(doc.get("die"), dict) and "ref" not in doc["die"]:  # the die keeps the base device's spare fractions
+        from ..arch.area import die_reference
+        from ..arch.loader import arch_from_dict
+
+        doc["die"]["ref"] = die_reference(arch_from_dict(copy.deepcopy(space.base), str(space.base.get("name", "base"))))
     base_arr = space.base.get("matrix", {}).get("array")
     arr = doc.get("matrix", {}).get("array")
     if base_arr and arr and list(arr) != list(base_arr):

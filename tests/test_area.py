@@ -281,3 +281,24 @@ def test_pim_and_dataflow_devices_are_refused_by_the_logic_die_model(name, what)
     with pytest.raises(SpecError, match=what) as e:
         area.die_area_mm2(load_arch(name))
     assert "\n" not in str(e.value)
+
+
+def test_a_design_space_trial_keeps_the_base_devices_spare_fractions():
+    """The explorer rebuilds each trial from YAML: its die section must refer to the base device's
+    enabled counts, so fewer SMs mean a smaller die and more HBM bandwidth more stacks."""
+    from xpusim.explore.evaluate import build_device
+    from xpusim.explore.space import load_space
+
+    sp = load_space("gpu-chip")
+    base = {"sms": 132, "clock_ghz": 1.8, "l2_mib": 50, "hbm_tbs": 3.35, "weights": "bf16"}
+
+    def phys(**over):
+        a = build_device(sp, {**base, **over})
+        return area.die_area_mm2(a), area.physical(a)
+
+    (a66, p66), (a132, p132), (a198, p198) = phys(sms=66), phys(), phys(sms=198)
+    assert a66 < a132 < a198 and p66["cores"] < p132["cores"] < p198["cores"]
+    assert p132["cores"] == round(132 * 144 / 132) and p198["cores"] == round(198 * 144 / 132)
+    assert phys(l2_mib=25)[0] < a132
+    stacks = [phys(hbm_tbs=t)[1]["dram"][0][1] for t in (2.0, 3.35, 6.0)]
+    assert stacks[0] < stacks[1] < stacks[2]
