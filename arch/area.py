@@ -51,7 +51,7 @@ DENSITY_MTR_MM2 = {40: 7.7, 28: 15.3, 16: 28.9, 12: 28.9, 7: 96.3, 5: 138.2, 4: 
 #: high-density 6T SRAM bitcell, um^2 [SRAM]
 SRAM_BITCELL_UM2 = {40: 0.242, 28: 0.127, 16: 0.070, 12: 0.070, 7: 0.027, 5: 0.021, 4: 0.021}
 #: foundry sale price of a processed 300 mm wafer, USD (2020) [CSET20]
-WAFER_COST_USD = {40: 2274.0, 28: 2891.0, 16: 3984.0, 12: 3984.0, 7: 9346.0, 5: 16988.0, 4: 16988.0}
+WAFER_COST_USD = {40: 2274.0, 28: 2891.0, 16: 3984.0, 12: 3984.0, 10: 5992.0, 7: 9346.0, 5: 16988.0, 4: 16988.0}
 #: random defect density D0, defects per cm^2 ([NING23] for 40/28/16 nm, [D0] for 7/5 nm)
 DEFECT_DENSITY_CM2 = {40: 0.05, 28: 0.05, 16: 0.10, 12: 0.10, 7: 0.09, 5: 0.10, 4: 0.10}
 #: negative-binomial defect clustering parameter [NING23]
@@ -306,6 +306,16 @@ NOT_COVERED = {
 }
 
 
+def matrix_classes(arch: Arch) -> dict[str, float]:
+    """The matrix unit's classes with silicon of their own: a class no faster than the vector unit's
+    FMAs of the same class runs on those lanes (a GPU's fp32 GEMMs on its CUDA cores), which the vector
+    area already counts (a unit's ``runs_as`` classes have no rate entry at all)."""
+    per_unit = arch.matrix.instances / max(arch.vector.instances, 1)  # matrix units per vector unit
+    vec = arch.vector.rate_per_cycle
+    own = {c: r for c, r in arch.matrix.rate_per_cycle.items() if not (c in vec and vec[c] / 2 >= r * per_unit)}
+    return own or dict(arch.matrix.rate_per_cycle)
+
+
 def area_breakdown(arch: Arch) -> dict[str, float]:
     """Die area per component, mm^2 (all chiplets together): ``matrix``, ``vector``, one entry per on-chip
     memory level (``sram:<name>`` / ``regfile:<name>``), ``dram_phy`` (PHYs + controllers), ``noc``, ``io``
@@ -314,7 +324,7 @@ def area_breakdown(arch: Arch) -> dict[str, float]:
         raise SpecError(f"{arch.name} is {NOT_COVERED[arch.device_class]}")
     node = _node(arch)
     phys, f, dens = physical(arch), area_factor(node), _interp(DENSITY_MTR_MM2, node)
-    out = {"matrix": phys["cores"] * f * 1e-6 * max(r * mac_area_um2_45(c) for c, r in arch.matrix.rate_per_cycle.items()),
+    out = {"matrix": phys["cores"] * f * 1e-6 * max(r * mac_area_um2_45(c) for c, r in matrix_classes(arch).items()),
            "vector": phys["vector"] * f * 1e-6 * max(r / 2 * fma_area_um2_45(c) for c, r in arch.vector.rate_per_cycle.items())}
     for name, kind, cap, n in phys["levels"]:
         out[f"{kind}:{name}"] = cap * n * sram_mm2_per_byte(node)
@@ -360,8 +370,9 @@ def peak_dynamic_power_w(arch: Arch) -> float:
     instances x mean(read, write pJ/B))``. Energies are the device's (``arch/tech.py`` fills missing ones)."""
     node = arch.meta.get("technology_nm")
     p = 0.0
-    for unit, clock, mac in ((arch.matrix, arch.matrix_clock_hz, True), (arch.vector, arch.vector_clock_hz, False)):
-        p += max(r * _energy(unit.energy_pj, c, node, mac) for c, r in unit.rate_per_cycle.items()) * unit.instances * clock
+    for unit, rates, clock, mac in ((arch.matrix, matrix_classes(arch), arch.matrix_clock_hz, True),
+                                    (arch.vector, arch.vector.rate_per_cycle, arch.vector_clock_hz, False)):
+        p += max(r * _energy(unit.energy_pj, c, node, mac) for c, r in rates.items()) * unit.instances * clock
     p += sum(lv.bandwidth_Bps * lv.instances * (lv.read_energy_pj_per_byte + lv.write_energy_pj_per_byte) / 2
              for lv in arch.memory)
     return p * 1e-12

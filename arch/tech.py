@@ -52,7 +52,7 @@ _INT_BITS = {"int8": 8, "int4": 4, "int32": 32}
 
 
 def node_factor(node_nm: float) -> float:
-    """Energy scale factor of a process node relative to 45 nm (log-linear between table nodes)."""
+    """Energy scale factor of a process node relative to 45 nm (log-log between table nodes)."""
     nodes = sorted(NODE_ENERGY_FACTOR)
     if node_nm in NODE_ENERGY_FACTOR:
         return NODE_ENERGY_FACTOR[int(node_nm)]

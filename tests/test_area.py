@@ -302,3 +302,18 @@ def test_a_design_space_trial_keeps_the_base_devices_spare_fractions():
     assert phys(l2_mib=25)[0] < a132
     stacks = [phys(hbm_tbs=t)[1]["dram"][0][1] for t in (2.0, 3.35, 6.0)]
     assert stacks[0] < stacks[1] < stacks[2]
+
+
+def test_fp32_gemms_on_cuda_cores_add_no_tensor_core_silicon():
+    """A GPU's fp32 matrix rate is its CUDA cores' (no faster than the vector unit's FMAs): the
+    matrix area is the tensor cores' whatever that rate is."""
+    import copy
+
+    from xpusim.arch.loader import arch_dict
+
+    d, _ = arch_dict("rtx-4090")
+    base = area.area_breakdown(arch_from_dict(copy.deepcopy(d), "a"))["matrix"]
+    d["matrix"]["macs_per_cycle"]["fp32"] = 128
+    assert area.area_breakdown(arch_from_dict(copy.deepcopy(d), "b"))["matrix"] == base
+    d["matrix"]["macs_per_cycle"]["fp32"] = 4096  # faster than the CUDA cores: fp32 tensor cores of its own
+    assert area.area_breakdown(arch_from_dict(d, "c"))["matrix"] > base
