@@ -9,7 +9,7 @@ import warnings
 
 from ..errors import SpecError
 from .space import METRICS, load_space
-from .study import export, finished, pareto_frame, run_study, trials_frame
+from .study import check_export, check_seed, export, finished, pareto_frame, run_study, trials_frame
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> int:
     if a.timeout is not None and not a.timeout > 0:
         raise SpecError(f"--timeout {a.timeout:g}: give a positive number of seconds (or leave it out: no time limit)")
+    if a.export:
+        check_export(a.export)
+    check_seed(a.seed)
     space = load_space(a.space)
     study_name = a.study or space.name
     sampler = a.sampler or space.sampler

@@ -8,8 +8,8 @@ A knob names what it sets with a ``path``:
   written as a quantity (``"4 MiB"``);
 * ``model.<field>`` — a :class:`~xpusim.workloads.model.ModelSpec` field of every workload's model
   (``model.weight_dtype``, ``model.kv_dtype``);
-* ``workload.<field>`` — a phase field of every workload (``workload.batch``, ``workload.context``);
-* ``mapper.objective`` — what the inner mapper optimises (latency, energy, edp);
+* ``workload.<field>`` — a phase field of every workload (``batch``, ``seq``, ``context``);
+* ``mapper.objective`` — what the inner mapper optimises (``choices`` of latency, energy, edp);
 * with a ``system:`` base (a multi-device system preset instead of ``base:``): ``system.<field>``
   edits the system's YAML (``system.nodes``, ``system.intra.bandwidth``) and ``device.<field>``
   its device's; ``plan.tp`` / ``plan.pp`` / ``plan.dp`` / ``plan.ep`` / ``plan.sp`` set the
@@ -17,6 +17,8 @@ A knob names what it sets with a ``path``:
 
 Each knob has ``choices`` or a ``low``/``high`` range (``type`` int or float, optional ``step``,
 ``log``). When a knob changes a systolic array's shape, its MACs per cycle scale with rows x cols.
+Everything but device and system paths is checked when the space loads, and so is every metric
+the space scores against what the base device can provide.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ METRICS: dict[str, tuple[str, str, str]] = {
 }
 KNOB_ROOTS = ("device", "model", "workload", "mapper", "system", "plan")
 WORKLOAD_FIELDS = ("model", "phase", "batch", "seq", "context", "weight", "routing")
+PHASE_KNOBS = ("batch", "seq", "context")  # the workload fields a knob may set
+PLAN_FIELDS = ("tp", "pp", "dp", "ep", "sp")
+MAPPER_OBJECTIVES = ("latency", "energy", "edp")
+AREA_METRICS = ("area_mm2", "cost_usd", "perf_per_area", "perf_per_dollar")  # need the area and cost model
+POWER_METRICS = ("power_w", "perf_per_watt")  # need a static power, or the area model's leakage
+FPGA_METRICS = ("dsp_fraction", "lut_fraction")  # need an FPGA template
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,28 @@ def _number(v: Any, where: str) -> float:
     return float(v)
 
 
+def _check_path(name: str, path: tuple[str, ...], where: str) -> None:
+    """A model, workload, mapper or plan knob names one field the evaluator sets (device and system
+    paths are checked against the YAML when a trial applies them)."""
+    root = path[0]
+    if root == "model":
+        import dataclasses
+        import difflib
+
+        from ..workloads.model import ModelSpec
+
+        fields = [f.name for f in dataclasses.fields(ModelSpec)]
+        if len(path) != 2 or path[1] not in fields:
+            near = difflib.get_close_matches(path[-1], fields, 1)
+            raise _fail(where, f"knob {name!r}: {'.'.join(path)} is not model.<ModelSpec field>"
+                               f"{f' (did you mean model.{near[0]}?)' if near else ' (e.g. model.weight_dtype)'}")
+        return
+    allowed = {"workload": PHASE_KNOBS, "mapper": ("objective",), "plan": PLAN_FIELDS}.get(root)
+    if allowed is not None and (len(path) != 2 or path[1] not in allowed):
+        raise _fail(where, f"knob {name!r}: {'.'.join(path)} is not one of "
+                           f"{', '.join(f'{root}.{f}' for f in allowed)}")
+
+
 def _knob(name: str, d: Any, where: str) -> Knob:
     if not isinstance(d, dict):
         raise _fail(where, f"knob {name!r} must be a mapping with path and choices or low/high")
@@ -133,12 +163,20 @@ def _knob(name: str, d: Any, where: str) -> Knob:
                            f"got {d.get('path')!r}")
     if len(paths) > 1 and any(q[0] != "device" or len(q) < 2 for q in paths):
         raise _fail(where, f"knob {name!r}: a list of paths must name device fields only")
+    _check_path(name, path, where)
     also = tuple(paths[1:])
     if "choices" in d:
         ch = d["choices"]
         if not isinstance(ch, list) or not ch:
             raise _fail(where, f"knob {name!r}: choices must be a non-empty list")
+        ranged = sorted(set(d) & {"low", "high", "type", "step", "log"})
+        if ranged:
+            raise _fail(where, f"knob {name!r}: give choices or a low/high range, not both (drop {', '.join(ranged)})")
+        if path[0] == "mapper" and set(map(str, ch)) - set(MAPPER_OBJECTIVES):
+            raise _fail(where, f"knob {name!r}: mapper.objective choices are {', '.join(MAPPER_OBJECTIVES)}, got {ch}")
         return Knob(name, path, tuple(ch), unit=str(d.get("unit", "")), also=also)
+    if path[0] == "mapper":
+        raise _fail(where, f"knob {name!r}: mapper.objective takes choices ({', '.join(MAPPER_OBJECTIVES)})")
     if "low" not in d or "high" not in d:
         raise _fail(where, f"knob {name!r}: give choices, or low and high")
     typ = str(d.get("type", "int" if isinstance(d["low"], int) and isinstance(d["high"], int) else "float"))
@@ -146,7 +184,13 @@ def _knob(name: str, d: Any, where: str) -> Knob:
         raise _fail(where, f"knob {name!r}: type must be int or float")
     low, high = _number(d["low"], f"{where} knob {name!r} low"), _number(d["high"], f"{where} knob {name!r} high")
     step = _number(d["step"], f"{where} knob {name!r} step") if "step" in d else None
-    log = bool(d.get("log", False))
+    log = d.get("log", False)
+    if not isinstance(log, bool):
+        raise _fail(where, f"knob {name!r}: log must be true or false, got {log!r}")
+    if typ == "int" and not (low.is_integer() and high.is_integer()):
+        raise _fail(where, f"knob {name!r}: an int knob's low and high must be whole numbers, got {low:g} and {high:g}")
+    if typ == "int" and step is not None and not (step.is_integer() and step >= 1):
+        raise _fail(where, f"knob {name!r}: an int knob's step must be a whole number >= 1, got {step:g}")
     if not low < high:
         raise _fail(where, f"knob {name!r}: low ({low:g}) must be below high ({high:g})")
     if log and low <= 0:
@@ -164,16 +208,22 @@ def _constraints(d: Any, where: str) -> list[Constraint]:
     out = []
     for k, v in d.items():
         if k == "fits_memory":
-            if v is True:
+            if not isinstance(v, bool):
+                raise _fail(where, f"constraint fits_memory must be true or false, got {v!r}")
+            if v:
                 out.append(Constraint("fits_memory"))
             continue
         if k not in METRICS and k != "latency_s":
             raise _fail(where, f"unknown constraint {k!r}; use one of {', '.join(METRICS)} or fits_memory")
         k = "latency" if k == "latency_s" else k
         if isinstance(v, dict):
-            lo, hi = v.get("min"), v.get("max")
-            out.append(Constraint(k, None if hi is None else _number(hi, f"{where} {k}.max"),
-                                  None if lo is None else _number(lo, f"{where} {k}.min")))
+            if not v or set(v) - {"min", "max"}:
+                raise _fail(where, f"constraint {k}: give a max ({k}: x) or a mapping of min and/or max, got {v!r}")
+            lo = _number(v["min"], f"{where} {k}.min") if "min" in v else None
+            hi = _number(v["max"], f"{where} {k}.max") if "max" in v else None
+            if lo is not None and hi is not None and lo > hi:
+                raise _fail(where, f"constraint {k}: min ({lo:g}) is above max ({hi:g}), so no design can meet it")
+            out.append(Constraint(k, hi, lo))
         else:
             out.append(Constraint(k, _number(v, f"{where} {k}")))
     return out
@@ -227,17 +277,54 @@ def parse_space(d: Any, where: str = "<dict>") -> Space:
     for o in objs:
         if o not in METRICS:
             raise _fail(where, f"unknown objective {o!r}; use {', '.join(METRICS)}")
-    mapper = d.get("mapper") or {}
-    obj = mapper.get("objective", "latency") if isinstance(mapper, dict) else "latency"
-    if obj not in ("latency", "energy", "edp"):
-        raise _fail(where, "mapper.objective must be latency, energy or edp")
+    mapper = d.get("mapper", {})
+    if not isinstance(mapper, dict) or set(mapper) - {"objective"}:
+        raise _fail(where, f"mapper must be a mapping {{objective: {' | '.join(MAPPER_OBJECTIVES)}}}, got {mapper!r}")
+    obj = mapper.get("objective", "latency")
+    if obj not in MAPPER_OBJECTIVES:
+        raise _fail(where, f"mapper.objective must be {', '.join(MAPPER_OBJECTIVES)}, got {obj!r}")
     sampler = str(d.get("sampler", "auto"))
     if system is None and any(k.path[0] in ("system", "plan") for k in knobs):
         raise _fail(where, "system.* and plan.* knobs need a system: add system: <preset>")
     space = Space(str(d.get("name", Path(where).stem)), base, base_name, knobs, [dict(w) for w in wls], list(objs),
                   _constraints(d.get("constraints"), where), sampler, obj, where, system, dict(plan))
     check_sampler(space, sampler)
+    _check_metrics(space, where)
     return space
+
+
+def _check_metrics(space: Space, where: str) -> None:
+    """Refuse objectives and constraints the base device cannot score: the area and cost model's
+    metrics on the classes it does not cover (``arch.area.NOT_COVERED``), ``power_w`` there unless
+    the device states a static power, and FPGA resource shares on a device without a template."""
+    needed = set(space.objectives) | {c.metric for c in space.constraints}
+    if not needed & {*AREA_METRICS, *POWER_METRICS, *FPGA_METRICS}:
+        return
+    from ..arch.area import NOT_COVERED
+    from ..arch.fpga import fpga_spec
+    from ..arch.loader import arch_from_dict
+
+    arch = arch_from_dict(device_dict(space, {}), space.base_name)
+    cls = arch.device_class
+    what = f"{arch.name} ({NOT_COVERED[cls].split(':')[0]})" if cls in NOT_COVERED else ""
+    scores = "dsp_fraction or lut_fraction" if cls == "fpga" else "latency, throughput or energy_per_token"
+    static_knob = any(p[:2] == ("device", "static_power") for k in space.knobs for p in (k.path, *k.also))
+    for m in sorted(needed):
+        if m in AREA_METRICS and what:
+            raise _fail(where, f"{m} needs the area and cost model, which does not cover {what}; use {scores}")
+        if m in POWER_METRICS and what and not arch.static_power_w and not static_knob:
+            raise _fail(where, f"{m} adds the area model's leakage, which does not cover {what}; use energy_per_token, "
+                               "or give the device a static_power")
+        if m in FPGA_METRICS:
+            try:
+                spec = fpga_spec(arch)
+            except SpecError:
+                raise _fail(where, f"{m} is an FPGA template's share of its part, and {arch.name} (class {cls}) is not an "
+                                   f"FPGA; use {scores if what else 'area_mm2 or cost_usd'}") from None
+            try:
+                spec.part.count(m.split("_")[0])
+            except SpecError as e:
+                raise _fail(where, f"{m}: {e}") from None
 
 
 SAMPLERS = ("auto", "tpe", "nsga2", "cmaes", "random", "grid")

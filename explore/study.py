@@ -29,10 +29,11 @@ import optuna
 import pandas as pd
 
 from ..errors import SpecError
-from .evaluate import evaluate
+from .evaluate import Evaluation, evaluate
 from .space import Space, check_sampler
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+SEEDS = 2**32  # the samplers take seeds 0 .. 2**32 - 1
 HEARTBEAT_S = 5  # RDB heartbeat of running trials; stale after 3 missed beats
 
 
@@ -89,7 +90,11 @@ def objective_fn(space: Space):
     def run(trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = _suggest(trial, space)
-        ev = evaluate(space, params)
+        try:
+            ev = evaluate(space, params)
+        except Exception as e:  # noqa: BLE001 - a fault in the simulator prunes this design, not the study
+            first = str(e).splitlines()[0] if str(e) else ""
+            ev = Evaluation(reason=f"internal error in the simulator, not a property of the design: {type(e).__name__}: {first}")
         if ev.reason:
             trial.set_user_attr("infeasible", ev.reason)
             raise optuna.TrialPruned(ev.reason)
@@ -161,7 +166,7 @@ def load_or_create(space: Space, study: str, storage: str | None, sampler: str, 
                         "use another --study name")
     done = len(s.trials)
     if done and seed is not None:  # a continued study draws new designs: the same seed would replay the first ones
-        s.sampler = make_sampler(space, sampler, seed + done)
+        s.sampler = make_sampler(space, sampler, (seed + done) % SEEDS)
     s.set_user_attr("space", space.source)
     s.set_user_attr("objectives", space.objectives)
     return s
@@ -179,11 +184,27 @@ def _worker(space: Space, study: str, storage: str | None, sampler: str, seed: i
     s.optimize(objective_fn(space), n_trials=n, timeout=timeout, catch=(), gc_after_trial=False)
 
 
+def check_seed(seed: int | None) -> None:
+    """Refuse a seed the samplers cannot take (before a study runs)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEEDS):
+        raise SpecError(f"--seed {seed}: give a whole number from 0 to {SEEDS - 1}")
+
+
+def check_export(out: str | Path) -> None:
+    """Refuse an export directory that is, or lies under, an existing file (before a study runs)."""
+    for p in (Path(out), *Path(out).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise SpecError(f"--export {out}: {p} is a file; give a directory (new or existing) for the CSV/JSON files")
+            return
+
+
 def run_study(space: Space, trials: int, study: str = "xpusim", storage: str | None = None, sampler: str = "auto",
               seed: int | None = 0, workers: int = 1, timeout: float | None = None, progress: bool = True) -> optuna.Study:
     """Run (or continue) ``study`` until it has ``trials`` finished trials."""
     if trials <= 0 or workers <= 0:
         raise SpecError("--trials and --workers must be positive")
+    check_seed(seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = load_or_create(space, study, storage, sampler, seed)
     _fail_stale(s)
@@ -200,7 +221,7 @@ def run_study(space: Space, trials: int, study: str = "xpusim", storage: str | N
                    gc_after_trial=False)
     else:
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(space, study, storage, sampler, None if seed is None else seed + i,
+        procs = [ctx.Process(target=_worker, args=(space, study, storage, sampler, None if seed is None else (seed + i) % SEEDS,
                                                    n, timeout)) for i, n in enumerate(shares)]
         start = finished(s)
         for p in procs:
@@ -262,6 +283,7 @@ def pareto_frame(study: optuna.Study, space: Space) -> pd.DataFrame:
 
 def export(study: optuna.Study, space: Space, out: str | Path) -> list[Path]:
     """Write all trials and the Pareto set as CSV and JSON (and Parquet when pyarrow is installed)."""
+    check_export(out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
