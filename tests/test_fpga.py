@@ -648,15 +648,15 @@ def test_an_unpublished_count_skips_only_its_own_check():
 
 
 def test_a_search_scoring_an_unpublished_resource_is_refused_in_one_line():
-    from xpusim.explore.evaluate import evaluate
+    from xpusim import XpusimError
     from xpusim.explore.space import parse_space
 
     knobs = {"vpus": {"path": "device.fpga.template.vpus", "choices": [32, 64]},
              **{k: {"path": f"model.{k}", "choices": ["int8"]} for k in ("weight_dtype", "act_dtype", "kv_dtype")}}
-    space = parse_space({"name": "t", "base": "versal-vhk158", "knobs": knobs, "workloads": [
-        {"model": "llama-2-7b", "phase": "decode", "batch": 1, "context": 128}], "objectives": ["latency", "dsp_fraction"]})
-    ev = evaluate(space, {"vpus": 32, "weight_dtype": "int8", "act_dtype": "int8", "kv_dtype": "int8"})
-    assert ev.reason and "unpublished" in ev.reason and "\n" not in ev.reason
+    with pytest.raises(XpusimError, match="dsp_fraction: the part's DSP count is unpublished") as e:
+        parse_space({"name": "t", "base": "versal-vhk158", "knobs": knobs, "workloads": [
+            {"model": "llama-2-7b", "phase": "decode", "batch": 1, "context": 128}], "objectives": ["latency", "dsp_fraction"]})
+    assert "\n" not in str(e.value)
 
 
 def test_causal_prefill_skips_the_empty_64x64_score_blocks():
