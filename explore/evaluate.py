@@ -115,6 +115,13 @@ def _metrics(arch: Arch, runs: list, needed: set[str], devices: int = 1) -> dict
     energy = sum(w * r.energy_j for w, r, _ in runs)
     tokens = sum(w * r.tokens for w, r, _ in runs)
     throughput = tokens / latency if latency > 0 else 0.0
+    from ..arch import area
+
+    # static power: a device's own (an FPGA's fitted board power) is in its energy already; else the die
+    # model's leakage where it covers the class (none on PIM, wafer and RDU devices: dynamic energy only),
+    # so energy_per_token and perf_per_watt rank every design on one basis (perf_per_watt = 1 / it)
+    leak = 0.0 if arch.static_power_w or arch.device_class in area.NOT_COVERED else area.leakage_power_w(arch) * devices
+    energy += leak * latency
     m: dict[str, float] = {
         "latency": latency / wsum if wsum else latency, "throughput": throughput,
         "energy_per_token": energy / tokens if tokens else 0.0,
@@ -122,12 +129,7 @@ def _metrics(arch: Arch, runs: list, needed: set[str], devices: int = 1) -> dict
     }
     area_needed = needed & {"area_mm2", "cost_usd", "perf_per_area", "perf_per_dollar"}
     if area_needed or needed & {"power_w", "perf_per_watt"}:
-        from ..arch import area
-
-        # the die model gives leakage; a device with its own static power (an FPGA's fitted board power,
-        # which the area model refuses) has it in its energy already
-        leak = 0.0 if arch.static_power_w else area.leakage_power_w(arch) * devices
-        m["power_w"] = (energy / latency if latency else 0.0) + leak
+        m["power_w"] = energy / latency if latency else 0.0
         m["perf_per_watt"] = throughput / m["power_w"] if m["power_w"] else 0.0
         if area_needed:
             m["area_mm2"] = area.die_area_mm2(arch) * devices  # silicon of every device used

@@ -257,3 +257,17 @@ def test_an_fpga_with_a_board_power_model_scores_power_without_the_area_model():
                          "workloads": [{"model": "llama-2-7b", "phase": "decode", "batch": 1, "context": 640}]})
     ev = evaluate(space, {"vpus": 128, "weight_dtype": "int8", "act_dtype": "int8", "kv_dtype": "int8"})
     assert not ev.reason and 40 < ev.metrics["power_w"] < 47  # the board's fitted 26.9 W idle + logic + HBM traffic
+
+
+def test_energy_per_token_and_perf_per_watt_count_the_same_static_power():
+    """Both carry the area model's leakage over the step time, so one is the inverse of the other and
+    a device with a stated static power (an FPGA board) is ranked on the same basis."""
+    from xpusim.explore.evaluate import evaluate
+    from xpusim.explore.space import load_space
+
+    sp = load_space("npu")
+    sp.objectives, sp.constraints = ["energy_per_token", "perf_per_watt", "power_w"], []
+    params = {"rows": 128, "cols": 128, "dataflow": "ws", "gbuf_mib": 8, "gbuf_gbs": 2000, "dram_gib": 16,
+              "dram_gbs": 800, "clock_ghz": 1.0}
+    m = evaluate(sp, params).metrics
+    assert m["perf_per_watt"] == pytest.approx(1.0 / m["energy_per_token"], rel=1e-9)
