@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,17 @@ def _unit(d: Any, kind: str, where: str) -> ComputeUnit:
     )
 
 
-def _level(d: Any, i: int, dev: str) -> MemoryLevel:
+def _bandwidth(v: Any, clock_hz: float, where: str) -> float:
+    """Bytes/s of a level's ``bandwidth``: a rate (``'2 TB/s'``) or bytes per device-clock cycle
+    (``'128 B/cycle'``, which follows the device's clock)."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*B/(?:cycle|clock)\s*", v)
+        if m:
+            return float(m.group(1)) * clock_hz
+    return parse_quantity(v, "bytes_per_s", where)
+
+
+def _level(d: Any, i: int, dev: str, clock_hz: float = 0.0) -> MemoryLevel:
     where = f"device {dev!r} memory[{i}]"
     if not isinstance(d, dict):
         raise SpecError(f"{where}: must be a mapping with name, capacity, bandwidth")
@@ -171,7 +182,7 @@ def _level(d: Any, i: int, dev: str) -> MemoryLevel:
     return MemoryLevel(
         name=str(d["name"]),
         capacity_bytes=parse_quantity(d["capacity"], "bytes", f"{where}.capacity"),
-        bandwidth_Bps=parse_quantity(d["bandwidth"], "bytes_per_s", f"{where}.bandwidth"),
+        bandwidth_Bps=_bandwidth(d["bandwidth"], clock_hz, f"{where}.bandwidth"),
         instances=_int(d.get("instances", 1), f"{where}.instances"),
         latency_s=parse_quantity(d.get("latency", 0.0), "seconds", f"{where}.latency"),
         read_energy_pj_per_byte=_nonneg(d.get("read_energy_pj_per_byte", e), f"{where}.read_energy_pj_per_byte"),
@@ -231,7 +242,8 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         name=name,
         device_class=str(d.get("class", "generic")),
         clock_hz=parse_quantity(d["clock"], "hz", f"device {name!r} clock"),
-        memory=tuple(_level(lv, i, name) for i, lv in enumerate(d["memory"])),
+        memory=tuple(_level(lv, i, name, parse_quantity(d["clock"], "hz", f"device {name!r} clock"))
+                     for i, lv in enumerate(d["memory"])),
         matrix=_unit(d["matrix"], "matrix", f"device {name!r} matrix"),
         vector=_unit(d["vector"], "vector", f"device {name!r} vector"),
         launch_overhead_s=parse_quantity(d.get("launch_overhead", 0.0), "seconds", f"device {name!r} launch_overhead"),

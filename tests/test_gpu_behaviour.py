@@ -225,3 +225,20 @@ def test_a_gpu_without_its_named_levels_is_refused():
     d["memory"][1]["name"] = "L2"
     with pytest.raises(SpecError, match="l2"):
         arch_from_dict(d, "renamed")
+
+
+def test_a_bandwidth_in_bytes_per_cycle_follows_the_clock():
+    """h100-sxm states its SMEM and register-file bandwidth per SM per cycle: a design-space clock
+    knob scales them with the SMs (they stayed at the 1.98 GHz values before)."""
+    from xpusim import SpecError
+    from xpusim.arch.loader import arch_dict, arch_from_dict
+
+    d, _ = arch_dict("h100-sxm")
+    base = {lv.name: lv.bandwidth_Bps for lv in arch_from_dict(d, "a").memory}
+    assert base["smem"] == pytest.approx(128 * 1.98e9) and base["rf"] == pytest.approx(1536 * 1.98e9)
+    d["clock"] = "1.2 GHz"
+    slow = {lv.name: lv.bandwidth_Bps for lv in arch_from_dict(d, "b").memory}
+    assert slow["smem"] == pytest.approx(128 * 1.2e9) and slow["hbm"] == base["hbm"]
+    d["memory"][2]["bandwidth"] = "128 B/fortnight"
+    with pytest.raises(SpecError, match="bandwidth"):
+        arch_from_dict(d, "c")
