@@ -143,11 +143,10 @@ def _whole(v: Any, where: str, minimum: int = 1) -> int:
 
 def _energy_pj(v: Any, where: str) -> float:
     """Energy per byte: a plain number is pJ; a quantity with a unit of joules is converted ('88 pJ')."""
-    if isinstance(v, str):
-        return parse_quantity(v, "joules", where) * 1e12
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-        raise SpecError(f"{where}: must be a number of pJ per byte >= 0, got {v!r}")
-    return float(v)
+    pj = parse_quantity(v, "joules", where) * 1e12 if isinstance(v, str) else v
+    if isinstance(pj, bool) or not isinstance(pj, int | float) or not math.isfinite(pj) or pj < 0:
+        raise SpecError(f"{where}: must be >= 0 pJ per byte, got {v!r}")
+    return float(pj)
 
 
 def _link(d: dict[str, Any], where: str) -> Link:
@@ -165,12 +164,20 @@ def _link(d: dict[str, Any], where: str) -> Link:
 
 
 def _algorithms(v: Any, where: str) -> dict[str, tuple[str, ...]]:
-    """``algorithms:`` -- the candidates of the automatic choice: one list for every collective, or a
-    mapping of collective kind to list."""
+    """``algorithms:`` -- the candidates of the automatic choice: a mapping of collective kind to list,
+    or one list for every collective, of which each kind keeps the algorithms that implement it
+    (send_recv: direct, its only one). Every listed algorithm must implement its collective."""
     from ..sim.collectives import ALGORITHMS, KINDS, VALID
 
     if isinstance(v, list):
-        v = {k: v for k in KINDS}
+        if not v or any(a not in ALGORITHMS for a in v):
+            raise SpecError(f"{where}: must be a non-empty list drawn from {', '.join(ALGORITHMS)}, got {v!r}")
+        out = {k: tuple(a for a in v if a in VALID[k]) for k in KINDS if k != "send_recv"}
+        empty = [k for k, algos in out.items() if not algos]
+        if empty:
+            raise SpecError(f"{where}: none of {v} implements {', '.join(empty)}; add one of "
+                            f"{', '.join(VALID[empty[0]])}, or give a mapping of collective to list")
+        return {**out, "send_recv": ("direct",)}
     if not isinstance(v, dict) or not v:
         raise SpecError(f"{where}: must be a list of algorithms or a mapping of collective to list, "
                         f"e.g. {{all_reduce: [ring, tree]}}")
@@ -180,8 +187,10 @@ def _algorithms(v: Any, where: str) -> dict[str, tuple[str, ...]]:
             raise SpecError(f"{where}: unknown collective {kind!r}; use {', '.join(KINDS)}")
         if not isinstance(algos, list) or not algos or any(a not in ALGORITHMS for a in algos):
             raise SpecError(f"{where}.{kind}: must be a non-empty list drawn from {', '.join(ALGORITHMS)}, got {algos!r}")
-        if not any(a in VALID[kind] for a in algos):
-            raise SpecError(f"{where}.{kind}: none of {algos} implements {kind}; use some of {', '.join(VALID[kind])}")
+        bad = [a for a in algos if a not in VALID[kind]]
+        if bad:
+            raise SpecError(f"{where}.{kind}: {', '.join(bad)} do{'es' * (len(bad) == 1)} not implement {kind}; "
+                            f"use some of {', '.join(VALID[kind])}")
         out[str(kind)] = tuple(algos)
     return out
 

@@ -24,7 +24,8 @@ tuner does. Formulas per algorithm and topology are in ``docs/systems.md``.
 
 ``nbytes`` follows nccl-tests: all_reduce the buffer per rank, all_gather the output per rank,
 reduce_scatter the input per rank, all_to_all the bytes each rank sends (and keeps), send_recv the
-bytes sent. Ranks are placed contiguously, filling a node before the next.
+bytes sent. Ranks are placed contiguously, filling a node before the next. :func:`send_time` costs
+the one-way sends of a pipeline stage boundary at the devices they join.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def bus_factor(kind: str, ranks: int) -> float:
 
 def parse_rules(rules: Any, where: str = "system rules") -> CollectiveRules:
     """Parse a ``rules:`` section of a system preset (as written by ``validation/fit_nccl.py``). The
-    protocols listed are the ones used; ``simple`` must be among them (it is the NICs' reference)."""
+    protocols listed are the ones used, each with both constants; ``simple`` must be among them (it is
+    the NICs' reference) and no protocol may be more efficient than it."""
     if rules is None:
         return CollectiveRules()
     if not isinstance(rules, dict):
@@ -123,10 +125,9 @@ def parse_rules(rules: Any, where: str = "system rules") -> CollectiveRules:
     if unknown:
         raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: fitted_by, fit_error, protocols")
     protos = rules.get("protocols")
-    if protos is None:
-        return CollectiveRules()
     if not isinstance(protos, dict) or not protos:
-        raise SpecError(f"{where}.protocols: must map {', '.join(PROTOCOLS)} to {{base_latency, efficiency}}")
+        state = "missing; it" if protos is None else "it"
+        raise SpecError(f"{where}.protocols: {state} must map {', '.join(PROTOCOLS)} to {{base_latency, efficiency}}")
     unknown = sorted(str(k) for k in set(protos) - set(PROTOCOLS))
     if unknown:
         raise SpecError(f"{where}.protocols: unknown protocol(s) {unknown}; use {', '.join(PROTOCOLS)}")
@@ -137,15 +138,20 @@ def parse_rules(rules: Any, where: str = "system rules") -> CollectiveRules:
         if p not in protos:
             continue
         d = protos[p]
-        if not isinstance(d, dict) or set(d) - {"base_latency", "efficiency"}:
-            raise SpecError(f"{where}.protocols.{p}: must be a mapping with base_latency and efficiency")
-        base = parse_quantity(d.get("base_latency", 0.0), "seconds", f"{where}.protocols.{p}.base_latency")
-        eff = d.get("efficiency", 1.0)
+        if not isinstance(d, dict) or set(d) != {"base_latency", "efficiency"}:
+            raise SpecError(f"{where}.protocols.{p}: must be a mapping with base_latency and efficiency, got {d!r}")
+        base = parse_quantity(d["base_latency"], "seconds", f"{where}.protocols.{p}.base_latency")
+        eff = d["efficiency"]
         if isinstance(eff, bool) or not isinstance(eff, int | float) or not 0 < eff <= 1:
             raise SpecError(f"{where}.protocols.{p}.efficiency: must be a fraction in (0, 1], got {eff!r}")
         if not base >= 0 or not math.isfinite(base):
             raise SpecError(f"{where}.protocols.{p}.base_latency: must be a finite time >= 0")
         out.append((p, Protocol(base, float(eff))))
+    simple = dict(out)["simple"].efficiency
+    for p, proto in out:  # the NICs run at eff_p / eff_simple of their achievable rate: never above it
+        if proto.efficiency > simple:
+            raise SpecError(f"{where}.protocols.{p}.efficiency: {proto.efficiency} exceeds simple's {simple}; "
+                            "no protocol moves bulk data faster than the bulk protocol")
     return CollectiveRules(tuple(out))
 
 
@@ -234,6 +240,13 @@ class _Node:
         if self.topo in ("switch", "fully_connected", "pcie"):
             return 1 if self.r > 1 else 0
         return sum(min(s - 1, p // 2) if w else s - 1 for s, w, p in zip(self.shape, self.wrap, self.phys, strict=True))
+
+    def ring_steps(self) -> int:
+        """Hops of one ring phase: ``r - 1``; on a torus or mesh ``sum_i (s_i - 1)`` (the rings run in
+        every dimension at once)."""
+        if self.topo in ("torus", "mesh"):
+            return sum(s - 1 for s in self.shape)
+        return self.r - 1
 
     def ring_bw(self) -> float:
         """Per-device bandwidth of (bidirectional, multi-dimensional) logical rings over the ranks."""
@@ -388,21 +401,23 @@ def _plan(system: System, kind: str, algo: str, S: float, n: int) -> _Plan:
     node = _node(system, r)
     NB = system.nics_per_node * system.inter.bandwidth_Bps if (m > 1 and system.inter is not None) else math.inf
     P = _Plan()
-    if kind == "send_recv":
+    if kind == "send_recv":  # every rank sends S to the next, the last to the first
         dt, de = node.exchange(1, None, S, node.p2p_bw())
         P.steps_intra, P.t_intra, P.bytes_intra = 1, dt, de
-        if m > 1 and system.inter is not None:
+        if m > 1 and system.inter is not None:  # each node's last rank sends over a NIC; n - m sends stay in a node
+            P.steps_intra, P.t_intra, P.bytes_intra = (1 if r > 1 else 0), S / node.p2p_bw(), S * (n - m)
             P.steps_inter, P.t_inter, P.bytes_inter = 1, S / system.inter.bandwidth_Bps, S * m
         return P
     ar = kind == "all_reduce"
     half = 2.0 if ar else 1.0       # all-reduce = reduce-scatter + all-gather
     if algo == "ring":
+        saved = m * (r - 1 - node.ring_steps())   # hops a multi-dimensional ring saves in each node
         if kind == "all_to_all":
             v = S / n
             vol = v * n * (n - 1) / 2.0          # per ring link: messages travel n/2 hops on average
             P.t_intra = vol / node.ring_bw()
             P.t_inter = vol / NB if m > 1 else 0.0
-            P.steps_intra, P.steps_inter = (n - 1) - (m - 1 if m > 1 else 0), (m - 1 if m > 1 else 0)
+            P.steps_intra, P.steps_inter = (n - 1) - (m - 1) - saved, m - 1
             cross = m if m > 1 else 0           # ring hops that leave a node
             P.bytes_intra = vol * (n - cross)
             P.bytes_inter = vol * cross
@@ -411,7 +426,7 @@ def _plan(system: System, kind: str, algo: str, S: float, n: int) -> _Plan:
         P.t_intra = traffic / node.ring_bw()
         P.t_inter = traffic / NB if m > 1 else 0.0
         inter_steps = half * (m - 1)
-        P.steps_intra = half * (n - 1) - inter_steps
+        P.steps_intra = half * ((n - 1) - (m - 1) - saved)
         P.steps_inter = inter_steps
         cross = m if m > 1 else 0               # ring hops that leave a node
         P.bytes_intra = traffic * (n - cross)
@@ -475,7 +490,7 @@ def _plan(system: System, kind: str, algo: str, S: float, n: int) -> _Plan:
             P.steps_inter, P.t_inter, P.bytes_inter = 1, r * (n - r) * v / NB, n * (n - r) * v
             return P
         local = half * (r - 1) / r * S
-        P.steps_intra = half * (r - 1)
+        P.steps_intra = half * node.ring_steps()
         P.t_intra = local / node.ring_bw() if r > 1 else 0.0
         P.steps_inter = half * (m - 1)
         P.t_inter = half * (m - 1) / m * S / NB
@@ -504,15 +519,78 @@ def _protocols(system: System, rules: CollectiveRules, algo: str) -> tuple[str, 
 
 
 def _candidates(system: System, kind: str, n: int) -> tuple[str, ...]:
+    """The algorithms the automatic choice weighs: the system's list for ``kind`` (else every one),
+    less those that cannot run on ``n`` ranks; a list that leaves none is an error."""
     multi = n > system.devices_per_node
     valid = [a for a in VALID[kind] if (multi or a != "hierarchical")
              and (a != "nvls" or (system.in_switch_reduction and not multi))]
     listed = (system.meta.get("algorithms") or {}).get(kind)
-    if listed:
-        chosen = [a for a in valid if a in listed]
-        if chosen:
-            return tuple(chosen)
-    return tuple(valid)
+    if not listed:
+        return tuple(valid)
+    chosen = tuple(a for a in valid if a in listed)
+    if not chosen:
+        where = "across nodes" if multi else "inside one node"
+        raise SpecError(f"system {system.name!r} lists only {', '.join(listed)} for {kind}, which cannot run on {n} ranks "
+                        f"{where}; add one of {', '.join(valid)} to its algorithms")
+    return chosen
+
+
+def _cheapest(system: System, plans: list[tuple[str, _Plan]]) -> tuple[float, str, str, _Plan]:
+    """The fastest (time, algorithm, protocol, plan) over the plans and the protocols each runs."""
+    rules = system_rules(system)
+    simple = rules.protocol("simple")
+    best: tuple[float, str, str, _Plan] | None = None
+    for algo, P in plans:
+        for p in _protocols(system, rules, algo):
+            t = _time(system, P, rules.protocol(p), simple)
+            if best is None or t < best[0]:
+                best = (t, algo, p, P)
+    assert best is not None
+    return best
+
+
+def _energy(system: System, P: _Plan) -> float:
+    return (P.bytes_intra * system.intra.energy_pj_per_byte
+            + P.bytes_inter * (system.inter.energy_pj_per_byte if system.inter else 0.0)) * 1e-12
+
+
+def send_time(system: System, nbytes: float, senders: int, stride: int, first: int = 0) -> CollectiveCost:
+    """One-way sends at once: each of the ``senders`` devices from device ``first`` sends ``nbytes`` to
+    the device ``stride`` further on (a pipeline stage boundary). A send that leaves its node takes a
+    NIC (the node's leaving sends share its NICs, one each while they last); one inside a node crosses
+    ``d`` hops of its fabric (``d`` = 1 on a switch, fully connected or PCIe fabric) at ``b_p2p``, the
+    longest setting the time. ``busbw`` = ``algbw``."""
+    system = load_system(system)
+    if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Real) or not math.isfinite(nbytes) or nbytes <= 0:
+        raise SpecError(f"send: nbytes must be a positive number of bytes, got {nbytes!r}")
+    senders, stride = _check_int(senders, "send: senders"), _check_int(stride, "send: stride")
+    if isinstance(first, bool) or not isinstance(first, int) or first < 0 or first + senders + stride > system.n_devices:
+        raise SpecError(f"send: {senders} senders from device {first!r} to {stride} devices on need devices "
+                        f"0 .. {first + senders + stride - 1}; {system.name} has {system.n_devices}")
+    S, dpn = float(nbytes), system.devices_per_node
+    node = _node(system, dpn)
+    leaving: dict[int, int] = {}
+    hops: dict[int, list[int]] = {}
+    for i in range(first, first + senders):
+        j = i + stride
+        if i // dpn != j // dpn:
+            leaving[i // dpn] = leaving.get(i // dpn, 0) + 1
+        else:
+            hops.setdefault(i // dpn, []).append(node.dist(i % dpn, j % dpn))
+    P = _Plan()
+    if hops:
+        d = max(max(h) for h in hops.values())
+        P.steps_intra = d
+        P.t_intra = S * d / _node(system, max(2, *map(len, hops.values()))).p2p_bw()  # PCIe: the senders share the root
+        P.bytes_intra = S * sum(map(sum, hops.values()))
+    if leaving:
+        assert system.inter is not None  # a System of several nodes has one
+        P.steps_inter = 1
+        P.t_inter = S * max(1.0, max(leaving.values()) / system.nics_per_node) / system.inter.bandwidth_Bps
+        P.bytes_inter = S * sum(leaving.values())
+    t, _, proto, P = _cheapest(system, [("direct", P)])
+    return CollectiveCost(time_s=t, algorithm="direct", algbw_Bps=S / t, busbw_Bps=S / t, energy_j=_energy(system, P),
+                          protocol=proto)
 
 
 def collective_time(system: System, kind: str, nbytes: float, ranks: int, algorithm: str | None = None) -> CollectiveCost:
@@ -544,19 +622,8 @@ def collective_time(system: System, kind: str, nbytes: float, ranks: int, algori
         return CollectiveCost(0.0, algorithm or "direct", math.inf, 0.0, 0.0)
     if kind == "send_recv" and algorithm is None:
         algorithm = "direct"
-    rules = system_rules(system)
-    simple = rules.protocol("simple")
-    best: tuple[float, str, str, _Plan] | None = None
-    for algo in ([algorithm] if algorithm else _candidates(system, kind, n)):
-        P = _plan(system, kind, algo, float(nbytes), n)
-        for p in _protocols(system, rules, algo):
-            t = _time(system, P, rules.protocol(p), simple)
-            if best is None or t < best[0]:
-                best = (t, algo, p, P)
-    assert best is not None
-    t, algo, proto, P = best
+    algos = [algorithm] if algorithm else _candidates(system, kind, n)
+    t, algo, proto, P = _cheapest(system, [(a, _plan(system, kind, a, float(nbytes), n)) for a in algos])
     algbw = float(nbytes) / t
-    energy = (P.bytes_intra * system.intra.energy_pj_per_byte
-              + P.bytes_inter * (system.inter.energy_pj_per_byte if system.inter else 0.0)) * 1e-12
-    return CollectiveCost(time_s=t, algorithm=algo, algbw_Bps=algbw, busbw_Bps=algbw * bus_factor(kind, n), energy_j=energy,
-                          protocol=proto)
+    return CollectiveCost(time_s=t, algorithm=algo, algbw_Bps=algbw, busbw_Bps=algbw * bus_factor(kind, n),
+                          energy_j=_energy(system, P), protocol=proto)

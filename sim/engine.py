@@ -170,13 +170,17 @@ def collective_cost(op: Op, system: Any) -> OpCost:
     if system is None:
         raise SpecError(f"op {op.name!r} is a {op.attrs.get('collective')} between devices: simulate it on a system "
                         "(--system), not a single device")
-    from .collectives import collective_time
+    from .collectives import collective_time, send_time
 
     if system.meta.get("ideal_interconnect"):  # a what-if fabric: devices exchange data at no cost
         return OpCost(cycles=0.0, latency_s=0.0, compute_cycles=0.0, stall_cycles=0.0, energy_j=0.0, utilization=0.0,
                       bound="link", bytes_by_level={}, energy_by_component={"link": 0.0},
                       mapping={"algorithm": "ideal", "ranks": op.attrs["ranks"]}, detail={"collective": op.attrs["collective"]})
-    c = collective_time(system, str(op.attrs["collective"]), op.tensor_bytes(op.inputs[0]), int(op.attrs["ranks"]))
+    kind, nbytes = str(op.attrs["collective"]), op.tensor_bytes(op.inputs[0])
+    if kind == "send":  # the one-way sends of a pipeline stage boundary, at their devices (sim/parallel.py)
+        c = send_time(system, nbytes, int(op.attrs["ranks"]), int(op.attrs["stride"]), int(op.attrs["first"]))
+    else:
+        c = collective_time(system, kind, nbytes, int(op.attrs["ranks"]))
     clock = system.device.clock_hz
     return OpCost(cycles=c.time_s * clock, latency_s=c.time_s, compute_cycles=0.0, stall_cycles=c.time_s * clock,
                   energy_j=c.energy_j, utilization=0.0, bound="link", bytes_by_level={},

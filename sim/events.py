@@ -5,7 +5,8 @@ Each pipeline stage is a resource (its tensor-parallel ranks work in lock step, 
 inside the stage's time, on the critical path as in Megatron inference); each stage boundary is a
 link resource. Micro-batches flow through the stages: a stage starts micro-batch ``j`` once it has
 finished ``j - 1`` and received ``j`` from the previous stage, and the send of one micro-batch
-overlaps the next one's compute. The events become per-stage timelines in the ``Result``.
+overlaps the next one's compute; each boundary's send takes its own time (inside a node, or over the
+NICs between nodes). The events become per-stage timelines in the ``Result``.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from .parallel import Plan, device_trace, local_phase, shard_model, stage_footpr
 from .result import Result
 
 
-def _stage_times(res: Result, model: ModelSpec, plan: Plan) -> tuple[list[float], float]:
+def _stage_times(res: Result, model: ModelSpec, plan: Plan) -> tuple[list[float], list[float]]:
     """Compute time of each stage for one micro-batch (layers, embedding on the first stage, head
-    on the last) and the stage-to-stage send time."""
+    on the last) and the send time of each stage boundary."""
     df = res.ops
     per_block = df.groupby("block", sort=False)["latency_s"].sum().to_dict()
     layer_map = layer_block_map(model)
     layer_cost = [per_block.get(b, 0.0) * f for b, f in layer_map]
-    send = float(per_block.get("stage_send", 0.0))
+    send = [float(t) for t in df.loc[df["block"] == "stage_send", "latency_s"]]
     others = {str(b) for b, t in per_block.items() if t > 0} - {b for b, _ in layer_map} - {"embed", "head", "stage_send"}
     if plan.pp == 1:  # one stage runs the whole trace, every block repeat
         return [float(df.loc[df["block"] != "stage_send", "total_latency_s"].sum())], send
@@ -51,10 +52,10 @@ def _stage_times(res: Result, model: ModelSpec, plan: Plan) -> tuple[list[float]
 def _group_link_energy(trace: Any, system: System, microbatches: int, plan: Plan) -> float:
     """Link energy of a step: a collective's energy is its whole group's, so each group counts once —
     a tensor-parallel group per data-parallel replica, the expert-parallel all-to-all once (its
-    group spans the stage's tp x dp devices), a stage send from every rank of every replica."""
+    group spans the stage's tp x dp devices), a stage boundary's sends once (every rank's)."""
     from .engine import collective_cost
 
-    per_group = {"tp": plan.dp, "ep": 1, "pp": plan.tp * plan.dp}
+    per_group = {"tp": plan.dp, "ep": 1, "pp": 1}
     total = 0.0
     for block in trace.blocks:
         for op in block.ops:
@@ -64,8 +65,12 @@ def _group_link_energy(trace: Any, system: System, microbatches: int, plan: Plan
     return total
 
 
-def pipeline(stage_s: list[float], send_s: float, microbatches: int) -> tuple[float, list[dict[str, Any]]]:
-    """Run ``microbatches`` through the stages with simpy; returns the makespan (s) and the events."""
+def pipeline(stage_s: list[float], send_s: float | list[float], microbatches: int) -> tuple[float, list[dict[str, Any]]]:
+    """Run ``microbatches`` through the stages with simpy; ``send_s``: the send time of every stage
+    boundary, or one for all. Returns the makespan (s) and the events."""
+    sends = list(send_s) if isinstance(send_s, list | tuple) else [send_s] * (len(stage_s) - 1)
+    if len(sends) != len(stage_s) - 1:
+        raise SpecError(f"pipeline: {len(stage_s)} stages have {len(stage_s) - 1} boundaries, got {len(sends)} send times")
     env = simpy.Environment()
     stages = [simpy.Resource(env, 1) for _ in stage_s]
     links = [simpy.Resource(env, 1) for _ in stage_s[:-1]]
@@ -78,12 +83,12 @@ def pipeline(stage_s: list[float], send_s: float, microbatches: int) -> tuple[fl
                 events.append({"device": f"stage {s}", "name": f"micro-batch {j}", "kind": "compute", "start": env.now,
                                "dur": t})
                 yield env.timeout(t)
-            if s < len(stage_s) - 1 and send_s > 0:
+            if s < len(stage_s) - 1 and sends[s] > 0:
                 with links[s].request() as req:
                     yield req
                     events.append({"device": f"link {s}->{s + 1}", "name": f"micro-batch {j}", "kind": "send",
-                                   "start": env.now, "dur": send_s})
-                    yield env.timeout(send_s)
+                                   "start": env.now, "dur": sends[s]})
+                    yield env.timeout(sends[s])
 
     def start(j: int):  # micro-batches are issued in order
         yield env.timeout(0)

@@ -10,7 +10,8 @@ parallelism, with the collectives each implies.
   parallelism brings are not modelled).
   KV heads are split when there are at least ``tp`` of them, otherwise replicated.
 * **Pipeline parallelism**: ``pp`` stages of consecutive layers; activations pass between stages
-  (send/recv); micro-batches fill the pipeline (see :mod:`xpusim.sim.events`).
+  (one-way sends from each rank of a stage to its counterpart in the next, over the links between
+  their devices); micro-batches fill the pipeline (see :mod:`xpusim.sim.events`).
 * **Expert parallelism** (GShard; DeepSeek-V3 inference): over the ``tp x dp`` devices of a stage,
   each holds ``E / ep`` whole experts; routed tokens travel by all-to-all (dispatch and combine).
 * **Data parallelism**: ``dp`` replicas each serve ``batch / dp`` sequences.
@@ -61,6 +62,8 @@ class Plan:
             keep = f"use --ep {stage}" if stage > 1 else "drop --ep"
             raise SpecError(f"expert parallelism spreads experts over the tp x dp = {stage} devices of a stage; "
                             f"{keep}, or {grow}")
+        if self.sp and self.tp == 1:
+            raise SpecError("--sp splits the tensor-parallel collectives, which --tp 1 has none of; give --tp > 1 or drop --sp")
 
     @property
     def devices(self) -> int:
@@ -80,6 +83,8 @@ def shard_model(model: ModelSpec, plan: Plan) -> ModelSpec:
     """The model as one tensor-/expert-parallel rank sees it: every layer, each with its share of
     heads, widths, experts and vocabulary (pipeline stages take their layers from it)."""
     tp = plan.tp
+    if plan.ep > 1 and not model.is_moe:
+        raise SpecError(f"--ep {plan.ep}: {model.name} has no routed experts; drop --ep")
     if tp > 1 and model.ssm_kind:
         raise SpecError(f"{model.name}: tensor parallelism of SSM layers is not modelled; use --pp or --dp")
     if plan.pp > model.n_layers:
@@ -147,9 +152,9 @@ def local_phase(phase: Phase, plan: Plan) -> Phase:
     return dataclasses.replace(phase, batch=phase.batch // plan.dp)
 
 
-def _collective(name: str, kind: str, rows: int, d: int, dtype: str, ranks: int, group: str) -> Op:
+def _collective(name: str, kind: str, rows: int, d: int, dtype: str, ranks: int, group: str, **where: int) -> Op:
     return Op(name, "collective", (("m", rows), ("d", d)), (Tensor(f"{name}_in", ("m", "d"), dtype),),
-              Tensor(f"{name}_out", ("m", "d"), dtype), 0.0, {"collective": kind, "ranks": ranks, "group": group})
+              Tensor(f"{name}_out", ("m", "d"), dtype), 0.0, {"collective": kind, "ranks": ranks, "group": group, **where})
 
 
 def device_trace(model: ModelSpec, phase: Phase, plan: Plan, routing: str | None = None,
@@ -190,9 +195,12 @@ def device_trace(model: ModelSpec, phase: Phase, plan: Plan, routing: str | None
             ops.append(_collective("logits.ag", "all_gather", last.sizes["m"], last.sizes["n"] * plan.tp, adt,
                                    plan.tp, "tp"))
         blocks.append(Block(b.name, ops, b.repeat))
-    if plan.pp > 1:  # activations leave a stage for the next one (once per stage boundary)
-        blocks.insert(len(blocks) - 1, Block("stage_send", [_collective("stage.send", "send_recv", m_local, d, adt, 2, "pp")],
-                                             plan.pp - 1))
+    if plan.pp > 1:  # activations leave a stage for the next: each of its tp x dp ranks (stage s on devices
+        # s g .. (s + 1) g - 1) sends one way to the rank g devices on, across a node when they are in different ones
+        g = plan.tp * plan.dp
+        sends = [_collective(f"stage.send{s}", "send", m_local, d, adt, g, "pp", stride=g, first=s * g)
+                 for s in range(plan.pp - 1)]
+        blocks.insert(len(blocks) - 1, Block("stage_send", sends, 1))
     meta = {**trace.meta, "plan": plan.describe(), "devices": plan.devices}
     return Trace(trace.name, trace.phase, blocks, tokens=phase.tokens, meta=meta)
 

@@ -92,7 +92,8 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
     from .result_text import print_formats
 
     print_formats(model, getattr(a, "format_error", False))
-    print(f"stage times per micro-batch (ms): {stages}; send {res.inputs['send_s'] * 1e6:.3g} us")
+    sends = ", ".join(f"{t * 1e6:.3g}" for t in res.inputs["send_s"]) or "none"
+    print(f"stage times per micro-batch (ms): {stages}; sends between stages (us): {sends}")
     comm = res.ops[res.ops["kind"] == "collective"]
     share = float(comm["total_latency_s"].sum()) / float(res.ops["total_latency_s"].sum()) if len(res.ops) else 0.0
     print(f"latency {res.latency_s * 1e3:.3f} ms   throughput {res.tokens_per_s:.1f} tokens/s   energy "

@@ -387,6 +387,7 @@ def test_unknown_preset_and_missing_file():
 
 GOOD = {"name": "x", "device": "a100-80gb", "devices_per_node": 4,
         "intra": {"topology": "switch", "bandwidth": "100 GB/s", "latency": "1 us"}}
+_SIMPLE = {"base_latency": "10 us", "efficiency": 0.8}
 
 
 @pytest.mark.parametrize("patch", [
@@ -413,10 +414,17 @@ GOOD = {"name": "x", "device": "a100-80gb", "devices_per_node": 4,
     {"rules": {"protocols": {"simple": {"efficiency": 1.5}}}},
     {"rules": {"protocols": {"jumbo": {}}}},
     {"rules": {"protocols": {"ll": {}, "ll128": {}}}},
-    {"rules": {"protocols": {"simple": {}, "ll128": {"efficiency": 0}}}},
-    {"rules": {"protocols": {"simple": {}, "ll128": {"base_latency": "-3 us"}}}},
-    {"rules": {"protocols": {"simple": {}, "ll128": {"latency": "3 us"}}}},
+    {"rules": {"protocols": {"simple": _SIMPLE, "ll128": {"base_latency": "3 us", "efficiency": 0}}}},
+    {"rules": {"protocols": {"simple": _SIMPLE, "ll128": {"base_latency": "-3 us", "efficiency": 0.5}}}},
+    {"rules": {"protocols": {"simple": _SIMPLE, "ll128": {"latency": "3 us", "efficiency": 0.5}}}},
+    {"rules": {"protocols": {"simple": _SIMPLE, "ll128": {"base_latency": "3 us"}}}},      # no efficiency
+    {"rules": {"protocols": {"simple": _SIMPLE, "ll128": {"efficiency": 0.5}}}},           # no base latency
+    {"rules": {"protocols": {"simple": _SIMPLE, "ll": {"base_latency": "1 us", "efficiency": 0.9}}}},  # beats simple
     {"rules": {"protocols": {}}},
+    {"rules": {"fitted_by": "me"}},                                                         # no protocols
+    {"intra": {"topology": "switch", "bandwidth": "1 GB/s", "latency": "1 us", "energy_per_byte": "-5 pJ"}},
+    {"algorithms": ["tree"]},                      # a plain list leaving all_gather etc. without an algorithm
+    {"algorithms": {"all_gather": ["tree", "ring"]}},  # tree does not implement all_gather
     {"intra": {"topology": "ring", "bandwidth": "1 GB/s", "latency": "1 us", "in_switch_reduction": True}},
     {"intra": {"topology": "switch", "bandwidth": "1 GB/s", "latency": "1 us", "in_switch_reduction": "yes"}},
     {"algorithms": {"all_reduce": ["ring", "nvls"]}},
@@ -463,3 +471,90 @@ def test_in_switch_reduction_yaml_and_rules_subset():
     c = collective_time(s, "all_reduce", GiB, 4)
     assert c.algorithm == "nvls" and c.protocol == "simple"
     assert collective_time(s, "all_reduce", 8, 4).protocol == "simple"
+
+
+def test_negative_energy_string_names_the_system_and_field():
+    d = {**GOOD, "intra": {**GOOD["intra"], "energy_per_byte": "-5 pJ"}}
+    with pytest.raises(SpecError, match=r"^system 'x'\.intra\.energy_per_byte: must be >= 0 pJ per byte, got '-5 pJ'$"):
+        system_from_dict(d, "x")
+
+
+def test_rules_need_every_protocol_constant():
+    """A rules block is taken whole: each protocol with both constants, none more efficient than simple."""
+    for rules, match in (({"fitted_by": "me"}, "protocols: missing"),
+                         ({"protocols": {"simple": _SIMPLE, "ll128": {"base_latency": "5 us"}}}, "base_latency and efficiency"),
+                         ({"protocols": {"simple": _SIMPLE, "ll": {"base_latency": "0 us", "efficiency": 0.9}}},
+                          "ll.efficiency: 0.9 exceeds simple's 0.8")):
+        with pytest.raises(SpecError, match=match):
+            system_from_dict({**GOOD, "rules": rules}, "x")
+
+
+def test_plain_algorithm_list_applies_to_each_collective_it_can():
+    s = system_from_dict({**GOOD, "algorithms": ["ring", "tree"]}, "x")
+    assert s.meta["algorithms"] == {"all_reduce": ("ring", "tree"), "all_gather": ("ring",), "reduce_scatter": ("ring",),
+                                    "all_to_all": ("ring",), "send_recv": ("direct",)}
+    assert collective_time(s, "all_gather", GiB, 4).algorithm == "ring"
+    assert collective_time(s, "send_recv", GiB, 4).algorithm == "direct"
+
+
+def test_listed_algorithms_are_never_widened():
+    """A list that cannot run at a rank count is an error, not a silent fallback to unlisted algorithms."""
+    s = system_from_dict({**GOOD, "algorithms": {"all_reduce": ["hierarchical"]}}, "x")
+    with pytest.raises(SpecError, match="lists only hierarchical for all_reduce, which cannot run on 4 ranks inside one node"):
+        collective_time(s, "all_reduce", 2**20, 4)
+    two = dataclasses.replace(load_system("dgx-h100"), nodes=2, meta={**load_system("dgx-h100").meta,
+                                                                       "algorithms": {"all_reduce": ("nvls",)}})
+    assert collective_time(two, "all_reduce", GiB, 8).algorithm == "nvls"
+    with pytest.raises(SpecError, match="lists only nvls for all_reduce, which cannot run on 16 ranks across nodes"):
+        collective_time(two, "all_reduce", GiB, 16)
+
+
+def _ideal(topology: str, dims: list[int]) -> System:
+    """A torus or mesh with the ideal rules (no base latency, full efficiency) and 1 us hops."""
+    return system_from_dict({"name": topology, "device": "a100-80gb", "devices_per_node": math.prod(dims),
+                             "intra": {"topology": topology, "dims": dims, "bandwidth": "100 GB/s", "latency": "1 us"},
+                             "rules": {"protocols": {"simple": {"base_latency": "0 us", "efficiency": 1.0}}}}, topology)
+
+
+@pytest.mark.parametrize("topology, dims, steps", [("torus", [4, 4], 2 * (3 + 3)), ("mesh", [2, 2, 2], 2 * (1 + 1 + 1)),
+                                                   ("torus", [4, 4, 4], 2 * (3 + 3 + 3))])
+def test_ring_steps_on_a_torus_or_mesh_are_the_sum_over_dimensions(topology, dims, steps):
+    """Rings run in every dimension at once: 2 sum_i (s_i - 1) hops per all-reduce, not 2 (n - 1)."""
+    s = _ideal(topology, dims)
+    n = s.devices_per_node
+    ring_bw = sum((2.0 if topology == "torus" and d >= 3 else 1.0) * 100e9 for d in dims)
+    c = collective_time(s, "all_reduce", 64, n, "ring")
+    assert c.time_s == pytest.approx(steps * 1e-6 + 2 * (n - 1) / n * 64 / ring_bw, rel=1e-9)
+    a2a = collective_time(s, "all_to_all", 64, n, "ring")
+    assert a2a.time_s == pytest.approx(steps / 2 * 1e-6 + 64 / n * n * (n - 1) / 2 / ring_bw, rel=1e-9)
+
+
+def test_tpu_slice_ring_wins_at_16_kib():
+    """2x2x2 mesh: the ring's 6 hops beat halving/doubling for a 16 KiB all-reduce."""
+    assert collective_time("tpu-v4-slice-8", "all_reduce", 2**14, 8).algorithm == "ring"
+
+
+def test_send_recv_across_nodes_energy():
+    """16 ranks on two DGX A100s: each sends S to the next, 14 NVLink hops and 2 NIC hops."""
+    S = 2**26
+    c = collective_time(_multi("dgx-a100", 2), "send_recv", S, 16)
+    assert c.energy_j == pytest.approx((14 * 88 + 2 * 176) * 1e-12 * S)
+    assert collective_time("dgx-a100", "send_recv", S, 2).energy_j == pytest.approx(2 * 88e-12 * S)  # both ranks send
+
+
+def test_one_way_sends_take_the_nic_when_they_leave_the_node():
+    from xpusim.sim.collectives import send_time
+
+    s, S = _multi("dgx-a100", 2), 64 * 2**20
+    simple = system_rules(s).protocol("simple")
+    across = send_time(s, S, 8, 8)   # devices 0-7 send to 8-15: one NIC each
+    assert across.time_s == pytest.approx(simple.base_latency_s + 2.7e-6 + S / (0.96 * 25e9))
+    assert across.energy_j == pytest.approx(8 * S * 176e-12)
+    inside = send_time(s, S, 4, 4)   # devices 0-3 send to 4-7 over NVLink
+    assert inside.time_s == pytest.approx(simple.base_latency_s + 0.47e-6 + S / (simple.efficiency * 300e9))
+    assert inside.energy_j == pytest.approx(4 * S * 88e-12)   # one way: S per sender
+    assert send_time(s, S, 4, 4, first=4).time_s == across.time_s  # devices 4-7 send to 8-11
+    shared = dataclasses.replace(s, nics_per_node=2)               # 8 sends share 2 NICs
+    assert send_time(shared, S, 8, 8).time_s == pytest.approx(simple.base_latency_s + 2.7e-6 + 4 * S / (0.96 * 25e9))
+    with pytest.raises(SpecError, match="need devices 0 .. 31"):
+        send_time(s, S, 16, 16)

@@ -286,3 +286,34 @@ def test_microbatches_must_divide_a_replicas_batch_and_default_to_one_per_stage(
     assert simulate_system("dgx-h100", m, Decode(8, 256), Plan(pp=4)).inputs["microbatches"] == 4
     assert simulate_system("dgx-h100", m, Decode(6, 256), Plan(pp=4)).inputs["microbatches"] == 3
     assert simulate_system("dgx-h100", m, Decode(2, 256), Plan(pp=4)).inputs["microbatches"] == 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tp", "2", "--ep", "2"], "--ep 2: llama-3-8b has no routed experts; drop --ep"),
+    (["--dp", "2", "--ep", "2"], "--ep 2: llama-3-8b has no routed experts; drop --ep"),
+    (["--sp"], "--sp splits the tensor-parallel collectives, which --tp 1 has none of"),
+])
+def test_plan_flags_that_change_nothing_are_refused(capsys, flags, message):
+    rc = main(["simulate", "--system", "dgx-a100", "--model", "llama-3-8b", "--phase", "decode", "--batch", "8",
+               "--context", "128", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_stage_sends_between_nodes_take_the_network():
+    """tp 4 pp 4 on two DGX A100s: the stage 1 -> 2 boundary leaves the node (a NIC per rank, 176 pJ/B),
+    the others stay on NVLink; a send is one way (S per rank)."""
+    import dataclasses
+
+    from xpusim.sim.collectives import send_time
+
+    two = dataclasses.replace(load_system("dgx-a100"), nodes=2)
+    m = load_model("llama-3-8b")
+    res = simulate_system(two, m, Prefill(4, 512), Plan(tp=4, pp=4), check_memory=False)
+    S = 512 * m.d_model * 2  # one micro-batch: one sequence of 512 bf16 tokens
+    sends = res.inputs["send_s"]
+    assert sends == pytest.approx([send_time(two, S, 4, 4, first=s * 4).time_s for s in range(3)])
+    assert sends[0] == sends[2] and sends[1] > 3 * sends[0]
+    assert send_time(two, S, 4, 4, first=4).energy_j == pytest.approx(4 * S * 176e-12)
+    assert send_time(two, S, 4, 4).energy_j == pytest.approx(4 * S * 88e-12)
+    assert res.timeline and {e["dur"] for e in res.timeline if e["device"] == "link 1->2"} == {sends[1]}

@@ -132,8 +132,8 @@ def fit() -> tuple[dict, dict[str, float]]:
 
     def loss(z):
         x = np.asarray(z) * _SCALE
-        if any(x[i] < 0 for i in (0, 2, 4)) or any(not 0 < x[i] <= 1 for i in (1, 3, 5)):
-            return 1e9
+        if any(x[i] < 0 for i in (0, 2, 4)) or any(not 0 < x[i] <= x[5] <= 1 for i in (1, 3, 5)):
+            return 1e9  # outside what a rules block may hold (no protocol more efficient than simple)
         return float(np.mean(_log_errors(_with_rules(base, _rules(x)), points, ranks)))
 
     best = None
