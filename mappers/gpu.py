@@ -76,7 +76,7 @@ def gemm_shape(prob: Problem) -> GemmShape:
                      float(prob.elem_bytes[2]), shared)
 
 
-def _sustained(bandwidth: float, in_flight: np.ndarray, latency_s: float) -> np.ndarray:
+def _sustained(bandwidth: float, in_flight: np.ndarray | float, latency_s: float) -> np.ndarray:
     """Bandwidth (bytes/s) that ``in_flight`` outstanding bytes sustain over ``latency_s`` (Little's
     law), at most the level's; a level without a latency figure is not limited."""
     if latency_s <= 0:

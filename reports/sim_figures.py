@@ -110,7 +110,8 @@ def timeline_events(res: Result, max_repeats: int = 2) -> list[dict[str, Any]]:
     t = 0.0
     steps = "step" in res.ops.columns
     for key, g in res.ops.groupby(["step", "block"] if steps else "block", sort=False):
-        block = f"step {key[0]} {key[1]}" if steps else key
+        parts = key if isinstance(key, tuple) else (key,)
+        block = f"step {parts[0]!s} {parts[1]!s}" if steps else str(parts[0])
         rep = int(g["repeat"].iloc[0])
         for r in range(min(rep, max_repeats)):
             for _, op in g.iterrows():
