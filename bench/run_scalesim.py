@@ -1,7 +1,7 @@
 """Run SCALE-Sim v3 on the reference GEMMs and write its cycle counts to a committed table.
 
 SCALE-Sim is a peer tool, never an xpusim dependency: run this script with a Python that has it
-(the ``peers`` extra, in its own environment because scalesim 3.0.0 needs ``numpy<2``):
+(in its own environment because scalesim 3.0.0 needs ``numpy<2``, which xpusim does not use):
 
     python -m venv /tmp/scalesim-venv && /tmp/scalesim-venv/bin/pip install 'scalesim==3.0.0' 'numpy<2'
     /tmp/scalesim-venv/bin/python bench/run_scalesim.py [--resume] [--limit-macs N]
@@ -94,9 +94,12 @@ def main() -> None:
     ap.add_argument("--limit-macs", type=float, default=float("inf"), help="skip GEMMs with more MACs than this")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in the table and run only the missing cases")
     args = ap.parse_args()
-    import scalesim  # type: ignore[import-not-found]
+    from importlib.metadata import version as installed
 
-    version = getattr(scalesim, "__version__", "3.0.0")
+    version = installed("scalesim")  # the package has no __version__
+    if version != "3.0.0":
+        raise SystemExit(f"scalesim {version} is installed; the table and tests/test_systolic_scalesim.py are SCALE-Sim "
+                         "3.0.0's: pip install 'scalesim==3.0.0' 'numpy<2'")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     rows_out: list[dict] = []
     done: set[tuple] = set()

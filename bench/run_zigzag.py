@@ -1,7 +1,7 @@
 """Run ZigZag on the reference GEMMs on its bundled ``tpu_like`` accelerator and record its results.
 
 ZigZag is a peer tool, never an xpusim dependency: run this script with a Python that has it (the
-``peers`` extra, in its own environment; zigzag-dse 3.9.1 imports ``six`` without declaring it):
+own environment; zigzag-dse 3.9.1 imports ``six`` without declaring it):
 
     python -m venv /tmp/zz-venv && /tmp/zz-venv/bin/pip install 'zigzag-dse==3.9.1' six
     /tmp/zz-venv/bin/python bench/run_zigzag.py [--resume]
