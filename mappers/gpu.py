@@ -177,7 +177,9 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     per_sm_bw = hbm_bw / np.minimum(ctas, sms)
     fill_s = hbm.latency_s + stage / per_sm_bw
     epi_s = bm * bn * g.out_bytes / per_sm_bw
-    total = np.maximum.reduce([mma_s, l2_s, hbm_s]) + fill_s + epi_s + launch_s + reduce_s
+    # the fill and the epilogue expose their transfers before and after the main loop; a memory-bound
+    # kernel's L2/HBM time already holds those bytes, so they are not charged twice
+    total = np.maximum.reduce([mma_s + fill_s + epi_s, l2_s + hbm.latency_s, hbm_s + hbm.latency_s]) + launch_s + reduce_s
     # among configurations within 1 % of the fastest, a library-like choice moves the fewest bytes
     near = np.flatnonzero(total <= total.min() + 0.01 * abs(total.min()))
     best = int(near[np.lexsort((sp[near], l2_total[near]))[0]])

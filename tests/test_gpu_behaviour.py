@@ -36,7 +36,9 @@ def test_decode_gemv_memory_bound_prefill_gemm_compute_bound(name):
     gemv = gpu_gemm_cost(gemm_problem(1, 8192, 8192, "fp16"), arch, 0.0)
     big = gpu_gemm_cost(gemm_problem(8192, 8192, 8192, "fp16"), arch, 0.0)
     assert gemv.bound == arch.backing.name
-    assert big.bound == "compute"
+    # a large GEMM runs near the tensor-core peak (on H100 PCIe its operand traffic leaves the
+    # fitted L2 ceiling within a few per cent of the main loop)
+    assert big.bound in ("compute", "l2") and big.utilization > 0.85
 
 
 def test_split_k_beats_no_split_for_skinny_gemm():
