@@ -86,11 +86,11 @@ class ComputeUnit:
         class it ``runs_as``, else the first wider class it has (:data:`UPCAST`: operands are
         dequantised to it, as weight-only and fp8 kernels do on devices without the narrow format);
         raises if none."""
-        if compute not in self.rate_per_cycle and compute in self.runs_as:
-            return self.runs_as[compute]
         for c in (compute, *UPCAST.get(compute, ())):
             if c in self.rate_per_cycle:
                 return c
+            if c in self.runs_as:  # e.g. fp16 widened to fp32, which the unit runs as bf16
+                return self.runs_as[c]
         raise DtypeError(
             f"{self.kind} unit has no {compute} throughput nor a wider class to compute it in; it supports "
             f"{', '.join(self.rate_per_cycle)} (choose another dtype or add it to the device's rate table)"

@@ -74,10 +74,27 @@ def test_tiles_that_split_folds_are_charged_the_folds_they_run():
     assert _replay(arch, prob, [64, 128, 150]).compute[0] == 12 * fold - 1
 
 
+def _without_preload(name):
+    d, _ = arch_dict(name)
+    d["matrix"].pop("preload", None)
+    return arch_from_dict(d, f"{name}-no-preload")
+
+
+def test_tpu_presets_hide_the_weight_shift_in_behind_the_previous_fold():
+    """TPU MXUs double-buffer their weight tile (Jouppi et al., ISCA 2017): a decode GEMM pays the
+    R-cycle weight load once, not per fold."""
+    op = gemm_op(8, 4096, 4096)
+    with_preload = op_cost(op, load_arch("tpu-v4"), isolated=True).compute_cycles
+    without = op_cost(op, _without_preload("tpu-v4"), isolated=True).compute_cycles
+    rows = load_arch("tpu-v4").matrix.array[0]
+    per_array = -(-(32 * 32) // 8)  # 4096/128 x 4096/128 folds over 8 MXUs
+    assert without - with_preload == (per_array - 1) * rows
+
+
 def test_int8_packing_halves_the_folds_on_tpu_v5e():
     """tpu-v5e retires two int8 MACs per PE per cycle (393 TOPS vs 197 bf16 TFLOPS): an int8 GEMM
     runs half the column folds of the bf16 one."""
-    arch = load_arch("tpu-v5e")
+    arch = _without_preload("tpu-v5e")  # fold cycles alike, so the cycle counts show the fold counts
     bf16 = op_cost(gemm_op(1024, 2048, 1024, "bf16"), arch, isolated=True).compute_cycles
     int8 = op_cost(gemm_op(1024, 2048, 1024, "int8"), arch, isolated=True).compute_cycles
     assert (bf16 + 1) == 2 * (int8 + 1)
@@ -115,7 +132,7 @@ def test_a_single_buffered_level_is_never_faster(m, n, k):
 def test_folds_go_only_to_the_arrays_of_the_instances_in_use():
     """tpu-v4: 8 MXUs under 2 VMEMs. A mapping that keeps a 512^3 GEMM in one VMEM runs its 16
     folds on that TensorCore's 4 MXUs, twice the compute of one that uses both."""
-    arch = load_arch("tpu-v4")
+    arch = _without_preload("tpu-v4")
     prob = gemm_problem(512, 512, 512)
 
     def run(split):
@@ -181,3 +198,11 @@ def test_a_class_run_on_another_class_lanes_adds_no_silicon():
         d["matrix"]["runs_as"] = bad
         with pytest.raises(SpecError, match="runs_as"):
             arch_from_dict(d, "bad")
+
+
+def test_fp16_on_a_tpu_is_widened_to_fp32_and_run_as_bf16():
+    arch = load_arch("tpu-v5e")
+    assert arch.matrix.resolve("fp16") == "bf16" and arch.matrix.resolve("fp32") == "bf16"
+    fp16 = op_cost(gemm_op(512, 1024, 1024, "fp16"), arch, isolated=True)
+    bf16 = op_cost(gemm_op(512, 1024, 1024, "bf16"), arch, isolated=True)
+    assert fp16.compute_cycles == bf16.compute_cycles

@@ -166,4 +166,6 @@ def test_preload_is_validated_and_only_for_arrays():
     d = {**TINY_SYSTOLIC, "matrix": {"instances": 1, "macs_per_cycle": {"bf16": 4}, "preload": True}}
     with pytest.raises(SpecError, match="preload"):
         arch_from_dict(d)
-    assert load_arch("neupims-npu").matrix.preload and not load_arch("tpu-v4").matrix.preload
+    # NeuPIMs' simulator and the TPU MXUs preload; the SCALE-Sim reference array does not
+    assert load_arch("neupims-npu").matrix.preload and load_arch("tpu-v4").matrix.preload
+    assert not load_arch("systolic-npu").matrix.preload
