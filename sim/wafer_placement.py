@@ -182,16 +182,38 @@ def wafers_needed(units: list[Unit], arch: Arch, side: int, buffers: float) -> i
     return math.ceil(len(stages) / ((spec.width // side) * (spec.height // side)))
 
 
-def plan_for_side(units: list[Unit], arch: Arch, side: int, buffers: float, wafers: int) -> WaferPlan | None:
-    """The stage layout on ``side x side`` regions, or None when it needs more regions than ``wafers`` wafers have."""
+def balanced_stages(units: list[Unit], count: int, cap: float) -> list[list[Unit]]:
+    """The units in order in at most ``count`` stages of at most ``cap`` bytes each, with the fullest
+    stage as small as it can be (bisection on the per-stage bound; ``cap`` must already admit a
+    packing into ``count`` stages)."""
+    lo, hi = max(u.weight_bytes + u.kv_bytes for u in units), cap
+    for _ in range(48):
+        mid = (lo + hi) / 2
+        packed = pack_units(units, mid)
+        if packed is not None and len(packed) <= count:
+            hi = mid
+        else:
+            lo = mid
+    stages = pack_units(units, hi)
+    assert stages is not None
+    return stages
+
+
+def plan_for_side(units: list[Unit], arch: Arch, side: int, buffers: float, wafers: int,
+                  spread: bool = False) -> WaferPlan | None:
+    """The stage layout on ``side x side`` regions, or None when it needs more regions than ``wafers``
+    wafers have: the fewest stages the units pack into, balanced so that the fullest stage leaves the
+    most room for the ops' buffers (``spread``: as many stages as the regions allow, for more room)."""
     spec = wafer_spec(arch)
     free = spec.core_sram_bytes - buffers
     if free <= 0:
         return None
-    stages = pack_units(units, free * side * side)
+    greedy = pack_units(units, free * side * side)
     regions = (spec.width // side) * (spec.height // side)
-    if stages is None or len(stages) > regions * wafers:
+    if greedy is None or len(greedy) > regions * wafers:
         return None
+    count = min(len(units), regions * wafers) if spread else len(greedy)
+    stages = balanced_stages(units, count, free * side * side)
     per_core = tuple(sum(u.weight_bytes + u.kv_bytes for u in st) / (side * side) for st in stages)
     return WaferPlan(side=side, stages=len(stages), regions_per_wafer=regions, wafers=wafers, mode="resident",
                      core_sram_bytes=spec.core_sram_bytes, buffer_bytes=buffers, stage_core_bytes=per_core,
@@ -252,6 +274,39 @@ def no_fit_error(arch: Arch, model_name: str, units: list[Unit], trace: Trace, w
         "stream the weights from external memory (--weight-streaming)")
 
 
+def overflow_cands(units: list[Unit], arch: Arch, trace: Trace, model: Any, sides: list[int], wafers: int,
+                   objective: str, kv: float, act: float) -> list[tuple[WaferPlan, Any]]:
+    """Layouts for a model that overflows the wafers (``--ignore-memory``): its units balanced over
+    every region of the region side that overflows a core least, as if the SRAM held them, the ops with
+    the working buffers the placement reserves, the hand-offs charged (mode ``overflow``), so a step
+    that does not fit is costed like the tightest layout that would, not as a whole-mesh run."""
+    from .engine import simulate_trace
+
+    spec = wafer_spec(arch)
+    total = sum(u.weight_bytes + u.kv_bytes for u in units)
+    plans = []
+    for s in sides:
+        regions = (spec.width // s) * (spec.height // s)
+        stages = balanced_stages(units, min(len(units), regions * wafers), total)
+        plans.append(WaferPlan(side=s, stages=len(stages), regions_per_wafer=regions, wafers=wafers, mode="overflow",
+                               core_sram_bytes=spec.core_sram_bytes, buffer_bytes=buffer_bytes(trace, arch, s),
+                               stage_core_bytes=tuple(sum(u.weight_bytes + u.kv_bytes for u in st) / (s * s)
+                                                      for st in stages),
+                               units_per_stage=tuple(len(st) for st in stages)))
+    least = min(p.peak_core_bytes for p in plans)
+    out = []
+    for plan in (p for p in plans if p.peak_core_bytes <= least * 1.01):
+        s, buf = plan.side, plan.buffer_bytes
+        try:
+            res = simulate_trace(trace, region_arch(arch, s, buf), objective, model, kv_bytes=kv)
+        except CapacityError:
+            continue
+        res.latency_s += handoff_s(arch, plan, act)
+        res.energy_j += _between_wafers(plan) * act * spec.io_energy_j_per_byte
+        out.append((plan, res))
+    return out
+
+
 def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency", check_memory: bool = True,
                    routing: str | None = None, mla_form: str | None = None, wafers: int = 1,
                    weight_streaming: bool = False, side: int | None = None, algorithm: str | None = None) -> Any:
@@ -302,23 +357,23 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
             cands = []
             for s in sides:
                 buf = buffer_bytes(trace, arch, s)
-                plan = plan_for_side(units, arch, s, buf, wafers)
-                if plan is None:
-                    continue
-                free = (spec.core_sram_bytes - max(plan.stage_core_bytes)  # beside the fullest stage's residents
-                        if _forced(arch) != "naive" else None)  # the baseline: its gathers are not reserved
-                try:
-                    res = simulate_trace(trace, region_arch(arch, s, free), objective, model, kv_bytes=kv)
-                except CapacityError:  # an op's working set overflows a core of this region
-                    continue
-                res.latency_s += handoff_s(arch, plan, act)
-                res.energy_j += _between_wafers(plan) * act * spec.io_energy_j_per_byte  # over the wafers' I/O
-                cands.append((plan, res))
+                plans = [plan_for_side(units, arch, s, buf, wafers, spread) for spread in (False, True)]
+                for plan in {p.units_per_stage: p for p in plans if p is not None}.values():
+                    free = (spec.core_sram_bytes - max(plan.stage_core_bytes)  # beside the fullest stage's residents
+                            if _forced(arch) != "naive" else None)  # the baseline: its gathers are not reserved
+                    try:
+                        res = simulate_trace(trace, region_arch(arch, s, free), objective, model, kv_bytes=kv)
+                    except CapacityError:  # an op's working set overflows a core of this region
+                        continue
+                    res.latency_s += handoff_s(arch, plan, act)
+                    res.energy_j += _between_wafers(plan) * act * spec.io_energy_j_per_byte  # over the wafers' I/O
+                    cands.append((plan, res))
             if not cands:
                 if check_memory:
                     raise no_fit_error(arch, model.name, units, trace, wafers, sides, fixed_side=side is not None)
-                res = simulate_trace(trace, arch, objective, model, kv_bytes=kv)
-                cands = [(None, res)]
+                cands = overflow_cands(units, arch, trace, model, sides, wafers, objective, kv, act)
+            if not cands:  # not even the ops' minimum buffers fit a region: the whole mesh, unplaced
+                cands = [(None, simulate_trace(trace, arch, objective, model, kv_bytes=kv))]
         for plan, res in cands:
             res.inputs["wafer_plan"] = plan.to_dict() if plan is not None else None
             if best is None or _objective_value(res, objective) < _objective_value(best, objective):
