@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .format_flags import add_format_arguments, apply_formats, chosen_formats
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", required=True, help="system preset or YAML")
@@ -18,9 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="sequences per request (all to the same expert)")
     p.add_argument("--tp", type=int, help="devices that run each expert, tensor-parallel, and load its shares when it "
                    "is switched in (default: every device of the system)")
-    p.add_argument("--weight-dtype", help="override the weight format (default: the device's engine format, else the model's)")
-    p.add_argument("--act-dtype", help="override the activation format")
-    p.add_argument("--kv-dtype", help="override the KV-cache format")
+    add_format_arguments(p)
     p.add_argument("--no-router", action="store_true", help="requests name their expert (no router prefill)")
     p.add_argument("--slots", type=int, help="experts the cache holds (default: what device memory holds)")
     p.add_argument("--vs", metavar="SYSTEM", help="also serve the same stream on SYSTEM and print the speedup")
@@ -36,10 +36,8 @@ def run(a: argparse.Namespace) -> int:
     from .engine import with_engine_formats
     from .result_text import fmt_b, fmt_s
 
-    given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype)) if v}
-    model = load_model(a.model)
-    if given:
-        model = model.with_formats(a.weight_dtype, a.act_dtype, a.kv_dtype)
+    given = chosen_formats(a)
+    model = apply_formats(load_model(a.model), a)
     kw = dict(experts=a.experts, requests=a.requests, prompt=a.prompt, output=a.output, skew=a.skew, seed=a.seed,
               batch=a.batch, router=not a.no_router, slots=a.slots)
     if a.vs_tp is not None and not a.vs:

@@ -5,24 +5,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+
+import numpy as np
 
 from ..errors import SpecError
+from .format_flags import add_format_arguments, apply_formats, chosen_formats
+from .serving_model import MEMORY_UTILIZATION
+
+REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = 1000, "1024,256", "256,64"  # the Poisson stream's defaults
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", help="system preset or YAML (the engine's devices); or --arch for one device")
     p.add_argument("--arch", help="one device preset or YAML")
     p.add_argument("--model", required=True, help="model preset, xpusim YAML or Hugging Face config.json")
-    p.add_argument("--rate", type=float, help="Poisson arrival rate (requests/s)")
-    p.add_argument("--requests", type=int, default=1000, help="number of requests (Poisson)")
+    p.add_argument("--rate", type=float, help="Poisson arrival rate (requests/s; inf: all at time 0)")
+    p.add_argument("--requests", type=int, help=f"number of requests (Poisson; default {REQUESTS})")
     p.add_argument("--trace", metavar="FILE", help="requests from a CSV/JSONL trace: arrival_s, input_tokens, output_tokens")
-    p.add_argument("--input-tokens", default="1024,256", help="prompt length: N, or MEAN,STD or MEAN,STD,MAX (lognormal)")
-    p.add_argument("--output-tokens", default="256,64", help="output length: N, or MEAN,STD or MEAN,STD,MAX (lognormal)")
+    p.add_argument("--input-tokens", help="prompt length (Poisson): N, or MEAN,STD or MEAN,STD,MAX (lognormal; "
+                   f"default {INPUT_TOKENS})")
+    p.add_argument("--output-tokens", help="output length (Poisson): N, or MEAN,STD or MEAN,STD,MAX (lognormal; "
+                   f"default {OUTPUT_TOKENS})")
     p.add_argument("--scheduler", default="continuous", choices=["static", "continuous", "chunked", "disaggregated"],
                    help="batching policy (default continuous)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of an engine")
-    p.add_argument("--pp", type=int, default=1, help="pipeline stages of an engine (with --system)")
-    p.add_argument("--prefill-tp", type=int, help="disaggregated: tensor-parallel degree of the prefill engine")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of an engine (default 1)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline stages of an engine (with --system; default 1)")
+    p.add_argument("--prefill-tp", type=int, help="disaggregated: tensor-parallel degree of the prefill engine (default --tp)")
+    add_format_arguments(p)
+    p.add_argument("--memory-utilization", type=float, default=MEMORY_UTILIZATION,
+                   help="fraction of each device's memory for the weights and KV cache, in (0, 1] (default "
+                        f"{MEMORY_UTILIZATION}, vLLM's gpu_memory_utilization)")
     p.add_argument("--max-batch", type=int, default=256, help="most sequences an iteration runs (default 256)")
     p.add_argument("--max-batched-tokens", type=int, default=8192,
                    help="most prompt tokens a prefill iteration runs, continuous and disaggregated (default 8192)")
@@ -53,8 +66,29 @@ def _tokens(spec: str, name: str):
     raise SpecError(f"--{name} {spec!r}: {hint}")
 
 
+def _describe_workload(w: dict) -> str:
+    """One line of the requests served: arrivals, then each length's distribution and drawn mean."""
+    def lengths(key: str) -> str:
+        drawn = f"mean {w[key + '_mean']:,.0f}"
+        if w["arrivals"] == "trace":
+            return drawn
+        spec = _tokens(w[key], key)
+        if isinstance(spec, int):
+            return f"{spec} each"
+        cap = f" max {spec[2]:g}" if len(spec) == 3 else ""
+        return f"lognormal mean {spec[0]:g} std {spec[1]:g}{cap} (drawn {drawn})"
+
+    if w["arrivals"] == "trace":
+        head = f"{w['requests']:,} requests from {w['trace']}"
+    else:
+        rate = "all at time 0" if w["rate_per_s"] is None else f"Poisson at {w['rate_per_s']:g} requests/s"
+        head = f"{w['requests']:,} requests, {rate}, seed {w['seed']}"
+    return f"{head}; prompts {lengths('input_tokens')}, outputs {lengths('output_tokens')}"
+
+
 def run(a: argparse.Namespace) -> int:
     from ..arch.system import load_system
+    from ..workloads.model import load_model
     from .parallel import Plan
     from .serving import simulate_serving
     from .serving_model import SimStepModel
@@ -82,31 +116,44 @@ def run(a: argparse.Namespace) -> int:
     if system is None and (a.tp > 1 or a.pp > 1 or a.prefill_tp or a.scheduler == "disaggregated"):
         raise SpecError("--tp/--pp/--prefill-tp and the disaggregated scheduler run an engine over several devices: "
                         "give --system (e.g. dgx-h100), not --arch")
-    if a.trace and (a.rate is not None):
-        raise SpecError("--trace gives the requests' arrivals; drop --rate (and --requests)")
+    if not 0 < a.memory_utilization <= 1:
+        raise SpecError(f"--memory-utilization must be a fraction of device memory in (0, 1], got {a.memory_utilization}")
+    stream = [f"--{k.replace('_', '-')}" for k in ("rate", "requests", "input_tokens", "output_tokens")
+              if getattr(a, k) is not None]
+    if a.trace and stream:
+        raise SpecError(f"--trace gives the requests, their arrivals and lengths; drop {', '.join(stream)}")
     if a.trace:
         reqs = read_trace(a.trace)
+        workload = {"arrivals": "trace", "trace": a.trace}
     else:
         if a.rate is None:
             raise SpecError("serve needs --rate (requests/s) or --trace FILE")
-        reqs = poisson_requests(a.rate, a.requests, _tokens(a.input_tokens, "input-tokens"),
-                                _tokens(a.output_tokens, "output-tokens"), seed=a.seed)
+        spec_in, spec_out = a.input_tokens or INPUT_TOKENS, a.output_tokens or OUTPUT_TOKENS
+        reqs = poisson_requests(a.rate, a.requests or REQUESTS, _tokens(spec_in, "input-tokens"),
+                                _tokens(spec_out, "output-tokens"), seed=a.seed)
+        workload = {"arrivals": "poisson", "rate_per_s": a.rate if math.isfinite(a.rate) else None,
+                    "input_tokens": spec_in, "output_tokens": spec_out, "seed": a.seed}
+    workload.update(requests=len(reqs), input_tokens_mean=float(np.mean([r.input_tokens for r in reqs])),
+                    output_tokens_mean=float(np.mean([r.output_tokens for r in reqs])))
     plan = Plan(tp=a.tp, pp=a.pp)
     if system is not None and plan.devices > system.n_devices:
         raise SpecError(f"an engine of tp {a.tp} x pp {a.pp} needs {plan.devices} devices; {system.name} has "
                         f"{system.n_devices}")
-    step = SimStepModel(a.model, plan, system, a.arch)
+    model = apply_formats(load_model(a.model), a)
+    engine = {"memory_utilization": a.memory_utilization, "keep_formats": chosen_formats(a)}
+    step = SimStepModel(model, plan, system, a.arch, **engine)
     prefill = None
     if a.scheduler == "disaggregated":
         ptp = a.prefill_tp or a.tp
         if system is not None and ptp * a.pp + plan.devices > system.n_devices:
             raise SpecError(f"disaggregated serving needs {ptp * a.pp} prefill + {plan.devices} decode devices; "
                             f"{system.name} has {system.n_devices}: lower --tp / --prefill-tp")
-        prefill = SimStepModel(a.model, Plan(tp=ptp, pp=a.pp), system, a.arch)
+        prefill = SimStepModel(model, Plan(tp=ptp, pp=a.pp), system, a.arch, **engine)
     res = simulate_serving(reqs, a.scheduler, step, max_batch=a.max_batch, max_batched_tokens=a.max_batched_tokens,
                            block_size=a.block_size, chunk_size=a.chunk_size, prefill_step=prefill, slo_ttft_s=a.slo_ttft,
                            slo_tpot_s=a.slo_tpot, progress=not (a.quiet or a.json))
-    summary = {**res.summary(), "engine": step.describe(), "prefill_engine": prefill.describe() if prefill else None}
+    summary = {**res.summary(), "workload": workload, "engine": step.describe(),
+               "prefill_engine": prefill.describe() if prefill else None}
     if a.report:
         from ..reports.build import serve_report
         from ..reports.html import write
@@ -117,8 +164,11 @@ def run(a: argparse.Namespace) -> int:
         return 0
     s = summary
     where = system.name if system else a.arch
-    print(f"{step.model.name} on {where}: {len(reqs)} requests, scheduler {a.scheduler}, engine {plan.describe()} "
-          f"(KV capacity {step.kv_capacity_tokens:,} tokens)")
+    f = step.model
+    print(f"{f.name} on {where}: scheduler {a.scheduler}, engine {plan.describe()}, KV capacity "
+          f"{step.kv_capacity_tokens:,} tokens in {100 * a.memory_utilization:g} % of device memory")
+    print(f"  workload: {_describe_workload(workload)}")
+    print(f"  formats: weights {f.weight_dtype}, activations {f.act_dtype}, KV {f.kv_dtype}")
     for k in ("ttft", "tpot", "e2e"):
         vals = {q: s.get(f"{k}_{q}_s") for q in ("mean", "p50", "p90", "p99")}
         print(f"  {k.upper():5} " + "  ".join(f"{q} {v * 1e3:.1f} ms" for q, v in vals.items() if v is not None))

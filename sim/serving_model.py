@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CapacityError
+from ..errors import CapacityError, SpecError
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Decode, Prefill
 from .parallel import Plan, shard_model, stage_footprints
@@ -34,10 +34,17 @@ MEMORY_UTILIZATION = 0.9  # fraction of device memory an engine plans with (vLLM
 
 class SimStepModel:
     """Iteration times and KV capacity of one engine (``plan`` over ``system``'s devices, or one
-    device ``arch`` when ``system`` is None)."""
+    device ``arch`` when ``system`` is None). The weights and KV cache share ``memory_utilization``
+    of each device's memory; the model runs in the device's engine formats except the tensor
+    classes in ``keep_formats`` (see :func:`~xpusim.sim.engine.with_engine_formats`)."""
 
     def __init__(self, model: ModelSpec | str, plan: Plan | None = None, system: Any = None, arch: Any = None,
-                 max_tokens: int = 16384) -> None:
+                 max_tokens: int = 16384, memory_utilization: float = MEMORY_UTILIZATION,
+                 keep_formats: tuple[str, ...] | set[str] = ()) -> None:
+        if isinstance(memory_utilization, bool) or not isinstance(memory_utilization, int | float) \
+                or not 0 < memory_utilization <= 1:
+            raise SpecError(f"memory utilization {memory_utilization!r} must be a fraction of device memory in (0, 1]")
+        self.memory_utilization = float(memory_utilization)
         self.model = load_model(model)
         plan = plan or Plan()
         self.plan, self.system = plan, system
@@ -48,15 +55,14 @@ class SimStepModel:
         self.arch = system.device if system is not None else load_arch(arch)
         from .engine import with_engine_formats
 
-        self.model = with_engine_formats(self.model, self.arch)  # a device's engine formats (e.g. an FPGA's INT8)
+        self.model = with_engine_formats(self.model, self.arch, keep_formats)  # e.g. an FPGA's INT8
         shard = shard_model(self.model, plan)
-        room = MEMORY_UTILIZATION * self.arch.backing.capacity_bytes * self.arch.backing.instances
+        memory = self.arch.backing.capacity_bytes * self.arch.backing.instances
+        room = self.memory_utilization * memory
         stages = stage_footprints(shard, plan, 1, 1)  # per stage: weights, KV bytes per cached token
         weights = max(w for w, _, _ in stages)
         if room - weights <= 0:
-            raise CapacityError(f"{self.model.name}'s weights ({weights / 2**30:.1f} GiB per device under "
-                                f"{plan.describe()}) leave no room for a KV cache on {self.arch.name}; use more devices "
-                                "(--tp/--pp) or smaller weight formats")
+            raise CapacityError(self._no_room(weights, room, memory))
         tokens = [int((room - w) // kv) for w, kv, _ in stages if kv > 0]  # the stage that fills first bounds it
         self.kv_capacity_tokens = min(tokens) * plan.dp if tokens else 10**12
         # a recurrent state (Mamba, Jamba) per running sequence: the sequences whose state fits beside the
@@ -69,6 +75,21 @@ class SimStepModel:
         self._linear = np.array([self._nonattention(t) for t in grid])
         self.a_decode = self._fit_decode()
         self.a_prefill = self._fit_prefill()
+
+    def _no_room(self, weights: float, room: float, memory: float) -> str:
+        """The error of weights that fill the engine's share of device memory, with its remedies."""
+        from ..dtypes import get_dtype
+
+        remedies = ["more devices (--tp/--pp on a --system)"]
+        smaller = [f for f in ("fp8", "int4") if get_dtype(f).bytes < get_dtype(self.model.weight_dtype).bytes]
+        if smaller:
+            remedies.append(f"{'/'.join(smaller)} weights (--weight-dtype {smaller[0]})")
+        if self.memory_utilization < 1:
+            remedies.append("a larger --memory-utilization")
+        return (f"{self.model.name}'s weights ({weights / 2**30:.1f} GiB per device under {self.plan.describe()}) leave "
+                f"no room for a KV cache in {100 * self.memory_utilization:g} % of {self.arch.name}'s "
+                f"{memory / 2**30:.1f} GiB ({room / 2**30:.1f} GiB, --memory-utilization); use "
+                + " or ".join(filter(None, (", ".join(remedies[:-1]), remedies[-1]))))
 
     # ------------------------------------------------------------------ calibration on the simulator
     def _step(self, phase) -> Any:
@@ -150,8 +171,10 @@ class SimStepModel:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model.name, "device": self.arch.name, "plan": self.plan.describe(),
-                "kv_capacity_tokens": self.kv_capacity_tokens, "a_decode_s_per_token": self.a_decode,
-                "a_prefill_s": self.a_prefill, "linear_s_at_1": float(self._linear[0]),
+                "formats": {"weights": self.model.weight_dtype, "activations": self.model.act_dtype,
+                            "kv": self.model.kv_dtype},
+                "memory_utilization": self.memory_utilization, "kv_capacity_tokens": self.kv_capacity_tokens,
+                "a_decode_s_per_token": self.a_decode, "a_prefill_s": self.a_prefill, "linear_s_at_1": float(self._linear[0]),
                 "linear_s_at_max": float(self._linear[-1]), "devices": self.plan.devices}
 
 

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from xpusim.dtypes import get_dtype
 from xpusim.errors import PresetNotFound, ShapeError, SpecError
 from xpusim.workloads import Decode, Prefill, Trace, build_trace, list_models, load_model
 
@@ -108,3 +109,72 @@ def test_hf_config_numbers_of_the_wrong_type_and_fractional_jamba_heads_are_refu
     with pytest.raises(SpecError, match="not a multiple of 32 attention heads"):
         model_from_hf_config(jamba, "jamba")
     assert model_from_hf_config(ds, "ds").embed_dtype == "bf16"  # the fp8 checkpoint's embeddings and head
+
+
+def _shipped_hf_configs():
+    from xpusim.workloads.model import MODELS_DIR
+
+    return sorted(p.stem for p in MODELS_DIR.glob("*.json") if p.stem != "bitnet-b1.58-2b4t")
+
+
+@pytest.mark.parametrize("preset", _shipped_hf_configs())
+def test_an_fp8_quantization_config_sets_the_weight_format_of_every_family(preset):
+    from xpusim.workloads.hf_config import model_from_hf_config
+    from xpusim.workloads.model import MODELS_DIR
+
+    cfg = json.loads((MODELS_DIR / f"{preset}.json").read_text())
+    cfg.pop("quantization_config", None)
+    plain = model_from_hf_config(cfg, preset)
+    for fmt in ("e4m3", "e5m2"):
+        m = model_from_hf_config({**cfg, "quantization_config": {"quant_method": "fp8", "fmt": fmt}}, preset)
+        assert (m.weight_dtype, m.act_dtype, m.kv_dtype) == (f"fp8-{fmt}", plain.act_dtype, plain.kv_dtype)
+        assert m.embedding_dtype == plain.weight_dtype  # the checkpoints keep the embeddings and LM head
+        emb = m.embedding_params * get_dtype(plain.weight_dtype).bytes
+        assert m.weights_bytes - emb == pytest.approx((plain.weights_bytes - emb) / get_dtype(plain.weight_dtype).bytes)
+
+
+def test_gptq_and_awq_configs_load_as_int4_with_their_group_size():
+    from xpusim.workloads.hf_config import model_from_hf_config
+    from xpusim.workloads.model import MODELS_DIR
+
+    cfg = json.loads((MODELS_DIR / "llama-3-8b.json").read_text())
+    for q, fmt in (({"quant_method": "gptq", "bits": 4, "group_size": 128}, "int4-g128"),
+                   ({"quant_method": "awq", "bits": 4, "group_size": 64, "version": "gemm"}, "int4-g64"),
+                   ({"quant_method": "gptq", "bits": 4, "group_size": -1}, "int4-g4096")):  # per channel: one scale a row
+        m = model_from_hf_config({**cfg, "quantization_config": q}, "llama")
+        assert (m.weight_dtype, m.embedding_dtype, m.act_dtype) == (fmt, "bf16", "bf16")
+    assert get_dtype("int4-g64").bytes == 0.5 + 2 / 64  # a bf16 scale per group
+
+
+@pytest.mark.parametrize("q, msg", [
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "quant_method 'bitsandbytes' is not read"),
+    ({"quant_method": "fbgemm_fp8"}, "quant_method 'fbgemm_fp8' is not read"),
+    ({"quant_method": "bitnet"}, "quant_method 'bitnet' is not read"),  # only a bitnet model is ternary
+    ({"quant_method": "gptq", "bits": 8, "group_size": 128}, "bits 8 is not read"),
+    ({"quant_method": "awq", "bits": 4, "group_size": 0}, "group_size 0"),
+    ({"quant_method": "fp8", "fmt": "e3m4"}, "fmt 'e3m4'"),
+    ("fp8", "must be an object"),
+])
+def test_an_unread_quantization_config_is_a_one_line_error(tmp_path, capsys, q, msg):
+    from xpusim.cli import main
+    from xpusim.workloads.model import MODELS_DIR
+
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**json.loads((MODELS_DIR / "llama-3-8b.json").read_text()), "quantization_config": q}))
+    with pytest.raises(SpecError, match=msg):
+        load_model(str(p))
+    assert main(["simulate", "--arch", "h100-sxm", "--model", str(p), "--phase", "decode", "--context", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and msg in err and "set the format with --weight-dtype" in err
+
+
+def test_simulate_reports_an_fp8_llama_config_in_fp8(tmp_path, capsys):
+    from xpusim.cli import main
+    from xpusim.workloads.model import MODELS_DIR
+
+    p = tmp_path / "config.json"
+    q = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}
+    p.write_text(json.dumps({**json.loads((MODELS_DIR / "llama-3-8b.json").read_text()), "quantization_config": q}))
+    assert main(["simulate", "--arch", "h100-sxm", "--model", str(p), "--phase", "decode", "--context", "8",
+                 "--quiet"]) == 0
+    assert "formats: weights fp8-e4m3" in capsys.readouterr().out

@@ -484,6 +484,10 @@ def test_prefill_just_past_a_power_of_two_is_not_interpolated_from_below():
     (["--seed", "-1"], "--seed must be"),
     (["--input-tokens", "10.7"], "whole number"),
     (["--prefill-tp", "2"], "--prefill-tp sizes the prefill engine"),
+    (["--memory-utilization", "0"], "--memory-utilization must be a fraction"),
+    (["--memory-utilization", "1.2"], "in (0, 1], got 1.2"),
+    (["--memory-utilization", "nan"], "in (0, 1], got nan"),
+    (["--weight-dtype", "fp9"], "unknown dtype 'fp9'"),
 ])
 def test_bad_serve_flags_are_one_line_errors(capsys, args, msg):
     from xpusim.cli import main
@@ -520,3 +524,87 @@ def test_recurrent_state_bounds_the_running_sequences():
     res = simulate_serving(reqs, "continuous", step, max_batch=4096)
     assert res.summary()["max_batch"] == step.max_sequences
     assert SimStepModel("llama-3-8b", arch="h100-sxm").max_sequences is None
+
+
+def test_serve_help_gives_the_defaults(capsys):
+    from xpusim.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for default in ("default 1000)", "default 1024,256)", "default 256,64)", "default 0.9, vLLM's gpu_memory_utilization",
+                    "--weight-dtype", "--act-dtype", "--kv-dtype"):
+        assert default in out
+
+
+def test_serve_echoes_the_workload_the_budget_and_the_formats(capsys):
+    from xpusim.cli import main
+
+    assert main(["serve", "--arch", "h100-sxm", "--model", "llama-3-8b", "--rate", "5", "--requests", "20", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "KV capacity 467,291 tokens in 90 % of device memory" in out  # (0.9 x 80 GiB - 15 GiB) / 128 KiB
+    assert "workload: 20 requests, Poisson at 5 requests/s, seed 0; prompts lognormal mean 1024 std 256 (drawn mean " in out
+    assert "outputs lognormal mean 256 std 64 (drawn mean " in out
+    assert "formats: weights bf16, activations bf16, KV bf16" in out
+    assert main(["serve", "--arch", "h100-sxm", "--model", "llama-3-8b", "--rate", "inf", "--requests", "20",
+                 "--input-tokens", "100", "--output-tokens", "20,5,30", "--json"]) == 0
+    w = json.loads(capsys.readouterr().out)["workload"]
+    assert w == {"arrivals": "poisson", "rate_per_s": None, "input_tokens": "100", "output_tokens": "20,5,30", "seed": 0,
+                 "requests": 20, "input_tokens_mean": 100.0, "output_tokens_mean": w["output_tokens_mean"]}
+    assert 1 <= w["output_tokens_mean"] <= 30
+
+
+def test_a_trace_refuses_the_poisson_stream_flags(tmp_path, capsys):
+    from xpusim.cli import main
+
+    p = tmp_path / "t.csv"
+    p.write_text("arrival_s,input_tokens,output_tokens\n0,10,2\n")
+    for flag, v in (("--input-tokens", "64"), ("--output-tokens", "8"), ("--requests", "5")):
+        assert main(["serve", "--arch", "h100-sxm", "--model", "llama-3-8b", "--trace", str(p), flag, v]) == 2
+        err = capsys.readouterr().err
+        assert f"drop {flag}" in err and err.count("\n") == 1
+
+
+def test_memory_utilization_sizes_the_kv_cache():
+    from xpusim.sim.serving_model import MEMORY_UTILIZATION, SimStepModel
+    from xpusim.workloads import load_model
+
+    m = load_model("llama-3-8b")
+    for u in (MEMORY_UTILIZATION, 1.0, 0.5):
+        step = SimStepModel(m, arch="h100-sxm", memory_utilization=u)
+        assert step.kv_capacity_tokens == int((u * 80 * 2**30 - m.weights_bytes) // m.kv_bytes_per_token)
+        assert step.describe()["memory_utilization"] == u
+    with pytest.raises(SpecError, match=r"in \(0, 1\]"):
+        SimStepModel(m, arch="h100-sxm", memory_utilization=0)
+
+
+def test_weights_that_fill_the_budget_name_it_and_the_remedies():
+    """DeepSeek-V3 under tp 8 holds 79.2 GiB of fp8 weights per H100: they fit 100 % of its 80 GiB
+    (as simulate() says) but not the 90 % a serving engine plans with by default."""
+    from xpusim.arch.system import load_system
+    from xpusim.sim.parallel import Plan
+    from xpusim.sim.serving_model import SimStepModel
+
+    dgx = load_system("dgx-h100")
+    with pytest.raises(CapacityError) as e:
+        SimStepModel("deepseek-v3", Plan(tp=8), dgx)
+    assert str(e.value) == ("deepseek-v3's weights (79.2 GiB per device under tp8 pp1 dp1) leave no room for a KV cache in "
+                            "90 % of h100-sxm's 80.0 GiB (72.0 GiB, --memory-utilization); use more devices (--tp/--pp on "
+                            "a --system), int4 weights (--weight-dtype int4) or a larger --memory-utilization")
+    assert SimStepModel("deepseek-v3", Plan(tp=8), dgx, memory_utilization=1.0).kv_capacity_tokens > 0
+
+
+def test_serve_takes_the_format_flags(capsys):
+    from xpusim.cli import main
+    from xpusim.workloads import load_model
+
+    base = ["serve", "--model", "llama-3-8b", "--rate", "5", "--requests", "10", "--json"]
+    assert main([*base, "--arch", "h100-sxm", "--weight-dtype", "fp8", "--kv-dtype", "fp8"]) == 0
+    engine = json.loads(capsys.readouterr().out)["engine"]
+    m = load_model("llama-3-8b").with_formats("fp8", None, "fp8")
+    assert engine["formats"] == {"weights": "fp8-e4m3", "activations": "bf16", "kv": "fp8-e4m3"}
+    assert engine["kv_capacity_tokens"] == int((0.9 * 80 * 2**30 - m.weights_bytes) // (64 * 1024))
+    # a format the user chose beats a device's engine format (the FPGA's INT8); the others stay the engine's
+    assert main([*base, "--arch", "alveo-u280", "--weight-dtype", "int4"]) == 0
+    engine = json.loads(capsys.readouterr().out)["engine"]
+    assert engine["formats"] == {"weights": "int4", "activations": "int8", "kv": "int8"}

@@ -54,6 +54,44 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
                         "set it to the checkpoint's storage format (the simulation's formats are chosen with "
                         "--weight-dtype/--act-dtype/--kv-dtype)")
     dtype = _HF_DTYPES[torch_dtype]
+    return _quantised(_family(cfg, name, mt, dtype), cfg, name, dtype)
+
+
+def _quantised(model: ModelSpec, cfg: dict[str, Any], name: str, dtype: str) -> ModelSpec:
+    """``model`` with the weight format of the config's ``quantization_config``: ``fp8`` (``fmt``
+    e4m3, the default, or e5m2) or ``gptq``/``awq`` 4-bit (``int4-g<group_size>``; -1, one scale
+    per channel, as ``int4-g<hidden size>``). The embeddings and LM head stay in ``dtype``, as the
+    checkpoints keep them; another ``quant_method`` is refused."""
+    q = cfg.get("quantization_config")
+    if q is None:
+        return model
+    where, fix = f"config.json of {name!r}: quantization_config", "delete the block and set the format with --weight-dtype"
+    if not isinstance(q, dict):
+        raise SpecError(f"{where} must be an object with a quant_method; {fix}")
+    method = q.get("quant_method")
+    if method == "bitnet" and model.family == "bitnet":
+        return model  # ternary already
+    if method == "fp8":
+        fmt = q.get("fmt", "e4m3")
+        if fmt not in ("e4m3", "e5m2"):
+            raise SpecError(f"{where} fmt {fmt!r} is not e4m3 or e5m2; {fix}")
+        wdt = f"fp8-{fmt}"
+    elif method in ("gptq", "awq"):
+        bits, group = q.get("bits"), q.get("group_size", 128)
+        if bits != 4:
+            raise SpecError(f"{where}: {method} with bits {bits!r} is not read (4 is); {fix} (e.g. int8)")
+        if group == -1:
+            group = model.d_model
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            raise SpecError(f"{where} group_size {group!r} is not a whole number >= 1 or -1 (per channel); {fix}")
+        wdt = f"int4-g{group}"
+    else:
+        raise SpecError(f"{where} quant_method {method!r} is not read (fp8, gptq and awq are); {fix}")
+    return replace(model, weight_dtype=wdt, embed_dtype=model.embed_dtype or dtype)
+
+
+def _family(cfg: dict[str, Any], name: str, mt: Any, dtype: str) -> ModelSpec:
+    """The model of one ``model_type``, in the config's ``dtype``."""
     if mt in ("deepseek_v2", "deepseek_v3"):
         return _deepseek(cfg, name, mt, dtype)
     if mt in ("mamba", "mamba2"):
@@ -63,7 +101,7 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
     if mt == "t5":
         return _t5(cfg, name, dtype)
     if mt == "bitnet":  # BitNet b1.58: a Llama layout with ternary linear weights and sub-norms
-        base = model_from_hf_config({**cfg, "model_type": "llama"}, name)
+        base = _family(cfg, name, "llama", dtype)
         return replace(base, family="bitnet", weight_dtype="ternary", embed_dtype=dtype, sub_norms=True)
     if mt in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe"):
         hidden = _get(cfg, "hidden_size", name)
@@ -139,18 +177,15 @@ def model_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
 
 
 def _deepseek(cfg: dict[str, Any], name: str, mt: str, dtype: str) -> ModelSpec:
-    """DeepSeek-V2/V3: multi-head latent attention and fine-grained MoE with shared experts. The
-    fp8 checkpoint of V3 (``quantization_config`` fmt e4m3, 128x128 blocks) stores fp8 weights (its
-    embedding and LM head stay in the config's dtype, as DeepSeek's inference code loads them); the
-    multi-token-prediction module (``num_nextn_predict_layers``) is not part of a decode step, and
-    group-limited expert selection (``n_group``/``topk_group``) changes which experts are chosen,
-    not how many, so the routing distribution models it."""
+    """DeepSeek-V2/V3: multi-head latent attention and fine-grained MoE with shared experts (the
+    fp8 checkpoint of V3 is read by :func:`_quantised`); the multi-token-prediction module
+    (``num_nextn_predict_layers``) is not part of a decode step, and group-limited expert selection
+    (``n_group``/``topk_group``) changes which experts are chosen, not how many, so the routing
+    distribution models it."""
     heads = _get(cfg, "num_attention_heads", name)
     if cfg.get("moe_layer_freq", 1) != 1:
         raise SpecError(f"config.json of {name!r}: moe_layer_freq != 1 is not supported; every layer after "
                         "first_k_dense_replace must be MoE")
-    q = cfg.get("quantization_config") or {}
-    wdt = "fp8-e4m3" if q.get("quant_method") == "fp8" and q.get("fmt", "e4m3") == "e4m3" else dtype
     return ModelSpec(
         name=name, family=mt, n_layers=_get(cfg, "num_hidden_layers", name), d_model=_get(cfg, "hidden_size", name),
         n_heads=heads, n_kv_heads=heads,
@@ -159,8 +194,7 @@ def _deepseek(cfg: dict[str, Any], name: str, mt: str, dtype: str) -> ModelSpec:
         max_seq_len=_get(cfg, "max_position_embeddings", name, 4096), activation="silu", gated_mlp=True,
         norm="rmsnorm", norm_eps=_num(_get(cfg, "rms_norm_eps", name, 1e-6), "rms_norm_eps", name), position="rope",
         rope_theta=_num(_get(cfg, "rope_theta", name, 10000.0), "rope_theta", name),
-        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), weight_dtype=wdt, act_dtype=dtype, kv_dtype=dtype,
-        embed_dtype=dtype if wdt != dtype else "",  # the fp8 checkpoint keeps its embedding and LM head in bf16
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), weight_dtype=dtype, act_dtype=dtype, kv_dtype=dtype,
         n_experts=_get(cfg, "n_routed_experts", name), experts_per_token=_get(cfg, "num_experts_per_tok", name),
         d_ff_expert=_get(cfg, "moe_intermediate_size", name), n_shared_experts=_get(cfg, "n_shared_experts", name, 0),
         first_dense_layers=_get(cfg, "first_k_dense_replace", name, 0),
