@@ -138,7 +138,9 @@ def counts(g: Gemv, spec: PimSpec, lanes: float, plan: dict[str, np.ndarray]) ->
     blocks = _cdiv(n_u, rb)
     rewrite = np.where((order == 1) & (chunks > 1), blocks, 1)  # row order: chunks written per row block
     spill = np.where((order == 0) & (blocks > 1), chunks, 1)  # chunk order: partial sums read per chunk
-    partials = 1.0 if spec.adder_tree else float(lanes)
+    # without an adder tree each lane keeps a partial sum, but only as many lanes as one column burst
+    # feeds operands to can be busy
+    partials = 1.0 if spec.adder_tree else float(min(lanes, max(1.0, cb / g.w_bytes)))
     return {
         "valid": valid, "g_c": g_c, "n_c": n_c, "k_c": k_c, "k_chunk": kc, "chunks": chunks, "bursts_per_row": s,
         "n_u": n_u, "row_block": rb, "bursts_per_pu": g_c * n_u * s, "rows_per_pu": g_c * rows_per_group,

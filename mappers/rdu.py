@@ -227,8 +227,10 @@ def block_cost(ops: list[Op], arch: Arch, placement: dict[str, str], fused: bool
         busy = float((unfused_op_s - spec.kernel_launch_s).sum())
     latency = busy + launches * spec.kernel_launch_s
     bound = max([("compute", compute_s), *tier_s.items()], key=lambda kv: kv[1])[0]
-    macs = sum(op.flops / 2.0 for op in ops if op.kind == "matmul")
-    vec = sum(op.flops for op in ops if op.kind != "matmul")
+    # the work the PCUs do: a causal mask's skipped tiles are neither computed nor counted as useful
+    kept = {id(op): op.kept_block_fraction(spec.pcu_lanes, spec.pcu_lanes) for op in ops}
+    macs = sum(op.flops * kept[id(op)] / 2.0 for op in ops if op.kind == "matmul")
+    vec = sum(op.flops * kept[id(op)] for op in ops if op.kind != "matmul")
     classes = [_compute_class(op) for op in ops if op.kind == "matmul"]
     cc = next((c for c in classes if c in arch.matrix.rate_per_cycle), next(iter(arch.matrix.rate_per_cycle)))
     energy = {"compute": (macs * arch.matrix.energy(cc) + vec * arch.vector.energy("fp32")) * 1e-12,

@@ -241,13 +241,24 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
         new_order = np.repeat(order[bi], n_o, axis=0)
         new_order[:, c - 1] = np.tile(orders, (bi.size, 1))
         new_spatial = np.repeat(spatial[bi], n_o, axis=0)
+        parent_of = np.repeat(bi, n_o)
         chunks = -(-new_tiles[:, c - 1] // new_tiles[:, c])
         new_spatial[:, c - 1] = _spatial_split(chunks, fan[c - 1], prefs) if fan[c - 1] > 1 else 1
+        if fan[c - 1] > 1:  # also on half the instances: a bandwidth-bound op may gain by not splitting a shared operand
+            half = _spatial_split(chunks, fan[c - 1] // 2, prefs)
+            differs = (half != new_spatial[:, c - 1]).any(axis=1)
+            if differs.any():
+                extra = new_spatial[differs].copy()
+                extra[:, c - 1] = half[differs]
+                new_tiles = np.concatenate([new_tiles, new_tiles[differs]])
+                new_order = np.concatenate([new_order, new_order[differs]])
+                new_spatial = np.concatenate([new_spatial, extra])
+                parent_of = np.concatenate([parent_of, parent_of[differs]])
         # loops of one trip do not matter: keep one order per class of equivalent orders
         single = new_tiles[:, c - 1] <= new_spatial[:, c - 1] * new_tiles[:, c]
         canon = np.argsort(np.argsort(np.where(single, D + np.arange(D), new_order[:, c - 1]), axis=1), axis=1)
         new_order[:, c - 1] = canon
-        rows = np.concatenate([np.repeat(bi, n_o)[:, None], new_tiles[:, c], canon], axis=1)
+        rows = np.concatenate([parent_of[:, None], new_tiles[:, c], canon, new_spatial[:, c - 1]], axis=1)
         _, first = np.unique(rows, axis=0, return_index=True)
         first = np.sort(first)
         new_tiles, new_order, new_spatial = new_tiles[first], new_order[first], new_spatial[first]
