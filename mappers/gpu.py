@@ -180,8 +180,8 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     # the fill and the epilogue expose their transfers before and after the main loop; a memory-bound
     # kernel's L2/HBM time already holds those bytes, so they are not charged twice
     total = np.maximum.reduce([mma_s + fill_s + epi_s, l2_s + hbm.latency_s, hbm_s + hbm.latency_s]) + launch_s + reduce_s
-    # among configurations within 1 % of the fastest, a library-like choice moves the fewest bytes
-    near = np.flatnonzero(total <= total.min() + 0.01 * abs(total.min()))
+    # among configurations within 0.1 % of the fastest, a library-like choice moves the fewest bytes
+    near = np.flatnonzero(total <= total.min() + 0.001 * abs(total.min()))
     best = int(near[np.lexsort((sp[near], l2_total[near]))[0]])
 
     clock = arch.clock_hz
