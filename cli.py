@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import SpecError, XpusimError
-from .sim.result_text import fmt_b, fmt_s, print_energy_scope, print_formats, print_result, write_outputs
+from .sim.result_text import fmt_b, fmt_s, print_comparison, print_formats, print_hetero, print_result, write_outputs
 
 
 def _positive_int(s: str) -> int:
@@ -215,15 +215,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         if a.json:
             print(res.to_json())
             return 0
-        view = res.ops[["block", "name", "kind", "repeat", "device", "host_s", "pim_s"]].copy()
-        print(view.to_string(index=False, float_format=lambda v: f"{v * 1e6:.3g} us"))
-        print_formats(run, a.format_error)
-        print(f"{model.name} {a.phase} on {res.inputs['arch']} ({a.placement} placement, {a.pim_mode}): latency "
-              f"{res.latency_s * 1e3:.3f} ms, PIM share of the work {res.inputs['pim_share'] * 100:.1f} %")
-        print(f"throughput {res.tokens_per_s:.1f} tokens/s   energy {res.energy_j:.3g} J   memory "
-              f"{fmt_b(res.memory_bytes)} of {fmt_b(res.capacity_bytes)} ({res.inputs.get('pim_memory', 'shared')} "
-              f"PIM memory; weights {fmt_b(res.weights_bytes)}, KV cache {fmt_b(res.kv_cache_bytes)})")
-        print_energy_scope(host.static_power_w + load_arch(a.pim).static_power_w)
+        print_hetero(res, model, run, a.format_error)
         return 0
     if a.phase == "speculative":
         if a.context is None or a.draft_tokens is None or a.acceptance is None:
@@ -296,7 +288,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     for res in results:
         print_result(res, model, phase)
     if len(results) > 1:
-        print("comparison: " + "   ".join(f"{r.inputs['arch']} {fmt_s(r.latency_s)}" for r in results))
+        print_comparison(results)
     return 0
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SpecError
-from ..sim.result import Result
+from ..sim.result import Result, energy_basis, formats_label, throughput_unit
 from . import html as H
 from . import sim_figures as SF
 from . import study_figures as STF
@@ -36,10 +36,17 @@ def simulate_report(results: list[Result], command: str | None = None) -> str:
     sections: list[tuple[str, str, str]] = []
     if len(results) > 1:
         sections.append(("Comparison", "The same step on each device.", H.figure_html(SF.comparison(results), "cmp")))
-    rows = [{"device": r.inputs.get("arch", ""), "latency (ms)": r.latency_s * 1e3, "tokens/s": r.tokens_per_s,
-             "energy (J)": r.energy_j, "memory (GiB)": r.memory_bytes / 2**30, "capacity (GiB)": r.capacity_bytes / 2**30}
-            for r in results]
-    sections.append(("Summary", "", H.table_html(rows, list(rows[0]))))
+    unit = throughput_unit(str(results[0].inputs.get("phase", "")))
+    rows = [{"device": r.inputs.get("arch", ""), "latency (ms)": r.latency_s * 1e3, unit: r.tokens_per_s,
+             "energy (J)": r.energy_j, "energy basis": energy_basis(r.inputs), "formats (w/a/kv)": formats_label(r.inputs),
+             "memory (GiB)": r.memory_bytes / 2**30, "capacity (GiB)": r.capacity_bytes / 2**30,
+             "fits": "yes" if r.memory_bytes <= r.capacity_bytes else "EXCEEDS (--ignore-memory)"} for r in results]
+    differ = [what for what, label in (("energy bases", energy_basis), ("formats", formats_label))
+              if len({label(r.inputs) for r in results}) > 1]
+    note = ("Energy basis: 'dynamic + static' adds the static power a device states (an FPGA board's idle and logic "
+            "power) to its MACs and data movement; 'dynamic only' counts those alone, a lower bound."
+            + (f" The devices' {' and '.join(differ)} differ: their figures are not like for like." if differ else ""))
+    sections.append(("Summary", note, H.table_html(rows, list(rows[0]))))
     for i, r in enumerate(results):
         dev = str(r.inputs.get("arch", ""))
         sections.append((f"Roofline — {dev}", "Each op at its arithmetic intensity and achieved throughput; hover for "

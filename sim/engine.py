@@ -4,8 +4,8 @@ order with block repeats, and account for memory."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -293,6 +293,59 @@ def activation_bytes(trace: Trace, arch: Arch | None = None) -> float:
                 if group.kind != "collective"), default=0.0)
 
 
+#: the tensor classes of a model's formats: the flag that sets each, and what the class holds
+FORMAT_FLAGS = {"weights": ("--weight-dtype", "weights"), "activations": ("--act-dtype", "activations"),
+                "kv": ("--kv-dtype", "KV cache"), "embed": ("--embed-dtype", "embeddings and lm_head")}
+
+
+def _format_class(op: Op, role: str) -> str:
+    """The format class (a :data:`FORMAT_FLAGS` key) of an operand of ``op`` with ``role``."""
+    if role == "weight":
+        return "embed" if op.name == "lm_head" or op.kind == "embedding" else "weights"
+    return "kv" if role in ("kv", "state") else "activations"
+
+
+def _resolves(arch: Arch, fmt: str) -> bool:
+    """Whether ``arch``'s matrix unit computes format ``fmt`` (in its class or a wider one it has)."""
+    try:
+        arch.matrix.resolve(get_dtype(fmt).compute)
+    except DtypeError:
+        return False
+    return True
+
+
+def format_advice(ops: Iterable[Op], arch: Arch, embed_follows: bool = True) -> str | None:
+    """One line naming every format class of the contractions among ``ops`` that ``arch``'s matrix
+    unit cannot compute (nor a wider class it has), with the flags and formats to give (the preset's
+    ``formats:`` where it declares them); None when every class resolves. ``embed_follows``: the
+    embeddings and LM head take the weights' format (the model sets no ``embed_dtype``)."""
+    bad: dict[str, str] = {}
+    for op in ops:
+        if op.kind != "matmul" or len(op.inputs) != 2:
+            continue
+        for t in op.inputs:
+            if not _resolves(arch, t.dtype):
+                bad.setdefault(_format_class(op, t.role), get_dtype(t.dtype).dense)
+    if embed_follows and "weights" in bad and bad.get("embed") == bad["weights"]:  # --weight-dtype sets both
+        del bad["embed"]
+    if not bad:
+        return None
+    bad = {k: bad[k] for k in FORMAT_FLAGS if k in bad}
+    declared = arch.meta.get("formats", {})
+    own = sorted(arch.matrix.rate_per_cycle, key=lambda c: -get_dtype(c).bits)  # the widest the unit has first
+    takes = [f for f in ("int4", "int8", "fp4", "fp8", "fp16", "bf16", "fp32") if _resolves(arch, f)]
+    fallback = {k: declared.get("weights" if k == "embed" else k, own[0]) for k in FORMAT_FLAGS}
+    if "embed" in bad and "weights" in declared:
+        fallback["embed"] = get_dtype(declared["weights"]).dense
+    held = ", ".join(f"{FORMAT_FLAGS[k][1]} {f}" for k, f in bad.items())
+    flags = " ".join(f"{FORMAT_FLAGS[k][0]} {get_dtype(fallback[k]).dense}" for k in bad)
+    helper = (" (its preset's engine formats; in Python, xpusim.sim.engine.with_engine_formats(model, arch) "
+              "applies them)" if declared else "")
+    widened = [f for f in takes if get_dtype(f).compute not in own]
+    unit = f"{arch.name}'s matrix unit computes {', '.join(own)} only" + (f" ({', '.join(widened)} widened)" if widened else "")
+    return f"{unit}, not this model's {held}: add {flags}{helper}"
+
+
 def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", model: ModelSpec | None = None,
                    kv_bytes: float = 0.0, system: Any = None, resident: tuple[float, float] | None = None) -> Result:
     """Simulate every op of ``trace`` on ``arch``; memory accounting uses ``model``'s weights and
@@ -318,10 +371,9 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
             try:
                 cost = (collective_cost(group.ops[0], system) if group.kind == "collective"
                         else group_cost(group, arch, objective))
-            except DtypeError as e:  # name the op, and for the embeddings and LM head the format they run in
-                hint = (" (the embeddings and LM head keep the model's embedding format: give --embed-dtype)"
-                        if group.ops[0].kind == "embedding" or group.name in ("lm_head", "head") else "")
-                raise DtypeError(f"{block.name}.{group.name}: {e}{hint}") from None
+            except DtypeError as e:  # every format the device lacks at once, with the flags; else the op's error
+                advice = format_advice((op for _, op in trace.ops()), arch, model is None or not model.embed_dtype)
+                raise DtypeError(advice or f"{block.name}.{group.name}: {e}") from None
             flops = sum(op.useful_flops for op in group.ops)  # the work the result needs (causal masks skipped)
             if len(group.ops) == 1:
                 nbytes = group.ops[0].bytes
@@ -394,23 +446,21 @@ def powered_energy(energy_j: float, charged_static_j: float, powered_w: float, w
     return energy_j - charged_static_j + powered_w * wall_s
 
 
-def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch) -> None:
-    """Raise :class:`CapacityError` with remedies when the footprint exceeds device memory."""
+def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch, plan: Any = None) -> None:
+    """Raise :class:`CapacityError` with remedies when the footprint of one device (running ``plan``,
+    default one device alone) exceeds its memory: the fewest devices a parallel plan needs to hold it
+    (:func:`~xpusim.sim.fit_advice.fewest_devices`), and the changes that alone make it fit."""
     if result.memory_bytes <= result.capacity_bytes:
         return
+    from .fit_advice import fewest_devices, fitting_changes, plan_flags
+    from .parallel import Plan
+
     gib = 2.0**30
-    devices = math.ceil(result.memory_bytes / result.capacity_bytes)
-    remedies = [f"at least {devices} such devices (the model split across them) or one with more memory"]
-    if result.kv_cache_bytes > 0.2 * result.memory_bytes:
-        if get_dtype(model.kv_dtype).bytes > 1:
-            remedies.append("an fp8 KV cache (--kv-dtype fp8)")
-        if phase.batch > 1:
-            remedies.append(f"a smaller batch than {phase.batch}")
-        else:
-            remedies.append("a shorter prompt (--seq)" if isinstance(phase, Prefill) else "a shorter context")
-    smaller = [f for f in ("fp8", "int4") if get_dtype(f).bytes < get_dtype(model.weight_dtype).bytes]
-    if result.weights_bytes > 0.5 * result.capacity_bytes and smaller:
-        remedies.append(f"{'/'.join(smaller)} weights (--weight-dtype {smaller[0]})")
+    plan = plan or Plan()
+    split = fewest_devices(model, plan, phase.batch, phase.kv_len, result.capacity_bytes)
+    remedies = [f"at least {split.devices} such devices ({plan_flags(split)} on a --system; no split over fewer holds "
+                f"the weights and KV cache) or one with more memory" if split else "a device with more memory"]
+    remedies += fitting_changes(model, plan, phase, result.memory_bytes, result.capacity_bytes)
     parts = [f"weights {result.weights_bytes / gib:.1f}", f"KV cache {result.kv_cache_bytes / gib:.1f}"]
     if result.ssm_state_bytes:
         parts.append(f"SSM state {result.ssm_state_bytes / gib:.1f}")
@@ -452,6 +502,18 @@ def with_engine_formats(model: ModelSpec, arch: Arch, keep: tuple[str, ...] | se
     return out
 
 
+def model_formats(model: ModelSpec) -> dict[str, str]:
+    """The formats a result records it ran ``model`` in."""
+    return {"weights": model.weight_dtype, "activations": model.act_dtype, "kv": model.kv_dtype}
+
+
+def _stamped(result: Result, model: ModelSpec, phase: Phase) -> Result:
+    """``result`` with its model's recurrent state, name, formats and the phase's arguments."""
+    result.ssm_state_bytes = model.ssm_state_bytes(phase.batch)
+    result.inputs.update(model=model.name, formats=model_formats(model), phase_args=dict(vars(phase)))
+    return result
+
+
 def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: str = "latency",
              check_memory: bool = True, routing: str | None = None, mla_form: str | None = None,
              wafer_options: dict[str, Any] | None = None) -> Result:
@@ -475,11 +537,8 @@ def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: 
     if arch.device_class == "wafer":  # regions, stages, streaming (sim/wafer_placement.py)
         from .wafer_placement import simulate_wafer
 
-        result = simulate_wafer(arch, model, phase, objective, check_memory, routing, mla_form, **(wafer_options or {}))
-        result.ssm_state_bytes = model.ssm_state_bytes(phase.batch)
-        result.inputs["model"] = model.name
-        result.inputs["phase_args"] = {k: v for k, v in vars(phase).items()}
-        return result
+        return _stamped(simulate_wafer(arch, model, phase, objective, check_memory, routing, mla_form,
+                                       **(wafer_options or {})), model, phase)
     kv = _kv_bytes(model, phase)
     forms = [mla_form] if mla_form or not model.is_mla else ["naive", "absorbed"]
     run = compiled_phase(phase, arch)
@@ -488,9 +547,7 @@ def simulate(arch: Arch | str, model: ModelSpec | str, phase: Phase, objective: 
     if run is not phase:  # the padded rows are computed, not delivered
         result.tokens = phase.tokens
         result.inputs["compiled_seq"] = getattr(run, "seq", None)
-    result.ssm_state_bytes = model.ssm_state_bytes(phase.batch)
-    result.inputs["model"] = model.name
-    result.inputs["phase_args"] = {k: v for k, v in vars(phase).items()}
+    _stamped(result, model, phase)
     if check_memory:
         check_fits(result, model, phase, arch)
     return result

@@ -23,7 +23,7 @@ from ..errors import CapacityError, SpecError
 from ..workloads.layers import layer_block_map
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Decode, Phase, Prefill
-from .engine import powered_energy, simulate_trace
+from .engine import model_formats, powered_energy, simulate_trace
 from .parallel import Plan, device_trace, local_phase, shard_model, stage_footprints, stage_layers
 from .result import Result
 
@@ -148,29 +148,34 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
         res, latency_s=makespan, energy_j=energy, tokens=phase.tokens,
         weights_bytes=weights, kv_cache_bytes=kv, ssm_state_bytes=state,
         inputs={**res.inputs, "system": system.name, "plan": plan.describe(), "devices": plan.devices, "model": model.name,
-                "phase": phase.name, "phase_args": dict(vars(phase)), "microbatches": mb,
+                "phase": phase.name, "phase_args": dict(vars(phase)), "microbatches": mb, "formats": model_formats(model),
                 "stage_s": stage_s, "send_s": send_s},
         timeline=events)
     if check_memory and out.memory_bytes > out.capacity_bytes:
         gib = 2.0**30
-        remedies = ["a larger --tp or --pp"]
-        if _bytes(model.kv_dtype) > 1:
-            remedies.append("an fp8 KV cache (--kv-dtype fp8)")
-        smaller = [f for f in ("fp8", "int4") if _bytes(f) < _bytes(model.weight_dtype)]
-        if smaller:
-            remedies.append(f"{'/'.join(smaller)} weights (--weight-dtype {smaller[0]})")
-        if phase.batch > 1:
-            remedies.append("a smaller batch")
         raise CapacityError(
             f"{model.name} {phase.name} under {plan.describe()} needs {out.memory_bytes / gib:.1f} GiB on its busiest "
-            f"device but {system.device.name} has {out.capacity_bytes / gib:.1f} GiB; try {', '.join(remedies)}")
+            f"device but {system.device.name} has {out.capacity_bytes / gib:.1f} GiB; "
+            f"{_fit_remedies(system, model, phase, plan, out)}")
     return out
 
 
-def _bytes(fmt: str) -> float:
-    from ..dtypes import get_dtype
+def _fit_remedies(system: System, model: ModelSpec, phase: Phase, plan: Plan, out: Result) -> str:
+    """What would make a step that overflows its busiest device fit: a plan the system's devices can
+    hold (or how many devices one needs), and the changes that alone make it fit."""
+    from .fit_advice import fewest_devices, fitting_changes, plan_flags
 
-    return get_dtype(fmt).bytes
+    lp = local_phase(phase, plan)
+    split = fewest_devices(model, plan, lp.batch, lp.kv_len, out.capacity_bytes, reserve=out.activation_bytes)
+    n = system.n_devices
+    if split is not None and split.devices <= n:
+        remedies, lead = [f"{plan_flags(split)} ({split.devices} of its {n} devices)"], ""
+    else:
+        lead = f"no split of {system.name}'s {n} devices holds it; "
+        remedies = [f"a system with more of them ({plan_flags(split)} needs {split.devices})" if split is not None
+                    else "devices with more memory"]
+    remedies += fitting_changes(model, plan, phase, out.memory_bytes, out.capacity_bytes, n)
+    return f"{lead}try {', '.join(remedies)}"
 
 
 def simulate_generate(system: System | str, model: ModelSpec | str, batch: int, seq: int, gen: int, plan: Plan,

@@ -32,7 +32,7 @@ from ..mappers.fusion import plan
 from ..workloads.builder import build_trace
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.phases import Phase
-from .engine import _kv_bytes, activation_bytes, collective_cost, group_cost, op_cost
+from .engine import _kv_bytes, activation_bytes, collective_cost, format_advice, group_cost, model_formats, op_cost
 from .parallel import Plan, device_trace
 from .result import COLUMNS, Result
 
@@ -97,16 +97,22 @@ def _placed_ops(host: Arch, pim: Arch, trace: Any, placement: str, system: Any =
                              "utilization": 0.0, "device": "host", "host_s": c.latency_s, "pim_s": float("inf"),
                              "ops": (group.ops[0].name,)})
                 continue
-            h = group_cost(group, host)
+            try:
+                h = group_cost(group, host)
+            except DtypeError as e:  # every format the host lacks at once, with the flags
+                advice = format_advice((op for _, op in trace.ops()), host)
+                raise DtypeError(advice or f"{block.name}.{group.name}: {e}") from None
             p_lat, p_energy = 0.0, 0.0
             try:
                 for op in group.ops:
                     c = op_cost(op, pim)
                     p_lat += c.latency_s
                     p_energy += c.energy_j
-            except DtypeError:  # a format the PIM has no path for (N:M sparse weights): the host runs it
-                if placement == "pim" or (placement == "attention" and _is_attention(group)):
-                    raise
+            except DtypeError as e:  # a format the PIM has no path for (N:M sparse weights): the host runs it
+                if placement == "pim" or (placement == "attention" and _is_attention(group)):  # unless placed there
+                    placed = [op for b in trace.blocks for g in plan(b.ops, host)
+                              if placement == "pim" or _is_attention(g) for op in g.ops]
+                    raise DtypeError(format_advice(placed, pim) or f"{pim.name}: {e}") from None
                 p_lat, p_energy = float("inf"), 0.0
             if placement == "auto":
                 side = "pim" if p_lat < h.latency_s else "host"
@@ -238,7 +244,8 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
                                                     host),  # one device's share of the whole batch
                   capacity_bytes=capacity,
                   inputs={"arch": f"{host.name} + {pim.name}" + (f" (tp{tp} on {system.name})" if tp > 1 else ""),
-                          "device_class": "hetero", "trace": trace.name, "tp": tp,
+                          "device_class": "hetero", "trace": trace.name, "tp": tp, "formats": model_formats(model),
+                          "static_power_w": host.static_power_w + pim.static_power_w,
                           "phase": phase.name, "model": model.name, "phase_args": dict(vars(phase)),
                           "placement": placement, "mode": mode, "streams": streams, "meta": trace.meta,
                           **_fpga_inputs(host),
@@ -258,7 +265,7 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
         from .engine import check_fits
 
         try:
-            check_fits(result, held, phase, host)
+            check_fits(result, model, phase, host, Plan(tp=tp))
         except CapacityError as e:
             extra = ("; or, if the PIM stacks are extra memory beside the host's, --pim-memory added"
                      if memory == "shared" else "")

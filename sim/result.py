@@ -55,6 +55,29 @@ def step_compute_class(inputs: dict[str, Any], arch: Any) -> str:
         return "bf16" if "bf16" in rates else max(rates, key=lambda c: rates[c])
 
 
+def energy_basis(inputs: dict[str, Any]) -> str:
+    """What a step's energy counts: ``dynamic + static`` where its device states a static power (an
+    FPGA board's idle and logic power), else ``dynamic only`` (MACs and data movement: a lower
+    bound); ``unknown`` for a result saved without it."""
+    w = inputs.get("static_power_w")
+    return "unknown" if w is None else "dynamic + static" if w > 0 else "dynamic only"
+
+
+def formats_label(inputs: dict[str, Any]) -> str:
+    """The formats a step ran in (``weights/activations/KV``), or ``unknown``."""
+    f = inputs.get("formats") or {}
+    return "/".join(str(f.get(k, "?")) for k in ("weights", "activations", "kv")) if f else "unknown"
+
+
+#: what a step's tokens are, by phase: the unit of its throughput
+THROUGHPUT_UNITS = {"prefill": "prompt tokens/s", "decode": "generated tokens/s", "verify": "verified sequences/s"}
+
+
+def throughput_unit(phase: str) -> str:
+    """The unit of a step's ``tokens_per_s`` for ``phase`` (a verify step counts one per sequence)."""
+    return THROUGHPUT_UNITS.get(phase, "tokens/s")
+
+
 @dataclass
 class Result:
     """A simulated step.

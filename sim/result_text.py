@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .result import energy_basis, formats_label, throughput_unit
 
 
 def fmt_s(x: float) -> str:
-    """Seconds with a unit from s down to ps, three significant digits."""
+    """Seconds with a unit from s down to ps, three significant digits (``1.00 ms``, ``123 us``);
+    infinite: ``-`` (a side that cannot run an op)."""
+    if not math.isfinite(x):
+        return "-"
+    x = float(f"{x:.3g}")  # rounded first, so 0.9997 ms reads 1.00 ms, not 1e+03 us
     for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9), ("ps", 1e-12)):
         if abs(x) >= f:
-            return f"{x / f:.3g} {unit}"
-    return f"{x:.3g} s"
+            return f"{x / f:#.3g}".rstrip(".") + f" {unit}"
+    return f"{x:#.3g} s"
 
 
 def fmt_b(x: float) -> str:
@@ -87,9 +93,27 @@ def print_energy_scope(static_w: float) -> None:
               "preset states no static_power), so it is a lower bound, not comparable with a board's measured power")
 
 
+#: the mark of a footprint over the device's memory (a step run with --ignore-memory)
+EXCEEDS = " - EXCEEDS the device's memory (simulated because of --ignore-memory)"
+
+
+def op_table(df: Any, extra: tuple[str, ...] = ()) -> str:
+    """The per-op table every path prints: block, name, kind, repeat, the ``extra`` columns, latency,
+    x repeat, bound, utilization, FLOP/B and share of the step's time; times through :func:`fmt_s`."""
+    view = df[["block", "name", "kind", "repeat", *extra, "latency_s", "total_latency_s", "bound", "utilization",
+               "intensity"]].copy()
+    share = df["total_latency_s"] / df["total_latency_s"].sum()
+    view["share"] = (share * 100).map(lambda v: f"{v:5.1f}%")
+    for c in ("latency_s", "total_latency_s", *(c for c in extra if c.endswith("_s"))):
+        view[c] = view[c].map(fmt_s)
+    view["utilization"] = view["utilization"].map(lambda v: f"{v:.2f}")
+    view["intensity"] = view["intensity"].map(lambda v: f"{v:.1f}")
+    names = {"latency_s": "latency", "total_latency_s": "x repeat", "intensity": "FLOP/B"}
+    return view.rename(columns={**names, **{c: c[:-2] for c in extra if c.endswith("_s")}}).to_string(index=False)
+
+
 def print_result(res: Any, model: Any, phase: Any) -> None:
     """The op table and summary lines of one simulated step."""
-    df = res.ops
     print(f"xpusim {__version__}: {model.name} {phase.name} {vars(phase)} on {res.inputs['arch']}")
     f = res.inputs.get("formats")
     if f:
@@ -97,26 +121,18 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
         names = {"weights": "weights", "activations": "activations", "kv": "KV"}
         note = f" ({', '.join(names[k] for k in src['fields'])} from {src['device']}'s engine formats)" if src else ""
         print(f"formats: weights {f['weights']}, activations {f['activations']}, KV {f['kv']}{note}")
-    cols = ["block", "name", "kind", "repeat", "latency_s", "total_latency_s", "bound", "utilization", "intensity"]
-    view = df[cols].copy()
-    share = df["total_latency_s"] / df["total_latency_s"].sum()
-    view["share"] = (share * 100).map(lambda v: f"{v:5.1f}%")
-    view["latency_s"] = view["latency_s"].map(fmt_s)
-    view["total_latency_s"] = view["total_latency_s"].map(fmt_s)
-    view["utilization"] = view["utilization"].map(lambda v: f"{v:.2f}")
-    view["intensity"] = view["intensity"].map(lambda v: f"{v:.1f}")
-    view = view.rename(columns={"latency_s": "latency", "total_latency_s": "x repeat", "intensity": "FLOP/B"})
-    print(view.to_string(index=False))
+    print(op_table(res.ops))
     s = res.summary()
-    print(f"latency {fmt_s(s['latency_s'])}   throughput {s['tokens_per_s']:.1f} tokens/s   "
+    print(f"latency {fmt_s(s['latency_s'])}   throughput {s['tokens_per_s']:.1f} {throughput_unit(phase.name)}   "
           f"energy {s['energy_j']:.3g} J   achieved {s['achieved_flops_per_s'] / 1e12:.3g} TFLOP/s")
     state = f", SSM state {fmt_b(s['ssm_state_bytes'])}" if s["ssm_state_bytes"] else ""
     plan = res.inputs.get("wafer_plan")
     streaming = (plan or {}).get("mode") == "streaming"
     streamed = " - the weights stream in from external memory, not held on the wafer" if streaming else ""
+    over = EXCEEDS if s["memory_bytes"] > s["capacity_bytes"] and not streaming else ""
     print(f"memory {fmt_b(s['memory_bytes'])} of {fmt_b(s['capacity_bytes'])} "
           f"(weights {fmt_b(s['weights_bytes'])}, KV cache {fmt_b(s['kv_cache_bytes'])}{state}, "
-          f"activations {fmt_b(s['activation_bytes'])}){streamed}")
+          f"activations {fmt_b(s['activation_bytes'])}){streamed}{over}")
     if "wafer_plan" in res.inputs and plan is None:
         print("wafer: not placed - no layout of the model on the wafers fits (memory ignored); every op ran on the "
               "whole mesh, so the time is a bound, not a placed step")
@@ -155,3 +171,30 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
     if "format_error" in res.inputs:
         f = res.inputs.get("formats") or {"weights": model.weight_dtype, "activations": model.act_dtype, "kv": model.kv_dtype}
         print(_format_error_line(res.inputs["format_error"], f["weights"], f["activations"], f["kv"]))
+
+
+def print_comparison(results: list) -> None:
+    """One line comparing the devices' steps, saying where their energies or formats differ."""
+    line = "comparison: " + "   ".join(f"{r.inputs['arch']} {fmt_s(r.latency_s)} {r.energy_j:.3g} J" for r in results)
+    caveats = []
+    for what, label in (("energy bases", energy_basis), ("formats", formats_label)):
+        seen = [label(r.inputs) for r in results]
+        if len(set(seen)) > 1:
+            caveats.append(f"{what} differ: " + ", ".join(f"{r.inputs['arch']} {x}" for r, x in zip(results, seen,
+                                                                                               strict=True)))
+    print(line + (f"   (not like for like: {'; '.join(caveats)})" if caveats else ""))
+
+
+def print_hetero(res: Any, model: Any, run: Any, format_error: bool) -> None:
+    """The per-op table (each group's time on the host and on the PIM, the side chosen) and summary
+    lines of a host + PIM step."""
+    print(op_table(res.ops, ("device", "host_s", "pim_s")))
+    print_formats(run, format_error)
+    i = res.inputs
+    print(f"{model.name} {i['phase']} on {i['arch']} ({i['placement']} placement, {i['mode']}): latency "
+          f"{fmt_s(res.latency_s)}, PIM share of the work {i['pim_share'] * 100:.1f} %")
+    over = EXCEEDS if res.memory_bytes > res.capacity_bytes else ""
+    print(f"throughput {res.tokens_per_s:.1f} {throughput_unit(i['phase'])}   energy {res.energy_j:.3g} J   memory "
+          f"{fmt_b(res.memory_bytes)} of {fmt_b(res.capacity_bytes)} ({i.get('pim_memory', 'shared')} "
+          f"PIM memory; weights {fmt_b(res.weights_bytes)}, KV cache {fmt_b(res.kv_cache_bytes)}){over}")
+    print_energy_scope(i['static_power_w'])

@@ -11,6 +11,8 @@ from ..errors import SpecError
 from ..workloads.model import ModelSpec
 from ..workloads.phases import make_phase
 from .parallel import Plan
+from .result import throughput_unit
+from .result_text import EXCEEDS, fmt_s, print_energy_scope, print_formats
 
 
 def _plan(a: argparse.Namespace, system, model: ModelSpec, phase, gen: int = 0) -> tuple[Plan, Any]:
@@ -60,14 +62,12 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
             return 0
         print(f"{model.name} on {system.name} ({plan.describe()}): prefill {a.batch} x {a.seq} tokens, then {a.gen} tokens "
               f"per sequence")
-        from .result_text import print_formats
-
         print_formats(model, a.format_error)
-        print(f"TTFT {out['ttft_s'] * 1e3:.1f} ms   TPOT {out['tpot_s'] * 1e3:.2f} ms   total {out['latency_s']:.3f} s   "
-              f"{out['tokens_per_s']:.1f} tokens/s")
+        print(f"TTFT {fmt_s(out['ttft_s'])}   TPOT {fmt_s(out['tpot_s'])}   total {fmt_s(out['latency_s'])}   "
+              f"{out['tokens_per_s']:.1f} generated tokens/s")
         gib = 2.0**30
         print(f"busiest device memory at its peak {out['memory_bytes'] / gib:.1f} of {out['capacity_bytes'] / gib:.0f} GiB"
-              + ("" if out["fits_memory"] else " - EXCEEDS the device's memory (simulated because of --ignore-memory)"))
+              + ("" if out["fits_memory"] else EXCEEDS))
         return 0
     phase = make_phase(a.phase, a.batch, a.seq, a.context)  # prefill or decode (the CLI checked the phase and flags)
     plan, table = _plan(a, system, model, phase)
@@ -89,19 +89,14 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
     stages = ", ".join(f"{t * 1e3:.3g}" for t in res.inputs["stage_s"])
     print(f"{model.name} {phase.name} {vars(phase)} on {system.name}: plan {plan.describe()} ({plan.devices} of "
           f"{system.n_devices} x {system.device.name}), {res.inputs['microbatches']} micro-batch(es)")
-    from .result_text import print_formats
-
     print_formats(model, getattr(a, "format_error", False))
     sends = ", ".join(f"{t * 1e6:.3g}" for t in res.inputs["send_s"]) or "none"
     print(f"stage times per micro-batch (ms): {stages}; sends between stages (us): {sends}")
     comm = res.ops[res.ops["kind"] == "collective"]
     share = float(comm["total_latency_s"].sum()) / float(res.ops["total_latency_s"].sum()) if len(res.ops) else 0.0
-    print(f"latency {res.latency_s * 1e3:.3f} ms   throughput {res.tokens_per_s:.1f} tokens/s   energy "
+    print(f"latency {fmt_s(res.latency_s)}   throughput {res.tokens_per_s:.1f} {throughput_unit(phase.name)}   energy "
           f"{res.energy_j:.3g} J (every device)   collectives "
           f"{share * 100:.1f} % of a rank's time   busiest device memory {res.memory_bytes / 2**30:.1f} of "
-          f"{res.capacity_bytes / 2**30:.0f} GiB" + ("" if res.memory_bytes <= res.capacity_bytes else
-                                                     " - EXCEEDS it (simulated because of --ignore-memory)"))
-    from .result_text import print_energy_scope
-
+          f"{res.capacity_bytes / 2**30:.0f} GiB" + ("" if res.memory_bytes <= res.capacity_bytes else EXCEEDS))
     print_energy_scope(system.device.static_power_w)
     return 0

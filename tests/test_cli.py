@@ -130,9 +130,10 @@ def test_the_lm_heads_format_is_named_and_can_be_chosen(capsys):
 
     argv = ["simulate", "--arch", "edge-npu", "--model", "bitnet-b1.58-2b4t", "--phase", "decode", "--context", "64",
             "--weight-dtype", "int8", "--act-dtype", "int8", "--kv-dtype", "int8"]
-    assert main(argv) == 2
+    assert main([*argv, "--embed-dtype", "bf16"]) == 2  # the int8 engine computes no bf16 LM head
     err = capsys.readouterr().err
-    assert "lm_head" in err and "--embed-dtype" in err
+    assert "lm_head bf16" in err and "--embed-dtype int8" in err
+    assert main(argv) == 0  # the engine's weight format sets the LM head's
     assert main([*argv, "--embed-dtype", "int8"]) == 0
     assert main([*argv, "--embed-dtype", "int7"]) == 2
 

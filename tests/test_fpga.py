@@ -81,7 +81,7 @@ def test_cores_must_fit_their_slr():
 
 def test_fp8_weights_are_refused_on_int8_chains():
     m = load_model("llama-2-7b").with_formats("fp8-e4m3", "int8", "int8")
-    with pytest.raises(XpusimError, match="int8/int4 weights"):
+    with pytest.raises(XpusimError, match=r"computes int8 only \(int4 widened\), not this model's weights fp8-e4m3"):
         simulate("alveo-u280", m, Decode(1, 128))
 
 

@@ -1,0 +1,175 @@
+"""What the command line tells a user: memory-fit remedies that hold when followed, one format error
+naming every flag, comparisons that say when they are not like for like, one time formatter,
+over-capacity marks and throughput units per phase."""
+
+import math
+import re
+
+import pytest
+import xpusim
+from xpusim.arch.loader import load_arch
+from xpusim.cli import main
+from xpusim.errors import CapacityError, DtypeError
+from xpusim.sim.engine import simulate, with_engine_formats
+from xpusim.sim.events import simulate_system
+from xpusim.sim.fit_advice import device_bytes
+from xpusim.sim.parallel import Plan
+from xpusim.sim.result_text import fmt_s
+from xpusim.workloads.model import load_model
+from xpusim.workloads.phases import Decode
+
+GIB = 2.0**30
+
+
+def run(capsys, *args):
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+# ------------------------------------------------------------------ memory-fit remedies
+
+
+def test_the_device_count_is_the_fewest_split_that_holds_the_per_rank_footprint(capsys):
+    rc, _, err = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "deepseek-v3", "--phase", "decode", "--batch", "8",
+                     "--context", "4096")
+    assert rc == 2 and err.count("\n") == 1
+    assert "at least 9 such devices (--pp 9 on a --system" in err
+    # what every rank replicates (the MLA latent cache, 2.1 GiB at batch 8) keeps 8 devices from holding it, however split
+    m, cap = load_model("deepseek-v3"), 80 * GIB
+    eight = [Plan(tp=tp, pp=8 // tp) for tp in (1, 2, 4, 8)]
+    assert all(device_bytes(m, p, 8, 4096) > cap for p in eight)
+    assert device_bytes(m, Plan(pp=9), 8, 4096) <= cap
+
+
+def test_a_system_whose_devices_are_all_used_is_not_told_to_grow_tp(capsys):
+    rc, _, err = run(capsys, "simulate", "--system", "dgx-h100", "--model", "deepseek-v3", "--tp", "8", "--phase", "decode",
+                     "--batch", "8", "--context", "4096")
+    assert rc == 2 and err.count("\n") == 1
+    assert "larger --tp" not in err and "no split of dgx-h100's 8 devices holds it" in err
+    assert "--kv-dtype fp8" not in err  # a replicated 2.1 GiB cache: fp8 alone does not make it fit
+    batch = int(re.search(r"a batch of (\d+) or less", err).group(1))
+    context = int(re.search(r"--context (\d+) or less", err).group(1))
+    simulate_system("dgx-h100", "deepseek-v3", Decode(batch, 4096), Plan(tp=8))  # the advice, followed, fits
+    simulate_system("dgx-h100", "deepseek-v3", Decode(8, context), Plan(tp=8))
+    with pytest.raises(CapacityError):
+        simulate_system("dgx-h100", "deepseek-v3", Decode(batch + 1, 4096), Plan(tp=8))
+    with pytest.raises(CapacityError):
+        simulate_system("dgx-h100", "deepseek-v3", Decode(8, context + 1), Plan(tp=8))
+
+
+def test_a_split_the_system_can_take_is_offered_and_fits():
+    with pytest.raises(CapacityError) as e:
+        simulate_system("dgx-h100", "llama-3-70b", Decode(8, 4096), Plan(tp=1))
+    flags = re.search(r"try (--tp \d+(?: --pp \d+)?) \((\d+) of its 8 devices\)", str(e.value))
+    assert flags, str(e.value)
+    tp, pp = (int(re.search(rf"--{k} (\d+)", flags.group(1)).group(1)) if f"--{k}" in flags.group(1) else 1
+              for k in ("tp", "pp"))
+    assert tp * pp == int(flags.group(2))
+    simulate_system("dgx-h100", "llama-3-70b", Decode(8, 4096), Plan(tp=tp, pp=pp))
+
+
+def test_format_changes_are_offered_only_when_they_fit():
+    with pytest.raises(CapacityError) as e:  # a KV cache of 80 GiB beside 15 GiB of weights
+        simulate("h100-sxm", "llama-3-8b", Decode(20, 32768))
+    msg = str(e.value)
+    assert "--kv-dtype fp8" in msg and "--weight-dtype" not in msg  # narrower weights alone leave it over 80 GiB
+    simulate("h100-sxm", load_model("llama-3-8b").with_formats(kv="fp8"), Decode(20, 32768))
+    batch = int(re.search(r"a batch of (\d+) or less", msg).group(1))
+    simulate("h100-sxm", "llama-3-8b", Decode(batch, 32768))
+    with pytest.raises(CapacityError):
+        simulate("h100-sxm", "llama-3-8b", Decode(batch + 1, 32768))
+
+
+# ------------------------------------------------------------------ unsupported formats
+
+
+def test_one_error_names_every_format_an_int8_engine_lacks_with_its_flags():
+    with pytest.raises(DtypeError) as e:
+        xpusim.simulate("edge-npu", "llama-3-8b", Decode(1, 512))
+    msg = str(e.value)
+    assert "edge-npu's matrix unit computes int8 only (int4 widened)" in msg and "\n" not in msg
+    assert "add --weight-dtype int8 --act-dtype int8 --kv-dtype int8" in msg and "--embed-dtype" not in msg
+    assert "xpusim.sim.engine.with_engine_formats" in msg
+    with pytest.raises(DtypeError) as e:
+        xpusim.simulate("alveo-u280", "llama-2-7b", Decode(1, 512))
+    assert "add --weight-dtype int8 --act-dtype int8 --kv-dtype int8" in str(e.value) and "with_engine_formats" in str(e.value)
+    arch = load_arch("edge-npu")  # followed: the model runs (bitnet fits the 4 GiB), or fails on memory alone
+    assert simulate(arch, with_engine_formats(load_model("bitnet-b1.58-2b4t"), arch), Decode(1, 64)).latency_s > 0
+    with pytest.raises(CapacityError):
+        simulate(arch, with_engine_formats(load_model("llama-3-8b"), arch), Decode(1, 512))
+
+
+def test_the_edge_npu_runs_its_engine_formats_and_names_only_what_the_user_changed(capsys):
+    argv = ["simulate", "--arch", "edge-npu", "--model", "llama-3-8b", "--phase", "decode", "--context", "512"]
+    rc, _, err = run(capsys, *argv)
+    assert rc == 2 and "needs 7.5 GiB" in err  # int8 by default: straight to the memory fit
+    rc, _, err = run(capsys, *argv, "--act-dtype", "bf16")
+    assert rc == 2 and err.count("\n") == 1
+    assert "not this model's activations bf16: add --act-dtype int8" in err and "--weight-dtype" not in err
+
+
+# ------------------------------------------------------------------ comparisons and reports
+
+
+def test_a_comparison_says_when_energy_bases_and_formats_differ(tmp_path, capsys):
+    report = tmp_path / "r.html"
+    rc, out, _ = run(capsys, "simulate", "--arch", "alveo-u280", "h100-sxm", "--model", "llama-2-7b", "--phase", "prefill",
+                     "--seq", "128", "--report", str(report))
+    line = next(x for x in out.splitlines() if x.startswith("comparison:"))
+    assert rc == 0 and "energy bases differ: alveo-u280 dynamic + static, h100-sxm dynamic only" in line
+    assert "formats differ: alveo-u280 int8/int8/int8, h100-sxm fp16/fp16/fp16" in line
+    html = report.read_text()
+    assert "energy basis" in html and "dynamic + static" in html and "dynamic only" in html
+    assert "formats (w/a/kv)" in html and "not like for like" in html and "prompt tokens/s" in html
+    rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "a100-80gb", "--model", "llama-3-8b", "--phase", "decode",
+                     "--context", "64")
+    assert rc == 0 and "not like for like" not in out and re.search(r"comparison: h100-sxm \S+ ms \S+ J", out)
+
+
+# ------------------------------------------------------------------ formatting, marks and units
+
+
+def test_times_print_with_three_significant_digits_and_one_unit():
+    assert fmt_s(1.0004e-3) == "1.00 ms" and fmt_s(0.99997e-3) == "1.00 ms"
+    assert fmt_s(123.4e-6) == "123 us" and fmt_s(3.65e-3) == "3.65 ms" and fmt_s(math.inf) == "-"
+
+
+def test_the_host_and_pim_table_has_the_columns_of_every_other_path(capsys):
+    rc, out, _ = run(capsys, "simulate", "--arch", "a100-80gb", "--pim", "hbm2-pim", "--pim-stacks", "5", "--placement",
+                     "attention", "--model", "llama-2-7b", "--phase", "decode", "--context", "2048")
+    header = out.splitlines()[0].split()
+    assert rc == 0 and header == ["block", "name", "kind", "repeat", "device", "host", "pim", "latency", "x", "repeat",
+                                  "bound", "utilization", "FLOP/B", "share"]
+    assert "e+" not in out and "_s " not in out
+    assert re.search(r"latency \d\S* (ms|us|s), PIM share", out) and "generated tokens/s" in out
+
+
+def test_an_ignored_memory_overflow_is_marked_on_one_device_and_in_the_report(tmp_path, capsys):
+    report = tmp_path / "r.html"
+    rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "llama-3-70b", "--phase", "decode", "--context",
+                     "64", "--ignore-memory", "--report", str(report))
+    memory = next(x for x in out.splitlines() if x.startswith("memory "))
+    assert rc == 0 and "EXCEEDS the device's memory (simulated because of --ignore-memory)" in memory
+    assert "EXCEEDS (--ignore-memory)" in report.read_text()
+
+
+@pytest.mark.parametrize("args, unit", [
+    (["--arch", "h100-sxm", "--phase", "prefill", "--seq", "128"], "prompt tokens/s"),
+    (["--arch", "h100-sxm", "--phase", "decode", "--context", "128"], "generated tokens/s"),
+    (["--arch", "h100-sxm", "--phase", "verify", "--context", "128", "--draft-tokens", "4"], "verified sequences/s"),
+    (["--system", "dgx-h100", "--tp", "2", "--phase", "prefill", "--seq", "128"], "prompt tokens/s"),
+])
+def test_throughput_is_labelled_by_what_the_phase_counts(capsys, args, unit):
+    rc, out, _ = run(capsys, "simulate", "--model", "llama-3-8b", *args)
+    assert rc == 0 and re.search(rf"throughput [\d.]+ {unit}", out)
+
+
+def test_a_pim_placement_names_only_the_formats_its_placed_ops_need():
+    from xpusim.sim.hetero import pim_stacks, simulate_hetero
+
+    with pytest.raises(DtypeError) as e:  # attention on fp16-only PIM: the KV cache and activations, not the weights
+        simulate_hetero("a100-80gb", pim_stacks("hbm2-pim", 5), "llama-3-8b", Decode(1, 256), "attention")
+    assert str(e.value).endswith("not this model's activations bf16, KV cache bf16: add --act-dtype fp16 --kv-dtype fp16")
+    fp16 = load_model("llama-3-8b").with_formats(activations="fp16", kv="fp16")
+    assert simulate_hetero("a100-80gb", pim_stacks("hbm2-pim", 5), fp16, Decode(1, 256), "attention").latency_s > 0
