@@ -168,6 +168,9 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
         print(f"wafer placement: {plan['mode']}, {plan['stages']} stage(s) on {plan['side']} x {plan['side']}-core regions "
               f"({plan['regions_per_wafer']} per wafer, {plan['wafers']} wafer(s)); fullest core holds "
               f"{plan['peak_core_bytes']:,.0f} of {plan['core_sram_bytes']:,} B")
+        if plan["mode"] == "overflow":
+            print("  the model fits no layout (memory ignored): this is the layout that overflows a core least, its ops "
+                  "given the buffers the placement reserves")
     if "format_error" in res.inputs:
         f = res.inputs.get("formats") or {"weights": model.weight_dtype, "activations": model.act_dtype, "kv": model.kv_dtype}
         print(_format_error_line(res.inputs["format_error"], f["weights"], f["activations"], f["kv"]))
