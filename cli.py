@@ -322,6 +322,9 @@ def _cmd_op(a: argparse.Namespace) -> int:
     from .sim.result import roof
 
     out["roof"] = roof(arch, get_dtype(a.dtype).compute)  # the report draws it without reloading the device
+    from .sim.engine import launch_overhead
+
+    out["launch_s"] = launch_overhead("matmul", arch, True)  # in the latency: the op is timed alone, from the host
     if a.save:
         from .reports.build import save
 
@@ -339,6 +342,11 @@ def _cmd_op(a: argparse.Namespace) -> int:
           f"stall {cost.stall_cycles:.0f})")
     print(f"  utilization {cost.utilization:.3f}  bound {cost.bound}  energy {cost.energy_j:.3g} J  "
           f"{op.flops / cost.latency_s / 1e12:.1f} TFLOP/s")
+    if out["launch_s"] > 0:
+        host = " (a GPU's fitted host-side launch and sync, as its measured kernels were timed)" \
+            if arch.device_class == "gpu" else ""
+        print(f"  of which launch {fmt_s(out['launch_s'])}{host}: the GEMM timed alone; in a model step "
+              "(`simulate`) kernels pay the device's in-stream launch gap instead")
     for name, b in cost.bytes_by_level.items():
         print(f"  {name:>6}: {fmt_b(b)} moved")
     if cost.mapping and "levels" in cost.mapping:
@@ -545,7 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kv-dtype", help="override the KV-cache format")
     s.add_argument("--embed-dtype", help="override the embeddings' and LM head's format (default: the weights' dense format)")
     s.add_argument("--objective", default="latency", choices=["latency", "energy", "edp", "throughput"],
-                   help="mapper objective; throughput ranks --plan auto by tokens/s")
+                   help="mapper objective (the loop-nest mappers of generic and systolic devices and the wafer mapper "
+                        "use it; GPU kernels are picked for speed and FPGA, PIM and RDU engines run one schedule); "
+                        "throughput ranks --plan auto by tokens/s")
     s.add_argument("--shared-prefix", type=_positive_int, help="decode: context tokens every sequence shares (Hydragen)")
     s.add_argument("--format-error", action="store_true",
                    help="also emulate the number formats and report the relative error of a reduced layer vs float64")
@@ -566,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trace", metavar="FILE", help="write the timeline as Chrome/Perfetto trace JSON")
     s.set_defaults(func=_cmd_simulate)
 
-    o = sub.add_parser("op", help="cost one operator on a device")
+    o = sub.add_parser("op", help="cost one operator on a device, timed alone (a GPU adds its fitted host-side launch)")
     o.add_argument("kind", choices=["gemm"], help="the operator (gemm: C[m,n] = A[m,k] B[k,n])")
     o.add_argument("--m", type=_positive_int, required=True, help="rows of A and C")
     o.add_argument("--n", type=_positive_int, required=True, help="columns of B and C")
@@ -578,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--cols", type=_positive_int, help="systolic array columns (overrides the preset)")
     o.add_argument("--dataflow", choices=["ws", "os", "is"], help="systolic dataflow (overrides the preset)")
     o.add_argument("--objective", default="latency", choices=["latency", "energy", "edp"],
-                   help="what the mapper minimises (default latency)")
+                   help="what the mapper minimises (default latency; generic, systolic and wafer devices)")
     o.add_argument("--mapper", default="default", choices=["default", "exhaustive", "sampled"],
                    help="mapping search for generic/systolic devices (exhaustive: exact, small spaces)")
     o.add_argument("--json", action="store_true", help="print the cost as JSON (a report can be made from it)")

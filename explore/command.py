@@ -8,12 +8,12 @@ import time
 import warnings
 
 from ..errors import SpecError
-from .space import METRICS, load_space
+from .space import METRICS, list_spaces, load_space
 from .study import check_export, check_seed, export, finished, pareto_frame, run_study, trials_frame
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--space", required=True, help="space YAML, or an example name (npu, gpu-chip, llm-serving)")
+    p.add_argument("--space", required=True, help=f"space YAML, or an example name ({', '.join(list_spaces())})")
     p.add_argument("--trials", type=int, required=True, help="finished trials the study should have (resumes add the rest)")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study storage")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///xpusim-<study>.db; postgresql://...; "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..dtypes import get_dtype
 from .result import energy_basis, formats_label, throughput_unit
 
 
@@ -121,6 +122,14 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
         names = {"weights": "weights", "activations": "activations", "kv": "KV"}
         note = f" ({', '.join(names[k] for k in src['fields'])} from {src['device']}'s engine formats)" if src else ""
         print(f"formats: weights {f['weights']}, activations {f['activations']}, KV {f['kv']}{note}")
+        ran = (res.inputs.get("roof") or {}).get("compute")
+        widest = max((f["weights"], f["activations"]), key=lambda x: get_dtype(x).bits)
+        wanted = get_dtype(widest).compute if ran else None
+        if ran and wanted and ran != wanted:
+            print(f"  note: {res.inputs['arch']}'s matrix unit has no {wanted} rate; the contractions compute in {ran}")
+    context = getattr(phase, "kv_len", 0) or getattr(phase, "seq", 0)
+    if context > model.max_seq_len:
+        print(f"  note: {context:,} tokens exceed {model.name}'s trained context of {model.max_seq_len:,}")
     print(op_table(res.ops))
     s = res.summary()
     print(f"latency {fmt_s(s['latency_s'])}   throughput {s['tokens_per_s']:.1f} {throughput_unit(phase.name)}   "

@@ -173,3 +173,34 @@ def test_a_pim_placement_names_only_the_formats_its_placed_ops_need():
     assert str(e.value).endswith("not this model's activations bf16, KV cache bf16: add --act-dtype fp16 --kv-dtype fp16")
     fp16 = load_model("llama-3-8b").with_formats(activations="fp16", kv="fp16")
     assert simulate_hetero("a100-80gb", pim_stacks("hbm2-pim", 5), fp16, Decode(1, 256), "attention").latency_s > 0
+
+
+# ------------------------------------------------------------------ notes on what ran
+
+
+def test_a_gemm_timed_alone_names_its_launch_overhead(capsys):
+    rc, out, _ = run(capsys, "op", "gemm", "--m", "1024", "--n", "1024", "--k", "1024", "--arch", "h100-sxm")
+    launch = load_arch("h100-sxm")
+    from xpusim.sim.engine import launch_overhead
+
+    assert rc == 0 and f"of which launch {fmt_s(launch_overhead('matmul', launch, True))}" in out
+    rc, out, _ = run(capsys, "op", "gemm", "--m", "64", "--n", "64", "--k", "64", "--arch", "h100-sxm", "--json")
+    import json
+
+    assert json.loads(out)["launch_s"] == pytest.approx(launch_overhead("matmul", launch, True))
+
+
+def test_a_step_says_when_its_contractions_run_in_a_wider_class(capsys):
+    rc, out, _ = run(capsys, "simulate", "--arch", "v100s", "--model", "llama-3-8b", "--phase", "decode", "--context", "512")
+    assert rc == 0 and "has no bf16 rate; the contractions compute in fp32" in out
+    rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode", "--context", "512")
+    assert rc == 0 and "contractions compute in" not in out
+
+
+def test_a_context_beyond_the_trained_length_is_noted(capsys):
+    rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode",
+                     "--context", "100000")
+    assert rc == 0 and "100,000 tokens exceed llama-3-8b's trained context of 8,192" in out
+    rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode",
+                     "--context", "8000")
+    assert "trained context" not in out
