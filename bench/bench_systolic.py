@@ -142,7 +142,11 @@ def main() -> None:
     rows = list(csv.DictReader(TABLE.open()))
     print(f"{'GEMM (M,N,K)':<20}{'array':>9}{'df':>4}{'SCALE-Sim cyc':>15}{'xpusim cyc':>12}"
           f"{'equal':>7}{'SCALE-Sim s':>13}{'xpusim s':>10}{'speed-up':>11}{'>=1000x':>8}{'formula s':>11}")
-    live, recorded, formula_ratios, equal, missed = [], [], [], 0, []
+    live: list[float] = []
+    recorded: list[float] = []
+    formula_ratios: list[float] = []
+    missed: list[str] = []
+    equal = 0
     for row in rows:
         m, n, k, r, c, df = (int(row["M"]), int(row["N"]), int(row["K"]), int(row["rows"]), int(row["cols"]),
                              row["dataflow"])

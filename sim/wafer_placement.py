@@ -275,7 +275,7 @@ def no_fit_error(arch: Arch, model_name: str, units: list[Unit], trace: Trace, w
 
 
 def overflow_cands(units: list[Unit], arch: Arch, trace: Trace, model: Any, sides: list[int], wafers: int,
-                   objective: str, kv: float, act: float) -> list[tuple[WaferPlan, Any]]:
+                   objective: str, kv: float, act: float) -> list[tuple[WaferPlan | None, Any]]:
     """Layouts for a model that overflows the wafers (``--ignore-memory``): its units balanced over
     every region of the region side that overflows a core least, as if the SRAM held them, the ops with
     the working buffers the placement reserves, the hand-offs charged (mode ``overflow``), so a step
@@ -294,7 +294,7 @@ def overflow_cands(units: list[Unit], arch: Arch, trace: Trace, model: Any, side
                                                       for st in stages),
                                units_per_stage=tuple(len(st) for st in stages)))
     least = min(p.peak_core_bytes for p in plans)
-    out = []
+    out: list[tuple[WaferPlan | None, Any]] = []
     for plan in (p for p in plans if p.peak_core_bytes <= least * 1.01):
         s, buf = plan.side, plan.buffer_bytes
         try:
@@ -374,8 +374,8 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
                 cands = overflow_cands(units, arch, trace, model, sides, wafers, objective, kv, act)
             if not cands:  # not even the ops' minimum buffers fit a region: the whole mesh, unplaced
                 cands = [(None, simulate_trace(trace, arch, objective, model, kv_bytes=kv))]
-        for plan, res in cands:
-            res.inputs["wafer_plan"] = plan.to_dict() if plan is not None else None
+        for chosen, res in cands:
+            res.inputs["wafer_plan"] = chosen.to_dict() if chosen is not None else None
             if best is None or _objective_value(res, objective) < _objective_value(best, objective):
                 best = res
     assert best is not None
