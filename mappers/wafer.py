@@ -277,23 +277,45 @@ def evaluate(op: Op, arch: Arch, region: tuple[int, int] | None = None, p: int |
     par = parallelism(g, w, h, p)
     mem = fit_need(g, par, spec)
     routes = routes_needed(par)
-    t = times(g, spec, arch.matrix.rate_per_cycle[g.compute], par)
+    rate = arch.matrix.rate_per_cycle[g.compute]
+    t = times(g, spec, rate, par)
+    traffic = sram_traffic(g, par)
+    chunks = 1
+    if mem["meshgemv"] > fit_room(spec) and g.m > 1:  # MeshGEMV over row chunks whose buffers fit
+        chunks = gemv_row_chunks(g, par, spec)
+        if chunks > 1:
+            gc = dataclasses.replace(g, m=-(-g.m // chunks))
+            one, mem["meshgemv"] = times(gc, spec, rate, par)["meshgemv"], fit_need(gc, par, spec)["meshgemv"]
+            t["meshgemv"] = {k: (v * chunks if k != "hops" else v) for k, v in one.items()}
+            traffic["meshgemv"] = tuple(chunks * v for v in sram_traffic(gc, par)["meshgemv"])  # type: ignore[assignment]
     sram_bpc = arch.backing.bandwidth_Bps / arch.clock_hz  # one core's SRAM, bytes per cycle
-    for a, (reads, writes) in sram_traffic(g, par).items():  # a wave cannot beat its SRAM traffic
+    for a, (reads, writes) in traffic.items():  # a wave cannot beat its SRAM traffic
         t[a]["sram"] = (reads + writes) / sram_bpc
         t[a]["total"] = max(t[a]["total"], t[a]["sram"])
     fits = {k: mem[k] <= fit_room(spec) for k in ALGORITHMS}
     routable = {k: spec.routes_per_core is None or routes[k] <= spec.routes_per_core for k in ALGORITHMS}
     return {"gemv": g, "spec": spec, "region": (w, h), "parallelism": par, "memory": mem,
-            "core_bytes": core_bytes(g, par), "routes": routes,
+            "core_bytes": core_bytes(g, par), "routes": routes, "sram_traffic": traffic, "gemv_chunks": chunks,
             "times": t, "fits": fits, "routable": routable}
+
+
+def gemv_row_chunks(g: Gemv, par: dict[str, int], spec: WaferSpec) -> int:
+    """Row chunks MeshGEMV needs for its per-core buffers (the activation rows and their partial
+    sums grow with ``m``) to fit the room left: the fewest whose chunk fits, 1 when none does."""
+    room = fit_room(spec)
+    one, two = (fit_need(dataclasses.replace(g, m=r), par, spec)["meshgemv"] for r in (1, 2))
+    per_row = two - one  # the need is linear in the rows
+    if one > room or per_row <= 0:
+        return 1
+    rows = int((room - (one - per_row)) // per_row)
+    return -(-g.m // max(rows, 1)) if rows < g.m else 1
 
 
 def _energy_j(ev: dict[str, Any], a: str, arch: Arch) -> float:
     """Joules of mapping ``ev`` under algorithm ``a``: MACs, every core's SRAM traffic
     (:func:`sram_traffic`) and static power over its cycles."""
     g, par, lv = ev["gemv"], ev["parallelism"], arch.backing
-    reads, writes = sram_traffic(g, par)[a]
+    reads, writes = ev["sram_traffic"][a]
     sram = g.groups * par["p"] ** 2 * (reads * lv.read_energy_pj_per_byte + writes * lv.write_energy_pj_per_byte)
     seconds = par["waves"] * ev["times"][a]["total"] / arch.clock_hz
     return (g.macs * arch.matrix.energy(g.compute) + sram) * 1e-12 + arch.static_power_w * seconds
@@ -354,7 +376,7 @@ def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[i
     latency = cycles / clock
     comp = waves * t[best]["compute"]
     lv = arch.backing
-    reads, writes = sram_traffic(g, par)[best]
+    reads, writes = ev["sram_traffic"][best]
     cores = g.groups * par["p"] ** 2  # every group runs once on its square
     sram_bytes = cores * (reads + writes)
     sram_j = cores * (reads * lv.read_energy_pj_per_byte + writes * lv.write_energy_pj_per_byte) * 1e-12
@@ -377,7 +399,9 @@ def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[i
         bound=max((("compute", t[best]["compute"]), ("fabric", t[best]["comm"]), (lv.name, t[best]["sram"])),
                   key=lambda kv: kv[1])[0],
         bytes_by_level={lv.name: sram_bytes}, energy_by_component=energy,
-        mapping={"algorithm": best, "p": par["p"], "region": list(ev["region"]), "waves": waves}, detail=detail,
+        mapping={"algorithm": best, "p": par["p"], "region": list(ev["region"]), "waves": waves,
+                 **({"row_chunks": ev["gemv_chunks"]} if best == "meshgemv" and ev["gemv_chunks"] > 1 else {})},
+        detail=detail,
     )
 
 

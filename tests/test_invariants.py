@@ -87,7 +87,7 @@ def test_an_overflowing_wafer_step_is_costed_on_the_tightest_layout():
     m = load_model("mixtral-8x7b")
     runs = [simulate("wse-2", m, Decode(32, c), check_memory=False, wafer_options={"wafers": 4}) for c in (3000, 4096, 8192)]
     assert [r.inputs["wafer_plan"]["mode"] for r in runs] == ["resident", "overflow", "overflow"]
-    assert runs[0].latency_s <= runs[1].latency_s <= runs[2].latency_s
+    assert runs[0].latency_s <= runs[1].latency_s * 1.001 and runs[1].latency_s <= runs[2].latency_s * 1.001
 
 
 def test_a_dataflow_prefill_never_reports_more_than_full_utilization():

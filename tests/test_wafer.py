@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 
@@ -240,8 +241,31 @@ def test_memory_term_capacity_error_exactly_at_the_boundary():
     assert "\n" not in str(e.value) and "larger region" in str(e.value)
     smallest = min(need.values())
     wafer_matmul_cost(op, variant(mesh=(4, 4), core_sram=int(smallest)))  # the best that fits is chosen
+    # below every whole-op footprint MeshGEMV still runs over row chunks, down to one row per chunk
+    one_row = core_bytes(dataclasses.replace(evaluate(op, variant(mesh=(4, 4)))["gemv"], m=1),
+                         evaluate(op, variant(mesh=(4, 4)))["parallelism"])["meshgemv"]
+    chunked = wafer_matmul_cost(op, variant(mesh=(4, 4), core_sram=int(smallest) - 1))
+    assert chunked.detail["algorithm"] == "meshgemv" and chunked.mapping["row_chunks"] > 1
+    assert chunked.cycles > wafer_matmul_cost(op, variant(mesh=(4, 4), core_sram=int(smallest))).cycles
     with pytest.raises(CapacityError):
-        wafer_matmul_cost(op, variant(mesh=(4, 4), core_sram=int(smallest) - 1))
+        wafer_matmul_cost(op, variant(mesh=(4, 4), core_sram=int(math.ceil(one_row)) - 1))
+
+
+def test_meshgemv_over_row_chunks_costs_each_chunk_and_fits_its_buffers():
+    """A skinny GEMM whose MeshGEMV buffers (rows of activations and partial sums) overflow the room runs
+    in row chunks: each chunk fits, the time is the chunks' sum, and the weights are read once per chunk."""
+    op = gemm_op(64, 64, 64)
+    a = variant(mesh=(4, 4))
+    whole = evaluate(op, a)
+    g, par = whole["gemv"], whole["parallelism"]
+    room = int(core_bytes(g, par)["meshgemv"]) // 2
+    small = variant(mesh=(4, 4), core_sram=room)
+    ev = evaluate(op, small)
+    c = ev["gemv_chunks"]
+    assert c > 1 and ev["fits"]["meshgemv"]
+    part = evaluate(gemm_op(-(-64 // c), 64, 64), small)
+    assert ev["times"]["meshgemv"]["total"] == pytest.approx(c * part["times"]["meshgemv"]["total"])
+    assert ev["memory"]["meshgemv"] <= room
 
 
 def test_routing_term_limits_algorithms():
