@@ -18,10 +18,11 @@ pipeline stages bounded by shared memory, and costs every configuration at once 
 * **memory-level parallelism** (Little's law): the resident CTAs keep ``stages - 1`` pipeline
   stages of loads in flight, so the bandwidth they can draw is bytes in flight over the latency
   of the level (the preset's measured pointer-chase latency), at most the level's bandwidth;
-* time = max(tensor-core time, L2 time, HBM time) + pipeline fill (the first stage of each CTA of
-  the first wave) + epilogue (the last wave's tiles), both at each CTA's share of the HBM bandwidth,
-  + launch overhead, with the efficiency ceilings and launch overheads of
-  :class:`~xpusim.arch.gpu.GpuRules`.
+* time = max(tensor-core time + pipeline fill (the first stage of each CTA of the first wave) +
+  epilogue (the last wave's tiles), L2 time + latency, HBM time + latency) + launch overhead, the
+  fill and epilogue at each CTA's share of the HBM bandwidth (a memory-bound kernel's L2/HBM time
+  already holds their bytes), with the efficiency ceilings and launch overheads of
+  :class:`~xpusim.arch.gpu.GpuRules`; the bound is the branch that set the time.
 """
 
 from __future__ import annotations
@@ -187,7 +188,10 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     clock = arch.clock_hz
     lat = float(total[best])
     terms = {"compute": mma_s[best], "l2": l2_s[best], arch.backing.name: hbm_s[best]}
-    bound = max(terms, key=lambda k: terms[k])
+    # the bound is the branch of the time formula that set it: the main loop with its fill and epilogue, or a level
+    branch = {"compute": mma_s[best] + fill_s[best] + epi_s[best], "l2": l2_s[best] + hbm.latency_s,
+              arch.backing.name: hbm_s[best] + hbm.latency_s}
+    bound = max(branch, key=lambda k: branch[k])
     comp_cycles = float(mma_s[best] * clock)
     ideal_s = g.macs / (rate * sms * f_m)
     names = [lv.name for lv in arch.memory]

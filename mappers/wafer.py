@@ -6,7 +6,8 @@ It runs on a ``width x height`` region of the mesh (default: the whole wafer). E
 ``p x p`` square of cores; as many groups as fit run at once, the rest in ``waves``. The candidate
 squares are the widest for each number of waves up to twice what ``floor(sqrt(cores / groups))``
 needs (:func:`square_sides`: that square may not tile the region and cost an extra wave); the
-fastest fitting mapping over squares and algorithms is kept. Every count below is arithmetic on
+best fitting mapping over squares and algorithms under the objective (the fastest by default) is
+kept, MeshGEMV over row chunks when its buffers overflow. Every count below is arithmetic on
 shapes, never a loop over cores.
 
 The four PLMR terms (He et al., "WaferLLM", OSDI 2025, arXiv 2502.04563) are separate terms:

@@ -69,7 +69,9 @@ def matmul_cost(op: Op, arch: Arch, objective: str = "latency", mapper: str = "d
     level_cycles = c.level_cycles[0]
     comp = float(c.compute[0])
     worst = int(np.argmax(level_cycles))
-    bound = "compute" if comp >= level_cycles[worst] else names[worst]
+    latencies = sum(lv.latency_s for lv in arch.memory) * clock
+    # the bound is the branch that set the time: a level's transfers, else compute (with its first fill)
+    bound = names[worst] if level_cycles[worst] + latencies >= float(c.cycles[0]) * (1 - 1e-12) else "compute"
     cycles = float(c.cycles[0]) + arch.launch_overhead_s * clock
     latency = cycles / clock
     energy = {"compute": float(c.energy_pj[0] - c.level_energy_pj[0].sum()) * 1e-12}
@@ -457,9 +459,10 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch, plan:
 
     gib = 2.0**30
     plan = plan or Plan()
-    split = fewest_devices(model, plan, phase.batch, phase.kv_len, result.capacity_bytes)
+    # the step's activations stay on each device, as the system path reserves them
+    split = fewest_devices(model, plan, phase.batch, phase.kv_len, result.capacity_bytes, reserve=result.activation_bytes)
     remedies = [f"at least {split.devices} such devices ({plan_flags(split)} on a --system; no split over fewer holds "
-                f"the weights and KV cache) or one with more memory" if split else "a device with more memory"]
+                f"the weights, KV cache and activations) or one with more memory" if split else "a device with more memory"]
     remedies += fitting_changes(model, plan, phase, result.memory_bytes, result.capacity_bytes)
     parts = [f"weights {result.weights_bytes / gib:.1f}", f"KV cache {result.kv_cache_bytes / gib:.1f}"]
     if result.ssm_state_bytes:
