@@ -313,8 +313,9 @@ def _check_metrics(space: Space, where: str) -> None:
         if m in AREA_METRICS and what:
             raise _fail(where, f"{m} needs the area and cost model, which does not cover {what}; use {scores}")
         if m in POWER_METRICS and what and not arch.static_power_w and not static_knob:
-            raise _fail(where, f"{m} adds the area model's leakage, which does not cover {what}; use energy_per_token, "
-                               "or give the device a static_power")
+            raise _fail(where, f"{m} needs a static power, which {what} does not state and the area model's leakage "
+                               "does not cover; use energy_per_token (dynamic energy only there), or give the device a "
+                               "static_power")
         if m in FPGA_METRICS:
             try:
                 spec = fpga_spec(arch)

@@ -81,9 +81,9 @@ def test_well_formed_knobs_and_constraints_load():
 
 
 @pytest.mark.parametrize("base, metric, message", [
-    ("hbm2-pim", "power_w", "power_w adds the area model's leakage, which does not cover hbm2-pim (a PIM device); "
-                            "use energy_per_token, or give the device a static_power"),
-    ("hbm2-pim", "perf_per_watt", "perf_per_watt adds the area model's leakage"),
+    ("hbm2-pim", "power_w", "power_w needs a static power, which hbm2-pim (a PIM device) does not state and the area "
+                            "model's leakage does not cover; use energy_per_token"),
+    ("hbm2-pim", "perf_per_watt", "perf_per_watt needs a static power"),
     ("hbm2-pim", "area_mm2", "area_mm2 needs the area and cost model, which does not cover hbm2-pim (a PIM device); "
                              "use latency, throughput or energy_per_token"),
     ("wse-3", "cost_usd", "cost_usd needs the area and cost model, which does not cover wse-3 (a wafer-scale device)"),
@@ -121,7 +121,7 @@ def test_the_pim_example_is_refused_with_a_power_budget(tmp_path):
     db = tmp_path / "p.db"
     out = subprocess.run([sys.executable, "-m", "xpusim", "explore", "--space", str(path), "--trials", "2",
                           "--storage", f"sqlite:///{db}", "--no-progress"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "power_w adds the area model's leakage" in out.stderr
+    assert out.returncode == 2 and "power_w needs a static power" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not db.exists()
 
 
