@@ -88,7 +88,8 @@ def test_well_formed_knobs_and_constraints_load():
                              "use latency, throughput or energy_per_token"),
     ("wse-3", "cost_usd", "cost_usd needs the area and cost model, which does not cover wse-3 (a wafer-scale device)"),
     ("alveo-u280", "perf_per_dollar", "does not cover alveo-u280 (an FPGA); use dsp_fraction or lut_fraction"),
-    ("alveo-u55c", "power_w", "does not cover alveo-u55c (an FPGA); use energy_per_token, or give the device a static_power"),
+    ("alveo-u55c", "power_w", "alveo-u55c (an FPGA) does not state and the area model's leakage does not cover; "
+                              "use energy_per_token"),
     ("systolic-npu", "dsp_fraction", "dsp_fraction is an FPGA template's share of its part, and systolic-npu (class "
                                      "systolic) is not an FPGA; use area_mm2 or cost_usd"),
     ("hbm2-pim", "lut_fraction", "hbm2-pim (class pim) is not an FPGA; use latency, throughput or energy_per_token"),
