@@ -70,7 +70,8 @@ class Plan:
         return self.tp * self.pp * self.dp
 
     def describe(self) -> str:
-        return f"tp{self.tp} pp{self.pp} dp{self.dp}" + (f" ep{self.ep}" if self.ep > 1 else "") + (" sp" if self.sp else "")
+        return (f"tp{self.tp} pp{self.pp} dp{self.dp}" + (f" ep{self.ep}" if self.ep > 1 else "") + (" sp" if self.sp else "")
+                + (f" mb{self.microbatches}" if self.microbatches else ""))
 
 
 def _split(value: int, parts: int, what: str, model: ModelSpec) -> int:

@@ -1,6 +1,7 @@
 """Parallel-plan search: every (tp, pp, dp, ep) that uses the system's devices and divides the
-model and the batch, simulated; plans whose busiest device runs out of memory are kept in the
-table as infeasible with the reason; the best feasible plan by the objective wins.
+model and the batch (a pipeline with one micro-batch per stage and with a single one), simulated;
+plans whose busiest device runs out of memory are kept in the table as infeasible with the reason;
+the best feasible plan by the objective wins.
 
 Tensor parallelism stays inside a node (its all-reduces are on the critical path); pipeline and
 data parallelism take the rest.
@@ -39,6 +40,8 @@ def candidate_plans(system: System, model: ModelSpec, phase: Phase) -> list[Plan
             if model.is_moe and tp * dp > 1 and model.n_experts % (tp * dp) == 0:
                 eps.append(tp * dp)
             plans += [Plan(tp=tp, pp=pp, dp=dp, ep=ep) for ep in eps]
+            if pp > 1:  # one micro-batch as well as one per stage: a weight-bound step reads each stage's weights once
+                plans += [Plan(tp=tp, pp=pp, dp=dp, ep=ep, microbatches=1) for ep in eps]
     return plans
 
 
@@ -55,7 +58,8 @@ def plan_auto(system: System | str, model: ModelSpec | str, phase: Phase, object
         raise SpecError("a generation is ranked from its prefill: give a Prefill phase with gen")
     rows: list[dict[str, Any]] = []
     for plan in candidate_plans(system, model, phase):
-        row: dict[str, Any] = {"plan": plan.describe(), "tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep}
+        row: dict[str, Any] = {"plan": plan.describe(), "tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep,
+                               "microbatches": plan.microbatches}
         try:
             if gen:
                 from .events import simulate_generate
@@ -80,5 +84,6 @@ def plan_auto(system: System | str, model: ModelSpec | str, phase: Phase, object
                             f"{system.device.name}); try a system with more devices, fp8/int4 weights or a smaller batch")
     key = "latency_s" if objective == "latency" else "tokens_per_s"
     best = feasible.sort_values(key, ascending=objective == "latency").iloc[0]
-    plan = Plan(tp=int(best["tp"]), pp=int(best["pp"]), dp=int(best["dp"]), ep=int(best["ep"]))
+    plan = Plan(tp=int(best["tp"]), pp=int(best["pp"]), dp=int(best["dp"]), ep=int(best["ep"]),
+                microbatches=int(best["microbatches"]))
     return plan, table.sort_values(["feasible", key], ascending=[False, objective == "latency"])

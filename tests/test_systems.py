@@ -317,3 +317,14 @@ def test_stage_sends_between_nodes_take_the_network():
     assert send_time(two, S, 4, 4, first=4).energy_j == pytest.approx(4 * S * 176e-12)
     assert send_time(two, S, 4, 4).energy_j == pytest.approx(4 * S * 88e-12)
     assert res.timeline and {e["dur"] for e in res.timeline if e["device"] == "link 1->2"} == {sends[1]}
+
+
+def test_plan_auto_also_tries_a_single_micro_batch():
+    """A weight-bound pipelined decode re-reads each stage's weights per micro-batch: the planner
+    considers one micro-batch as well, and never returns a plan slower than that fixed plan."""
+    from xpusim.sim.planner import plan_auto
+
+    plan, table = plan_auto("dgx-h100", "mamba-2.8b", Decode(3, 2048))
+    one = simulate_system("dgx-h100", "mamba-2.8b", Decode(3, 2048), Plan(pp=8, microbatches=1))
+    best = simulate_system("dgx-h100", "mamba-2.8b", Decode(3, 2048), plan)
+    assert best.latency_s <= one.latency_s * (1 + 1e-9) and (table["microbatches"] == 1).any()
