@@ -151,8 +151,9 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
         get_dtype(a.embed_dtype)  # a one-line error for an unknown format
         model = dataclasses.replace(model, embed_dtype=a.embed_dtype)
-    given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype),
-                            ("embed", a.embed_dtype)) if v}
+    from .sim.format_flags import chosen_formats
+
+    given = chosen_formats(a)
     kw = {"objective": a.objective, "routing": a.routing, "mla_form": a.mla_form, "check_memory": not a.ignore_memory}
     wafer = {k: v for k, v in (("wafers", a.wafers), ("weight_streaming", a.weight_streaming or None),
                                ("side", a.wafer_side), ("algorithm", a.wafer_algorithm)) if v is not None}

@@ -36,9 +36,9 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
 
     system = load_system(a.system)
     from .engine import with_engine_formats
+    from .format_flags import chosen_formats
 
-    given = {k for k, v in (("weights", a.weight_dtype), ("activations", a.act_dtype), ("kv", a.kv_dtype)) if v}
-    model = with_engine_formats(model, system.device, given)
+    model = with_engine_formats(model, system.device, chosen_formats(a))
     if getattr(a, "rdu_mode", None):
         import dataclasses
 

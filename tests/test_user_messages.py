@@ -204,3 +204,22 @@ def test_a_context_beyond_the_trained_length_is_noted(capsys):
     rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode",
                      "--context", "8000")
     assert "trained context" not in out
+
+
+def test_embed_dtype_is_honoured_on_a_system_as_on_one_device(capsys, tmp_path):
+    """The user's --embed-dtype must not be replaced by a device's engine format on either path."""
+    import json
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 1024,
+                               "intermediate_size": 2816, "num_hidden_layers": 4, "num_attention_heads": 16,
+                               "num_key_value_heads": 4, "vocab_size": 32000, "max_position_embeddings": 8192,
+                               "hidden_act": "silu", "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+                               "tie_word_embeddings": False, "torch_dtype": "bfloat16"}))
+    system = tmp_path / "npu2.yaml"
+    system.write_text("name: npu2\ndevice: edge-npu\ndevices_per_node: 2\nnodes: 1\n"
+                      "intra: {topology: switch, bandwidth: 16 GB/s, latency: 2 us, energy_per_byte: 10}\n")
+    args = ("--model", str(cfg), "--phase", "decode", "--context", "128", "--embed-dtype", "fp16")
+    rc1, _, err1 = run(capsys, "simulate", "--arch", "edge-npu", *args)
+    rc2, _, err2 = run(capsys, "simulate", "--system", str(system), *args)
+    assert rc1 == rc2 == 2 and "embeddings and lm_head fp16" in err1 and "embeddings and lm_head fp16" in err2
