@@ -79,12 +79,17 @@ class SimStepModel:
     def _no_room(self, weights: float, room: float, memory: float) -> str:
         """The error of weights that fill the engine's share of device memory, with its remedies."""
         from ..dtypes import get_dtype
+        from .fit_advice import fewest_devices, plan_flags
 
-        remedies = ["more devices (--tp/--pp on a --system)"]
-        smaller = [f for f in ("fp8", "int4") if get_dtype(f).bytes < get_dtype(self.model.weight_dtype).bytes]
-        if smaller:
-            remedies.append(f"{'/'.join(smaller)} weights (--weight-dtype {smaller[0]})")
-        if self.memory_utilization < 1:
+        split = fewest_devices(self.model, self.plan, 1, 1, room)  # one short sequence's KV cache at least
+        remedies = [f"at least {split.devices} devices ({plan_flags(split)} on a --system)" if split is not None
+                    else "devices with more memory"]
+        per_byte = weights / get_dtype(self.model.weight_dtype).bytes
+        fits = [f for f in ("fp8", "int4") if get_dtype(f).bytes < get_dtype(self.model.weight_dtype).bytes
+                and per_byte * get_dtype(f).bytes < room]  # only a format whose weights leave room
+        if fits:
+            remedies.append(f"{fits[0]} weights (--weight-dtype {fits[0]})")
+        if self.memory_utilization < 1 and weights < memory:  # only when all of memory would hold the weights
             remedies.append("a larger --memory-utilization")
         return (f"{self.model.name}'s weights ({weights / 2**30:.1f} GiB per device under {self.plan.describe()}) leave "
                 f"no room for a KV cache in {100 * self.memory_utilization:g} % of {self.arch.name}'s "

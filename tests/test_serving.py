@@ -588,9 +588,12 @@ def test_weights_that_fill_the_budget_name_it_and_the_remedies():
     dgx = load_system("dgx-h100")
     with pytest.raises(CapacityError) as e:
         SimStepModel("deepseek-v3", Plan(tp=8), dgx)
-    assert str(e.value) == ("deepseek-v3's weights (79.2 GiB per device under tp8 pp1 dp1) leave no room for a KV cache in "
-                            "90 % of h100-sxm's 80.0 GiB (72.0 GiB, --memory-utilization); use more devices (--tp/--pp on "
-                            "a --system), int4 weights (--weight-dtype int4) or a larger --memory-utilization")
+    msg = str(e.value)
+    assert msg.startswith("deepseek-v3's weights (79.2 GiB per device under tp8 pp1 dp1) leave no room for a KV cache in "
+                          "90 % of h100-sxm's 80.0 GiB (72.0 GiB, --memory-utilization); use ") and "\n" not in msg
+    # only remedies that hold: a split that fits 72 GiB, int4 (fp8 is what it already is), all of memory
+    assert "at least 10 devices (--tp 2 --pp 5 on a --system)" in msg and "int4 weights (--weight-dtype int4)" in msg
+    assert "a larger --memory-utilization" in msg
     assert SimStepModel("deepseek-v3", Plan(tp=8), dgx, memory_utilization=1.0).kv_capacity_tokens > 0
 
 
@@ -608,3 +611,15 @@ def test_serve_takes_the_format_flags(capsys):
     assert main([*base, "--arch", "alveo-u280", "--weight-dtype", "int4"]) == 0
     engine = json.loads(capsys.readouterr().out)["engine"]
     assert engine["formats"] == {"weights": "int4", "activations": "int8", "kv": "int8"}
+
+
+def test_serve_offers_only_remedies_that_fit():
+    """GPT-3 175B's fp16 weights fill 325 GiB of one H100: neither fp8 (163 GiB) nor int4 (~81 GiB)
+    leaves room in 72 GiB, nor does all of the 80 GiB, so only the device count is offered."""
+    from xpusim.sim.serving_model import SimStepModel
+
+    with pytest.raises(CapacityError) as e:
+        SimStepModel("gpt3-175b", arch="h100-sxm")
+    msg = str(e.value)
+    assert "at least 5 devices (--pp 5 on a --system)" in msg
+    assert "--weight-dtype" not in msg and "--memory-utilization)" in msg and "a larger --memory-utilization" not in msg
