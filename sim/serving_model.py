@@ -47,6 +47,9 @@ class SimStepModel:
         self.memory_utilization = float(memory_utilization)
         self.model = load_model(model)
         plan = plan or Plan()
+        if plan.dp > 1:  # one engine's iterations: data-parallel replicas are separate engines
+            raise SpecError(f"a serving step model prices one engine's iterations; {plan.describe()} has {plan.dp} "
+                            "data-parallel replicas: model one replica (dp 1) and scale the request rate by the replicas")
         self.plan, self.system = plan, system
         if system is None and arch is None:
             raise CapacityError("a step model needs a system or a device")

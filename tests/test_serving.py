@@ -623,3 +623,15 @@ def test_serve_offers_only_remedies_that_fit():
     msg = str(e.value)
     assert "at least 5 devices (--pp 5 on a --system)" in msg
     assert "--weight-dtype" not in msg and "--memory-utilization)" in msg and "a larger --memory-utilization" not in msg
+
+
+def test_a_step_model_with_data_parallel_replicas_is_refused():
+    """Each replica is its own engine: pricing the pool's tokens on every replica overcharged a dp2
+    iteration by 18 %; the one-line error says to model one replica."""
+    from xpusim.arch.system import load_system
+    from xpusim.sim.parallel import Plan
+    from xpusim.sim.serving_model import SimStepModel
+
+    with pytest.raises(SpecError, match="model one replica") as e:
+        SimStepModel("llama-3-8b", Plan(tp=4, dp=2), load_system("dgx-h100"))
+    assert "\n" not in str(e.value)
