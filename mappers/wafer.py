@@ -312,14 +312,23 @@ def gemv_row_chunks(g: Gemv, par: dict[str, int], spec: WaferSpec) -> int:
     return -(-g.m // max(rows, 1)) if rows < g.m else 1
 
 
-def _energy_j(ev: dict[str, Any], a: str, arch: Arch) -> float:
-    """Joules of mapping ``ev`` under algorithm ``a``: MACs, every core's SRAM traffic
-    (:func:`sram_traffic`) and static power over its cycles."""
+def energy_parts(ev: dict[str, Any], a: str, arch: Arch, seconds: float | None = None) -> dict[str, float]:
+    """Joules of mapping ``ev`` under algorithm ``a`` by component: the MACs, every core's SRAM
+    traffic (:func:`sram_traffic`) at the SRAM level's name, and static power over ``seconds``
+    (default: the mapping's waves)."""
     g, par, lv = ev["gemv"], ev["parallelism"], arch.backing
     reads, writes = ev["sram_traffic"][a]
-    sram = g.groups * par["p"] ** 2 * (reads * lv.read_energy_pj_per_byte + writes * lv.write_energy_pj_per_byte)
-    seconds = par["waves"] * ev["times"][a]["total"] / arch.clock_hz
-    return (g.macs * arch.matrix.energy(g.compute) + sram) * 1e-12 + arch.static_power_w * seconds
+    cores = g.groups * par["p"] ** 2  # every group runs once on its square
+    if seconds is None:
+        seconds = par["waves"] * ev["times"][a]["total"] / arch.clock_hz
+    return {"compute": g.macs * arch.matrix.energy(g.compute) * 1e-12,
+            lv.name: cores * (reads * lv.read_energy_pj_per_byte + writes * lv.write_energy_pj_per_byte) * 1e-12,
+            "static": arch.static_power_w * seconds}
+
+
+def _energy_j(ev: dict[str, Any], a: str, arch: Arch) -> float:
+    """Joules of mapping ``ev`` under algorithm ``a`` (the sum of :func:`energy_parts`)."""
+    return sum(energy_parts(ev, a, arch).values())
 
 
 def _choose(evs: list[dict[str, Any]], algorithm: str | None, what: str, arch: Arch | None = None,
@@ -378,11 +387,8 @@ def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[i
     comp = waves * t[best]["compute"]
     lv = arch.backing
     reads, writes = ev["sram_traffic"][best]
-    cores = g.groups * par["p"] ** 2  # every group runs once on its square
-    sram_bytes = cores * (reads + writes)
-    sram_j = cores * (reads * lv.read_energy_pj_per_byte + writes * lv.write_energy_pj_per_byte) * 1e-12
-    energy = {"compute": g.macs * arch.matrix.energy(g.compute) * 1e-12, lv.name: sram_j,
-              "static": arch.static_power_w * latency}
+    sram_bytes = g.groups * par["p"] ** 2 * (reads + writes)  # every group runs once on its square
+    energy = energy_parts(ev, best, arch, latency)
     ideal = g.macs / (arch.matrix.rate_per_cycle[g.compute] * arch.matrix.instances)
     detail: dict[str, Any] = {f"{a}_cycles": waves * t[a]["total"] for a in ALGORITHMS}
     detail.update({
