@@ -200,11 +200,13 @@ def block_cost(ops: list[Op], arch: Arch, placement: dict[str, str], fused: bool
         # a decode step (rows <= lanes) is one tile: the stages run one after another (no overlap), which
         # is harmless while the step is bound by streaming the weights from HBM
         tiles = max(1, math.ceil(rows / spec.pcu_lanes))
+        first = min(1.0, spec.pcu_lanes / rows)  # the first tile's share of the rows (a partial last tile is not a full one)
         compute_cyc = 0.0
         for sec in sections:
             alloc = allocate(work[sec], cap[sec], spec.pcus)
             t = work[sec] / alloc
-            compute_cyc += t.sum() / tiles + (tiles - 1) * t.max() / tiles
+            # the first tile fills the pipeline through every stage; the other rows then flow at the slowest stage's rate
+            compute_cyc += t.max() + (t.sum() - t.max()) * first
         # the block's input and output activations cross HBM once; intermediates stay in the PMUs
         # (double-buffered tiles); the part of them the SRAM cannot hold goes to HBM and back
         ext, inter, buffers = intermediates(ops, tiles, spec.pcu_lanes, attention_form(arch))

@@ -126,3 +126,9 @@ def test_twice_the_arrays_never_slow_a_bandwidth_bound_step():
         lv["instances"] = lv.get("instances", 1) * 2
     wide = simulate(arch_from_dict(d, "b"), m, Prefill(1, 1024), check_memory=False).latency_s
     assert wide <= base * 1.001
+
+
+def test_one_more_prompt_token_never_speeds_up_a_dataflow_pipeline():
+    """A 513-token prompt's last tile holds one row, not a full tile's share of the pipeline."""
+    steps = [simulate("sn40l", "llama-3-8b", Prefill(2, s), check_memory=False).latency_s for s in (511, 512, 513)]
+    assert steps[0] <= steps[1] <= steps[2]
