@@ -269,5 +269,20 @@ def test_energy_per_token_and_perf_per_watt_count_the_same_static_power():
     sp.objectives, sp.constraints = ["energy_per_token", "perf_per_watt", "power_w"], []
     params = {"rows": 128, "cols": 128, "dataflow": "ws", "gbuf_mib": 8, "gbuf_gbs": 2000, "dram_gib": 16,
               "dram_gbs": 800, "clock_ghz": 1.0}
-    m = evaluate(sp, params).metrics
+    ev = evaluate(sp, params)
+    m = ev.metrics
     assert m["perf_per_watt"] == pytest.approx(1.0 / m["energy_per_token"], rel=1e-9)
+    # the energy is the simulated (dynamic) energy plus the die's leakage over the step time
+    from xpusim import simulate
+    from xpusim.arch import area
+    from xpusim.explore.evaluate import _model, _phase, build_device
+
+    dev = build_device(sp, params)
+    leak = area.leakage_power_w(dev)
+    assert leak > 0
+    energy = latency = tokens = 0.0
+    for w in sp.workloads:
+        r = simulate(dev, _model(sp, w, params), _phase(sp, w, params), check_memory=False)
+        k = float(w.get("weight", 1.0))
+        energy, latency, tokens = energy + k * r.energy_j, latency + k * r.latency_s, tokens + k * r.tokens
+    assert m["energy_per_token"] == pytest.approx((energy + leak * latency) / tokens, rel=1e-6)

@@ -240,8 +240,19 @@ def test_generate_plan_auto_ranks_whole_generations_and_their_memory():
 
 
 def test_an_encoder_decoder_generates_on_a_system():
+    """On one device of a system a T5 generation is the single-device prefill then decode steps
+    that cross-attend to the whole source (a longer source makes every step dearer)."""
+    import xpusim
+    from xpusim.workloads import Prefill
+
     out = simulate_generate("dgx-a100", "t5-base", 4, 512, 16, Plan())
-    assert out["ttft_s"] > 0 and out["tpot_s"] > 0 and out["fits_memory"]
+    assert out["fits_memory"]
+    dev = load_system("dgx-a100").device
+    assert out["ttft_s"] == pytest.approx(xpusim.simulate(dev, "t5-base", Prefill(4, 512)).latency_s, rel=1e-6)
+    first = xpusim.simulate(dev, "t5-base", Decode(4, 2, 512)).latency_s
+    assert out["tpot_s"] >= first * (1 - 1e-9)
+    longer = simulate_generate("dgx-a100", "t5-base", 4, 2048, 16, Plan())
+    assert longer["tpot_s"] > out["tpot_s"]
 
 
 def test_pipeline_stages_hold_their_own_layers_kv_and_embeddings():
