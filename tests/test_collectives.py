@@ -61,6 +61,12 @@ def test_every_preset_loads_and_costs_every_collective():
                 assert c.time_s > 0 and c.energy_j > 0
                 assert c.algbw_Bps == pytest.approx(size / c.time_s)
                 assert c.busbw_Bps == pytest.approx(c.algbw_Bps * bus_factor(kind, s.n_devices))
+                if size == 1024:  # a small message pays at least one link latency
+                    assert c.time_s >= s.intra.latency_s
+                elif s.nodes == 1 and kind in ("all_reduce", "all_gather", "reduce_scatter"):
+                    # a large one moves at a good share of the links' line rate (the fitted protocol
+                    # efficiencies and the topology keep it above 30 % of one link on every preset)
+                    assert c.busbw_Bps >= 0.3 * s.intra.bandwidth_Bps
 
 
 def test_preset_key_numbers():
