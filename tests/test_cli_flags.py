@@ -5,7 +5,8 @@ import json
 
 import pandas as pd
 import pytest
-from xpusim.cli import PHASE_FLAGS, main
+from xpusim.cli import main
+from xpusim.cli_flags import PHASE_FLAGS
 
 ARCH = ["--arch", "h100-sxm", "--model", "llama-3-8b"]
 SYSTEM = ["--system", "4x-a100-nvlink", "--tp", "4", "--model", "llama-3-8b"]
