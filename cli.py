@@ -45,7 +45,7 @@ def write_files(a: argparse.Namespace, results: list) -> None:
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
     from .arch.loader import load_arch
-    from .sim.engine import simulate, with_engine_formats
+    from .sim.engine import model_formats, simulate, with_engine_formats
     from .sim.steps import simulate_chunked_prefill, speculate
     from .workloads.model import load_model
     from .workloads.phases import Phase, Verify, make_phase
@@ -183,8 +183,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
             res = simulate_chunked_prefill(arch, run_model, a.batch, a.seq, a.chunk, **kw)
         else:
             res = simulate(arch, run_model, phase, **kw)
-        res.inputs["formats"] = {"weights": run_model.weight_dtype, "activations": run_model.act_dtype,
-                                 "kv": run_model.kv_dtype}
+        res.inputs["formats"] = model_formats(run_model)
         engine = [k for k in arch.meta.get("formats", {}) if k not in given]
         if engine:
             res.inputs["formats_from"] = {"device": arch.name, "fields": engine}

@@ -181,7 +181,9 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
             print("  the model fits no layout (memory ignored): this is the layout that overflows a core least, its ops "
                   "given the buffers the placement reserves")
     if "format_error" in res.inputs:
-        f = res.inputs.get("formats") or {"weights": model.weight_dtype, "activations": model.act_dtype, "kv": model.kv_dtype}
+        from .engine import model_formats
+
+        f = res.inputs.get("formats") or model_formats(model)
         print(_format_error_line(res.inputs["format_error"], f["weights"], f["activations"], f["kv"]))
 
 

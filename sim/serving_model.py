@@ -178,9 +178,10 @@ class SimStepModel:
         return link.latency_s + nbytes / (link.bandwidth_Bps * self.plan.tp)
 
     def describe(self) -> dict[str, Any]:
+        from .engine import model_formats
+
         return {"model": self.model.name, "device": self.arch.name, "plan": self.plan.describe(),
-                "formats": {"weights": self.model.weight_dtype, "activations": self.model.act_dtype,
-                            "kv": self.model.kv_dtype},
+                "formats": model_formats(self.model),
                 "memory_utilization": self.memory_utilization, "kv_capacity_tokens": self.kv_capacity_tokens,
                 "a_decode_s_per_token": self.a_decode, "a_prefill_s": self.a_prefill, "linear_s_at_1": float(self._linear[0]),
                 "linear_s_at_max": float(self._linear[-1]), "devices": self.plan.devices}
