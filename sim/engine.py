@@ -122,17 +122,19 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
         if padded is not op:  # the cost of the padded op; utilization counts the useful work only
             cost = op_cost(padded, arch, objective, isolated)
             return dataclasses.replace(cost, utilization=cost.utilization * op.flops / padded.flops if padded.flops else 0.0)
-    share = masked_share(op, arch)
-    if share < 1.0:  # a blocked kernel reads and computes only the key blocks the causal mask keeps
-        kept = max(1, round(dict(op.dims)["s"] * share))
-        reduced = dataclasses.replace(op, dims=tuple((d, kept if d == "s" else n) for d, n in op.dims),
-                                      attrs={**op.attrs, "causal": False, "masked_share": share})
-        return op_cost(reduced, arch, objective, isolated)
     key = (op.signature(), arch.fingerprint(), objective, isolated)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit[0]
+    share = masked_share(op, arch)
+    if share < 1.0:  # a blocked kernel reads and computes only the key blocks the causal mask keeps
+        kept = max(1, round(dict(op.dims)["s"] * share))
+        reduced = dataclasses.replace(op, dims=tuple((d, kept if d == "s" else n) for d, n in op.dims),
+                                      attrs={**op.attrs, "causal": False, "masked_share": share})
+        cost = op_cost(reduced, arch, objective, isolated)
+        _remember(key, cost)
+        return cost
     for t in op.inputs:
         check_sparse_format(t.dtype, arch)
     # expert groups after the first run inside the same grouped-GEMM launch (fused-MoE kernels)
@@ -161,10 +163,15 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
         cost = with_dequant(wafer_matmul_cost(op, arch, launch, objective=objective), op, arch)
     else:
         cost = with_dequant(matmul_cost(op, arch, objective), op, arch)
+    _remember(key, cost)
+    return cost
+
+
+def _remember(key: tuple, cost: OpCost) -> None:
+    """Memoise ``cost`` under ``key``, dropping the least recently used entry beyond the cache size."""
     _CACHE[key] = (cost, cost.mapping)
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
-    return cost
 
 
 def collective_cost(op: Op, system: Any) -> OpCost:
@@ -199,7 +206,7 @@ def group_cost(group: Group, arch: Arch, objective: str = "latency") -> OpCost:
         hit = _CACHE.get(key)
         if hit is None:
             cost = fused_attention_cost(score, context, arch, launch_overhead("attention", arch, False))
-            _CACHE[key] = (cost, cost.mapping)
+            _remember(key, cost)
             return cost
         return hit[0]
     return op_cost(group.ops[0], arch, objective)
