@@ -235,7 +235,6 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
         uniq = np.unique(np.concatenate([bi[:, None], child], axis=1), axis=0)
         bi, child = uniq[:, 0], uniq[:, 1:]
         n_o = orders.shape[0]
-        K = bi.size * n_o
         new_tiles = np.repeat(tiles[bi], n_o, axis=0)
         new_tiles[:, c] = np.repeat(child, n_o, axis=0)
         new_order = np.repeat(order[bi], n_o, axis=0)
