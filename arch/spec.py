@@ -153,9 +153,14 @@ class Arch:
         return [counts[i + 1] // counts[i] for i in range(len(self.memory))]
 
     def fingerprint(self) -> str:
-        """A stable hash of everything that affects cost (for memoisation)."""
-        blob = json.dumps(asdict(self) | {"meta": None}, sort_keys=True, default=str)  # rules included
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+        """A stable hash of everything that affects cost (for memoisation), worked out once per
+        device object: the dataclass is frozen and the loader fills ``rules`` before returning it."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            blob = json.dumps(asdict(self) | {"meta": None}, sort_keys=True, default=str)  # rules included
+            cached = hashlib.sha1(blob.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
 
     def validate(self) -> None:
         if self.device_class not in DEVICE_CLASSES:

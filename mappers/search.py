@@ -22,6 +22,7 @@ from ..dtypes import get_dtype
 from ..errors import MappingError
 from ..sim.compute import compute_cycles, fold_aligned, lanes, min_tile, systolic_roles  # noqa: F401
 from ..sim.cost import LevelArrays, NestCosts, evaluate, fits, footprint, keep_mask
+from ..sim.nest import unique_rows
 from ..sim.problem import Problem
 from .mapping import Mapping
 
@@ -194,7 +195,7 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
     default_order = _leaf_order(prob, None)
     values = [fold_aligned(prob, arch, d, tile_values(int(n), max_values)) for d, n in enumerate(prob.sizes)]
     grid = np.array(np.meshgrid(*values, indexing="ij")).reshape(D, -1).T  # (G, D)
-    grid = np.unique(np.maximum(grid, min_tile(prob, arch)[None, :]), axis=0)  # whole folds on a systolic array
+    grid = unique_rows(np.maximum(grid, min_tile(prob, arch)[None, :]))  # whole folds on a systolic array
     cands = {c: _near_maximal(prob, arch, grid, c, keep, slack) for c in range(1, L)}
     for c, g in cands.items():
         if g.size == 0:
@@ -206,7 +207,7 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
     def complete(tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray, c: int) -> None:
         """Fill levels below ``c`` greedily and the compute leaf, in place."""
         for lvl in range(c + 1, L):
-            parents, inv = np.unique(tiles[:, lvl - 1], axis=0, return_inverse=True)
+            parents, inv = unique_rows(tiles[:, lvl - 1], return_inverse=True)
             tiles[:, lvl] = _greedy_tiles(prob, arch, parents, lvl, keep)[inv.reshape(-1)]
             order[:, lvl - 1] = default_order
             chunks = -(-tiles[:, lvl - 1] // tiles[:, lvl])
@@ -225,14 +226,14 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
     spatial = np.ones((1, L, D), dtype=np.int64)
     order = np.zeros((1, L, D), dtype=np.int64)
     evaluated = 0
-    complete(tiles, spatial, order, 0)
-    costs = evaluate(prob, arch, tiles, spatial, order, keep, stream, lv, exact=False)
+    if L == 1:  # otherwise every level is set by the loop below
+        complete(tiles, spatial, order, 0)
     for c in range(1, L):
         parent = tiles[:, c - 1, :]  # (B, D)
         B = parent.shape[0]
         child = np.minimum(cands[c][None, :, :], parent[:, None, :]).reshape(-1, D)
         bi = np.repeat(np.arange(B), cands[c].shape[0])
-        uniq = np.unique(np.concatenate([bi[:, None], child], axis=1), axis=0)
+        uniq = unique_rows(np.concatenate([bi[:, None], child], axis=1))
         bi, child = uniq[:, 0], uniq[:, 1:]
         n_o = orders.shape[0]
         new_tiles = np.repeat(tiles[bi], n_o, axis=0)
@@ -258,7 +259,7 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
         canon = np.argsort(np.argsort(np.where(single, D + np.arange(D), new_order[:, c - 1]), axis=1), axis=1)
         new_order[:, c - 1] = canon
         rows = np.concatenate([parent_of[:, None], new_tiles[:, c], canon, new_spatial[:, c - 1]], axis=1)
-        _, first = np.unique(rows, axis=0, return_index=True)
+        _, first = unique_rows(rows, return_index=True)
         first = np.sort(first)
         new_tiles, new_order, new_spatial = new_tiles[first], new_order[first], new_spatial[first]
         K = first.size
@@ -269,7 +270,8 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
         keep_idx = np.argsort(score, kind="stable")[:beam]
         tiles, spatial, order = new_tiles[keep_idx], new_spatial[keep_idx], new_order[keep_idx]
         costs = NestCosts(*(getattr(costs, f)[keep_idx] for f in NestCosts.__dataclass_fields__))
-    costs = evaluate(prob, arch, tiles, spatial, order, keep, stream, lv)  # exact counts for the finalists
+    if L == 1 or costs.padded.any():  # exact counts for the finalists (padded ones were an upper bound)
+        costs = evaluate(prob, arch, tiles, spatial, order, keep, stream, lv)
     best = int(np.argmin(_score(objective, costs.cycles, costs.energy_pj)))
     names = tuple(x.name for x in arch.memory) + ("lanes",)
     mapping = Mapping.from_arrays(prob.dims, names, tiles[best], spatial[best], order[best], keep,

@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
+from .nest import unique_rows
 from .problem import Problem
 
 
@@ -37,10 +40,16 @@ def systolic_roles(prob: Problem, dataflow: str) -> tuple[int, int, int]:
 
 def gemm_roles(prob: Problem) -> tuple[int, int, int]:
     """Indices of the m, n, k dimensions of a two-input contraction (batch dims excluded)."""
-    rel = prob.rel
-    if rel.shape[0] != 3:
+    if prob.rel.shape[0] != 3:
         raise ValueError("a GEMM role assignment needs exactly two inputs")
-    a, b, o = rel
+    return _roles_of(np.asarray(prob.rel, dtype=bool).tobytes(), prob.rel.shape[1])
+
+
+@functools.lru_cache(maxsize=1024)
+def _roles_of(rel_bytes: bytes, n_dims: int) -> tuple[int, int, int]:
+    """:func:`gemm_roles` of a (3, n_dims) relevance matrix given as bytes (memoised: the mapper
+    asks for the roles of one problem thousands of times)."""
+    a, b, o = np.frombuffer(rel_bytes, dtype=bool).reshape(3, n_dims)
     find = {"m": a & ~b & o, "n": ~a & b & o, "k": a & b & ~o}
     idx = {}
     for role, mask in find.items():
@@ -151,7 +160,7 @@ def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarr
     per_inst = arch.matrix.instances // arch.memory[-1].instances
     arrays = np.full(tiles.shape[0], arch.matrix.instances) if used is None else per_inst * used
     out = np.empty(tiles.shape[0])
-    for key in np.unique(np.stack([fr * fc, arrays], axis=1), axis=0):  # few distinct (folds, arrays) pairs
+    for key in unique_rows(np.stack([fr * fc, arrays], axis=1)):  # few distinct (folds, arrays) pairs
         sel = (fr * fc == key[0]) & (arrays == key[1])
         out[sel] = systolic_compute_cycles(prob, phys_rows, phys_cols, dataflow, int(key[1]), arch.matrix.preload,
                                            folds=int(key[0]))

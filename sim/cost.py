@@ -91,14 +91,9 @@ def kernel_energy(arch: Arch, macs: float, compute: str, moved: dict[str, float]
 
 def footprint(prob: Problem, tiles: np.ndarray, keep: np.ndarray, level: int) -> np.ndarray:
     """(C, T) bytes of each tensor's tile held by one instance of ``level`` (outputs as partial sums)."""
-    C = tiles.shape[0]
-    T = prob.n_tensors
-    out = np.zeros((C, T))
-    for t in range(T):
-        if keep[level, t]:
-            eb = prob.acc_bytes if t == T - 1 else prob.elem_bytes[t]
-            out[:, t] = np.prod(np.where(prob.rel[t][None, :], tiles[:, level, :], 1), axis=1) * eb
-    return out
+    per_elem = np.append(prob.elem_bytes[:-1], prob.acc_bytes) * keep[level]  # (T,) zero where not stored
+    held = np.where(prob.rel[None, :, :], tiles[:, level, None, :], 1).prod(axis=2)  # (C, T) elements
+    return held * per_elem
 
 
 def operand_names(prob: Problem) -> list[str]:
@@ -141,6 +136,7 @@ class NestCosts:
     level_energy_pj: np.ndarray  # (C, L)
     reads: np.ndarray
     writes: np.ndarray
+    padded: np.ndarray  # (C,) bool: remainder chunks counted as full (an upper bound; see analyse)
 
 
 def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray,
@@ -165,7 +161,8 @@ def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, 
     cycles = np.maximum(comp + first + serial, level_cycles.max(axis=1)) + lv.latency_cycles.sum()
     level_e = tr.reads * lv.read_pj[None, :] + tr.writes * lv.write_pj[None, :]
     mac_e = arch.matrix.energy(get_dtype(prob.compute_dtype).compute) * prob.macs
-    return NestCosts(cycles, comp, level_cycles, prologue, level_e.sum(axis=1) + mac_e, level_e, tr.reads, tr.writes)
+    return NestCosts(cycles, comp, level_cycles, prologue, level_e.sum(axis=1) + mac_e, level_e, tr.reads, tr.writes,
+                     tr.padded)
 
 
 def ideal_compute_cycles(arch: Arch, prob: Problem) -> float:

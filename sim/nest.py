@@ -24,6 +24,7 @@ level 0 in the output format.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,46 +41,78 @@ class NestTraffic:
     fills: np.ndarray
     used: np.ndarray  # (C, L+1) instances of each level in use
     steps: np.ndarray  # (C,) leaf steps on the busiest lane (padded)
+    padded: np.ndarray  # (C,) counts padded: ``exact=False`` on a candidate with a remainder chunk
+
+
+def unique_rows(a: np.ndarray, return_index: bool = False, return_inverse: bool = False) -> Any:
+    """``np.unique(a, axis=0, ...)`` for a 2-D array of non-negative integers, in the same
+    (lexicographic) order and with the same first-occurrence indices, by sorting one mixed-radix key
+    per row (a 1-D sort; ``axis=0`` sorts a structured view, several times slower). Falls back to
+    ``np.unique`` when the key would not fit in 62 bits."""
+    radix = a.max(axis=0, initial=0) + 1 if a.size else np.ones(a.shape[1], dtype=np.int64)
+    if a.size == 0 or a.min() < 0 or float(np.prod(radix.astype(np.float64))) >= 2.0**62:
+        out, index, inverse = np.unique(a, axis=0, return_index=True, return_inverse=True)
+    else:
+        weights = np.concatenate([np.cumprod(radix[::-1])[::-1][1:], [1]]).astype(np.int64)
+        _, index, inverse = np.unique(a @ weights, return_index=True, return_inverse=True)
+        out = a[index]
+    if not (return_index or return_inverse):
+        return out
+    return (out,) + ((index,) if return_index else ()) + ((inverse,) if return_inverse else ())
 
 
 def _ceil_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return -(-a // b)
 
 
-def _chunk_table(n: int, tiles_d: np.ndarray, spatial_d: np.ndarray, depth: int,
-                 excl_spatial_from: int | None = None, exact: bool = True) -> np.ndarray:
-    """Chunk counts of one dimension for every stationarity cut.
+def _chunk_tables(sizes: np.ndarray, tiles: np.ndarray, spatial: np.ndarray, depth: int,
+                  excl_spatial_from: int | None = None, exact: bool = True) -> np.ndarray:
+    """Chunk counts of every dimension for every stationarity cut.
 
-    Returns ``R`` of shape (C, depth+1, depth+1): ``R[:, j, c]`` is the number of distinct
-    (chunk, instance) pairs seen by level ``c`` when the temporal loops of levels ``< j`` are
-    re-iterated (included) and those of levels ``>= j`` keep the tile (excluded). With
+    Returns ``R`` of shape (C, depth+1, depth+1, D): ``R[:, j, c, d]`` is the number of distinct
+    (chunk, instance) pairs of dim ``d`` seen by level ``c`` when the temporal loops of levels
+    ``< j`` are re-iterated (included) and those of levels ``>= j`` keep the tile (excluded). With
     ``excl_spatial_from=p``, spatial splits below levels ``>= p`` are shared (multicast), i.e.
-    excluded as well. Chains whose every split is exact are products of trip counts; the others
-    are propagated exactly as (extent, count) pairs, unless ``exact`` is false: then every chunk
+    excluded as well. Chains whose every split is exact (:func:`_products_exact`) are products of
+    trip counts; the others are propagated exactly as (extent, count) pairs, unless ``exact`` is false: then every chunk
     counts as full (padded counts, an upper bound used to rank many candidates quickly).
     """
-    C = tiles_d.shape[0]
-    steps = spatial_d * tiles_d[:, 1:]
-    divisible = np.all(tiles_d[:, :depth] % steps == 0, axis=1)
-    trips = -(-tiles_d[:, :depth] // steps)
-    active = np.minimum(spatial_d, -(-tiles_d[:, :depth] // tiles_d[:, 1:]))
+    C, _, D = tiles.shape
+    steps = spatial * tiles[:, 1:]
+    divisible = _products_exact(tiles, steps)
+    trips = -(-tiles[:, :depth] // steps)
+    active = np.minimum(spatial, -(-tiles[:, :depth] // tiles[:, 1:]))
     if excl_spatial_from is not None:
-        active = active.copy()
         active[:, excl_spatial_from:] = 1
-    ones = np.ones((C, 1), dtype=np.int64)
-    cp_t = np.concatenate([ones, np.cumprod(trips, axis=1)], axis=1)  # (C, depth+1)
+    ones = np.ones((C, 1, D), dtype=np.int64)
+    cp_t = np.concatenate([ones, np.cumprod(trips, axis=1)], axis=1)  # (C, depth+1, D)
     cp_s = np.concatenate([ones, np.cumprod(active, axis=1)], axis=1)
-    cut = np.minimum.outer(np.arange(depth + 1), np.arange(depth + 1))  # [j, c] -> min(j, c)
-    out = cp_t[:, cut] * cp_s[:, None, :]
-    idx = np.flatnonzero(~divisible) if exact else np.zeros(0, dtype=np.int64)
-    if idx.size:
-        out[idx] = _chunk_table_exact(n, tiles_d[idx], spatial_d[idx], depth, excl_spatial_from)
+    out = cp_t[:, _cuts(depth)] * cp_s[:, None]
+    if exact:
+        for d in np.flatnonzero(~divisible.all(axis=0)):
+            idx = np.flatnonzero(~divisible[:, d])
+            out[idx, :, :, d] = _chunk_table_exact(int(sizes[d]), tiles[idx, :, d], spatial[idx, :, d], depth,
+                                                   excl_spatial_from)
     return out
+
+
+def _products_exact(tiles: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """(C, D) whether a dim's chunk counts are products of trip counts and active instances: at
+    every level the tile is whole chunks (``tile % (spatial * child tile) == 0``), or one chunk of
+    whole child tiles (``tile <= spatial * child tile`` and ``tile % child tile == 0``)."""
+    t = tiles[:, :-1]
+    return np.all((t % steps == 0) | ((t <= steps) & (t % tiles[:, 1:] == 0)), axis=1)
+
+
+def _cuts(depth: int) -> np.ndarray:
+    """(depth+1, depth+1) ``[j, c] -> min(j, c)``: the temporal levels a cut ``j`` re-iterates as
+    seen from level ``c``."""
+    return np.minimum.outer(np.arange(depth + 1), np.arange(depth + 1))
 
 
 def _chunk_table_exact(n: int, tiles_d: np.ndarray, spatial_d: np.ndarray, depth: int,
                        excl_spatial_from: int | None) -> np.ndarray:
-    """:func:`_chunk_table` by propagating (extent, count) pairs through every split, all cuts
+    """One dimension of :func:`_chunk_tables` by propagating (extent, count) pairs through every split, all cuts
     ``j`` at once (rows ordered cut-major)."""
     C = tiles_d.shape[0]
     J = depth + 1
@@ -119,35 +152,36 @@ def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.nda
     nondeg = tiles[:, :L, :] > steps_t  # loop has more than one trip
     pos = np.arange(L)[None, :, None] * (D + 1) + order  # flattened loop position
 
-    tables = [_chunk_table(int(sizes[d]), tiles[:, :, d], spatial[:, :, d], L, None, exact) for d in range(D)]
-    mc_tables: dict[tuple[int, int], np.ndarray] = {}
+    tables = _chunk_tables(sizes, tiles, spatial, L, None, exact)  # (C, L+1, L+1, D)
+    mc_tables: dict[int, np.ndarray] = {}
 
-    def mc_table(d: int, p: int) -> np.ndarray:
-        if (d, p) not in mc_tables:
-            mc_tables[(d, p)] = _chunk_table(int(sizes[d]), tiles[:, :, d], spatial[:, :, d], L, p, exact)
-        return mc_tables[(d, p)]
+    def mc_table(p: int) -> np.ndarray:
+        if p not in mc_tables:
+            mc_tables[p] = _chunk_tables(sizes, tiles, spatial, L, p, exact)
+        return mc_tables[p]
 
     fills = np.zeros((C, T, L + 1), dtype=np.float64)
     src_reads = np.zeros((C, T, L + 1), dtype=np.float64)
-    rows = np.arange(C)
+    rows = np.arange(C)[:, None]
     for t in range(T):
         rel = prob.rel[t]
         rel_elems = float(np.prod(sizes[rel]))
+        other = np.flatnonzero(~rel)
         kept = [lv for lv in range(L) if keep[lv, t]]
         for c in range(1, L + 1):
             if c < L and not keep[c, t]:
                 continue
             src = max(lv for lv in kept if lv < c)
+            if other.size == 0:
+                fills[:, t, c] = src_reads[:, t, c] = rel_elems
+                continue
             mask = rel[None, None, :] & nondeg[:, :c, :]
             pstar = np.where(mask, pos[:, :c, :], -1).max(axis=(1, 2))  # (C,)
-            f = np.full(C, rel_elems)
-            g = np.full(C, rel_elems)
-            for d in np.flatnonzero(~rel):
-                j = (pos[:, :c, d] <= pstar[:, None]).sum(axis=1)  # temporal levels re-iterated
-                f = f * tables[d][rows, j, c]
-                g = g * (mc_table(int(d), src)[rows, j, c] if multicast[src] else tables[d][rows, j, c])
-            fills[:, t, c] = f
-            src_reads[:, t, c] = g
+            j = (pos[:, :c, other] <= pstar[:, None, None]).sum(axis=1)  # (C, |other|) temporal levels re-iterated
+            f = tables[rows, j, c, other[None, :]].astype(np.float64)
+            g = mc_table(src)[rows, j, c, other[None, :]].astype(np.float64) if multicast[src] else f
+            fills[:, t, c] = rel_elems * f.prod(axis=1)
+            src_reads[:, t, c] = rel_elems * g.prod(axis=1)
 
     reads = np.zeros((C, L))
     writes = np.zeros((C, L))
@@ -174,4 +208,5 @@ def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.nda
     active = np.minimum(spatial, _ceil_div(tiles[:, :L, :], tiles[:, 1:, :])).prod(axis=2)  # (C, L)
     used = np.concatenate([np.ones((C, 1), dtype=np.int64), np.cumprod(active, axis=1)], axis=1)
     steps = _ceil_div(tiles[:, :L, :], steps_t).prod(axis=(1, 2))
-    return NestTraffic(reads, writes, fills, used, steps)
+    padded = np.zeros(C, dtype=bool) if exact else np.asarray(~_products_exact(tiles, steps_t).all(axis=1))
+    return NestTraffic(reads, writes, fills, used, steps, padded)
