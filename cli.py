@@ -100,7 +100,10 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     if combos and len(a.arch) > 1:
         raise SpecError(f"{', '.join(combos)}: a host + PIM preset runs alone (--arch {combos[0]}); compare it with other "
                         "devices in separate runs")
-    combo = load_hetero(a.arch[0]) if len(a.arch) == 1 and not a.pim else None
+    if combos and a.pim:
+        raise SpecError(f"{combos[0]} is a host + PIM preset with its own PIM device; drop --pim (or give a host device "
+                        "with --pim)")
+    combo = load_hetero(a.arch[0]) if len(a.arch) == 1 else None
     if combo is not None:  # a shipped host + PIM preset (arch/hetero/): its host, PIM and policy unless overridden
         a.arch, a.pim = [combo["host"]], combo["pim"]
         a.pim_stacks = a.pim_stacks or combo["pim_stacks"]

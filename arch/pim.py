@@ -23,7 +23,10 @@ A PIM device is DRAM whose banks feed processing units (PUs) next to them. The s
   banks it reads at once; ``column`` is then the bytes one column period brings down the TSVs to the
   PU, so ``column / column_period`` per channel is the TSV bandwidth);
 * ``internal_read_energy`` (optional, pJ per bit): energy of a read that stays inside the DRAM
-  (bank to its PU) instead of the memory level's interface energy (which includes the I/O).
+  (bank to its PU) instead of the memory level's interface energy (which includes the I/O);
+* ``dual_row_buffer`` (default false): each bank has a second row buffer for the PUs, so the host
+  reads and writes the same banks while the PUs compute (NeuPIMs); without it, host and PIM work on
+  shared memory cannot overlap (``--pim-mode concurrent`` is refused there).
 
 The PU count, MACs per cycle and PU clock are the preset's ``matrix`` unit (instances = channels x
 PUs per channel); the external interface is the backing memory level's bandwidth. The cost model
@@ -42,7 +45,7 @@ from ..units import parse_quantity
 from .sections import check_section, count
 
 _KEYS = {"channels", "bank_groups", "banks", "row", "column", "timing", "pu", "mode", "all_bank_activate", "location",
-         "internal_read_energy"}
+         "internal_read_energy", "dual_row_buffer"}
 LOCATIONS = ("bank", "logic_die")
 _TIMING = ("tCK", "tRCD", "tRP", "tRAS", "tCCD_S", "tCCD_L", "tRRD", "tFAW", "tREFI", "tRFC")
 _TIMING_OPT = ("column_period", "command_period")
@@ -79,6 +82,7 @@ class PimSpec:
     all_bank_activate: bool = True
     location: str = "bank"
     internal_read_energy_pj_per_bit: float | None = None
+    dual_row_buffer: bool = False
 
     @property
     def banks_per_pu(self) -> int:
@@ -118,6 +122,7 @@ def _bytes(d: dict[str, Any], key: str, where: str) -> int:
 
 def _time(v: Any, tck: float | None, where: str) -> float:
     """A timing value: a time with a unit, ``N tCK`` / ``N nCK``, or a plain number of clocks."""
+    given = v
     if isinstance(v, str) and v.strip().endswith(("tCK", "nCK")):
         n = v.strip()[:-3].strip()
         try:
@@ -137,7 +142,7 @@ def _time(v: Any, tck: float | None, where: str) -> float:
     else:
         s = parse_quantity(v, "seconds", where)
     if not (math.isfinite(s) and s > 0):
-        raise SpecError(f"{where}: must be a positive time, e.g. '14 ns' or '4 tCK', got {v!r}")
+        raise SpecError(f"{where}: must be a positive time, e.g. '14 ns' or '4 tCK', got {given!r}")
     return s
 
 
@@ -192,13 +197,16 @@ def parse_pim(d: Any, name: str = "device") -> PimSpec:
     aba = d.get("all_bank_activate", True)
     if not isinstance(aba, bool):
         raise SpecError(f"{where}.all_bank_activate: must be true or false, got {aba!r}")
+    dual = d.get("dual_row_buffer", False)
+    if not isinstance(dual, bool):
+        raise SpecError(f"{where}.dual_row_buffer: must be true or false, got {dual!r}")
     return PimSpec(
         channels=channels, bank_groups=groups, banks=banks, row_bytes=row, column_bytes=column, tCK=tck, **times,
         column_period=col, command_period=cmd, pu_per_channel=per_channel,
         input_buffer_bytes=_bytes(pu, "input_buffer", f"{where}.pu"),
         accumulators=count(pu, "accumulators", f"{where}.pu"), adder_tree=tree, mode=str(mode),
         all_bank_activate=aba, location=str(location),
-        internal_read_energy_pj_per_bit=float(ire) if ire is not None else None,
+        internal_read_energy_pj_per_bit=float(ire) if ire is not None else None, dual_row_buffer=dual,
     )
 
 

@@ -10,8 +10,8 @@ operand that lives in DRAM: a weight or the KV cache), each multiplied by ``m`` 
   the same input chunk, written once per channel into the PUs' input buffers (broadcast), since an
   all-bank PIM command gives every PU the same operand;
 * a row of the matrix is stored as its ``k`` elements, chunked by what the input buffer holds
-  (``k_chunk`` for ``m_tile`` vectors), packed densely into the DRAM rows of the PU's banks in the
-  order the PU streams them; one column access brings ``column`` bytes to the PU;
+  (``k_chunk`` for ``m_tile`` vectors, or that rounded down to whole column bursts), packed densely
+  into the DRAM rows of the PU's banks in the order the PU streams them; one column access brings ``column`` bytes to the PU;
 * **M reuse**: each weight burst is used for ``m_tile`` vectors (limited by the input buffer and the
   PU's accumulators); ``ceil(m / m_tile)`` passes stream the matrix again;
 * **loop order**: ``chunk`` (input chunk outer; when a PU's rows do not fit its accumulators the
@@ -24,7 +24,8 @@ Per pass and channel (the most loaded one), with ``b`` banks per PU, ``C`` colum
 * bursts per PU ``B = g_c n_u s`` (``s`` bursts per matrix row), DRAM rows ``R = g_c ceil(n_u s / C)``;
 * all-bank mode: one ACT opens a row in every bank, so a PU's rows are opened in ``ceil(R / b)``
   lock-step groups, each exposing ``tRCD + tRP`` (plus the tRRD/tFAW stagger where the device
-  cannot activate all banks with one command); time ``= groups x (tRCD + tRP) + B x max(t_col,
+  cannot activate all banks with one command: every ACT after a group's first waits
+  ``max(tRRD, tFAW / 4)``); time ``= groups x (tRCD + tRP) + B x max(t_col,
   t_mac)`` and at least ``groups x (tRAS + tRP)``; ``t_mac = m x burst elements / MACs per cycle
   / PU clock``;
 * per-bank mode: one bank computes per column command: at least the all-bank time, ``U x B x
@@ -111,12 +112,15 @@ def _splits(channels: int) -> np.ndarray:
 
 
 def candidates(g: Gemv, spec: PimSpec) -> dict[str, np.ndarray]:
-    """Every mapping considered: channel split x vectors per pass x loop order (flat arrays)."""
+    """Every mapping considered: channel split x vectors per pass x loop order x input chunk
+    (``align`` 0: as many elements as the input buffer holds; 1: that rounded down to whole column
+    bursts of the matrix, so no chunk pads its last burst) (flat arrays)."""
     split = _splits(spec.channels)
     mt = np.arange(1, min(g.m, spec.accumulators) + 1, dtype=np.int64)
     order = np.arange(len(ORDERS), dtype=np.int64)
-    i, j, o = (a.ravel() for a in np.meshgrid(np.arange(len(split)), np.arange(len(mt)), order, indexing="ij"))
-    return {"pg": split[i, 0], "pn": split[i, 1], "pk": split[i, 2], "m_tile": mt[j], "order": o}
+    align = np.arange(2, dtype=np.int64)
+    i, j, o, a = (x.ravel() for x in np.meshgrid(np.arange(len(split)), np.arange(len(mt)), order, align, indexing="ij"))
+    return {"pg": split[i, 0], "pn": split[i, 1], "pk": split[i, 2], "m_tile": mt[j], "order": o, "align": a}
 
 
 def counts(g: Gemv, spec: PimSpec, lanes: float, plan: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -128,7 +132,10 @@ def counts(g: Gemv, spec: PimSpec, lanes: float, plan: dict[str, np.ndarray]) ->
     g_c, n_c, k_c = _cdiv(g.groups, pg), _cdiv(g.n, pn), _cdiv(g.k, pk)
     cap = np.floor(spec.input_buffer_bytes / (mt * g.x_bytes)).astype(np.int64)  # input elements per vector
     valid = cap >= 1
-    kc = np.minimum(k_c, np.maximum(cap, 1))
+    per_burst = max(int(cb // g.w_bytes), 1)  # matrix elements one column burst brings
+    aligned = np.where(cap >= per_burst, cap // per_burst * per_burst, cap)  # whole bursts where one fits
+    align = np.asarray(plan.get("align", np.zeros_like(mt)), dtype=np.int64)
+    kc = np.minimum(k_c, np.maximum(np.where(align == 1, aligned, cap), 1))
     chunks = _cdiv(k_c, kc)
     last = k_c - (chunks - 1) * kc
     s = (chunks - 1) * np.ceil(kc * g.w_bytes / cb) + np.ceil(last * g.w_bytes / cb)
@@ -144,7 +151,6 @@ def counts(g: Gemv, spec: PimSpec, lanes: float, plan: dict[str, np.ndarray]) ->
     return {
         "valid": valid, "g_c": g_c, "n_c": n_c, "k_c": k_c, "k_chunk": kc, "chunks": chunks, "bursts_per_row": s,
         "n_u": n_u, "row_block": rb, "bursts_per_pu": g_c * n_u * s, "rows_per_pu": g_c * rows_per_group,
-        "banks_active": np.minimum(b, rows_per_group),  # a PU's banks holding rows of a group: the ones opened
         "act_groups": g_c * np.ceil(rows_per_group / b), "input_writes": rewrite, "readouts": spill,
         "input_bytes": g_c * k_c * rewrite * g.x_bytes,  # per vector
         "output_bytes": g_c * n_c * spill * partials * g.acc_bytes,  # per vector
@@ -164,15 +170,17 @@ def _phase_times(g: Gemv, spec: PimSpec, c: dict[str, np.ndarray], m: np.ndarray
     adds = np.maximum(c["partials_per_output"] - 1, 0) * g.groups * g.n * m  # reduction outside the PUs
     io = io_bytes / bw_channel + adds / vec_flops_s
     # a PU's banks open their rows together (G groups), each exposing tRCD + tRP, and stay open >= tRAS
-    banks = c["banks_active"]  # a group opens the banks that hold its rows, not every bank of the PU
-    stagger = 0.0 if spec.all_bank_activate or spec.mode == "per_bank" else (U * banks - 1) * rrd
+    # without all-bank activation every ACT after a group's first waits max(tRRD, tFAW/4): U x R ACTs
+    # per channel in G groups (a group opens the banks that hold its rows, not every bank of the PU)
+    staggered = not spec.all_bank_activate and spec.mode == "all_bank"
+    stagger = np.maximum(U * R - G, 0) * rrd if staggered else 0.0
     col = B * spec.column_period
-    act = G * (spec.tRCD + spec.tRP + stagger)
+    act = G * (spec.tRCD + spec.tRP) + stagger
     stream = np.maximum(col, comp)
     act = act + np.maximum(G * (spec.tRAS + spec.tRP) - (act + stream), 0.0)
     bank = act + stream
     if spec.mode == "all_bank":
-        n_cmd = 2 * G * (1 if spec.all_bank_activate else U * banks) + B
+        n_cmd = 2 * (G if spec.all_bank_activate else U * R) + B  # ACT + PRE per opened row, one column command per burst
     else:  # one bank per column command: the channel's commands serialise over its PUs; one ACT per bank row
         col = np.maximum(col, U * B * spec.tCCD_S)
         act = np.maximum(act, U * R * rrd)
@@ -233,14 +241,16 @@ def pim_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     cycles = latency * clock
     comp = float(times["compute"][i]) * clock
     passes = int(c["passes"][i])
-    io_bytes = g.m * spec.channels * float(c["input_bytes"][i] + c["output_bytes"][i])
+    written = g.m * spec.channels * float(c["input_bytes"][i])  # input vectors into the PUs' buffers
+    read_out = g.m * spec.channels * float(c["output_bytes"][i])  # partial sums out of the PUs
+    io_bytes = written + read_out
     internal = passes * g.groups * g.n * g.k * g.w_bytes
     lv = arch.backing
     inside = (8.0 * spec.internal_read_energy_pj_per_bit if spec.internal_read_energy_pj_per_bit is not None
               else lv.read_energy_pj_per_byte)
     energy = {"compute": g.macs * arch.matrix.energy(g.compute) * 1e-12,
-              lv.name: (internal * inside + io_bytes * 0.5 * (lv.read_energy_pj_per_byte
-                                                                                  + lv.write_energy_pj_per_byte)) * 1e-12,
+              lv.name: (internal * inside + written * lv.write_energy_pj_per_byte
+                        + read_out * lv.read_energy_pj_per_byte) * 1e-12,
               "static": arch.static_power_w * latency}
     ideal = g.macs / (arch.matrix.rate_per_cycle[g.compute] * arch.matrix.instances * arch.matrix_clock_hz)
     streamed = (g.groups * g.n * g.k * g.w_bytes + g.groups * g.m * (g.k * g.x_bytes + g.n * g.acc_bytes)) / (

@@ -150,7 +150,8 @@ def op_cost(op: Op, arch: Arch, objective: str = "latency", isolated: bool = Fal
     elif arch.device_class == "gpu" and len(op.inputs) == 2:
         cost = with_dequant(gpu_gemm_cost(problem_from_op(op), arch, launch), op, arch)
     elif arch.device_class == "pim" and len(op.inputs) == 2:  # standalone PIM: contractions in the banks' PUs
-        cost = with_dequant(pim_matmul_cost(op, arch, launch), op, arch)
+        _check_pim_operands(op, arch)
+        cost = pim_matmul_cost(op, arch, launch)
     elif arch.device_class == "fpga" and len(op.inputs) == 2:  # FPGA LLM engine: DSP-chain MPE (FlightLLM)
         from ..mappers.fpga import fpga_matmul_cost
 
@@ -314,8 +315,23 @@ def _format_class(op: Op, role: str) -> str:
     return "kv" if role in ("kv", "state") else "activations"
 
 
+def _check_pim_operands(op: Op, arch: Arch) -> None:
+    """A PIM's PUs compute on operands read straight from the banks (and on the vector its input
+    buffer holds), with no conversion pass: every operand must be in the class the PUs run; one-line
+    :class:`DtypeError` naming the flag otherwise (a GPU would widen it in the kernel instead)."""
+    runs_in = arch.matrix.resolve(get_dtype(op.compute_dtype).compute)
+    for t in op.inputs:
+        if get_dtype(t.dtype).compute != runs_in:
+            flag = FORMAT_FLAGS[_format_class(op, t.role)][0]
+            raise DtypeError(f"{arch.name}'s PUs compute {runs_in} on operands read straight from the banks, with no "
+                             f"conversion pass: op {op.name!r} has {t.name} in {t.dtype}; add {flag} {runs_in}")
+
+
 def _resolves(arch: Arch, fmt: str) -> bool:
-    """Whether ``arch``'s matrix unit computes format ``fmt`` (in its class or a wider one it has)."""
+    """Whether ``arch``'s matrix unit computes format ``fmt`` (in its class or a wider one it has; a
+    PIM's PUs only in their own classes, see :func:`_check_pim_operands`)."""
+    if arch.device_class == "pim":
+        return get_dtype(fmt).compute in arch.matrix.rate_per_cycle
     try:
         arch.matrix.resolve(get_dtype(fmt).compute)
     except DtypeError:

@@ -2,17 +2,21 @@
 
 Every kernel group of the host's plan is costed on both sides (on the PIM op by op) and placed:
 
-* ``auto`` — where it runs faster: the Duplex rule (Yun et al., MICRO 2024): low-Op/B work
-  (decode attention, small-batch GEMV, few-token experts) goes to the PIM, the rest to the host;
+* ``auto`` — each group where it runs faster on its own, which sends low-Op/B work (decode
+  attention, small-batch GEMV, few-token experts) to the PIM as Duplex places it (Yun et al.,
+  MICRO 2024); with interleaved sub-batches the shortest makespan of that choice and the three
+  placements below;
 * ``attention`` — a generation step's attention on the PIM, everything else (a prefill's attention
   included) on the host (AttAcc, Park et al., ASPLOS 2024);
 * ``host`` / ``pim`` — everything on one side (the baselines).
 
-The two sides share the memory (the PIM is the host's memory), so no data is copied between them.
-Execution is ``blocked`` (host and PIM alternate: the step is the sum of its placed ops) or
-``concurrent`` (NeuPIMs, Heo et al., ASPLOS 2024: the batch is split in two sub-batches whose
-host and PIM segments interleave, so one sub-batch's PIM work overlaps the other's host work; a
-simpy run of the two resources gives the step time and the timeline).
+The PIM is the host's memory (``shared``) or extra stacks beside it that hold the KV cache
+(``added``, AttAcc); either way no data is copied between the sides. Execution is ``blocked``
+(host and PIM alternate: the step is the sum of its placed ops) or ``concurrent`` (NeuPIMs, Heo
+et al., ASPLOS 2024: the batch is split in two sub-batches whose host and PIM segments
+interleave, so one sub-batch's PIM work overlaps the other's host work; a simpy run of the two
+resources gives the step time and the timeline). Overlap needs the two sides to reach memory at
+once: added stacks, or dual row buffers in shared memory (NeuPIMs).
 """
 
 from __future__ import annotations
@@ -82,20 +86,19 @@ def _is_attention(group: Any) -> bool:
     return op.kind == "softmax" or (op.kind == "matmul" and any(t.role == "kv" for t in op.inputs))
 
 
-def _placed_ops(host: Arch, pim: Arch, trace: Any, placement: str, system: Any = None) -> list[dict[str, Any]]:
-    """One record per kernel group in trace order: costs on both sides and the chosen side
-    (collectives run over the system's fabric, on the host side)."""
+def _costed_groups(host: Arch, pim: Arch, trace: Any, placement: str, system: Any = None) -> list[dict[str, Any]]:
+    """One record per kernel group in trace order with its cost on both sides (``host_s``/``pim_s``;
+    the PIM's is infinite where it has no path for a format). Collectives run over the system's
+    fabric, on the host side. :func:`_place` chooses the side."""
     rows = []
     for block in trace.blocks:
         for group in plan(block.ops, host):
             if group.kind == "collective":
                 c = collective_cost(group.ops[0], system)
                 rows.append({"block": block.name, "name": group.name, "kind": group.kind, "repeat": block.repeat,
-                             "flops": 0.0, "bytes": group.ops[0].bytes, "intensity": 0.0, "cycles": c.cycles,
-                             "latency_s": c.latency_s, "total_latency_s": c.latency_s * block.repeat,
-                             "energy_j": c.energy_j, "total_energy_j": c.energy_j * block.repeat, "bound": "link",
-                             "utilization": 0.0, "device": "host", "host_s": c.latency_s, "pim_s": float("inf"),
-                             "ops": (group.ops[0].name,)})
+                             "flops": 0.0, "bytes": group.ops[0].bytes, "intensity": 0.0, "host_s": c.latency_s,
+                             "pim_s": float("inf"), "host_j": c.energy_j, "pim_j": 0.0, "host_bound": "link",
+                             "host_util": 0.0, "attention": False, "collective": True, "ops": (group.ops[0].name,)})
                 continue
             try:
                 h = group_cost(group, host)
@@ -114,23 +117,55 @@ def _placed_ops(host: Arch, pim: Arch, trace: Any, placement: str, system: Any =
                               if placement == "pim" or _is_attention(g) for op in g.ops]
                     raise DtypeError(format_advice(placed, pim) or f"{pim.name}: {e}") from None
                 p_lat, p_energy = float("inf"), 0.0
-            if placement == "auto":
-                side = "pim" if p_lat < h.latency_s else "host"
-            elif placement == "attention":
-                side = "pim" if _is_attention(group) else "host"
-            else:
-                side = placement
             flops = sum(op.useful_flops for op in group.ops)
             nbytes = sum(op.bytes for op in group.ops)
-            lat = p_lat if side == "pim" else h.latency_s
             rows.append({"block": block.name, "name": group.name, "kind": group.kind, "repeat": block.repeat,
                          "flops": flops, "bytes": nbytes, "intensity": flops / nbytes if nbytes else 0.0,
-                         "cycles": lat * host.clock_hz, "latency_s": lat, "total_latency_s": lat * block.repeat,
-                         "energy_j": p_energy if side == "pim" else h.energy_j,
-                         "total_energy_j": (p_energy if side == "pim" else h.energy_j) * block.repeat,
-                         "bound": "pim" if side == "pim" else h.bound, "utilization": 0.0 if side == "pim" else h.utilization,
-                         "device": side, "host_s": h.latency_s, "pim_s": p_lat, "ops": tuple(op.name for op in group.ops)})
+                         "host_s": h.latency_s, "pim_s": p_lat, "host_j": h.energy_j, "pim_j": p_energy,
+                         "host_bound": h.bound, "host_util": h.utilization, "attention": _is_attention(group),
+                         "collective": False, "ops": tuple(op.name for op in group.ops)})
     return rows
+
+
+def _place(costed: list[dict[str, Any]], placement: str, host: Arch) -> list[dict[str, Any]]:
+    """The records of :func:`_costed_groups` with each group on the side ``placement`` gives it
+    (``auto``: the faster side of each group on its own)."""
+    rows = []
+    for r in costed:
+        if r["collective"]:
+            side = "host"
+        elif placement == "auto":
+            side = "pim" if r["pim_s"] < r["host_s"] else "host"
+        elif placement == "attention":
+            side = "pim" if r["attention"] else "host"
+        else:
+            side = placement
+        on_pim = side == "pim"
+        lat, energy = (r["pim_s"], r["pim_j"]) if on_pim else (r["host_s"], r["host_j"])
+        rows.append({**r, "cycles": lat * host.clock_hz, "latency_s": lat, "total_latency_s": lat * r["repeat"],
+                     "energy_j": energy, "total_energy_j": energy * r["repeat"],
+                     "bound": "pim" if on_pim else r["host_bound"], "utilization": 0.0 if on_pim else r["host_util"],
+                     "device": side})
+    return rows
+
+
+def _best_interleaving(costed: list[dict[str, Any]], placement: str, streams: int,
+                       host: Arch) -> tuple[str, list[dict[str, Any]], float, list[dict[str, Any]]]:
+    """(placement used, rows, makespan, timeline). ``auto`` with interleaved sub-batches takes the
+    shortest makespan of the per-group choice and the ``attention``, ``host`` and ``pim``
+    placements: the faster side of each group alone can leave one resource idle while the other
+    queues (the per-group choice minimises the sum, which is the blocked mode's step)."""
+    candidates = ("auto", "attention", "host", "pim") if placement == "auto" and streams > 1 else (placement,)
+    best: tuple[str, list[dict[str, Any]], float, list[dict[str, Any]]] | None = None
+    for cand in candidates:
+        rows = _place(costed, cand, host)
+        if cand != placement and any(r["latency_s"] == float("inf") for r in rows):
+            continue  # a side that cannot run some group
+        makespan, events = _interleave(_segments(rows), streams)
+        if best is None or makespan < best[2]:
+            best = (cand, rows, makespan, events)
+    assert best is not None
+    return best
 
 
 @dataclasses.dataclass
@@ -201,6 +236,9 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     if pim.device_class != "pim":
         raise SpecError(f"{pim.name} is a {pim.device_class} device, not a PIM: give a class: pim preset (e.g. aim-gddr6)")
     streams = 2 if mode == "concurrent" else 1
+    if mode == "concurrent" and memory == "shared" and not pim.rules["pim"].dual_row_buffer:
+        raise SpecError(f"{pim.name} shares {host.name}'s memory without dual row buffers, so host and PIM work cannot "
+                        "overlap: use --pim-mode blocked (or --pim-memory added if its stacks are extra memory)")
     if mode == "concurrent" and phase.batch % 2:
         raise SpecError(f"concurrent host/PIM execution splits the batch in two: give an even batch, not {phase.batch}")
     from .engine import compiled_phase
@@ -217,8 +255,8 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
         step_trace = device_trace(model, sub, Plan(tp=tp), routing)
     else:
         step_trace = build_trace(model, sub, routing)
-    rows = _placed_ops(host, pim, step_trace, placement, system)
-    makespan, events = _interleave(_segments(rows), streams)
+    placed_as, rows, makespan, events = _best_interleaving(_costed_groups(host, pim, step_trace, placement, system),
+                                                            placement, streams, host)
     df = pd.DataFrame(rows, columns=[*COLUMNS, "device", "host_s", "pim_s"])
     trace = build_trace(model, phase, routing)
     held = model  # what one device holds: its tensor-parallel shard
@@ -247,7 +285,7 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
                           "device_class": "hetero", "trace": trace.name, "tp": tp, "formats": model_formats(model),
                           "static_power_w": host.static_power_w + pim.static_power_w,
                           "phase": phase.name, "model": model.name, "phase_args": dict(vars(phase)),
-                          "placement": placement, "mode": mode, "streams": streams, "meta": trace.meta,
+                          "placement": placement, "placed_as": placed_as, "mode": mode, "streams": streams, "meta": trace.meta,
                           **_fpga_inputs(host),
                           "pim_share": float(df.loc[df["device"] == "pim", "total_latency_s"].sum()
                                              / max(df["total_latency_s"].sum(), 1e-30))},
@@ -255,6 +293,13 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     result.inputs["pim_memory"] = memory
     host_bytes = host.backing.capacity_bytes * host.backing.instances
     on_host = result.weights_bytes + result.activation_bytes
+    pim_bytes = pim.backing.capacity_bytes * pim.backing.instances
+    in_pim = result.kv_cache_bytes + result.ssm_state_bytes
+    if check_memory and memory == "added" and in_pim > pim_bytes:
+        gib = 2.0**30
+        raise CapacityError(f"{model.name}'s KV cache ({in_pim / gib:.1f} GiB per device) exceeds the added PIM stacks' "
+                            f"{pim_bytes / gib:.1f} GiB ({pim.name}), which hold it: use more stacks (--pim-stacks), "
+                            "a smaller batch, context or --kv-dtype, or --pim-memory shared (--ignore-memory runs it anyway)")
     if check_memory and memory == "added" and on_host > host_bytes:
         gib = 2.0**30
         raise CapacityError(f"{model.name}'s weights and activations ({on_host / gib:.1f} GiB per device) exceed "
@@ -284,7 +329,8 @@ def _fpga_inputs(host: Arch) -> dict[str, Any]:
 
 def pim_stacks(pim: Arch | str, stacks: int) -> Arch:
     """``stacks`` copies of a PIM device side by side (e.g. every HBM stack of a host made PIM):
-    channels, processing units, vector lanes and memory multiplied, timings unchanged."""
+    channels, processing units, vector lanes, memory and static power (and TDP) multiplied, timings
+    unchanged."""
     pim = load_arch(pim)
     if not isinstance(stacks, int) or isinstance(stacks, bool) or stacks < 1:
         raise SpecError(f"--pim-stacks must be a positive integer, got {stacks!r}")
@@ -294,7 +340,8 @@ def pim_stacks(pim: Arch | str, stacks: int) -> Arch:
     mem = tuple(dataclasses.replace(lv, instances=lv.instances * stacks) if i == 0 else lv
                 for i, lv in enumerate(pim.memory))
     return dataclasses.replace(
-        pim, name=f"{pim.name} x{stacks}", memory=mem,
+        pim, name=f"{pim.name} x{stacks}", memory=mem, static_power_w=pim.static_power_w * stacks,
+        tdp_w=pim.tdp_w * stacks,
         matrix=dataclasses.replace(pim.matrix, instances=pim.matrix.instances * stacks),
         vector=dataclasses.replace(pim.vector, instances=pim.vector.instances * stacks),
         rules={**pim.rules, "pim": dataclasses.replace(spec, channels=spec.channels * stacks)})
