@@ -23,7 +23,9 @@ engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section 
   ``length_buckets: {prefill, decode}`` (length-adaptive compilation: one instruction stream per
   bucket of lengths, so attention runs at the length rounded up to the bucket); optional
   ``attention_block`` (the side of the score blocks a causal mask lets the engine skip whole, as
-  FlightLLM's block-sparse attention masks do);
+  FlightLLM's block-sparse attention masks do); optional ``tiers`` (on a card with DDR: ``fill``,
+  the default, puts weights and KV cache in HBM first; ``balance`` at most the share of each that
+  balances the HBM and DDR streams, ``mappers/tiers.py``);
 * ``power`` (optional): the board's power while the engine runs — ``board_idle`` (the board with the
   design loaded and clocked, not computing), ``dsp_energy`` per DSP per cycle and ``lut_energy`` per
   LUT (with its registers) per cycle of the template's logic, activity-independent as a vectorless
@@ -48,13 +50,13 @@ from typing import Any
 
 from ..errors import CapacityError, SpecError
 from ..units import parse_quantity
-from .sections import check_section, count, positive
+from .sections import TIER_POLICIES, check_section, count, positive
 
 _PART = ("dsp", "bram", "uram", "lut", "ff", "slrs", "dsp_kind")
 _PART_HBM = ("hbm_channels", "hbm_remote_efficiency")
 _PART_OPTIONAL = _PART_HBM + ("dsp_fmax", "ddr")
 _TEMPLATE = ("cores", "vpus", "chain", "macs_per_dsp", "sparsity_m", "sfu_lanes", "buffers", "hbm_efficiency")
-_OPTIONAL = ("length_buckets", "hbm_layout", "attention_block")
+_OPTIONAL = ("length_buckets", "hbm_layout", "attention_block", "tiers")
 _ESTIMATE = ("lut_per_dsp", "ff_per_dsp", "lut_fixed", "ff_fixed", "max_utilisation")
 #: on-chip memory blocks: URAM 4K x 72 bits, BRAM36 1K x 36 bits (AMD UltraScale+ and Versal)
 URAM_BYTES = 288 * 1024 // 8
@@ -101,6 +103,7 @@ class Template:
     length_buckets: tuple[int, int] = (1, 1)  # (prefill, decode): the token multiples instructions are compiled for
     hbm_layout: str = "per_core"  # where the stored matrices live on the HBM channels (mappers/fpga_hbm.py)
     attention_block: int = 0  # side of the score blocks a causal mask can skip whole (0: the full q x s plane)
+    tiers: str = "fill"  # weights and KV over HBM and the card's DDR: fill (HBM first) or balance (mappers/tiers.py)
 
     @property
     def dsps(self) -> int:
@@ -190,6 +193,9 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
         raise SpecError(f"{where}.template.hbm_layout: must be per_core or striped, got {layout!r}")
     if "hbm_layout" in t and not part.hbm_channels:
         raise SpecError(f"{where}.template.hbm_layout: needs the part's hbm_channels (an HBM part's pseudo-channels)")
+    policy = t.get("tiers", "fill")
+    if policy not in TIER_POLICIES:
+        raise SpecError(f"{where}.template.tiers: must be {' or '.join(TIER_POLICIES)}, got {policy!r}")
     m = _int(t, "sparsity_m", f"{where}.template")
     if m & (m - 1):
         raise SpecError(f"{where}.template.sparsity_m: must be a power of two (N:M sparsity), got {m}")
@@ -197,7 +203,7 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
                         chain=_int(t, "chain", f"{where}.template"), macs_per_dsp=_int(t, "macs_per_dsp", f"{where}.template"),
                         sparsity_m=m, sfu_lanes=_int(t, "sfu_lanes", f"{where}.template"), buffers=buffers,
                         hbm_efficiency=_num(t, "hbm_efficiency", f"{where}.template", 1e-3, 1.0), length_buckets=buckets,
-                        hbm_layout=str(layout),
+                        hbm_layout=str(layout), tiers=str(policy),
                         attention_block=_int(t, "attention_block", f"{where}.template") if "attention_block" in t else 0)
     if part.hbm_channels and layout == "per_core" and part.hbm_channels < template.cores:
         raise SpecError(f"{where}: a per_core HBM layout needs a channel per core, but {template.cores} cores share "

@@ -10,10 +10,15 @@ behind it: the PMUs' SRAM, HBM and DDR. The section describes
   its first memory level after the backing one is the PMUs' SRAM: ``instances = pmus``);
 * ``pcu``: ``lanes`` and ``stages`` of a PCU's SIMD pipeline (its systolic MAC rate is the matrix
   unit's ``macs_per_cycle``);
-* ``pmu``: ``banks`` of a PMU's SRAM (its capacity and bandwidth are the SRAM level's);
+* ``pmu``: ``banks`` of a PMU's SRAM (its capacity is the SRAM level's; the banks and the
+  SRAM level's bandwidth are recorded but bound nothing in the cost model: a stage's on-chip
+  operands are assumed to keep pace with its PCUs);
 * ``ddr``: ``capacity`` and ``bandwidth`` of the DDR tier behind the HBM (the backing level);
 * ``kernel_launch``: the time to start one kernel (a fused pipeline or an unfused operator) on
-  the RDU — what fusion saves besides the HBM round trips of intermediates.
+  the RDU — what fusion saves besides the HBM round trips of intermediates;
+* ``tiers`` (optional): how weights and KV cache are placed over HBM and DDR: ``fill`` (default:
+  HBM first, DDR for what overflows) or ``balance`` (at most the share of each that balances the two
+  streams; see ``mappers/tiers.py``).
 
 The cost model that reads this section is ``mappers/rdu.py``; sources in ``docs/devices.md``
 (section Dataflow).
@@ -26,9 +31,10 @@ from typing import Any
 
 from ..errors import SpecError
 from ..units import parse_quantity
-from .sections import check_section, count, positive
+from .sections import TIER_POLICIES, check_section, count, positive
 
-_KEYS = {"pcus", "pmus", "pcu", "pmu", "ddr", "kernel_launch"}
+_KEYS = {"pcus", "pmus", "pcu", "pmu", "ddr", "kernel_launch", "tiers"}
+_REQUIRED = ["pcus", "pmus", "pcu", "pmu", "ddr", "kernel_launch"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class RduSpec:
     ddr_bytes: float
     ddr_Bps: float
     kernel_launch_s: float
+    tiers: str = "fill"
 
 
 def _where(name: str) -> str:
@@ -52,10 +59,14 @@ def _where(name: str) -> str:
 def parse_rdu(d: Any, name: str = "device") -> RduSpec:
     """Parse and validate an ``rdu:`` section (one-line :class:`SpecError` on any bad field)."""
     where = _where(name)
-    check_section(d, _KEYS, sorted(_KEYS), where, "pcus, pmus, pcu, pmu, ddr, kernel_launch")
-    ddr = d["ddr"]
-    if not isinstance(ddr, dict) or set(ddr) != {"capacity", "bandwidth"}:
-        raise SpecError(f"{where}.ddr: must give capacity and bandwidth, e.g. {{capacity: 1.5 TB, bandwidth: 200 GB/s}}")
+    check_section(d, _KEYS, _REQUIRED, where, "pcus, pmus, pcu, pmu, ddr, kernel_launch")
+    check_section(d["pcu"], {"lanes", "stages"}, ["lanes", "stages"], f"{where}.pcu", "lanes and stages")
+    check_section(d["pmu"], {"banks"}, ["banks"], f"{where}.pmu", "banks")
+    ddr = check_section(d["ddr"], {"capacity", "bandwidth"}, ["capacity", "bandwidth"], f"{where}.ddr",
+                        "capacity and bandwidth, e.g. {capacity: 1.5 TB, bandwidth: 200 GB/s}")
+    policy = d.get("tiers", "fill")
+    if policy not in TIER_POLICIES:
+        raise SpecError(f"{where}.tiers: must be {' or '.join(TIER_POLICIES)}, got {policy!r}")
     return RduSpec(
         pcus=count(d, "pcus", where), pmus=count(d, "pmus", where),
         pcu_lanes=count(d["pcu"], "lanes", f"{where}.pcu"), pcu_stages=count(d["pcu"], "stages", f"{where}.pcu"),
@@ -66,6 +77,7 @@ def parse_rdu(d: Any, name: str = "device") -> RduSpec:
                           f"{where}.ddr.bandwidth", "'200 GB/s'"),
         kernel_launch_s=positive(parse_quantity(d["kernel_launch"], "seconds", f"{where}.kernel_launch"),
                                   f"{where}.kernel_launch", "'10 us'"),
+        tiers=str(policy),
     )
 
 

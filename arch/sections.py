@@ -7,6 +7,9 @@ from typing import Any
 
 from ..errors import SpecError
 
+#: how a device with HBM and DDR tiers places weights and KV cache over them
+#: (:func:`xpusim.mappers.tiers.balanced_share`)
+TIER_POLICIES = ("fill", "balance")
 
 def check_section(d: Any, allowed: set[str], required: list[str], where: str, shape: str) -> dict[str, Any]:
     """``d`` as a mapping with only ``allowed`` keys and every ``required`` one; one-line

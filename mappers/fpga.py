@@ -45,7 +45,7 @@ from ..sim.cost import OpCost
 from ..workloads.einsum import Op
 from .fpga_hbm import HbmPlan, channel_fill, hbm_plan
 from .pim import Gemv, as_gemv
-from .tiers import kv_near, tiers
+from .tiers import balanced_share, kv_near, tiers
 
 
 def template_hbm_plan(arch: Arch) -> HbmPlan | None:
@@ -68,12 +68,14 @@ def hbm_channel_summary(arch: Arch, stored_bytes: float) -> dict[str, Any] | Non
 def with_tiers(arch: Arch, weights_bytes: float, kv_bytes: float) -> Arch:
     """``arch`` with the placement of ``weights_bytes`` and ``kv_bytes`` over its HBM and the card's DDR
     (:func:`xpusim.mappers.tiers.tiers`: the KV cache in HBM when it fits, the weights filling the rest
-    and overflowing into DDR), which the engine's costs read; unchanged on a part without DDR."""
+    and overflowing into DDR, each at most the share the template's ``tiers`` policy allows), which
+    the engine's costs read; unchanged on a part without DDR."""
     spec = fpga_spec(arch)
     if not spec.part.ddr_bytes:
         return arch
     hbm = arch.backing.capacity_bytes * arch.backing.instances
-    place = tiers(hbm, weights_bytes, kv_bytes)
+    share = balanced_share(arch.backing.bandwidth_Bps * arch.backing.instances, spec.part.ddr_Bps, spec.template.tiers)
+    place = tiers(hbm, weights_bytes, kv_bytes, share)
     return dataclasses.replace(arch, rules={**arch.rules, "fpga_tiers": place})
 
 

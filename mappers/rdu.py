@@ -36,7 +36,7 @@ from ..dtypes import get_dtype
 from ..errors import DtypeError, SpecError
 from ..sim.cost import OpCost
 from ..workloads.einsum import Op
-from .tiers import kv_near
+from .tiers import balanced_share, kv_near
 from .tiers import tiers as two_tiers
 
 #: how a dataflow device runs a trace: fused pipelines (a kernel per block instance), looped (a kernel
@@ -114,8 +114,10 @@ class BlockCost:
 
 def tiers(arch: Arch, weights_bytes: float, kv_bytes: float) -> dict[str, Any]:
     """Where the weights and the KV cache live on the socket (:func:`xpusim.mappers.tiers.tiers` over
-    its HBM)."""
-    return two_tiers(arch.backing.capacity_bytes * arch.backing.instances, weights_bytes, kv_bytes)
+    its HBM, under the socket's ``rdu.tiers`` policy)."""
+    spec = rdu_spec(arch)
+    share = balanced_share(arch.backing.bandwidth_Bps * arch.backing.instances, spec.ddr_Bps, spec.tiers)
+    return two_tiers(arch.backing.capacity_bytes * arch.backing.instances, weights_bytes, kv_bytes, share)
 
 
 def _op_bytes(op: Op) -> dict[str, float]:

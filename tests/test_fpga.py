@@ -563,11 +563,13 @@ def test_every_board_of_a_system_draws_its_power_for_the_whole_step(tmp_path):
 
 
 def test_an_fpga_host_draws_its_power_while_the_pim_works():
-    from xpusim.sim.hetero import pim_stacks, simulate_hetero
+    from xpusim.sim.hetero import simulate_hetero
 
     host = load_arch("alveo-u280")
     m = load_model("llama-2-7b").with_formats("int8", "int8", "int8")
-    r = simulate_hetero(host, pim_stacks("aim-gddr6", 1), m, Decode(1, 640), "pim", "blocked")
+    d = yaml.safe_load((PRESETS_DIR / "aim-gddr6.yaml").read_text())
+    d["matrix"]["macs_per_cycle"]["int8"] = d["matrix"]["macs_per_cycle"]["bf16"]  # an int8 variant: PUs take operands as stored
+    r = simulate_hetero(host, arch_from_dict(d), m, Decode(1, 640), "pim", "blocked")
     assert (r.ops["device"] == "pim").all()
     assert r.energy_j >= host.static_power_w * r.latency_s  # the board idles, powered, through the PIM's step
     assert r.inputs["fpga_power"]["running_w"] == pytest.approx(host.static_power_w)
@@ -698,3 +700,28 @@ def test_the_sfu_lanes_set_the_vector_rate_in_presets_and_searches():
     assert d["vector"]["flops_per_cycle"] == {"fp16": 64, "fp32": 64}
     a = arch_from_dict(d)
     assert estimate_resources(fpga_spec(a))["bram"] == 3 * 64
+
+
+def test_balanced_tiers_on_a_card_never_make_a_larger_hbm_slower():
+    """The U280 with weights filled into HBM (FlightLLM's design) was 7.4 % slower than a card with
+    7 GiB of HBM that streams the rest from DDR at once; ``tiers: balance`` never is."""
+    from xpusim.sim.engine import with_engine_formats
+
+    d0 = yaml.safe_load((PRESETS_DIR / "alveo-u280.yaml").read_text())
+    prev = float("inf")
+    for cap in ("4 GiB", "6 GiB", "7 GiB", "8 GiB", "16 GiB"):
+        d = copy.deepcopy(d0)
+        d["memory"][0]["capacity"] = cap
+        d["fpga"]["template"]["tiers"] = "balance"
+        a = arch_from_dict(d, "u280-balance")
+        t = simulate(a, with_engine_formats(load_model("llama-3-8b"), a), Decode(1, 1024), check_memory=False).latency_s
+        assert t <= prev * (1 + 1e-12), cap
+        prev = t
+    fill = load_arch("alveo-u280")
+    r = simulate(fill, with_engine_formats(load_model("llama-3-8b"), fill), Decode(1, 1024))
+    assert r.inputs["fpga_tiers"]["weights"] == "hbm"  # the shipped design keeps what fits in HBM
+    assert prev < r.latency_s
+    d = copy.deepcopy(d0)
+    d["fpga"]["template"]["tiers"] = "spread"
+    with pytest.raises(SpecError, match="template.tiers: must be fill or balance"):
+        arch_from_dict(d)

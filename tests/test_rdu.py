@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -317,3 +318,40 @@ def test_a_recurrent_state_is_placed_with_the_kv_cache():
     r = simulate("sn40l", "mamba-2.8b", Decode(8192, 2048), check_memory=False)
     assert r.ssm_state_bytes > 64 * 2**30
     assert r.mappings["rdu"]["tiers"]["kv_hbm"] < 0.5
+
+
+def test_balanced_tiers_never_make_a_larger_hbm_slower():
+    """Both tiers stream at once: filling the HBM first put llama-3-70b's weights past the balance
+    point (HBM 136 GiB: 92.97 ms against 87.86 ms at 124 GiB); ``tiers: balance`` stops at it."""
+    d0 = yaml.safe_load((PRESETS_DIR / "sn40l.yaml").read_text())
+    times = {}
+    for policy in ("fill", "balance"):
+        prev = math.inf
+        for cap in ("96 GiB", "120 GiB", "124 GiB", "128 GiB", "136 GiB", "160 GiB"):
+            d = copy.deepcopy(d0)
+            d["memory"][0]["capacity"] = cap
+            d["rdu"]["tiers"] = policy
+            t = simulate(arch_from_dict(d), "llama-3-70b", Decode(1, 1024)).latency_s
+            times[policy, cap] = t
+            if policy == "balance":
+                assert t <= prev * (1 + 1e-12), cap
+            prev = t
+    assert times["fill", "136 GiB"] > times["fill", "124 GiB"]  # the documented behaviour of fill
+    assert times["balance", "136 GiB"] < times["fill", "136 GiB"]
+    hbm_bw, ddr = load_arch("sn40l").backing.bandwidth_Bps, rdu_spec(load_arch("sn40l")).ddr_Bps
+    d = copy.deepcopy(d0)
+    d["rdu"]["tiers"] = "balance"
+    r = simulate(arch_from_dict(d), "llama-3-8b", Decode(1, 1024))
+    assert r.mappings["rdu"]["tiers"]["weights_hbm"] == pytest.approx(hbm_bw / (hbm_bw + ddr))
+
+
+def test_rdu_sections_refuse_unknown_fields_and_policies():
+    d0 = yaml.safe_load((PRESETS_DIR / "sn40l.yaml").read_text())
+    for where, edit in (("rdu.pcu", lambda d: d["rdu"]["pcu"].update(width=3)),
+                        ("rdu.pmu", lambda d: d["rdu"]["pmu"].update(bank=3)),
+                        ("rdu.ddr", lambda d: d["rdu"]["ddr"].update(kind="ddr5")),
+                        ("rdu.tiers", lambda d: d["rdu"].update(tiers="diag"))):
+        d = copy.deepcopy(d0)
+        edit(d)
+        with pytest.raises(SpecError, match=where.split(".")[1]):
+            arch_from_dict(d)
