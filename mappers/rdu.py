@@ -72,31 +72,74 @@ def op_parallelism(op: Op, arch: Arch) -> int:
 
 
 def allocate(work: np.ndarray, cap: np.ndarray, units: int) -> np.ndarray:
-    """Integer units per stage: at least one, at most ``cap``, the rest in proportion to ``work``
-    (largest remainders first); the stages' times ``work / units`` are then as even as the
-    integers allow. Needs ``len(work) <= units``."""
-    s = len(work)
-    alloc = np.ones(s, dtype=np.int64)
-    free = units - s
-    while free > 0:
-        room = cap - alloc
-        if not (room > 0).any():
+    """Integer units per stage, at least one and at most ``cap`` each, that minimise the slowest
+    stage's time ``work / units`` (water-filling: the smallest time ``T`` whose allocation
+    ``clip(ceil(work / T), 1, cap)`` fits ``units``, found by bisection; then each unit left over to the
+    slowest stage that can take one). One more unit never makes the slowest stage slower. Needs
+    ``len(work) <= units``."""
+    work = np.asarray(work, dtype=np.float64)
+    cap = np.maximum(np.asarray(cap, dtype=np.int64), 1)
+
+    def alloc_at(t: float) -> np.ndarray:
+        return np.clip(np.ceil(work / t), 1, cap).astype(np.int64)
+
+    hi = float(max(work.max(initial=0.0), 1e-300))  # one unit each meets this time
+    if alloc_at(hi).sum() > units:
+        raise SpecError(f"{len(work)} pipeline stages need at least as many units, got {units}")
+    lo = float((work / cap).max(initial=0.0))  # every stage at its cap
+    if alloc_at(max(lo, 1e-300)).sum() <= units:
+        return alloc_at(max(lo, 1e-300))
+    for _ in range(100):  # alloc_at(hi) fits, alloc_at(lo) does not
+        mid = 0.5 * (lo + hi)
+        if mid <= lo or mid >= hi:
             break
-        share = np.where(room > 0, work, 0.0)
-        if share.sum() <= 0:
+        if alloc_at(mid).sum() <= units:
+            hi = mid
+        else:
+            lo = mid
+    alloc = alloc_at(hi)
+    for _ in range(units - int(alloc.sum())):
+        t = np.where(alloc < cap, work / alloc, -1.0)
+        i = int(np.argmax(t))
+        if t[i] < 0:
             break
-        want = np.minimum(np.floor(share / share.sum() * free), room).astype(np.int64)
-        if want.sum() == 0:  # hand the next unit to the slowest stage that can take one
-            t = np.where(room > 0, work / alloc, -1.0)
-            want[int(np.argmax(t))] = 1
-        alloc += want
-        free -= int(want.sum())
+        alloc[i] += 1
     return alloc
+
+
+def sections_of(work: np.ndarray, cap: np.ndarray, units: int, rows_share: float, launch_cycles: float,
+                floor_cycles: float = 0.0) -> tuple[list[list[int]], float]:
+    """A block's stages cut into consecutive pipelines of at most ``units`` stages, each run on all the
+    units in turn, and their compute cycles: among the fewest pipelines the stages need and up to
+    three more (cuts of balanced work or of equal stage counts), the one whose ``max(compute,
+    floor_cycles) + pipelines x launch_cycles`` is shortest (``floor_cycles``: the block's tier
+    transfers, which compute hides under). A pipeline's compute is its slowest stage plus the other
+    stages' fill (``rows_share``: the first tile's share of the rows)."""
+    s = len(work)
+    k_min = -(-s // units)
+    best: tuple[float, list[list[int]], float] | None = None
+    cum = np.cumsum(work)
+    for k in range(k_min, min(s, k_min + 3) + 1):
+        cuts = [int(np.searchsorted(cum, cum[-1] * j / k, side="left")) + 1 for j in range(1, k)]  # balanced work
+        for bounds in ([0, *cuts, s], [round(s * j / k) for j in range(k + 1)]):  # ... or equal stage counts
+            secs = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            if any(not sec or len(sec) > units for sec in secs):
+                continue
+            cyc = 0.0
+            for sec in secs:
+                t = work[sec] / allocate(work[sec], cap[sec], units)
+                cyc += t.max() + (t.sum() - t.max()) * rows_share
+            total = max(cyc, floor_cycles) + k * launch_cycles
+            if best is None or total < best[0]:
+                best = (total, secs, cyc)
+    assert best is not None  # equal counts of ceil(s / k_min) <= units stages always fit
+    return best[1], best[2]
 
 
 @dataclass
 class BlockCost:
-    """A block's time and traffic on an RDU; ``share``: each op's part of the time (sums to 1)."""
+    """A block's time and traffic on an RDU; ``share``: each op's part of the time and energy, by its
+    own busy time (sums to 1)."""
 
     latency_s: float
     compute_s: float
@@ -108,6 +151,7 @@ class BlockCost:
     energy_j: float
     energy_by_component: dict[str, float]
     share: np.ndarray
+    byte_share: np.ndarray  # each op's part of the HBM bytes (sums to 1)
     utilization: float
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -173,6 +217,22 @@ def intermediates(ops: list[Op], tiles: int, kv_tile: int, form: str) -> tuple[f
     return sum(external.values()) + outputs, inter, 2.0 * tile_bytes
 
 
+def block_tiles(ops: list[Op], lanes: int) -> tuple[int, float]:
+    """(row tiles of ``lanes`` rows a block's tokens flow in, the first tile's share of the rows)."""
+    rows = max((op.sizes.get("m", 1) for op in ops if op.kind == "matmul"), default=1)
+    return max(1, math.ceil(rows / lanes)), min(1.0, lanes / rows)
+
+
+def on_chip(ops: list[Op], arch: Arch) -> tuple[float, float, float, float]:
+    """:func:`intermediates` of a fused block on ``arch`` (its row tiles and attention form) and the
+    bytes of intermediates its PMUs' SRAM cannot hold, which go to HBM and back (and so live there)."""
+    spec = rdu_spec(arch)
+    sram = arch.memory[1]
+    ext, inter, buffers = intermediates(ops, block_tiles(ops, spec.pcu_lanes)[0], spec.pcu_lanes, attention_form(arch))
+    spill = inter * max(0.0, 1.0 - sram.capacity_bytes * sram.instances / buffers) if buffers > 0 else 0.0
+    return ext, inter, buffers, spill
+
+
 def block_cost(ops: list[Op], arch: Arch, placement: dict[str, str], fused: bool = True) -> BlockCost:
     """Time, traffic and energy of ``ops`` (one block instance) on ``arch`` (see the module docstring)."""
     spec = rdu_spec(arch)
@@ -194,27 +254,26 @@ def block_cost(ops: list[Op], arch: Arch, placement: dict[str, str], fused: bool
     act = np.array([b["act"] for b in moved])
     traffic_s = np.array([max((b["weights"] * frac + b["kv"] * kv_frac + b["act"]) / hbm_bw,
                               (b["weights"] * (1 - frac) + b["kv"] * (1 - kv_frac)) / spec.ddr_Bps) for b in moved])
-    unfused_op_s = np.maximum(alone / clock, traffic_s) + spec.kernel_launch_s
-    share = unfused_op_s / unfused_op_s.sum() if unfused_op_s.sum() > 0 else np.full(len(ops), 1.0 / len(ops))
+    busy_op_s = np.maximum(alone / clock, traffic_s)
+    unfused_op_s = busy_op_s + spec.kernel_launch_s
+    # each op's part of the block: its own busy time (a launch per op would give every tiny op ~4 %)
+    # and its own HBM bytes (weights and KV in HBM, its activations)
+    share = busy_op_s / busy_op_s.sum() if busy_op_s.sum() > 0 else np.full(len(ops), 1.0 / len(ops))
+    op_hbm = np.array([b["weights"] * frac + b["kv"] * kv_frac + b["act"] for b in moved])
+    byte_share = op_hbm / op_hbm.sum() if op_hbm.sum() > 0 else share
     if fused:
-        sections = [list(range(i, min(i + spec.pcus, len(ops)))) for i in range(0, len(ops), spec.pcus)]
-        rows = max((op.sizes.get("m", 1) for op in ops if op.kind == "matmul"), default=1)
         # a decode step (rows <= lanes) is one tile: the stages run one after another (no overlap), which
-        # is harmless while the step is bound by streaming the weights from HBM
-        tiles = max(1, math.ceil(rows / spec.pcu_lanes))
-        first = min(1.0, spec.pcu_lanes / rows)  # the first tile's share of the rows (a partial last tile is not a full one)
-        compute_cyc = 0.0
-        for sec in sections:
-            alloc = allocate(work[sec], cap[sec], spec.pcus)
-            t = work[sec] / alloc
-            # the first tile fills the pipeline through every stage; the other rows then flow at the slowest stage's rate
-            compute_cyc += t.max() + (t.sum() - t.max()) * first
+        # is harmless while the step is bound by streaming the weights from HBM; ``first``: the first
+        # tile's share of the rows (a partial last tile is not a full one)
+        _, first = block_tiles(ops, spec.pcu_lanes)
         # the block's input and output activations cross HBM once; intermediates stay in the PMUs
         # (double-buffered tiles); the part of them the SRAM cannot hold goes to HBM and back
-        ext, inter, buffers = intermediates(ops, tiles, spec.pcu_lanes, attention_form(arch))
+        ext, inter, buffers, spill = on_chip(ops, arch)
         capacity = sram.capacity_bytes * sram.instances
-        spill = inter * max(0.0, 1.0 - capacity / buffers) if buffers > 0 else 0.0
         by_tier["hbm"] += ext + 2.0 * spill
+        # the first tile fills each pipeline through every stage; the other rows then flow at the slowest stage's rate
+        floor = max(v / bw[k] for k, v in by_tier.items()) * clock
+        sections, compute_cyc = sections_of(work, cap, spec.pcus, first, spec.kernel_launch_s * clock, floor)
         launches = len(sections)
         compute_s = compute_cyc / clock
         sram_bytes = min(buffers, capacity)
@@ -245,7 +304,7 @@ def block_cost(ops: list[Op], arch: Arch, placement: dict[str, str], fused: bool
     ideal = macs / (arch.matrix.rate(cc) * arch.matrix.instances) / clock if macs else 0.0
     return BlockCost(latency_s=latency, compute_s=compute_s, tier_s=tier_s, bytes_by_tier=by_tier, sram_bytes=sram_bytes,
                      launches=launches, bound=bound, energy_j=float(sum(energy.values())), energy_by_component=energy,
-                     share=share, utilization=ideal / latency if latency else 0.0,
+                     share=share, byte_share=byte_share, utilization=ideal / latency if latency else 0.0,
                      detail={"fused": fused, "stages": len(ops), "unfused_s": float(unfused_op_s.sum())})
 
 

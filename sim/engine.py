@@ -224,7 +224,7 @@ def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any,
               resident: tuple[float, float] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of a trace on a dataflow device: each block's compute ops as one fused pipeline, its
     collectives after it; every op row carries its share of the block's time and energy. The
-    device's ``rules['rdu_mode']``: ``fused`` (default: one kernel per block instance), ``looped``
+    device's ``rules['rdu_mode']``: ``fused`` (default: one kernel per pipeline of a block instance), ``looped``
     (kernel looping: a repeated block's instances run as one kernel with a pipelined outer loop,
     so its launch is paid once per step, not once per repeat) or ``unfused`` (kernel by kernel).
     ``resident``: the (weights, KV) bytes the device holds, which decide their tiers (default: what
@@ -262,7 +262,7 @@ def _rdu_rows(trace: Trace, arch: Arch, level_names: list[str], system: Any,
             for n in level_names:
                 row[f"bytes_{n}"] = 0.0
             if bc is not None and op.kind != "collective":  # the op's share of the block's HBM traffic
-                row[f"bytes_{level_names[0]}"] = bc.bytes_by_tier["hbm"] * float(bc.share[position[id(op)]])
+                row[f"bytes_{level_names[0]}"] = bc.bytes_by_tier["hbm"] * float(bc.byte_share[position[id(op)]])
             rows.append(row)
     mappings = {"rdu": {"tiers": place, "mode": mode}}
     return rows, mappings
@@ -293,12 +293,11 @@ def activation_bytes(trace: Trace, arch: Arch | None = None) -> float:
 
     if arch is None:
         return max((live([op]) for _, op in trace.ops()), default=0.0)
-    if arch.device_class == "dataflow":  # a block is one fused pipeline; streaming attention keeps score tiles only
-        from ..mappers.rdu import attention_form
+    if arch.device_class == "dataflow":  # a block is one fused pipeline: its intermediates stay in the PMUs
+        from ..mappers.rdu import on_chip
 
-        if attention_form(arch) == "streaming":
-            return max((live(ops) for block in trace.blocks
-                        if (ops := [op for op in block.ops if op.kind != "collective"])), default=0.0)
+        return max((live(ops) + on_chip(ops, arch)[3] for block in trace.blocks  # ... but what spills lives in HBM
+                    if (ops := [op for op in block.ops if op.kind != "collective"])), default=0.0)
     return max((live(list(group.ops)) for block in trace.blocks for group in plan(block.ops, arch)
                 if group.kind != "collective"), default=0.0)
 

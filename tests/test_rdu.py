@@ -102,7 +102,7 @@ def test_fused_pipeline_beats_kernel_by_kernel(phase):
     place = {"weights": "hbm", "kv": "hbm"}
     fused, unfused = block_cost(ops, load_arch("sn40l"), place), block_cost(ops, load_arch("sn40l"), place, fused=False)
     assert fused.latency_s < unfused.latency_s
-    assert fused.launches == 1 and unfused.launches == len(ops)
+    assert fused.launches <= 4 and unfused.launches == len(ops)  # one pipeline, or a few when that is faster
     assert fused.bytes_by_tier["hbm"] < unfused.bytes_by_tier["hbm"]  # intermediates stay in the PMUs
     assert fused.share.sum() == pytest.approx(1.0)
 
@@ -355,3 +355,54 @@ def test_rdu_sections_refuse_unknown_fields_and_policies():
         edit(d)
         with pytest.raises(SpecError, match=where.split(".")[1]):
             arch_from_dict(d)
+
+
+
+@FAST
+@given(work=st.lists(st.floats(1.0, 1e6), min_size=1, max_size=12), cap=st.integers(1, 50), units=st.integers(12, 200))
+def test_allocation_is_minimax_and_one_more_unit_never_slows_the_slowest_stage(work, cap, units):
+    w = np.array(work)
+    caps = np.full(len(w), cap)
+    a, b = allocate(w, caps, units), allocate(w, caps, units + 1)
+    assert (w / b).max() <= (w / a).max() * (1 + 1e-12)
+    ref = np.ones(len(w), dtype=np.int64)  # one unit at a time to the slowest stage that can take one: the minimax
+    for _ in range(units - len(w)):
+        t = np.where(ref < caps, w / ref, -1.0)
+        if t.max() < 0:
+            break
+        ref[int(np.argmax(t))] += 1
+    assert (w / a).max() == pytest.approx((w / ref).max(), rel=1e-12)
+
+
+def test_more_pcus_never_make_a_block_with_more_stages_than_pcus_slower():
+    """Blocks with more stages than PCUs were cut greedily (the first P stages, then the rest): 18
+    PCUs ran a Llama-3-8B decode layer 1.9x slower than 14."""
+    d0 = yaml.safe_load((PRESETS_DIR / "sn40l.yaml").read_text())
+    d0["rdu"]["pmus"] = 1
+    d0["memory"][1]["instances"] = 1
+    d0["memory"][1]["capacity"] = "520 MiB"
+    ops = layer_ops(phase=Decode(1, 1024))
+    prev = math.inf
+    for n in range(8, 34, 2):
+        d = copy.deepcopy(d0)
+        d["rdu"]["pcus"] = d["matrix"]["instances"] = d["vector"]["instances"] = n
+        t = block_cost(ops, arch_from_dict(d), {"weights": "hbm", "kv": "hbm"}).latency_s
+        assert t <= prev * (1 + 1e-12), n
+        prev = t
+
+
+def test_naive_attention_memory_is_what_its_pipeline_spills():
+    """A fused block keeps its intermediates in the PMUs and only what spills lives in HBM: the
+    128k-token naive prefill the docs cite was refused for 2 TiB of 'activations' (the whole score
+    matrix), which the cost model never holds."""
+    from xpusim.mappers.rdu import on_chip
+
+    a = load_arch("sn40l")
+    naive = dataclasses.replace(a, rules={**a.rules, "rdu_attention": "naive"})
+    r_naive = simulate(naive, "llama-3-8b", Prefill(1, 131072))  # fits HBM + DDR now
+    r_stream = simulate(a, "llama-3-8b", Prefill(1, 131072))
+    assert r_naive.activation_bytes > 100 * r_stream.activation_bytes
+    ops = [op for op in build_trace(load_model("llama-3-8b"), Prefill(1, 131072)).blocks[1].ops if op.kind != "collective"]
+    spill = on_chip(ops, naive)[3]
+    assert spill > 0 and r_naive.activation_bytes >= spill
+    assert on_chip(ops, a)[3] < spill
