@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from ..arch.loader import arch_dict
-from ..errors import SpecError
+from ..errors import SpecError, XpusimError
 
 #: metric name -> (direction, unit, meaning)
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -290,7 +290,42 @@ def parse_space(d: Any, where: str = "<dict>") -> Space:
                   _constraints(d.get("constraints"), where), sampler, obj, where, system, dict(plan))
     check_sampler(space, sampler)
     _check_metrics(space, where)
+    _check_choices(space, where)
     return space
+
+
+#: units of quantities no device section accepts at zero or below (sizes, bandwidths, frequencies)
+_POSITIVE_UNITS = ("B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB", "B/s", "KB/s", "MB/s", "GB/s", "TB/s",
+                   "Hz", "kHz", "MHz", "GHz")
+
+
+def _check_choices(space: Space, where: str) -> None:
+    """Refuse device knob values that are wrong whatever the other knobs are, before any trial runs:
+    a size, bandwidth or frequency at or below zero, and a choice the base device rejects by name
+    (e.g. ``hbm_layout: diag``; a choice that only clashes with the base's other values is left to
+    the trials, which record it as infeasible)."""
+    from ..arch.loader import arch_from_dict
+
+    for k in space.knobs:
+        if k.path[0] != "device":
+            continue
+        values = list(k.choices) if k.choices else [k.low, k.high]
+        for v in values:
+            text = f"{v} {k.unit}" if k.unit else v
+            if isinstance(text, str) and text.split()[-1] in _POSITIVE_UNITS:
+                try:
+                    number = float(text.split()[0])
+                except ValueError:
+                    number = 1.0
+                if number <= 0:
+                    raise _fail(where, f"knob {k.name!r}: {text!r} must be positive")
+            if not k.choices or not isinstance(v, str):
+                continue
+            try:
+                arch_from_dict(device_dict(space, {k.name: v}), space.base_name)
+            except XpusimError as e:  # a capacity overflow with the base's other values is a trial's to record
+                if repr(v) in str(e):
+                    raise _fail(where, f"knob {k.name!r}: choice {v!r} is not valid: {e}") from None
 
 
 def _check_metrics(space: Space, where: str) -> None:

@@ -119,13 +119,13 @@ def test_killed_study_resumes_consistently(tmp_path):
 
 
 def test_infeasible_designs_are_recorded_with_reasons(tmp_path):
-    d = {**SMALL, "knobs": {"gbuf": {"path": "device.memory.gbuf.capacity", "choices": [-1, 4], "unit": "MiB"}},
+    d = {**SMALL, "knobs": {"gbuf": {"path": "device.memory.gbuf.capacity", "choices": [0.0001, 4], "unit": "MiB"}},
          "constraints": {"fits_memory": True}}
     space = parse_space(d)
     study = run_study(space, 4, "inf", f"sqlite:///{tmp_path}/i.db", "grid", seed=0, progress=False)
     df = trials_frame(study, space)
-    bad = df[df["gbuf"] == -1]
-    assert not bad.empty and (bad["state"] == "pruned").all() and bad["reason"].str.contains("capacity").all()
+    bad = df[df["gbuf"] == 0.0001]  # 104 B: no tile fits
+    assert not bad.empty and (bad["state"] == "pruned").all() and bad["reason"].str.contains("gbuf").all()
     ok = df[df["gbuf"] == 4]
     # Llama-3-8B (16 GB) does not fit the 4 GiB NPU: measured, then marked infeasible by the constraint
     assert (ok["state"] == "complete").all() and not ok["feasible"].any() and ok["reason"].str.contains("fits_memory").all()
@@ -140,6 +140,8 @@ def test_infeasible_designs_are_recorded_with_reasons(tmp_path):
     ({**SMALL, "workloads": [{"model": "llama-3-8b", "phase": "decod", "batch": 1, "context": 64}]}, "use prefill or decode"),
     ({**SMALL, "base": "no-such-device"}, "unknown device"),
     ({**SMALL, "constraints": {"speed": 3}}, "unknown constraint"),
+    ({**SMALL, "knobs": {"gbuf": {"path": "device.memory.gbuf.capacity", "choices": [-1, 4], "unit": "MiB"}}},
+     "'-1 MiB' must be positive"),
 ])
 def test_bad_spaces_are_one_line_errors(bad, message):
     with pytest.raises(XpusimError, match=message) as e:

@@ -176,3 +176,23 @@ def test_explore_refuses_bad_arguments_in_one_line_before_running(tmp_path, args
     assert out.returncode == 2 and message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not db.exists() and file.read_text() == "keep"  # refused before the study ran
+
+
+
+@pytest.mark.parametrize("knob, message", [
+    ({"path": "device.fpga.template.hbm_layout", "choices": ["per_core", "diag"]}, "choice 'diag' is not valid"),
+    ({"path": "device.fpga.part.ddr.bandwidth", "low": 0, "high": 40, "unit": "GB/s"}, "must be positive"),
+    ({"path": "device.memory.1.capacity", "choices": ["0 KiB", "1 MiB"]}, "must be positive"),
+])
+def test_a_knob_value_no_device_accepts_is_refused_before_any_trial(knob, message):
+    """These were recorded trial by trial as infeasible and the study exited 0."""
+    space = {"name": "bad", "base": "alveo-u280", "knobs": {"k": knob},
+             "workloads": [{"model": "llama-2-7b", "phase": "decode", "batch": 1, "context": 640}], "objectives": ["latency"]}
+    with pytest.raises(XpusimError, match=message):
+        parse_space(space)
+
+
+def test_a_choice_that_only_clashes_with_the_base_is_left_to_the_trials():
+    space = {"name": "ok", "base": "alveo-u280", "knobs": {"cores": {"path": "device.fpga.template.cores", "choices": [3, 32]}},
+             "workloads": [{"model": "llama-2-7b", "phase": "decode", "batch": 1, "context": 640}], "objectives": ["latency"]}
+    assert parse_space(space).knobs[0].choices == (3, 32)  # 32 cores overflow the part: infeasible trials, not a bad space
