@@ -82,9 +82,14 @@ def parse_rdu(d: Any, name: str = "device") -> RduSpec:
 
 
 def check_rdu_arch(spec: RduSpec, arch: Any, name: str) -> None:
-    """The PCUs are the matrix unit and the PMUs the on-chip SRAM level."""
+    """The PCUs are the matrix unit and, in SIMD mode, the vector unit (``lanes x stages`` operations
+    per cycle each, what the cost model runs vector work at); the PMUs are the on-chip SRAM level."""
     if arch.matrix.instances != spec.pcus:
         raise SpecError(f"{_where(name)}: matrix.instances ({arch.matrix.instances}) must equal pcus ({spec.pcus})")
+    simd = spec.pcu_lanes * spec.pcu_stages
+    if arch.vector.instances != spec.pcus or any(v != simd for v in arch.vector.rate_per_cycle.values()):
+        raise SpecError(f"{_where(name)}: the vector unit is the PCUs in SIMD mode: vector.instances must equal pcus "
+                        f"({spec.pcus}) and every vector.flops_per_cycle pcu.lanes x pcu.stages ({simd})")
     if len(arch.memory) < 2 or arch.memory[1].instances != spec.pmus:
         raise SpecError(f"{_where(name)}: the memory level after the HBM must be the PMUs' SRAM with "
                         f"instances = pmus ({spec.pmus})")

@@ -476,6 +476,10 @@ def device_dict(space: Space, params: dict[str, Any]) -> dict[str, Any]:
     if isinstance(rdu, dict) and isinstance(doc.get("memory"), list) and len(doc["memory"]) > 1:
         for unit in ("matrix", "vector"):  # an RDU's PCUs are its matrix and vector units
             doc[unit]["instances"] = rdu.get("pcus")
+        pcu = rdu.get("pcu")
+        if isinstance(pcu, dict) and isinstance(doc["vector"].get("flops_per_cycle"), dict):  # SIMD mode: lanes x stages
+            simd = int(pcu.get("lanes", 0)) * int(pcu.get("stages", 0))
+            doc["vector"]["flops_per_cycle"] = {c: simd for c in doc["vector"]["flops_per_cycle"]}
         doc["memory"][1]["instances"] = rdu.get("pmus")  # and its PMUs the SRAM level
     if isinstance(doc.get("die"), dict) and "ref" not in doc["die"]:  # the die keeps the base device's spare fractions
         from ..arch.area import die_reference

@@ -406,3 +406,10 @@ def test_naive_attention_memory_is_what_its_pipeline_spills():
     spill = on_chip(ops, naive)[3]
     assert spill > 0 and r_naive.activation_bytes >= spill
     assert on_chip(ops, a)[3] < spill
+
+
+def test_the_rdu_vector_unit_must_be_the_pcus_simd_mode():
+    d = yaml.safe_load((PRESETS_DIR / "sn40l.yaml").read_text())
+    d["vector"]["flops_per_cycle"]["fp32"] = 1  # had no effect: vector work runs at lanes x stages
+    with pytest.raises(SpecError, match="lanes x pcu.stages"):
+        arch_from_dict(d)
