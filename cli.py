@@ -260,8 +260,9 @@ def _cmd_op(a: argparse.Namespace) -> int:
     if out["launch_s"] > 0:
         host = " (a GPU's fitted host-side launch and sync, as its measured kernels were timed)" \
             if arch.device_class == "gpu" else ""
-        print(f"  of which launch {fmt_s(out['launch_s'])}{host}: the GEMM timed alone; in a model step "
-              "(`simulate`) kernels pay the device's in-stream launch gap instead")
+        step = ("a fused block pays one launch per pipeline" if arch.device_class == "dataflow"
+                else "kernels pay the device's in-stream launch gap instead")
+        print(f"  of which launch {fmt_s(out['launch_s'])}{host}: the GEMM timed alone; in a model step (`simulate`) {step}")
     for name, b in cost.bytes_by_level.items():
         print(f"  {name:>6}: {fmt_b(b)} moved")
     if cost.mapping and "levels" in cost.mapping:

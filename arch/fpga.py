@@ -58,9 +58,10 @@ _PART_OPTIONAL = _PART_HBM + ("dsp_fmax", "ddr")
 _TEMPLATE = ("cores", "vpus", "chain", "macs_per_dsp", "sparsity_m", "sfu_lanes", "buffers", "hbm_efficiency")
 _OPTIONAL = ("length_buckets", "hbm_layout", "attention_block", "tiers")
 _ESTIMATE = ("lut_per_dsp", "ff_per_dsp", "lut_fixed", "ff_fixed", "max_utilisation")
-#: on-chip memory blocks: URAM 4K x 72 bits, BRAM36 1K x 36 bits (AMD UltraScale+ and Versal)
+#: on-chip memory block: URAM 4K x 72 bits (AMD UltraScale+ and Versal)
 URAM_BYTES = 288 * 1024 // 8
-BRAM_BYTES = 36 * 1024 // 8
+#: where a template keeps its stored matrices on the HBM channels (mappers/fpga_hbm.py)
+HBM_LAYOUTS = ("per_core", "striped")
 RESOURCES = ("dsp", "bram", "uram", "lut", "ff")
 #: HBM parts have 16 to 64 pseudo-channels; more is refused rather than arrayed per op
 MAX_HBM_CHANNELS = 1024
@@ -189,7 +190,7 @@ def parse_fpga(d: Any, name: str = "device") -> FpgaSpec:
     buffers = {k: positive(parse_quantity(v, "bytes", f"{where}.template.buffers.{k}"),
                            f"{where}.template.buffers.{k}", "'2 MiB'") for k, v in bufs.items()}
     layout = t.get("hbm_layout", "per_core")
-    if layout not in ("per_core", "striped"):
+    if layout not in HBM_LAYOUTS:
         raise SpecError(f"{where}.template.hbm_layout: must be per_core or striped, got {layout!r}")
     if "hbm_layout" in t and not part.hbm_channels:
         raise SpecError(f"{where}.template.hbm_layout: needs the part's hbm_channels (an HBM part's pseudo-channels)")
@@ -288,6 +289,12 @@ def check_clock(spec: FpgaSpec, name: str, clock_hz: float) -> None:
                             f"of {fmax / 1e6:.6g} MHz (its speed grade's data sheet); choose a clock up to {fmax / 1e6:.6g} MHz")
 
 
+#: what shrinks each resource's use in :func:`estimate_resources`
+_REMEDY = {"dsp": "use fewer cores, VPUs or shorter chains", "lut": "use fewer cores, VPUs or shorter chains",
+           "ff": "use fewer cores, VPUs or shorter chains", "uram": "use smaller buffers (or fewer cores: buffers round "
+           "up to whole URAM blocks per core)", "bram": "use fewer SFU lanes or cores"}
+
+
 def check_fits(spec: FpgaSpec, name: str, template: Template | None = None) -> dict[str, int]:
     """The resources of the template; :class:`CapacityError` naming the first resource over the part's
     budget (its count x ``max_utilisation``), or over one SLR's share of it: the cores are spread
@@ -304,7 +311,7 @@ def check_fits(spec: FpgaSpec, name: str, template: Template | None = None) -> d
         if used[r] > budget:
             raise CapacityError(f"device {name!r}: the template needs {used[r]:,} {r.upper()} but the part allows "
                                 f"{budget:,} ({have:,} x {spec.estimate.max_utilisation:g} utilisation); "
-                                f"use fewer cores, VPUs or shorter chains, or smaller buffers")
+                                f"{_REMEDY[r]}")
         slr_budget = math.floor(have / spec.part.slrs * spec.estimate.max_utilisation + 1e-9)  # 1000 / 3 x 0.3 = 99.99..
         slr_used = math.ceil(used[r] / t.cores) * per_slr
         if slr_used > slr_budget:

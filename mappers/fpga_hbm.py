@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LAYOUTS = ("per_core", "striped")
-
 
 @dataclass(frozen=True)
 class HbmPlan:

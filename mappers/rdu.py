@@ -298,6 +298,9 @@ def block_cost(ops: list[Op], arch: Arch, placement: dict[str, str], fused: bool
     cc = next((c for c in classes if c in arch.matrix.rate_per_cycle), next(iter(arch.matrix.rate_per_cycle)))
     energy = {"compute": (macs * arch.matrix.energy(cc) + vec * arch.vector.energy("fp32")) * 1e-12,
               "hbm": by_tier["hbm"] * arch.backing.read_energy_pj_per_byte * 1e-12,
+              # the DDR tier at the energy table's DDR5 figure (the SN40L's DDR generation is not published;
+              # DDR4's is the same 70 pJ/bit); intermediates written to and read from the PMUs once each,
+              # a write costing what a read does (the SRAM level's read energy)
               "ddr": by_tier["ddr"] * dram_energy_pj_per_byte("ddr5") * 1e-12,
               "sram": 2.0 * inter * sram.read_energy_pj_per_byte * 1e-12,
               "static": arch.static_power_w * latency}
@@ -318,6 +321,6 @@ def rdu_op_cost(op: Op, arch: Arch) -> OpCost:
     return OpCost(cycles=bc.latency_s * clock, latency_s=bc.latency_s, compute_cycles=bc.compute_s * clock,
                   stall_cycles=max(bc.latency_s - bc.compute_s, 0.0) * clock, energy_j=bc.energy_j,
                   utilization=bc.utilization, bound=bc.bound,
-                  bytes_by_level={arch.memory[0].name: bc.bytes_by_tier["hbm"], arch.memory[1].name: bc.sram_bytes},
+                  bytes_by_level={arch.memory[0].name: bc.bytes_by_tier["hbm"]},
                   energy_by_component=bc.energy_by_component, mapping={"pipeline": "one stage", "launches": bc.launches},
-                  detail={"tier_s": bc.tier_s, "ddr_bytes": bc.bytes_by_tier["ddr"]})
+                  detail={"tier_s": bc.tier_s, "ddr_bytes": bc.bytes_by_tier["ddr"], "sram_footprint_bytes": bc.sram_bytes})

@@ -92,6 +92,10 @@ def launch_overhead(kind: str, arch: Arch, isolated: bool) -> float:
     timed alone from the host (``isolated``) pays a GPU's fitted host-side overhead for its kind."""
     if isolated and arch.device_class == "gpu":
         return gpu_rules(arch.rules, f"device {arch.name!r}").launch(kind)
+    if isolated and arch.device_class == "dataflow":  # a lone op is a one-stage pipeline: one kernel launch
+        from ..arch.rdu import rdu_spec
+
+        return rdu_spec(arch).kernel_launch_s
     return arch.launch_overhead_s
 
 

@@ -29,8 +29,16 @@ def roof(arch: Any, compute: str) -> dict[str, Any]:
     """What a roofline needs of device ``arch`` for work of class ``compute``: the class it runs in,
     its peak FLOP/s, and its backing memory with the bandwidth of every instance (kept in a result
     so a report never reloads the device)."""
-    cls = arch.matrix.resolve(compute)
-    return {"compute": cls, "peak_flops_per_s": arch.peak_flops(cls), "memory": arch.backing.name,
+    from ..errors import DtypeError
+
+    try:
+        cls = arch.matrix.resolve(compute)
+        peak = arch.peak_flops(cls)
+    except DtypeError:  # an RDU runs a class its systolic mode lacks (fp32) in SIMD mode, on the vector unit's rate
+        if arch.device_class != "dataflow" or compute not in arch.vector.rate_per_cycle:
+            raise
+        cls, peak = compute, arch.vector.rate_per_cycle[compute] * arch.vector.instances * arch.vector_clock_hz
+    return {"compute": cls, "peak_flops_per_s": peak, "memory": arch.backing.name,
             "bandwidth_Bps": arch.backing.bandwidth_Bps * arch.backing.instances}
 
 

@@ -725,3 +725,10 @@ def test_balanced_tiers_on_a_card_never_make_a_larger_hbm_slower():
     d["fpga"]["template"]["tiers"] = "spread"
     with pytest.raises(SpecError, match="template.tiers: must be fill or balance"):
         arch_from_dict(d)
+
+
+def test_a_uram_overflow_suggests_smaller_buffers():
+    d = yaml.safe_load((PRESETS_DIR / "alveo-u280.yaml").read_text())
+    d["fpga"]["template"]["buffers"]["weights"] = "64 MiB"
+    with pytest.raises(CapacityError, match="URAM .*use smaller buffers"):
+        arch_from_dict(d)

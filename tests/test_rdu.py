@@ -413,3 +413,11 @@ def test_the_rdu_vector_unit_must_be_the_pcus_simd_mode():
     d["vector"]["flops_per_cycle"]["fp32"] = 1  # had no effect: vector work runs at lanes x stages
     with pytest.raises(SpecError, match="lanes x pcu.stages"):
         arch_from_dict(d)
+
+
+def test_op_on_an_rdu_shows_its_launch_and_runs_fp32_in_simd_mode(capsys):
+    from xpusim.cli import main
+
+    assert main(["op", "gemm", "--m", "1", "--n", "4096", "--k", "4096", "--arch", "sn40l", "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "of which launch 71.7 us" in out and "sram" not in out  # no footprint printed as bytes moved
