@@ -12,7 +12,8 @@ engine synthesised on it, after FlightLLM, Zeng et al., FPGA 2024). The section 
   ``dsp_fmax``, the DSP's maximum clock with every pipeline register used at the part's speed grade
   (its data sheet), above which no template clock closes; optionally ``ddr: {capacity, bandwidth}``,
   a card's DDR behind its HBM (weights that do not fit the HBM overflow into it);
-* ``template``: the matrix processing engine — ``cores`` (one per SLR in FlightLLM), each with
+* ``template``: the matrix processing engine — ``cores`` (spread evenly over the SLRs; one per SLR
+  in FlightLLM's U280), each with
   ``vpus`` vector processing units, each a DSP chain of ``chain`` DSPs; ``macs_per_dsp`` INT8 MACs a
   DSP retires per cycle (two packed, sharing a weight, on a DSP48E2; a three-element dot product on
   a DSP58); ``sparsity_m`` (the M of N:M sparsity the chain's

@@ -50,7 +50,7 @@ LOCATIONS = ("bank", "logic_die")
 _TIMING = ("tCK", "tRCD", "tRP", "tRAS", "tCCD_S", "tCCD_L", "tRRD", "tFAW", "tREFI", "tRFC")
 _TIMING_OPT = ("column_period", "command_period")
 _PU = {"per_channel", "input_buffer", "accumulators", "adder_tree"}
-MODES = ("all_bank", "per_bank")
+COMMAND_MODES = ("all_bank", "per_bank")  # how a column command drives the banks
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def parse_pim(d: Any, name: str = "device") -> PimSpec:
     if not isinstance(tree, bool):
         raise SpecError(f"{where}.pu.adder_tree: must be true or false, got {tree!r}")
     mode = d.get("mode", "all_bank")
-    if mode not in MODES:
+    if mode not in COMMAND_MODES:
         raise SpecError(f"{where}.mode: must be all_bank or per_bank, got {mode!r}")
     ire = d.get("internal_read_energy")
     if ire is not None and (isinstance(ire, bool) or not isinstance(ire, int | float) or not math.isfinite(ire) or ire <= 0):

@@ -96,6 +96,12 @@ class ComputeUnit:
             f"{', '.join(self.rate_per_cycle)} (choose another dtype or add it to the device's rate table)"
         )
 
+    def fp32_rate(self) -> float:
+        """Operations per cycle per instance of fp32 elementwise work (widening conversions, partial-sum
+        adds): the fp32 rate, else — a unit without fp32 lanes, e.g. a PIM's fp16 PUs, which add in
+        their own format — its fastest class's."""
+        return self.rate_per_cycle.get("fp32", max(self.rate_per_cycle.values()))
+
     def rate(self, compute: str) -> float:
         """Work per cycle per instance for a compute class (run in :meth:`resolve`'s class)."""
         return self.rate_per_cycle[self.resolve(compute)]

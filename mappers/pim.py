@@ -199,7 +199,7 @@ def evaluate(g: Gemv, arch: Arch, plan: dict[str, np.ndarray]) -> tuple[dict[str
     c = counts(g, spec, rate, plan)
     mt = np.asarray(plan["m_tile"], dtype=np.int64)
     full, rem = g.m // mt, g.m % mt
-    vec = arch.vector.rate_per_cycle.get("fp32", max(arch.vector.rate_per_cycle.values()))
+    vec = arch.vector.fp32_rate()
     args = (rate, arch.matrix_clock_hz, vec * arch.vector.instances * arch.vector_clock_hz,
             arch.backing.bandwidth_Bps * arch.backing.instances / spec.channels)
     tf, tr = _phase_times(g, spec, c, mt, *args), _phase_times(g, spec, c, np.maximum(rem, 1), *args)

@@ -43,7 +43,7 @@ def with_dequant(cost: OpCost, op: Op, arch: Arch) -> OpCost:
     flops, runs_in = dequant_flops(op, arch)
     if not flops:
         return cost
-    rate = arch.vector.rate_per_cycle.get("fp32", max(arch.vector.rate_per_cycle.values()))
+    rate = arch.vector.fp32_rate()
     t = flops / (rate * arch.vector.instances * arch.vector_clock_hz)
     detail = {**cost.detail, "computes_in": runs_in, "dequant_s": t, "dequant_flops": flops}
     if t <= cost.latency_s:

@@ -41,7 +41,7 @@ from .parallel import Plan, device_trace
 from .result import COLUMNS, Result
 
 PLACEMENTS = ("auto", "attention", "host", "pim")
-MODES = ("blocked", "concurrent")
+EXEC_MODES = ("blocked", "concurrent")  # how host and PIM work are scheduled
 HETERO_DIR = Path(__file__).resolve().parent.parent / "arch" / "hetero"
 _HETERO_KEYS = {"name", "description", "host", "pim", "pim_stacks", "placement", "mode", "memory"}
 #: how the PIM stacks relate to the host's memory: ``shared`` (the host's own stacks made PIM: its capacity
@@ -230,8 +230,8 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
         raise SpecError(f"placement {placement!r}: use one of {', '.join(PLACEMENTS)}")
     if memory not in PIM_MEMORY:
         raise SpecError(f"PIM memory {memory!r}: use {' or '.join(PIM_MEMORY)} (the host's stacks made PIM, or extra stacks)")
-    if mode not in MODES:
-        raise SpecError(f"PIM mode {mode!r}: use {' or '.join(MODES)}")
+    if mode not in EXEC_MODES:
+        raise SpecError(f"PIM mode {mode!r}: use {' or '.join(EXEC_MODES)}")
     host, pim, model = load_arch(host), load_arch(pim), load_model(model)
     if pim.device_class != "pim":
         raise SpecError(f"{pim.name} is a {pim.device_class} device, not a PIM: give a class: pim preset (e.g. aim-gddr6)")
