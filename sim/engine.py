@@ -532,8 +532,11 @@ def with_engine_formats(model: ModelSpec, arch: Arch, keep: tuple[str, ...] | se
 
 
 def model_formats(model: ModelSpec) -> dict[str, str]:
-    """The formats a result records it ran ``model`` in."""
-    return {"weights": model.weight_dtype, "activations": model.act_dtype, "kv": model.kv_dtype}
+    """The formats a result records it ran ``model`` in (the embeddings and LM head's too: they follow
+    ``--weight-dtype`` unless the model or ``--embed-dtype`` sets them, while a quantised
+    checkpoint's config keeps them 16-bit)."""
+    return {"weights": model.weight_dtype, "activations": model.act_dtype, "kv": model.kv_dtype,
+            "embeddings": model.embedding_dtype}
 
 
 def _stamped(result: Result, model: ModelSpec, phase: Phase) -> Result:

@@ -72,9 +72,13 @@ def energy_basis(inputs: dict[str, Any]) -> str:
 
 
 def formats_label(inputs: dict[str, Any]) -> str:
-    """The formats a step ran in (``weights/activations/KV``), or ``unknown``."""
+    """The formats a step ran in (``weights/activations/KV``, ``+embeddings`` where those differ from the
+    weights), or ``unknown``."""
     f = inputs.get("formats") or {}
-    return "/".join(str(f.get(k, "?")) for k in ("weights", "activations", "kv")) if f else "unknown"
+    if not f:
+        return "unknown"
+    emb = f"+{f['embeddings']} embeddings" if f.get("embeddings", f.get("weights")) != f.get("weights") else ""
+    return "/".join(str(f.get(k, "?")) for k in ("weights", "activations", "kv")) + emb
 
 
 #: what a step's tokens are, by phase: the unit of its throughput

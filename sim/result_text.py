@@ -42,7 +42,8 @@ def _format_error_line(err: float, weights: str, acts: str, kv: str) -> str:
 def print_formats(model, format_error: bool = False, note: str = "") -> None:
     """The formats line of a run (``note``: where they came from) and, with ``format_error``, the
     --format-error line measured in those formats."""
-    print(f"formats: weights {model.weight_dtype}, activations {model.act_dtype}, KV {model.kv_dtype}{note}")
+    emb = f", embeddings {model.embedding_dtype}" if model.embedding_dtype != model.weight_dtype else ""
+    print(f"formats: weights {model.weight_dtype}, activations {model.act_dtype}, KV {model.kv_dtype}{emb}{note}")
     if format_error:
         from ..workloads.functional.numerics import layer_error
 
@@ -121,7 +122,8 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
         src = res.inputs.get("formats_from")
         names = {"weights": "weights", "activations": "activations", "kv": "KV"}
         note = f" ({', '.join(names[k] for k in src['fields'])} from {src['device']}'s engine formats)" if src else ""
-        print(f"formats: weights {f['weights']}, activations {f['activations']}, KV {f['kv']}{note}")
+        emb = f", embeddings {f['embeddings']}" if f.get("embeddings", f["weights"]) != f["weights"] else ""
+        print(f"formats: weights {f['weights']}, activations {f['activations']}, KV {f['kv']}{emb}{note}")
         ran = (res.inputs.get("roof") or {}).get("compute")
         widest = max((f["weights"], f["activations"]), key=lambda x: get_dtype(x).bits)
         wanted = get_dtype(widest).compute if ran else None

@@ -168,7 +168,8 @@ def run(a: argparse.Namespace) -> int:
     print(f"{f.name} on {where}: scheduler {a.scheduler}, engine {plan.describe()}, KV capacity "
           f"{step.kv_capacity_tokens:,} tokens in {100 * a.memory_utilization:g} % of device memory")
     print(f"  workload: {_describe_workload(workload)}")
-    print(f"  formats: weights {f.weight_dtype}, activations {f.act_dtype}, KV {f.kv_dtype}")
+    emb = f", embeddings {f.embedding_dtype}" if f.embedding_dtype != f.weight_dtype else ""
+    print(f"  formats: weights {f.weight_dtype}, activations {f.act_dtype}, KV {f.kv_dtype}{emb}")
     for k in ("ttft", "tpot", "e2e"):
         vals = {q: s.get(f"{k}_{q}_s") for q in ("mean", "p50", "p90", "p99")}
         print(f"  {k.upper():5} " + "  ".join(f"{q} {v * 1e3:.1f} ms" for q, v in vals.items() if v is not None))

@@ -117,7 +117,8 @@ def speculate(arch: Arch | str, target: ModelSpec | str, batch: int, context: in
     arch = load_arch(arch)
     target = load_model(target)
     if (draft_model is None) == (medusa_heads == 0):
-        raise SpecError("speculative decoding needs a drafter: a draft model (--draft-model) or Medusa heads (--medusa-heads)")
+        raise SpecError("speculative decoding needs exactly one drafter: a draft model (--draft-model) or Medusa heads "
+                        "(--medusa-heads), not " + ("both" if draft_model is not None else "neither"))
     if medusa_heads and medusa_heads != draft:
         raise SpecError(f"Medusa drafts one token per head: --draft-tokens ({draft}) must equal --medusa-heads ({medusa_heads})")
     if draft_model is not None and width != 1:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 from xpusim.dtypes import get_dtype
-from xpusim.errors import PresetNotFound, ShapeError, SpecError
+from xpusim.errors import PresetNotFound, ShapeError, SpecError, XpusimError
 from xpusim.workloads import Decode, Prefill, Trace, build_trace, list_models, load_model
 
 
@@ -178,3 +178,60 @@ def test_simulate_reports_an_fp8_llama_config_in_fp8(tmp_path, capsys):
     assert main(["simulate", "--arch", "h100-sxm", "--model", str(p), "--phase", "decode", "--context", "8",
                  "--quiet"]) == 0
     assert "formats: weights fp8-e4m3" in capsys.readouterr().out
+
+
+# --- review30: fields that would describe another model, or one that cannot run ------------------------------------
+
+
+def _with(base: str, **changes):
+    import dataclasses
+
+    return dataclasses.replace(load_model(base), **changes)
+
+
+@pytest.mark.parametrize("base, changes, message", [
+    ("deepseek-v3", {"sliding_window": 2}, "sliding window over multi-head latent attention is not modelled"),
+    ("llama-3-8b", {"attn_period": 2}, "attn_period interleaves attention among SSM layers"),
+    ("llama-3-8b", {"moe_period": 2}, "moe_period places MoE layers"),
+    ("mamba-2.8b", {"sliding_window": 64}, "this SSM model has none"),
+    ("t5-base", {"rel_buckets": 0}, "rel_buckets must be at least 1"),
+    ("llama-3-8b", {"act_dtype": "ternary"}, "ternary .* is a weight format"),
+    ("llama-3-8b", {"kv_dtype": "ternary"}, "give the KV cache an int8"),
+])
+def test_fields_that_describe_no_modelled_model_are_refused(base, changes, message):
+    """Each of these ran with rc 0 and did nothing, or something else (MLA read the whole context
+    while memory counted the window)."""
+    with pytest.raises(XpusimError, match=message):
+        _with(base, **changes)
+
+
+def test_learned_positions_stop_at_their_table():
+    with pytest.raises(SpecError, match="2049 positions exceed its learned position table of max_seq_len 2048"):
+        build_trace(load_model("gpt3-6.7b"), Decode(1, 2049))
+    assert build_trace(load_model("gpt3-6.7b"), Decode(1, 2048)).n_ops > 0
+    assert build_trace(load_model("llama-3-8b"), Decode(1, 100000)).n_ops > 0  # RoPE: no table to run past
+
+
+@pytest.mark.parametrize("family, key", [("qwen3_moe", "moe_intermediate_size"), ("deepseek_v3", "kv_lora_rank"),
+                                         ("jamba", "attn_layer_period"), ("jamba", "expert_layer_period"),
+                                         ("llama", "head_dim")])
+def test_hugging_face_zero_sizes_are_refused(tmp_path, family, key):
+    """In xpusim's YAML 0 means none; a Hugging Face config's 0 loaded as another model (a Qwen3 MoE
+    with moe_intermediate_size 0 became a 233 B-parameter model)."""
+    src = {"qwen3_moe": "qwen3-30b-a3b", "deepseek_v3": "deepseek-v3", "jamba": "jamba-v0.1", "llama": "llama-3-8b"}[family]
+    from pathlib import Path
+
+    import xpusim.workloads.model as model_mod
+
+    cfg = json.loads((Path(model_mod.__file__).parent / "models" / f"{src}.json").read_text())  # shipped HF configs
+    cfg[key] = 0
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SpecError, match=f"{key} must be a whole number >= 1, got 0"):
+        load_model(tmp_path)
+
+
+def test_a_binary_model_file_is_a_one_line_error(tmp_path):
+    p = tmp_path / "bin.json"
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(SpecError, match="not a UTF-8 text file"):
+        load_model(p)

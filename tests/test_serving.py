@@ -605,12 +605,12 @@ def test_serve_takes_the_format_flags(capsys):
     assert main([*base, "--arch", "h100-sxm", "--weight-dtype", "fp8", "--kv-dtype", "fp8"]) == 0
     engine = json.loads(capsys.readouterr().out)["engine"]
     m = load_model("llama-3-8b").with_formats("fp8", None, "fp8")
-    assert engine["formats"] == {"weights": "fp8-e4m3", "activations": "bf16", "kv": "fp8-e4m3"}
+    assert engine["formats"] == {"weights": "fp8-e4m3", "activations": "bf16", "kv": "fp8-e4m3", "embeddings": "fp8-e4m3"}
     assert engine["kv_capacity_tokens"] == int((0.9 * 80 * 2**30 - m.weights_bytes) // (64 * 1024))
     # a format the user chose beats a device's engine format (the FPGA's INT8); the others stay the engine's
     assert main([*base, "--arch", "alveo-u280", "--weight-dtype", "int4"]) == 0
     engine = json.loads(capsys.readouterr().out)["engine"]
-    assert engine["formats"] == {"weights": "int4", "activations": "int8", "kv": "int8"}
+    assert engine["formats"] == {"weights": "int4", "activations": "int8", "kv": "int8", "embeddings": "int4"}
 
 
 def test_serve_offers_only_remedies_that_fit():

@@ -35,6 +35,15 @@ def _whole(cfg: dict[str, Any], key: str, name: str) -> int:
     return v
 
 
+def _positive(cfg: dict[str, Any], key: str, name: str, default: Any = None) -> Any:
+    """A field that must be a whole number >= 1 when given (Hugging Face has no 0 for "none" in these: a 0
+    would load as another model, e.g. a dense expert width or plain attention)."""
+    v = _get(cfg, key, name, default)
+    if key in cfg and cfg[key] is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise SpecError(f"config.json of {name!r}: {key} must be a whole number >= 1, got {v!r}")
+    return v
+
+
 def _whole_heads(hidden: Any, heads: Any, name: str) -> int:
     """The head width ``hidden / heads`` when the config gives no ``head_dim``: it must divide."""
     if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
@@ -118,7 +127,7 @@ def _family(cfg: dict[str, Any], name: str, mt: Any, dtype: str) -> ModelSpec:
                 raise SpecError(f"config.json of {name!r}: interleaved dense/MoE layers (decoder_sparse_step, "
                                 "mlp_only_layers) are not supported; every layer must be MoE")
             moe = {"n_experts": _get(cfg, "num_experts", name), "experts_per_token": _get(cfg, "num_experts_per_tok", name),
-                   "d_ff_expert": _get(cfg, "moe_intermediate_size", name),
+                   "d_ff_expert": _positive(cfg, "moe_intermediate_size", name),
                    "norm_topk_prob": bool(cfg.get("norm_topk_prob", False))}
         window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
         return ModelSpec(
@@ -128,7 +137,7 @@ def _family(cfg: dict[str, Any], name: str, mt: Any, dtype: str) -> ModelSpec:
             d_model=hidden,
             n_heads=heads,
             n_kv_heads=_get(cfg, "num_key_value_heads", name, heads),
-            head_dim=cfg.get("head_dim") or _whole_heads(hidden, heads, name),
+            head_dim=_positive(cfg, "head_dim", name, 0) or _whole_heads(hidden, heads, name),
             d_ff=_get(cfg, "intermediate_size", name),
             vocab_size=_get(cfg, "vocab_size", name),
             max_seq_len=_get(cfg, "max_position_embeddings", name, 4096),
@@ -196,12 +205,12 @@ def _deepseek(cfg: dict[str, Any], name: str, mt: str, dtype: str) -> ModelSpec:
         rope_theta=_num(_get(cfg, "rope_theta", name, 10000.0), "rope_theta", name),
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), weight_dtype=dtype, act_dtype=dtype, kv_dtype=dtype,
         n_experts=_get(cfg, "n_routed_experts", name), experts_per_token=_get(cfg, "num_experts_per_tok", name),
-        d_ff_expert=_get(cfg, "moe_intermediate_size", name), n_shared_experts=_get(cfg, "n_shared_experts", name, 0),
+        d_ff_expert=_positive(cfg, "moe_intermediate_size", name), n_shared_experts=_get(cfg, "n_shared_experts", name, 0),
         first_dense_layers=_get(cfg, "first_k_dense_replace", name, 0),
         router_scoring="sigmoid" if cfg.get("scoring_func") == "sigmoid" else "softmax",
         norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
         routed_scaling=_num(_get(cfg, "routed_scaling_factor", name, 1.0), "routed_scaling_factor", name),
-        q_lora_rank=cfg.get("q_lora_rank") or 0, kv_lora_rank=_get(cfg, "kv_lora_rank", name),
+        q_lora_rank=cfg.get("q_lora_rank") or 0, kv_lora_rank=_positive(cfg, "kv_lora_rank", name),
         qk_nope_head_dim=_get(cfg, "qk_nope_head_dim", name), qk_rope_head_dim=_get(cfg, "qk_rope_head_dim", name),
         v_head_dim=_get(cfg, "v_head_dim", name),
     )
@@ -246,8 +255,8 @@ def _jamba(cfg: dict[str, Any], name: str, dtype: str) -> ModelSpec:
         norm_topk_prob=False, ssm_kind="mamba1", ssm_state=_get(cfg, "mamba_d_state", name, 16),
         ssm_expand=_get(cfg, "mamba_expand", name, 2), ssm_conv=_get(cfg, "mamba_d_conv", name, 4),
         ssm_dt_rank=_get(cfg, "mamba_dt_rank", name, 0), ssm_inner_norms=True,
-        attn_period=_get(cfg, "attn_layer_period", name), attn_offset=_get(cfg, "attn_layer_offset", name, 0),
-        moe_period=_get(cfg, "expert_layer_period", name), moe_offset=_get(cfg, "expert_layer_offset", name, 0),
+        attn_period=_positive(cfg, "attn_layer_period", name), attn_offset=_get(cfg, "attn_layer_offset", name, 0),
+        moe_period=_positive(cfg, "expert_layer_period", name), moe_offset=_get(cfg, "expert_layer_offset", name, 0),
     )
 
 

@@ -115,6 +115,10 @@ class ModelSpec:
             if get_dtype(getattr(self, f)).sparse_m and f != "weight_dtype":
                 raise DtypeError(f"model {self.name!r}: {f} {getattr(self, f)!r}: N:M sparsity applies to the layers' "
                                  f"weights only; give it with the weight format (e.g. --weight-dtype int8-2:4)")
+            if get_dtype(getattr(self, f)).name == "ternary" and f != "weight_dtype":
+                what = {"act_dtype": "activations", "kv_dtype": "KV cache", "embed_dtype": "embeddings"}[f]
+                raise DtypeError(f"model {self.name!r}: {f} ternary: ternary (BitNet b1.58) is a weight format; give the "
+                                 f"{what} an int8 or 16-bit format")
         for f in ("norm_eps", "rope_theta"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
@@ -154,6 +158,15 @@ class ModelSpec:
         for per, off in (("attn_period", "attn_offset"), ("moe_period", "moe_offset")):
             if getattr(self, per) and getattr(self, off) >= getattr(self, per):
                 raise SpecError(f"model {self.name!r}: {off} must be below {per}")
+        if self.attn_period and not self.ssm_kind:
+            raise SpecError(f"model {self.name!r}: attn_period interleaves attention among SSM layers; it needs ssm_kind")
+        if self.moe_period and not self.n_experts:
+            raise SpecError(f"model {self.name!r}: moe_period places MoE layers; it needs n_experts > 0")
+        if self.sliding_window and self.ssm_kind and not self.attn_period:
+            raise SpecError(f"model {self.name!r}: sliding_window applies to attention layers, and this SSM model has "
+                            "none (set attn_period for a hybrid)")
+        if self.encoder_layers and self.rel_buckets < 1:
+            raise ShapeError(f"model {self.name!r}: rel_buckets must be at least 1 for the relative position bias")
 
     def _check_moe(self) -> None:
         ints = ("n_experts", "experts_per_token", "d_ff_expert", "n_shared_experts", "d_ff_shared", "first_dense_layers",
@@ -185,6 +198,11 @@ class ModelSpec:
         if self.kv_lora_rank and not (self.qk_rope_head_dim and self.v_head_dim and self.qk_nope_head_dim):
             raise SpecError(f"model {self.name!r}: multi-head latent attention (kv_lora_rank > 0) needs "
                             "qk_nope_head_dim, qk_rope_head_dim and v_head_dim > 0")
+        if self.kv_lora_rank and self.sliding_window:
+            raise SpecError(f"model {self.name!r}: a sliding window over multi-head latent attention is not modelled "
+                            "(no published model uses one); drop sliding_window or kv_lora_rank")
+        if self.n_experts and self.expert_ff <= 0:
+            raise ShapeError(f"model {self.name!r}: experts need a width: give d_ff_expert (or d_ff) > 0")
 
     @property
     def is_mla(self) -> bool:
@@ -426,9 +444,11 @@ def list_models() -> list[str]:
 
 def _read_structured(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a UTF-8 text file; give a model YAML or a Hugging Face config.json") from None
     try:
         if path.suffix == ".json":
             return json.loads(text)

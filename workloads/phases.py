@@ -134,13 +134,6 @@ class Verify:
         """Parent of every node after the root (chain when no tree was given)."""
         return self.parents or tuple(range(self.draft))
 
-    def depths(self) -> list[int]:
-        """Depth of every node (root = 0): its position offset after the cached context."""
-        d = [0]
-        for p in self.tree_parents:
-            d.append(d[p] + 1)
-        return d
-
 
 Phase = Prefill | Decode | Verify
 

@@ -71,7 +71,10 @@ def parse_routing(spec: str | Routing | None) -> Routing:
     path = Path(spec)
     if not path.is_file():
         raise SpecError(f"routing {spec!r}: use balanced, zipf:S or the path of a per-expert weights file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"routing file {spec}: not a UTF-8 text file; give a JSON list or one number per line") from None
     try:
         vals = json.loads(text) if text.lstrip().startswith("[") else [float(x) for x in text.split()]
         w = tuple(float(x) for x in vals)

@@ -8,8 +8,9 @@ out-projection. Mamba-2: in-projections to z, x, B, C (``ssm_groups`` groups) an
 conv1d + SiLU on x, B and C, the SSD scan with one A per head, gated RMS norm, out-projection.
 
 In-projections that the reference implementations fuse into one matrix are separate linears here
-(the same FLOPs and weight bytes). A decode step reads and rewrites each layer's recurrent state
-(conv window and scan state, role ``state``); the scan of a prefill runs chunk-parallel (SSD).
+(the same FLOPs and weight bytes). A decode step reads each layer's recurrent state (conv window
+and scan state, role ``state``; its write-back is not counted, see docs/workloads.md); the scan of a
+prefill runs chunk-parallel (SSD).
 """
 
 from __future__ import annotations
