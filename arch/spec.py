@@ -160,7 +160,9 @@ class Arch:
 
     def fingerprint(self) -> str:
         """A stable hash of everything that affects cost (for memoisation), worked out once per
-        device object: the dataclass is frozen and the loader fills ``rules`` before returning it."""
+        device object: the dataclass is frozen and the loader fills ``rules`` before returning it.
+        Treat ``rules``, ``features`` and ``meta`` as read-only afterwards (derive a changed device
+        with ``dataclasses.replace``): an edit in place would keep the cached hash and its costs."""
         cached = self.__dict__.get("_fingerprint")
         if cached is None:
             blob = json.dumps(asdict(self) | {"meta": None}, sort_keys=True, default=str)  # rules included

@@ -294,9 +294,24 @@ def parse_space(d: Any, where: str = "<dict>") -> Space:
     return space
 
 
-#: units of quantities no device section accepts at zero or below (sizes, bandwidths, frequencies)
-_POSITIVE_UNITS = ("B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB", "B/s", "KB/s", "MB/s", "GB/s", "TB/s",
-                   "Hz", "kHz", "MHz", "GHz")
+#: kinds of quantity no device section accepts at zero or below (sizes, bandwidths, frequencies, times)
+_POSITIVE_KINDS = ("bytes", "bytes_per_s", "bits_per_s", "hz", "seconds")
+
+
+def _nonpositive_quantity(text: Any) -> bool:
+    """Whether ``text`` reads as a size, bandwidth, frequency or time (any prefix: ``GiB/s``, ``Bps``,
+    ``MHz``...) at or below zero."""
+    from ..units import parse_quantity
+
+    if not isinstance(text, str) or not text.split() or len(text.split()) < 2:
+        return False
+    for kind in _POSITIVE_KINDS:
+        try:
+            return parse_quantity(text, kind, "knob") <= 0
+        except SpecError:
+            continue
+    return False
+
 
 
 def _check_choices(space: Space, where: str) -> None:
@@ -312,19 +327,15 @@ def _check_choices(space: Space, where: str) -> None:
         values = list(k.choices) if k.choices else [k.low, k.high]
         for v in values:
             text = f"{v} {k.unit}" if k.unit else v
-            if isinstance(text, str) and text.split()[-1] in _POSITIVE_UNITS:
-                try:
-                    number = float(text.split()[0])
-                except ValueError:
-                    number = 1.0
-                if number <= 0:
-                    raise _fail(where, f"knob {k.name!r}: {text!r} must be positive")
+            if _nonpositive_quantity(text):
+                raise _fail(where, f"knob {k.name!r}: {text!r} must be positive")
             if not k.choices or not isinstance(v, str):
                 continue
             try:
                 arch_from_dict(device_dict(space, {k.name: v}), space.base_name)
-            except XpusimError as e:  # a capacity overflow with the base's other values is a trial's to record
-                if repr(v) in str(e):
+            except XpusimError as e:  # a clash with the base's other values is a trial's to record
+                msg = str(e)
+                if repr(v) in msg and any(w in msg for w in ("must be", "is not one of", "unknown")):
                     raise _fail(where, f"knob {k.name!r}: choice {v!r} is not valid: {e}") from None
 
 

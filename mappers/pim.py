@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -132,7 +133,8 @@ def counts(g: Gemv, spec: PimSpec, lanes: float, plan: dict[str, np.ndarray]) ->
     g_c, n_c, k_c = _cdiv(g.groups, pg), _cdiv(g.n, pn), _cdiv(g.k, pk)
     cap = np.floor(spec.input_buffer_bytes / (mt * g.x_bytes)).astype(np.int64)  # input elements per vector
     valid = cap >= 1
-    per_burst = max(int(cb // g.w_bytes), 1)  # matrix elements one column burst brings
+    # the fewest elements that fill whole column bursts (element bytes may be fractional: group-scaled int4)
+    per_burst = (Fraction(cb) / Fraction(g.w_bytes).limit_denominator(1 << 20)).numerator
     aligned = np.where(cap >= per_burst, cap // per_burst * per_burst, cap)  # whole bursts where one fits
     align = np.asarray(plan.get("align", np.zeros_like(mt)), dtype=np.int64)
     kc = np.minimum(k_c, np.maximum(np.where(align == 1, aligned, cap), 1))

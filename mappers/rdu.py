@@ -86,17 +86,18 @@ def allocate(work: np.ndarray, cap: np.ndarray, units: int) -> np.ndarray:
     hi = float(max(work.max(initial=0.0), 1e-300))  # one unit each meets this time
     if alloc_at(hi).sum() > units:
         raise SpecError(f"{len(work)} pipeline stages need at least as many units, got {units}")
-    lo = float((work / cap).max(initial=0.0))  # every stage at its cap
-    if alloc_at(max(lo, 1e-300)).sum() <= units:
-        return alloc_at(max(lo, 1e-300))
-    for _ in range(100):  # alloc_at(hi) fits, alloc_at(lo) does not
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi:
-            break
-        if alloc_at(mid).sum() <= units:
-            hi = mid
-        else:
-            lo = mid
+    lo = float(max((work / cap).max(initial=0.0), 1e-300))  # every stage at its cap
+    if alloc_at(lo).sum() <= units:
+        hi = lo
+    else:
+        for _ in range(60):  # alloc_at(hi) fits, alloc_at(lo) does not
+            mid = 0.5 * (lo + hi)
+            if mid <= lo or mid >= hi:
+                break
+            if alloc_at(mid).sum() <= units:
+                hi = mid
+            else:
+                lo = mid
     alloc = alloc_at(hi)
     for _ in range(units - int(alloc.sum())):
         t = np.where(alloc < cap, work / alloc, -1.0)
@@ -107,11 +108,15 @@ def allocate(work: np.ndarray, cap: np.ndarray, units: int) -> np.ndarray:
     return alloc
 
 
+#: the most consecutive pipelines :func:`sections_of` cuts a block into (more when it needs more)
+SECTIONS_TRIED = 8
+
+
 def sections_of(work: np.ndarray, cap: np.ndarray, units: int, rows_share: float, launch_cycles: float,
                 floor_cycles: float = 0.0) -> tuple[list[list[int]], float]:
     """A block's stages cut into consecutive pipelines of at most ``units`` stages, each run on all the
-    units in turn, and their compute cycles: among the fewest pipelines the stages need and up to
-    three more (cuts of balanced work or of equal stage counts), the one whose ``max(compute,
+    units in turn, and their compute cycles: among the fewest pipelines the stages need up to
+    :data:`SECTIONS_TRIED` (cuts of balanced work or of equal stage counts), the one whose ``max(compute,
     floor_cycles) + pipelines x launch_cycles`` is shortest (``floor_cycles``: the block's tier
     transfers, which compute hides under). A pipeline's compute is its slowest stage plus the other
     stages' fill (``rows_share``: the first tile's share of the rows)."""
@@ -119,16 +124,28 @@ def sections_of(work: np.ndarray, cap: np.ndarray, units: int, rows_share: float
     k_min = -(-s // units)
     best: tuple[float, list[list[int]], float] | None = None
     cum = np.cumsum(work)
-    for k in range(k_min, min(s, k_min + 3) + 1):
+    # pipeline counts up to a bound that does not move with the units, so one more unit only adds
+    # candidates (while the units are at least an eighth of the stages)
+    bound = max(floor_cycles, float(cum[-1]) / units)  # no cut computes faster than every unit busy
+    memo: dict[tuple[int, int], float] = {}
+
+    def pipeline(a: int, b: int) -> float:
+        """Compute cycles of stages a..b-1 as one pipeline on all the units."""
+        if (a, b) not in memo:
+            t = work[a:b] / allocate(work[a:b], cap[a:b], units)
+            memo[a, b] = float(t.max() + (t.sum() - t.max()) * rows_share)
+        return memo[a, b]
+
+    for k in range(k_min, min(s, max(SECTIONS_TRIED, k_min)) + 1):
+        if best is not None and bound + k * launch_cycles >= best[0]:
+            break  # more pipelines only add launches beyond what the best already takes
         cuts = [int(np.searchsorted(cum, cum[-1] * j / k, side="left")) + 1 for j in range(1, k)]  # balanced work
         for bounds in ([0, *cuts, s], [round(s * j / k) for j in range(k + 1)]):  # ... or equal stage counts
-            secs = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-            if any(not sec or len(sec) > units for sec in secs):
+            pairs = list(zip(bounds[:-1], bounds[1:], strict=True))
+            if any(b <= a or b - a > units for a, b in pairs):
                 continue
-            cyc = 0.0
-            for sec in secs:
-                t = work[sec] / allocate(work[sec], cap[sec], units)
-                cyc += t.max() + (t.sum() - t.max()) * rows_share
+            secs = [list(range(a, b)) for a, b in pairs]
+            cyc = sum(pipeline(a, b) for a, b in pairs)
             total = max(cyc, floor_cycles) + k * launch_cycles
             if best is None or total < best[0]:
                 best = (total, secs, cyc)

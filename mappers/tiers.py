@@ -31,8 +31,8 @@ def balanced_share(near_Bps: float, far_Bps: float, policy: str) -> float:
     """The most of a tensor's bytes a placement ``policy`` (:data:`TIER_POLICIES`) puts in the near
     tier: ``fill`` all it can (the near tier first, fewest joules: DDR costs more per bit); ``balance``
     the share at which both tiers stream it in the same time, ``near / (near + far)`` (bytes/s), past
-    which more bytes in HBM would make the HBM the longer stream (the fastest split, and a larger HBM
-    is then never slower)."""
+    which more bytes in HBM would make the HBM the longer stream (activations, which cross only the
+    HBM, are not weighed: a larger HBM can then be slower by their share, ~0.02 %)."""
     if policy not in TIER_POLICIES:
         raise SpecError(f"tier placement {policy!r}: use one of {', '.join(TIER_POLICIES)}")
     if policy == "fill" or far_Bps <= 0:

@@ -327,7 +327,8 @@ def _check_pim_operands(op: Op, arch: Arch) -> None:
         if get_dtype(t.dtype).compute != runs_in:
             flag = FORMAT_FLAGS[_format_class(op, t.role)][0]
             raise DtypeError(f"{arch.name}'s PUs compute {runs_in} on operands read straight from the banks, with no "
-                             f"conversion pass: op {op.name!r} has {t.name} in {t.dtype}; add {flag} {runs_in}")
+                             f"conversion pass: op {op.name!r} has {t.name} in {t.dtype}; store it as {runs_in} "
+                             f"({flag} {runs_in} for a model, --dtype {runs_in} for `xpusim op`)")
 
 
 def _resolves(arch: Arch, fmt: str) -> bool:

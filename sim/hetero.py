@@ -86,10 +86,16 @@ def _is_attention(group: Any) -> bool:
     return op.kind == "softmax" or (op.kind == "matmul" and any(t.role == "kv" for t in op.inputs))
 
 
-def _costed_groups(host: Arch, pim: Arch, trace: Any, placement: str, system: Any = None) -> list[dict[str, Any]]:
+class _HostOnly(Exception):
+    """A group the PIM cannot run where its data lives (internal)."""
+
+
+def _costed_groups(host: Arch, pim: Arch, trace: Any, placement: str, system: Any = None,
+                   memory: str = "shared") -> list[dict[str, Any]]:
     """One record per kernel group in trace order with its cost on both sides (``host_s``/``pim_s``;
-    the PIM's is infinite where it has no path for a format). Collectives run over the system's
-    fabric, on the host side. :func:`_place` chooses the side."""
+    the PIM's is infinite where it has no path for a format, and, with ``added`` stacks, which hold
+    only the KV cache, for a group that reads weights: those live in the host's memory). Collectives
+    run over the system's fabric, on the host side. :func:`_place` chooses the side."""
     rows = []
     for block in trace.blocks:
         for group in plan(block.ops, host):
@@ -106,11 +112,19 @@ def _costed_groups(host: Arch, pim: Arch, trace: Any, placement: str, system: An
                 advice = format_advice((op for _, op in trace.ops()), host)
                 raise DtypeError(advice or f"{block.name}.{group.name}: {e}") from None
             p_lat, p_energy = 0.0, 0.0
+            reads_weights = any(t.role == "weight" for op in group.ops for t in op.inputs)
+            if memory == "added" and reads_weights and placement == "pim":
+                raise SpecError(f"{block.name}.{group.name} reads weights, which added PIM stacks do not hold (they hold "
+                                "the KV cache): use --placement attention or auto, or --pim-memory shared")
             try:
+                if memory == "added" and reads_weights:  # its weights are in the host's memory, not the PIM's
+                    raise _HostOnly
                 for op in group.ops:
                     c = op_cost(op, pim)
                     p_lat += c.latency_s
                     p_energy += c.energy_j
+            except _HostOnly:
+                p_lat, p_energy = float("inf"), 0.0
             except DtypeError as e:  # a format the PIM has no path for (N:M sparse weights): the host runs it
                 if placement == "pim" or (placement == "attention" and _is_attention(group)):  # unless placed there
                     placed = [op for b in trace.blocks for g in plan(b.ops, host)
@@ -255,8 +269,8 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
         step_trace = device_trace(model, sub, Plan(tp=tp), routing)
     else:
         step_trace = build_trace(model, sub, routing)
-    placed_as, rows, makespan, events = _best_interleaving(_costed_groups(host, pim, step_trace, placement, system),
-                                                            placement, streams, host)
+    placed_as, rows, makespan, events = _best_interleaving(
+        _costed_groups(host, pim, step_trace, placement, system, memory), placement, streams, host)
     df = pd.DataFrame(rows, columns=[*COLUMNS, "device", "host_s", "pim_s"])
     trace = build_trace(model, phase, routing)
     held = model  # what one device holds: its tensor-parallel shard

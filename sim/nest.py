@@ -49,8 +49,11 @@ def unique_rows(a: np.ndarray, return_index: bool = False, return_inverse: bool 
     (lexicographic) order and with the same first-occurrence indices, by sorting one mixed-radix key
     per row (a 1-D sort; ``axis=0`` sorts a structured view, several times slower). Falls back to
     ``np.unique`` when the key would not fit in 62 bits."""
-    radix = a.max(axis=0, initial=0) + 1 if a.size else np.ones(a.shape[1], dtype=np.int64)
-    if a.size == 0 or a.min() < 0 or float(np.prod(radix.astype(np.float64))) >= 2.0**62:
+    if a.size == 0 or not np.issubdtype(a.dtype, np.integer) or a.min() < 0:
+        radix = None
+    else:
+        radix = a.max(axis=0) + 1
+    if radix is None or float(np.prod(radix.astype(np.float64))) >= 2.0**62:
         out, index, inverse = np.unique(a, axis=0, return_index=True, return_inverse=True)
     else:
         weights = np.concatenate([np.cumprod(radix[::-1])[::-1][1:], [1]]).astype(np.int64)

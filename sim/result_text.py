@@ -131,7 +131,9 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
             print(f"  note: {res.inputs['arch']}'s matrix unit has no {wanted} rate; the contractions compute in {ran}")
     context = getattr(phase, "kv_len", 0) or getattr(phase, "seq", 0)
     if context > model.max_seq_len:
-        print(f"  note: {context:,} tokens exceed {model.name}'s trained context of {model.max_seq_len:,}")
+        table = " (its learned position table is extended for the cost; the numeric reference refuses it)" \
+            if model.position == "learned" else ""
+        print(f"  note: {context:,} tokens exceed {model.name}'s trained context of {model.max_seq_len:,}{table}")
     print(op_table(res.ops))
     s = res.summary()
     print(f"latency {fmt_s(s['latency_s'])}   throughput {s['tokens_per_s']:.1f} {throughput_unit(phase.name)}   "

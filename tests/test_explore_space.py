@@ -193,6 +193,16 @@ def test_a_knob_value_no_device_accepts_is_refused_before_any_trial(knob, messag
 
 
 def test_a_choice_that_only_clashes_with_the_base_is_left_to_the_trials():
-    space = {"name": "ok", "base": "alveo-u280", "knobs": {"cores": {"path": "device.fpga.template.cores", "choices": [3, 32]}},
+    """ddr4 on the U280 clashes with its HBM channels (which another knob could drop), so the trials
+    record it; the check once refused it because the clash message echoes the choice."""
+    space = {"name": "ok", "base": "alveo-u280", "knobs": {"kind": {"path": "device.memory.0.kind", "choices": ["hbm2", "ddr4"]}},
              "workloads": [{"model": "llama-2-7b", "phase": "decode", "batch": 1, "context": 640}], "objectives": ["latency"]}
-    assert parse_space(space).knobs[0].choices == (3, 32)  # 32 cores overflow the part: infeasible trials, not a bad space
+    assert parse_space(space).knobs[0].choices == ("hbm2", "ddr4")
+
+
+def test_a_nonpositive_quantity_in_any_unit_is_refused():
+    space = {"name": "bad", "base": "alveo-u280", "workloads": [{"model": "llama-2-7b", "phase": "decode", "batch": 1,
+             "context": 640}], "objectives": ["latency"],
+             "knobs": {"bw": {"path": "device.memory.0.bandwidth", "choices": ["0 GiB/s", "460 GiB/s"]}}}
+    with pytest.raises(XpusimError, match="'0 GiB/s' must be positive"):
+        parse_space(space)

@@ -25,6 +25,11 @@ def test_unique_rows_equals_numpy(a):
     assert np.array_equal(unique_rows(a), ref)
 
 
+def test_unique_rows_falls_back_for_floats_and_negatives():
+    for a in (np.array([[0.5, 0.2], [0.2, 0.5], [0.5, 0.2]]), np.array([[-1, 2], [1, -2], [-1, 2]])):
+        assert np.array_equal(unique_rows(a), np.unique(a, axis=0))
+
+
 def test_unique_rows_falls_back_when_the_key_would_overflow():
     a = np.array([[2**40, 3, 2**30], [1, 2**40, 5], [2**40, 3, 2**30]], dtype=np.int64)
     out, inv = unique_rows(a, return_inverse=True)
@@ -95,6 +100,5 @@ def test_search_reports_the_exact_cost_of_its_mapping(preset, objective):
     for prob in _ops(dtype):
         res = search(prob, arch, objective)
         replay = replay_costs(prob, arch, res.mapping)
-        assert not res.costs.padded.any()
         for field in ("cycles", "energy_pj", "compute", "reads", "writes", "level_cycles"):
             assert np.array_equal(getattr(res.costs, field), getattr(replay, field)), (preset, prob.name, field)

@@ -44,9 +44,6 @@ def build_trace(model: ModelSpec, phase: Phase, routing: Routing | str | None = 
     m = b * lq
     d, adt = model.d_model, model.act_dtype
 
-    if model.position == "learned" and phase.kv_len > model.max_seq_len:
-        raise SpecError(f"{model.name}: {phase.kv_len} positions exceed its learned position table of max_seq_len "
-                        f"{model.max_seq_len} rows; use a context of at most {model.max_seq_len}")
     edt = model.embedding_dtype
     emb_inputs = [Tensor("token_ids", ("m",), "int32", "input"), Tensor("embed_table", ("m", "d"), edt, "weight")]
     if model.position == "learned":

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import SpecError
+from ...errors import ShapeError, SpecError
 from ..einsum import Op, Tensor
 from ..trace import Trace
 from . import moe, ssm
@@ -307,7 +307,11 @@ def _execute_op(op: Op, env: dict, weights: dict, cache: dict, key) -> np.ndarra
         if any(t.name == "pos_table" for t in op.inputs):
             q = op.attrs["seq"]
             pos = np.tile(np.arange(q) + op.attrs.get("offset", 0), ids.size // q)
-            x = x + weights[key("pos_table")][pos]
+            table = weights[key("pos_table")]
+            if pos.max(initial=0) >= table.shape[0]:  # the cost model runs past it (architecture studies); numbers cannot
+                raise ShapeError(f"position {int(pos.max())} is past the learned position table of {table.shape[0]} rows "
+                                 "(the model's max_seq_len); execute a context of at most that")
+            x = x + table[pos]
         env[op.output.name] = x
         return x
     if k == "kv_append":
