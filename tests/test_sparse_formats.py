@@ -99,7 +99,8 @@ def test_engine_formats_apply_unless_the_user_chooses(capsys):
     assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "decode", "--context", "640",
                  "--weight-dtype", "int8-8:16"]) == 0
     out = capsys.readouterr().out
-    assert "formats: weights int8-8:16, activations int8, KV int8 (activations, KV from alveo-u280's engine formats)" in out
+    assert ("formats: weights int8-8:16, activations int8, KV int8, embeddings int8 (activations, KV from alveo-u280's "
+            "engine formats)") in out  # the embeddings stay dense
     # --format-error measures the formats that ran
     assert main(["simulate", "--arch", "alveo-u280", "--model", "llama-2-7b", "--phase", "decode", "--context", "64",
                  "--format-error"]) == 0
