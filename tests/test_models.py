@@ -199,6 +199,8 @@ def _with(base: str, **changes):
     ("t5-base", {"rel_buckets": 0}, "rel_buckets must be at least 1"),
     ("llama-3-8b", {"act_dtype": "ternary"}, "ternary .* is a weight format"),
     ("llama-3-8b", {"kv_dtype": "ternary"}, "give the KV cache an int8"),
+    ("deepseek-v3", {"sub_norms": True}, "sub_norms .* are modelled for dense attention layers"),
+    ("mixtral-8x7b", {"sub_norms": True}, "drop them or the MLA/MoE fields"),
 ])
 def test_fields_that_describe_no_modelled_model_are_refused(base, changes, message):
     """Each of these ran with rc 0 and did nothing, or something else (MLA read the whole context

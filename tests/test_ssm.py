@@ -225,3 +225,15 @@ def test_hyena_costs_grow_n_log_n_in_prefill_and_linearly_in_decode():
     for arch in ("h100-sxm", "sn40l"):
         a, b = (simulate(arch, big, Decode(1, n), check_memory=False).latency_s for n in (4096, 16384))
         assert b > a
+
+
+def test_hyena_weights_from_a_short_trace_run_a_longer_one():
+    """The long filters are stored at max_seq_len (as the parameter count has them): weights drawn
+    from an 8-token prefill sized them to 8 taps and could not run the 9th token."""
+    w = init_weights(build_trace(TINY_HYENA, Prefill(1, 8)), seed=0)
+    assert all(v.shape[0] == TINY_HYENA.max_seq_len for k, v in w.items() if "hyena_filter" in k)
+    ids = np.arange(9).reshape(1, 9) % TINY_HYENA.vocab_size
+    _, cache = execute(build_trace(TINY_HYENA, Prefill(1, 8)), w, ids[:, :8])
+    step, _ = execute(build_trace(TINY_HYENA, Decode(1, 9)), w, ids[:, 8:], cache)
+    whole, _ = execute(build_trace(TINY_HYENA, Prefill(1, 9)), w, ids)
+    np.testing.assert_allclose(step[:, -1], whole[:, -1], rtol=1e-9, atol=1e-12)

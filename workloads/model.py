@@ -198,6 +198,9 @@ class ModelSpec:
         if self.kv_lora_rank and not (self.qk_rope_head_dim and self.v_head_dim and self.qk_nope_head_dim):
             raise SpecError(f"model {self.name!r}: multi-head latent attention (kv_lora_rank > 0) needs "
                             "qk_nope_head_dim, qk_rope_head_dim and v_head_dim > 0")
+        if self.sub_norms and (self.kv_lora_rank or self.n_experts):
+            raise SpecError(f"model {self.name!r}: sub_norms (BitNet's norms before the output and down projections) are "
+                            "modelled for dense attention layers; drop them or the MLA/MoE fields")
         if self.kv_lora_rank and self.sliding_window:
             raise SpecError(f"model {self.name!r}: a sliding window over multi-head latent attention is not modelled "
                             "(no published model uses one); drop sliding_window or kv_lora_rank")

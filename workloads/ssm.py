@@ -95,7 +95,8 @@ def hyena_ops(model: ModelSpec, phase: Phase) -> list[Op]:
         # the l and s dimensions only size the filter and the history: the FLOPs are per (b, q, c) point
         spread = (offset + q) * (offset or 1)
         ops.append(Op(f"long_conv{i}", "fftconv", tuple(dims), tuple(ins), Tensor(f"h_y{i}", ("b", "q", "c"), adt),
-                      fpp / spread, {"state": f"hyena_hist{i}", "offset": offset, "method": method}))
+                      fpp / spread, {"state": f"hyena_hist{i}", "offset": offset, "method": method,
+                                     "filter_rows": model.max_seq_len}))
         ops.append(Op(f"hyena_gate{i}", "elementwise", (("m", m), ("f", di)),
                       (Tensor(f"h_x{i}a", ("m", "f"), adt), Tensor(f"h_y{i}", ("m", "f"), adt)),
                       Tensor(f"h_z{i}", ("m", "f"), adt), 1.0, {"function": "mul"}))

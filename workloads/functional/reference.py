@@ -28,6 +28,8 @@ def weight_shape(op: Op, t: Tensor) -> tuple[int, ...]:
         return (op.attrs["rows"], op.sizes["d"])
     if op.kind == "embedding" and t.name == "pos_table":
         return (op.attrs["pos_rows"], op.sizes["d"])
+    if op.kind == "fftconv" and t.name.startswith("hyena_filter"):  # materialised at max_seq_len; a step reads l taps
+        return (op.attrs["filter_rows"], op.sizes["c"])
     if "experts_total" in op.attrs:  # expert weights are stored for every expert, not the group's
         return tuple(op.attrs["experts_total"] if d == "x" else op.sizes[d] for d in t.dims)
     return tuple(op.sizes[d] for d in t.dims)
