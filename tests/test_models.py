@@ -245,3 +245,23 @@ def test_a_binary_model_file_is_a_one_line_error(tmp_path):
     p.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(SpecError, match="not a UTF-8 text file"):
         load_model(p)
+
+
+def test_qwen_slides_only_from_max_window_layers(tmp_path):
+    """Hugging Face slides Qwen's layers from max_window_layers on: with it at the layer count no layer
+    slides (every layer slid here before); a window over some layers only is refused."""
+    from pathlib import Path
+
+    import xpusim.workloads.model as model_mod
+
+    cfg = json.loads((Path(model_mod.__file__).parent / "models" / "qwen3-30b-a3b.json").read_text())
+    cfg.update(use_sliding_window=True, sliding_window=4096, max_window_layers=cfg["num_hidden_layers"])
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert load_model(tmp_path).sliding_window == 0
+    cfg["max_window_layers"] = 0
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert load_model(tmp_path).sliding_window == 4096
+    cfg["max_window_layers"] = 24
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SpecError, match="per-layer windows are not modelled"):
+        load_model(tmp_path)

@@ -129,7 +129,16 @@ def _family(cfg: dict[str, Any], name: str, mt: Any, dtype: str) -> ModelSpec:
             moe = {"n_experts": _get(cfg, "num_experts", name), "experts_per_token": _get(cfg, "num_experts_per_tok", name),
                    "d_ff_expert": _positive(cfg, "moe_intermediate_size", name),
                    "norm_topk_prob": bool(cfg.get("norm_topk_prob", False))}
-        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+        qwen = mt.startswith("qwen")
+        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", not qwen) else None
+        if window and qwen:  # Qwen slides only the layers from max_window_layers on
+            layers, first = _get(cfg, "num_hidden_layers", name), cfg.get("max_window_layers", 0) or 0
+            if first >= layers:
+                window = None
+            elif first > 0:
+                raise SpecError(f"config.json of {name!r}: the sliding window covers layers {first}..{layers - 1} only "
+                                f"(max_window_layers {first}); per-layer windows are not modelled: set max_window_layers "
+                                "to 0 (every layer) or use_sliding_window to false")
         return ModelSpec(
             name=name,
             family=mt,
