@@ -57,6 +57,8 @@ def _tokens(spec: str, name: str):
         parts = [float(x) for x in spec.split(",")]
     except ValueError:
         raise SpecError(f"--{name} {spec!r}: {hint}") from None
+    if not all(math.isfinite(x) and abs(x) < 2**31 for x in parts):
+        raise SpecError(f"--{name} {spec!r}: {hint}, each a finite number below 2^31")
     if len(parts) == 1:
         if parts[0] != int(parts[0]) or parts[0] < 1:
             raise SpecError(f"--{name} {spec!r}: {hint}, at least 1")

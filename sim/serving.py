@@ -280,6 +280,7 @@ def _result(sim: ServingSim, scheduler: str, slo_ttft_s: float | None, slo_tpot_
             config: dict[str, Any]) -> ServeResult:
     seqs = sim.seqs
     n = len(seqs)
+    t0 = sim.t0  # the run's clock starts at the first arrival; the table gives the input's times
     arrival = np.fromiter((s.arrival for s in seqs), dtype=float, count=n)
     first = np.fromiter((s.first for s in seqs), dtype=float, count=n)
     finish = np.fromiter((s.finish for s in seqs), dtype=float, count=n)
@@ -295,12 +296,12 @@ def _result(sim: ServingSim, scheduler: str, slo_ttft_s: float | None, slo_tpot_
     scheduled = np.fromiter((s.scheduled for s in seqs), dtype=float, count=n)
     df = pd.DataFrame({
         "id": [s.req.id for s in seqs],
-        "arrival_s": arrival,
+        "arrival_s": np.fromiter((s.req.arrival_s for s in seqs), dtype=float, count=n),
         "input_tokens": np.fromiter((s.prompt for s in seqs), dtype=np.int64, count=n),
         "output_tokens": out,
-        "scheduled_s": scheduled,
-        "first_token_s": first,
-        "finish_s": finish,
+        "scheduled_s": scheduled + t0,
+        "first_token_s": first + t0,
+        "finish_s": finish + t0,
         "queue_s": scheduled - arrival,
         "ttft_s": ttft,
         "tpot_s": tpot,
@@ -315,6 +316,7 @@ def _result(sim: ServingSim, scheduler: str, slo_ttft_s: float | None, slo_tpot_
     }, columns=REQUEST_COLUMNS)
     timeline = pd.DataFrame(sim.timeline, columns=TIMELINE_COLUMNS)
     if len(timeline):
+        timeline["start_s"] += t0
         timeline = timeline.sort_values("start_s", kind="stable", ignore_index=True)
     return ServeResult(scheduler, df, timeline, slo_ttft_s, slo_tpot_s, sim.preemptions, sim.transfers, sim.transfer_s,
                        config)

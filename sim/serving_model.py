@@ -6,12 +6,17 @@ token per decoding request. Its time is split the way the simulator's ops split 
 * ``L(m)`` — everything but attention (projections, MLP or experts, norms, collectives, head) for
   ``m`` tokens: simulated at a grid of token counts, interpolated linearly in between;
 * decode attention — per request, linear in its context: ``a_d x context`` (the KV read);
-* prefill attention — per chunk of ``t`` new tokens over ``p`` cached ones:
-  ``a_p x t x (p + t / 2)`` (the causal score/context work).
+* prefill attention — per chunk of ``t`` new tokens over ``p`` cached ones: the longer of
+  ``a_p x t x (p + t / 2)`` (the causal score/context work) and ``a_c x (p + t)`` (a short chunk's
+  pass over the cache, which few query rows cannot spread over the device).
 
-``a_d`` and ``a_p`` are fitted by least squares to the simulated attention time of decode steps and
-prefills at several sizes, so the step model stays within the simulator's own numbers while an
-iteration costs microseconds (10,000-request runs need hundreds of thousands of iterations).
+``a_d``, ``a_p`` and ``a_c`` are fitted by least squares to the simulated attention time of decode
+steps, whole prefills and short chunks over long caches, so the step model stays within the
+simulator's own numbers while an iteration costs microseconds (a 10,000-request run takes tens of
+thousands of iterations). Where a prefill token costs other than a decode token outside attention
+— an SSM layer's state is read once per sequence, a wafer's placement differs — a second curve
+``L_p(t)`` is simulated on prefills, and an iteration with ``n`` prefill and ``d`` decode tokens costs
+``L_p(n) + L(n + d) - L(n)``.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from .parallel import Plan, shard_model, stage_footprints
 
 #: token counts L(m) is simulated at: powers of two, one token past each (a new tile or wave starts
 #: there: interpolating from below would miss the step, -23 % at 513 prefill tokens on an H100) and
-#: the midpoints 3 x 2^k (worst interpolation error of a prefill's time on an H100 now -7 %)
+#: the midpoints 3 x 2^k; the prefill curve L_p (SSM models, wafer devices) uses it too
 TOKEN_GRID = tuple(sorted({2**k for k in range(15)} | {2**k + 1 for k in range(1, 14)} | {3 * 2**k for k in range(13)}))
+#: on a GPU also every 128 tokens (and one past) up to 4,096: its wave staircase repeats about every
+#: 256 tokens, and between 3 x 2^k points an H100 prefill was off by -17.7 % (now within +-5 %)
+GPU_GRID = tuple(sorted(set(TOKEN_GRID) | {s + e for s in range(128, 4097, 128) for e in (0, 1)}))
 MEMORY_UTILIZATION = 0.9  # fraction of device memory an engine plans with (vLLM's default gpu_memory_utilization)
 
 
@@ -52,7 +60,7 @@ class SimStepModel:
                             "data-parallel replicas: model one replica (dp 1) and scale the request rate by the replicas")
         self.plan, self.system = plan, system
         if system is None and arch is None:
-            raise CapacityError("a step model needs a system or a device")
+            raise SpecError("a step model needs a system or a device")
         from ..arch.loader import load_arch
 
         self.arch = system.device if system is not None else load_arch(arch)
@@ -73,11 +81,17 @@ class SimStepModel:
         states = [int((room - w) // st) for w, _, st in stages if st > 0]
         self.max_sequences = min(states) * plan.dp if states else None
         self.kv_bytes_per_token = self.model.kv_bytes_per_token
-        grid = [t for t in TOKEN_GRID if t <= max_tokens]
+        grid = [t for t in (GPU_GRID if self.arch.device_class == "gpu" else TOKEN_GRID) if t <= max_tokens]
         self._grid = np.array(grid, dtype=float)
         self._linear = np.array([self._nonattention(t) for t in grid])
+        self._prefill_grid: np.ndarray | None = None
+        if self.model.ssm_layers or self.arch.device_class == "wafer":
+            pgrid = [t for t in TOKEN_GRID if t <= max_tokens]
+            self._prefill_grid = np.array(pgrid, dtype=float)
+            self._prefill_linear = np.array([self._nonattention_prefill(t) for t in pgrid])
         self.a_decode = self._fit_decode()
         self.a_prefill = self._fit_prefill()
+        self.a_chunk = self._fit_chunk()
 
     def _no_room(self, weights: float, room: float, memory: float) -> str:
         """The error of weights that fill the engine's share of device memory, with its remedies."""
@@ -87,9 +101,12 @@ class SimStepModel:
         split = fewest_devices(self.model, self.plan, 1, 1, room)  # one short sequence's KV cache at least
         remedies = [f"at least {split.devices} devices ({plan_flags(split)} on a --system)" if split is not None
                     else "devices with more memory"]
+        from .engine import _resolves
+
         per_byte = weights / get_dtype(self.model.weight_dtype).bytes
-        fits = [f for f in ("fp8", "int4") if get_dtype(f).bytes < get_dtype(self.model.weight_dtype).bytes
-                and per_byte * get_dtype(f).bytes < room]  # only a format whose weights leave room
+        fits = [f for f in ("int8", "fp8", "int4") if get_dtype(f).bytes < get_dtype(self.model.weight_dtype).bytes
+                and per_byte * get_dtype(f).bytes < room  # only a format whose weights leave room ...
+                and _resolves(self.arch, f)]  # ... and that the device computes (a PIM's PUs take no int4)
         if fits:
             remedies.append(f"{fits[0]} weights (--weight-dtype {fits[0]})")
         if self.memory_utilization < 1 and weights < memory:  # only when all of memory would hold the weights
@@ -122,6 +139,10 @@ class SimStepModel:
         res = self._step(Decode(tokens * self.plan.dp, 2))
         return max(res.latency_s - self._attention_s(res), 0.0)
 
+    def _nonattention_prefill(self, tokens: int) -> float:
+        res = self._step(Prefill(self.plan.dp, tokens))
+        return max(res.latency_s - self._attention_s(res), 0.0)
+
     def _attention_of(self, res, tokens: int) -> float:
         """A step's attention time: its attention rows where ops cost one after another; on a
         dataflow device, whose fused pipeline shares a block's time among its ops in proportion,
@@ -152,6 +173,16 @@ class SimStepModel:
             ys.append(self._attention_of(res, t))
         return float(np.dot(xs, ys) / np.dot(xs, xs))
 
+    def _fit_chunk(self) -> float:
+        """``a_c`` by least squares over short chunks (64 tokens) over long caches the engine can hold."""
+        xs, ys = [], []
+        cap = self.kv_capacity_tokens // self.plan.dp
+        for p in sorted({max(2, min(p, cap - 64)) for p in (4096, 16000)}):
+            res = self._step(Prefill(self.plan.dp, 64, p))
+            xs.append(p + 64)
+            ys.append(self._attention_of(res, 64))
+        return float(np.dot(xs, ys) / np.dot(xs, xs))
+
     # ------------------------------------------------------------------ the serving simulator's interface
     def linear_time(self, tokens: int) -> float:
         if tokens <= 0:
@@ -162,11 +193,21 @@ class SimStepModel:
     def iteration_time(self, prefill, decode) -> float:
         """Seconds for one iteration: ``prefill`` chunks (new tokens, cached tokens), one decode
         token for each context in ``decode``."""
-        m = sum(t for t, _ in prefill) + len(decode)
+        n = sum(t for t, _ in prefill)
+        m = n + len(decode)
         t = self.linear_time(m)
+        if self._prefill_grid is not None and n:  # prefill tokens on their own curve, decode tokens on top
+            t += self._prefill_time(n) - self.linear_time(n)
         t += self.a_decode * float(sum(decode))
-        t += self.a_prefill * float(sum(n * (p + n / 2) for n, p in prefill))
+        t += float(sum(max(self.a_prefill * c * (p + c / 2), self.a_chunk * (p + c)) for c, p in prefill))
         return t
+
+    def _prefill_time(self, tokens: int) -> float:
+        """``L_p``: the non-attention time of ``tokens`` prefill tokens (linear past the grid)."""
+        assert self._prefill_grid is not None
+        if tokens <= self._prefill_grid[-1]:
+            return float(np.interp(tokens, self._prefill_grid, self._prefill_linear))
+        return float(self._prefill_linear[-1] * tokens / self._prefill_grid[-1])
 
     def kv_transfer_time(self, tokens: int) -> float:
         """Moving ``tokens`` of KV cache from a prefill engine to a decode engine over the system's
@@ -183,13 +224,7 @@ class SimStepModel:
         return {"model": self.model.name, "device": self.arch.name, "plan": self.plan.describe(),
                 "formats": model_formats(self.model),
                 "memory_utilization": self.memory_utilization, "kv_capacity_tokens": self.kv_capacity_tokens,
-                "a_decode_s_per_token": self.a_decode, "a_prefill_s": self.a_prefill, "linear_s_at_1": float(self._linear[0]),
+                "a_decode_s_per_token": self.a_decode, "a_prefill_s": self.a_prefill,
+                "a_chunk_s_per_token": self.a_chunk, "prefill_curve": self._prefill_grid is not None,
+                "linear_s_at_1": float(self._linear[0]),
                 "linear_s_at_max": float(self._linear[-1]), "devices": self.plan.devices}
-
-
-def scaled(model: SimStepModel, **changes: Any) -> SimStepModel:
-    """A copy with some attributes changed (tests)."""
-    out = SimStepModel.__new__(SimStepModel)
-    out.__dict__.update({**model.__dict__, **changes})
-    return out
-

@@ -111,6 +111,11 @@ class ServingSim:
                  on_finish: Callable[[], Any] | None = None) -> None:
         order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)  # stable: ties keep input order
         self.seqs = [_Seq(requests[i], k) for k, i in enumerate(order)]
+        # the clock starts at the first arrival: epoch-second arrivals (1.7e9 s) would leave a clock whose
+        # ulp is ~0.2 us and whose arrival tolerance admitted requests 1.7 ms early; results add it back
+        self.t0 = self.seqs[0].arrival if self.seqs else 0.0
+        for s in self.seqs:
+            s.arrival -= self.t0
         self.n = len(self.seqs)
         self.scheduler = scheduler
         self.max_batch = max_batch
@@ -154,7 +159,7 @@ class ServingSim:
 
     def _arrivals(self) -> None:
         now = self.env.now
-        lim = now + 1e-12 * (1.0 + now)  # a timeout to an arrival may land an ulp short of it
+        lim = now + 4 * math.ulp(max(now, 1.0))  # a timeout to an arrival may land an ulp short of it
         seqs, i = self.seqs, self.next
         while i < self.n and seqs[i].arrival <= lim:
             self.waiting.append(seqs[i])

@@ -635,3 +635,53 @@ def test_a_step_model_with_data_parallel_replicas_is_refused():
     with pytest.raises(SpecError, match="model one replica") as e:
         SimStepModel("llama-3-8b", Plan(tp=4, dp=2), load_system("dgx-h100"))
     assert "\n" not in str(e.value)
+
+
+def test_epoch_second_arrivals_give_the_same_metrics():
+    """The clock starts at the first arrival: arrivals shifted by 1.7e9 s (Unix timestamps) were
+    admitted up to 1.7 ms early (negative queue times, TTFT below the request's own prefill)."""
+    import dataclasses
+
+    from xpusim.sim.serving import simulate_serving
+    from xpusim.sim.serving_model import SimStepModel
+    from xpusim.sim.serving_requests import poisson_requests
+
+    step = SimStepModel("llama-3-8b", arch="h100-sxm")
+    base = poisson_requests(20, 300, (1024, 256), (64, 16), seed=3)
+    shifted = [dataclasses.replace(r, arrival_s=r.arrival_s + 1.7e9) for r in base]
+    for sched in ("continuous", "chunked"):
+        a, b = simulate_serving(base, sched, step), simulate_serving(shifted, sched, step)
+        assert (b.requests["queue_s"] >= 0).all()
+        for col in ("ttft_s", "e2e_s", "queue_s"):
+            np.testing.assert_allclose(b.requests[col], a.requests[col], rtol=0, atol=1e-6)  # arrivals carry 1.7e9 s ulps
+        np.testing.assert_allclose(b.requests["finish_s"] - 1.7e9, a.requests["finish_s"], atol=1e-6)
+
+
+@pytest.mark.parametrize("arch, model, shapes, tol", [
+    ("h100-sxm", "llama-3-8b", [(769, 0), (797, 0), (1278, 0), (1537, 0), (128, 8000), (64, 16000)], 0.06),
+    ("rtx-4090", "mamba-2.8b", [(300, 0), (1500, 0), (6000, 0)], 0.05),
+])
+def test_step_model_prices_off_grid_prompts_and_short_chunks_as_simulate_does(arch, model, shapes, tol):
+    """An H100 prompt between 3 x 2^k grid points was off by -17.7 %, a 64-token chunk over a 16k
+    cache by -37 %, and a Mamba prompt (costed on decode tokens, each reading its own state) by +35 %."""
+    from xpusim.sim.engine import simulate
+    from xpusim.sim.serving_model import SimStepModel
+    from xpusim.workloads import Prefill
+
+    step = SimStepModel(model, arch=arch)
+    for n, p in shapes:
+        sim = simulate(arch, step.model, Prefill(1, n, p) if p else Prefill(1, n), check_memory=False).latency_s
+        assert step.iteration_time([(n, p)], []) == pytest.approx(sim, rel=tol), (n, p)
+
+
+def test_no_room_remedies_name_only_formats_the_device_computes(capsys):
+    """hbm2-pim was offered int4 weights, which it refuses (its PUs compute fp16), and back again."""
+    from xpusim.cli import main
+
+    assert main(["serve", "--arch", "hbm2-pim", "--model", "llama-2-7b", "--rate", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "int4" not in err and "at least 3 devices" in err
+    assert main(["serve", "--arch", "alveo-u280", "--model", "llama-2-7b", "--weight-dtype", "bf16", "--rate", "2"]) == 2
+    assert "int8 weights (--weight-dtype int8)" in capsys.readouterr().err
+    assert main(["serve", "--arch", "h100-sxm", "--model", "llama-3-8b", "--rate", "2", "--input-tokens", "inf"]) == 2
+    assert "finite number below 2^31" in capsys.readouterr().err
