@@ -142,7 +142,10 @@ def _whole(v: Any, where: str, minimum: int = 1) -> int:
 
 
 def _energy_pj(v: Any, where: str) -> float:
-    """Energy per byte: a plain number is pJ; a quantity with a unit of joules is converted ('88 pJ')."""
+    """Energy per byte: a plain number is pJ (quoted or not); a quantity with a unit of joules is
+    converted ('88 pJ')."""
+    if isinstance(v, str) and v.strip() and not any(c.isalpha() for c in v.strip().lstrip("+-").replace("e", "", 1)):
+        v = parse_quantity(v, "joules", where)  # "88": a number without a unit, pJ as a plain one
     pj = parse_quantity(v, "joules", where) * 1e12 if isinstance(v, str) else v
     if isinstance(pj, bool) or not isinstance(pj, int | float) or not math.isfinite(pj) or pj < 0:
         raise SpecError(f"{where}: must be >= 0 pJ per byte, got {v!r}")

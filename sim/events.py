@@ -121,6 +121,9 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
     tensor-parallel rank's (all layers, collectives included), its latency the pipelined step."""
     system = load_system(system)
     model = load_model(model)
+    if system.device.device_class == "wafer":  # its placement on mesh regions and per-core SRAM run per device
+        raise SpecError(f"{system.name}: a wafer-scale device is placed on its mesh by `simulate --arch "
+                        f"{system.device.name}`; several wafers as a pipeline: --arch {system.device.name} --wafers N")
     if plan.devices > system.n_devices:
         raise SpecError(f"plan {plan.describe()} needs {plan.devices} devices; {system.name} has {system.n_devices}")
     mb = _microbatches(phase, plan)
@@ -142,7 +145,16 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
     static_w = system.device.static_power_w
     busy_s = float(res.ops.loc[res.ops["bound"] != "link", "total_latency_s"].sum())
     link_j = float(res.ops.loc[res.ops["bound"] == "link", "total_energy_j"].sum())
-    ops_j = (res.energy_j - link_j) * scale + _group_link_energy(trace, system, mb, plan)
+    # expert parallelism: the trace is the busiest device's (it sets the time); every device runs its
+    # own experts, so the step's expert energy is each EP rank's own (the memo prices the rest once)
+    expert_j = _expert_energy(res)
+    expert_j_mean = expert_j
+    if model.is_moe and plan.ep > 1 and expert_j > 0:
+        per_rank = [_expert_energy(simulate_trace(device_trace(model, mb_phase, plan, routing, mla_form, r), system.device,
+                                                  objective, None, system=system, resident=(weights, kv + state)))
+                    for r in range(plan.ep)]
+        expert_j_mean = float(np.mean(per_rank))
+    ops_j = (res.energy_j - link_j - expert_j + expert_j_mean) * scale + _group_link_energy(trace, system, mb, plan)
     energy = powered_energy(ops_j, static_w * busy_s * scale, static_w * plan.devices, makespan)
     out = dataclasses.replace(
         res, latency_s=makespan, energy_j=energy, tokens=phase.tokens,
@@ -160,6 +172,11 @@ def simulate_system(system: System | str, model: ModelSpec | str, phase: Phase, 
     return out
 
 
+def _expert_energy(res: Result) -> float:
+    """Joules of a step's expert ops (every repeat of their blocks)."""
+    return float(res.ops.loc[res.ops["name"].str.startswith("expert_"), "total_energy_j"].sum())
+
+
 def _fit_remedies(system: System, model: ModelSpec, phase: Phase, plan: Plan, out: Result) -> str:
     """What would make a step that overflows its busiest device fit: a plan the system's devices can
     hold (or how many devices one needs), and the changes that alone make it fit."""
@@ -171,9 +188,13 @@ def _fit_remedies(system: System, model: ModelSpec, phase: Phase, plan: Plan, ou
     if split is not None and split.devices <= n:
         remedies, lead = [f"{plan_flags(split)} ({split.devices} of its {n} devices)"], ""
     else:
-        lead = f"no split of {system.name}'s {n} devices holds it; "
+        at = f" at --dp {plan.dp}" if plan.dp > 1 else ""
+        lead = f"no tensor/pipeline split of {system.name}'s {n} devices{at} holds it; "
         remedies = [f"a system with more of them ({plan_flags(split)} needs {split.devices})" if split is not None
                     else "devices with more memory"]
+        if plan.dp > 1:  # the search keeps the replicas: fewer of them, or experts spread over them, may fit
+            remedies.append("fewer replicas (--dp)" + (f" or experts spread over them (--ep {plan.tp * plan.dp})"
+                                                        if model.is_moe and plan.ep == 1 else "") + ", or --plan auto")
     remedies += fitting_changes(model, plan, phase, out.memory_bytes, out.capacity_bytes, n)
     return f"{lead}try {', '.join(remedies)}"
 

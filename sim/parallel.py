@@ -159,15 +159,16 @@ def _collective(name: str, kind: str, rows: int, d: int, dtype: str, ranks: int,
 
 
 def device_trace(model: ModelSpec, phase: Phase, plan: Plan, routing: str | None = None,
-                 mla_form: str | None = None) -> Trace:
+                 mla_form: str | None = None, ep_rank: int = -1) -> Trace:
     """The trace of one tensor-parallel rank through every layer, with its collectives (ops of kind
-    ``collective``); pipeline stages take their share of its layer blocks (:mod:`xpusim.sim.events`)."""
+    ``collective``); pipeline stages take their share of its layer blocks (:mod:`xpusim.sim.events`).
+    With expert parallelism its experts are the most loaded device's, or device ``ep_rank``'s."""
     shard = shard_model(model, plan)
     lp = local_phase(phase, plan)
     r = parse_routing(routing)
     m_local = lp.batch * lp.q_len
     if model.is_moe and plan.ep > 1:
-        r = dataclasses.replace(r, ep_ranks=plan.ep, ep_tokens=m_local * plan.dp)
+        r = dataclasses.replace(r, ep_ranks=plan.ep, ep_tokens=m_local * plan.dp, ep_rank=ep_rank)
     trace = build_trace(shard, lp, r, mla_form)
     d, adt = model.d_model, model.act_dtype
     blocks = []

@@ -39,9 +39,13 @@ def candidate_plans(system: System, model: ModelSpec, phase: Phase) -> list[Plan
             eps = [1]
             if model.is_moe and tp * dp > 1 and model.n_experts % (tp * dp) == 0:
                 eps.append(tp * dp)
-            plans += [Plan(tp=tp, pp=pp, dp=dp, ep=ep) for ep in eps]
-            if pp > 1:  # one micro-batch as well as one per stage: a weight-bound step reads each stage's weights once
-                plans += [Plan(tp=tp, pp=pp, dp=dp, ep=ep, microbatches=1) for ep in eps]
+            # micro-batches resolved (one per stage where the batch allows), and one micro-batch as well:
+            # a weight-bound step reads each stage's weights once; the same count is one candidate
+            from .events import _microbatches
+
+            per_stage = _microbatches(phase, Plan(tp=tp, pp=pp, dp=dp))
+            counts = [0] + ([1] if pp > 1 and per_stage != 1 else [])  # 0: the default, one per stage
+            plans += [Plan(tp=tp, pp=pp, dp=dp, ep=ep, microbatches=mb) for ep in eps for mb in counts]
     return plans
 
 
@@ -57,9 +61,12 @@ def plan_auto(system: System | str, model: ModelSpec | str, phase: Phase, object
     if gen and not isinstance(phase, Prefill):
         raise SpecError("a generation is ranked from its prefill: give a Prefill phase with gen")
     rows: list[dict[str, Any]] = []
-    for plan in candidate_plans(system, model, phase):
+    candidates = candidate_plans(system, model, phase)
+    for plan in candidates:
+        from .events import _microbatches
+
         row: dict[str, Any] = {"plan": plan.describe(), "tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep,
-                               "microbatches": plan.microbatches}
+                               "microbatches": _microbatches(phase, plan)}  # the count the step runs
         try:
             if gen:
                 from .events import simulate_generate
@@ -83,7 +90,5 @@ def plan_auto(system: System | str, model: ModelSpec | str, phase: Phase, object
         raise CapacityError(f"no parallel plan of {model.name} fits {system.name} ({system.n_devices} x "
                             f"{system.device.name}); try a system with more devices, fp8/int4 weights or a smaller batch")
     key = "latency_s" if objective == "latency" else "tokens_per_s"
-    best = feasible.sort_values(key, ascending=objective == "latency").iloc[0]
-    plan = Plan(tp=int(best["tp"]), pp=int(best["pp"]), dp=int(best["dp"]), ep=int(best["ep"]),
-                microbatches=int(best["microbatches"]))
+    plan = candidates[int(feasible.sort_values(key, ascending=objective == "latency", kind="stable").index[0])]
     return plan, table.sort_values(["feasible", key], ascending=[False, objective == "latency"])

@@ -19,8 +19,14 @@ def _plan(a: argparse.Namespace, system, model: ModelSpec, phase, gen: int = 0) 
     if a.plan == "auto":
         from .planner import plan_auto
 
+        if a.ignore_memory:
+            raise SpecError("--plan auto ranks the plans whose step fits the devices; drop --ignore-memory, or give a "
+                            "plan (--tp/--pp/--dp) to run one that does not fit")
+
         return plan_auto(system, model, phase, "throughput" if a.objective == "throughput" else "latency", a.routing,
                          gen=gen)
+    if a.microbatches and a.pp == 1:
+        raise SpecError(f"--microbatches {a.microbatches} splits a pipeline's batch between its stages; it needs --pp > 1")
     return Plan(tp=a.tp, pp=a.pp, dp=a.dp, ep=a.ep, sp=a.sp, microbatches=a.microbatches or 0), None
 
 

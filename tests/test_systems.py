@@ -339,3 +339,50 @@ def test_plan_auto_also_tries_a_single_micro_batch():
     one = simulate_system("dgx-h100", "mamba-2.8b", Decode(3, 2048), Plan(pp=8, microbatches=1))
     best = simulate_system("dgx-h100", "mamba-2.8b", Decode(3, 2048), plan)
     assert best.latency_s <= one.latency_s * (1 + 1e-9) and (table["microbatches"] == 1).any()
+
+
+def test_expert_parallel_energy_counts_each_rank_its_own_experts():
+    """Under skewed routing the busiest EP rank sets the time, but every device was charged its
+    expert work (Mixtral prefill, tp8 ep8, zipf:1.2: 24.3 J against 13.0 J balanced for the same
+    FLOPs); each rank's own experts are now costed, and the ranks' expert FLOPs add up to the step's."""
+    from xpusim.sim.events import simulate_system
+    from xpusim.sim.parallel import Plan, device_trace
+    from xpusim.workloads import Prefill, load_model
+
+    bal = simulate_system("dgx-h100", "mixtral-8x7b", Prefill(8, 256), Plan(tp=8, ep=8), routing="balanced")
+    skew = simulate_system("dgx-h100", "mixtral-8x7b", Prefill(8, 256), Plan(tp=8, ep=8), routing="zipf:1.2")
+    assert skew.latency_s > bal.latency_s  # the hottest rank waits longest
+    assert skew.energy_j == pytest.approx(bal.energy_j, rel=0.05)
+    m = load_model("mixtral-8x7b")
+
+    def flops(tr):
+        return sum(op.flops * b.repeat for b in tr.blocks for op in b.ops if op.name.startswith("expert_"))
+
+    ranks = sum(flops(device_trace(m, Prefill(8, 256), Plan(tp=8, ep=8), "zipf:1.2", None, r)) for r in range(8))
+    whole = flops(device_trace(m, Prefill(8, 256), Plan(tp=8), "zipf:1.2")) * 8  # every tp rank's expert share
+    assert ranks == pytest.approx(whole, rel=0.01)
+
+
+def test_system_review_fixes(capsys):
+    """A quoted energy number is pJ like a plain one (it was read as joules: 10^12 x); a wafer device
+    in a system points to --wafers (the system path skipped its placement); --plan auto with
+    --ignore-memory and --microbatches without a pipeline are refused; a fit failure at --dp names
+    the replicas and expert parallelism."""
+    import yaml
+    from xpusim.arch.system import SYSTEMS_DIR, system_from_dict
+
+    d = yaml.safe_load((SYSTEMS_DIR / "dgx-h100.yaml").read_text())
+    d["intra"]["energy_per_byte"] = "88"
+    assert system_from_dict(d, "q").intra.energy_pj_per_byte == 88.0
+    d2 = yaml.safe_load((SYSTEMS_DIR / "dgx-h100.yaml").read_text())
+    d2["device"] = "wse-3"
+    with pytest.raises(SpecError, match="--wafers N"):
+        simulate_system(system_from_dict(d2, "wafers"), "llama-3-8b", Decode(1, 512), Plan())
+    assert main(["simulate", "--system", "dgx-a100", "--model", "llama-3.1-405b", "--phase", "decode", "--batch", "8",
+                 "--context", "1024", "--plan", "auto", "--ignore-memory"]) == 2
+    assert main(["simulate", "--system", "dgx-h100", "--model", "llama-3-8b", "--phase", "decode", "--batch", "8",
+                 "--context", "128", "--microbatches", "2"]) == 2
+    assert main(["simulate", "--system", "dgx-h100", "--model", "mixtral-8x7b", "--phase", "decode", "--batch", "16",
+                 "--context", "512", "--dp", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "needs --pp > 1" in err and "drop --ignore-memory" in err and "at --dp 8" in err and "--ep 8" in err

@@ -30,13 +30,15 @@ from ..errors import SpecError
 class Routing:
     """A routing distribution: ``kind`` balanced, zipf or file; ``skew`` the Zipf exponent;
     ``weights`` per-expert weights from a file; with expert parallelism, ``ep_ranks`` devices hold
-    ``E / ep_ranks`` experts each and receive the assignments of ``ep_tokens`` tokens."""
+    ``E / ep_ranks`` experts each and receive the assignments of ``ep_tokens`` tokens; a trace is
+    device ``ep_rank``'s (-1: the most loaded one, which sets a step's time)."""
 
     kind: str = "balanced"
     skew: float = 0.0
     weights: tuple[float, ...] = ()
     ep_ranks: int = 1  # expert parallelism: experts split evenly over this many devices
     ep_tokens: int = 0  # tokens routed across those devices in one step (0: the step's own)
+    ep_rank: int = -1  # the device whose experts a trace runs (-1: the most loaded)
 
     def describe(self) -> str:
         return {"balanced": "balanced", "zipf": f"zipf:{self.skew:g}"}.get(self.kind, f"file ({len(self.weights)} experts)")
@@ -130,7 +132,7 @@ def count_groups(counts: np.ndarray) -> list[tuple[int, int]]:
 def local_counts(routing: Routing, tokens: int, n_experts: int, top_k: int,
                  capacity_factor: float = 0.0) -> tuple[np.ndarray, int]:
     """Tokens per expert on one device: all experts without expert parallelism; with it, the
-    experts of the most loaded of the ``ep_ranks`` devices, counted over the ``ep_tokens`` tokens
+    experts of the most loaded of the ``ep_ranks`` devices (or of device ``ep_rank``), counted over the ``ep_tokens`` tokens
     routed across them. The experts are dealt to the devices round-robin from the hottest (expert
     ``i`` on device ``i mod ep_ranks``), as a load-balancing placement spreads the popular ones;
     contiguous slices would put a balanced step's few active experts all on one device."""
@@ -141,4 +143,5 @@ def local_counts(routing: Routing, tokens: int, n_experts: int, top_k: int,
                         "evenly; choose an ep that divides the expert count")
     counts, dropped = expert_counts(routing, routing.ep_tokens or tokens, n_experts, top_k, capacity_factor)
     slices = counts.reshape(-1, routing.ep_ranks).T  # row r: experts r, r + ep, r + 2 ep, ...
-    return slices[int(np.argmax(slices.sum(axis=1)))], dropped
+    row = int(np.argmax(slices.sum(axis=1))) if routing.ep_rank < 0 else routing.ep_rank % routing.ep_ranks
+    return slices[row], dropped
