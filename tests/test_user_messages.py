@@ -46,7 +46,7 @@ def test_a_system_whose_devices_are_all_used_is_not_told_to_grow_tp(capsys):
     rc, _, err = run(capsys, "simulate", "--system", "dgx-h100", "--model", "deepseek-v3", "--tp", "8", "--phase", "decode",
                      "--batch", "8", "--context", "4096")
     assert rc == 2 and err.count("\n") == 1
-    assert "larger --tp" not in err and "no split of dgx-h100's 8 devices holds it" in err
+    assert "larger --tp" not in err and "no tensor/pipeline split of dgx-h100's 8 devices holds it" in err
     assert "--kv-dtype fp8" not in err  # a replicated 2.1 GiB cache: fp8 alone does not make it fit
     batch = int(re.search(r"a batch of (\d+) or less", err).group(1))
     context = int(re.search(r"--context (\d+) or less", err).group(1))
