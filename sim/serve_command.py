@@ -81,7 +81,7 @@ def _describe_workload(w: dict) -> str:
         return f"lognormal mean {spec[0]:g} std {spec[1]:g}{cap} (drawn {drawn})"
 
     if w["arrivals"] == "trace":
-        head = f"{w['requests']:,} requests from {w['trace']}"
+        head = f"{w['requests']:,} request{'s' if w['requests'] != 1 else ''} from {w['trace']}"
     else:
         rate = "all at time 0" if w["rate_per_s"] is None else f"Poisson at {w['rate_per_s']:g} requests/s"
         head = f"{w['requests']:,} requests, {rate}, seed {w['seed']}"
@@ -167,14 +167,20 @@ def run(a: argparse.Namespace) -> int:
     s = summary
     where = system.name if system else a.arch
     f = step.model
-    print(f"{f.name} on {where}: scheduler {a.scheduler}, engine {plan.describe()}, KV capacity "
-          f"{step.kv_capacity_tokens:,} tokens in {100 * a.memory_utilization:g} % of device memory")
+    if step.model.kv_bytes_per_token > 0:
+        held = f"KV capacity {step.kv_capacity_tokens:,} tokens"
+    else:  # a pure SSM: no KV cache, the recurrent states bound the batch
+        held = f"no KV cache; at most {step.max_sequences:,} sequences' recurrent state" if step.max_sequences else "no KV cache"
+    pre = f", prefill engine {prefill.plan.describe()}" if prefill else ""
+    print(f"{f.name} on {where}: scheduler {a.scheduler}, engine {plan.describe()}{pre}, {held} in "
+          f"{100 * a.memory_utilization:g} % of device memory")
     print(f"  workload: {_describe_workload(workload)}")
     emb = f", embeddings {f.embedding_dtype}" if f.embedding_dtype != f.weight_dtype else ""
     print(f"  formats: weights {f.weight_dtype}, activations {f.act_dtype}, KV {f.kv_dtype}{emb}")
     for k in ("ttft", "tpot", "e2e"):
         vals = {q: s.get(f"{k}_{q}_s") for q in ("mean", "p50", "p90", "p99")}
-        print(f"  {k.upper():5} " + "  ".join(f"{q} {v * 1e3:.1f} ms" for q, v in vals.items() if v is not None))
+        shown = "  ".join(f"{q} {v * 1e3:.1f} ms" for q, v in vals.items() if v is not None)
+        print(f"  {k.upper():5} " + (shown or "n/a (one-token outputs)"))
     print(f"  throughput {s['throughput_tok_s']:.0f} tokens/s, {s['throughput_req_s']:.2f} requests/s; goodput "
           f"{s['goodput_req_s']:.2f} requests/s; preemptions {s['preemptions']}")
     return 0

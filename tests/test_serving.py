@@ -685,3 +685,15 @@ def test_no_room_remedies_name_only_formats_the_device_computes(capsys):
     assert "int8 weights (--weight-dtype int8)" in capsys.readouterr().err
     assert main(["serve", "--arch", "h100-sxm", "--model", "llama-3-8b", "--rate", "2", "--input-tokens", "inf"]) == 2
     assert "finite number below 2^31" in capsys.readouterr().err
+
+
+def test_serve_text_for_one_token_outputs_and_an_ssm(capsys):
+    """A pure SSM has no KV cache: its states bound the batch (the 10^12-token sentinel was printed);
+    one-token outputs have no TPOT (an empty line was printed)."""
+    from xpusim.cli import main
+
+    assert main(["serve", "--arch", "h100-sxm", "--model", "mamba-2.8b", "--rate", "5", "--requests", "20",
+                 "--output-tokens", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "no KV cache; at most" in out and "1,000,000,000,000" not in out
+    assert "TPOT  n/a (one-token outputs)" in out
