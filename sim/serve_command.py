@@ -37,14 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of each device's memory for the weights and KV cache, in (0, 1] (default "
                         f"{MEMORY_UTILIZATION}, vLLM's gpu_memory_utilization)")
     p.add_argument("--max-batch", type=int, default=256, help="most sequences an iteration runs (default 256)")
-    p.add_argument("--max-batched-tokens", type=int, default=8192,
+    p.add_argument("--max-batched-tokens", type=int, default=None,
                    help="most prompt tokens a prefill iteration runs, continuous and disaggregated (default 8192)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per paged-KV block (default 16)")
-    p.add_argument("--chunk-size", type=int, default=512,
+    p.add_argument("--chunk-size", type=int, default=None,
                    help="tokens an iteration of the chunked scheduler runs, prompt chunks and decodes together (default 512)")
     p.add_argument("--slo-ttft", type=float, help="TTFT SLO (s) for goodput")
     p.add_argument("--slo-tpot", type=float, help="TPOT SLO (s) for goodput")
-    p.add_argument("--seed", type=int, default=0, help="seed of the request stream (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the request stream (default 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--report", metavar="HTML", help="write an HTML report")
@@ -110,8 +110,18 @@ def run(a: argparse.Namespace) -> int:
             raise SpecError(f"--{flag.replace('_', '-')} must be an integer >= 1, got {v}")
     if a.rate is not None and not (a.rate > 0):
         raise SpecError(f"--rate must be > 0 requests per second (inf: all at once), got {a.rate}")
-    if a.seed < 0:
+    if a.seed is not None and a.seed < 0:
         raise SpecError(f"--seed must be an integer >= 0, got {a.seed}")
+    unused = (["--chunk-size (the chunked scheduler's)"] * (a.chunk_size is not None and a.scheduler != "chunked")
+              + ["--max-batched-tokens (continuous and disaggregated)"]
+              * (a.max_batched_tokens is not None and a.scheduler not in ("continuous", "disaggregated"))
+              + ["--seed (of a Poisson stream)"] * (a.seed is not None and bool(a.trace)))
+    if unused:
+        raise SpecError(f"{', '.join(unused)} does nothing with --scheduler {a.scheduler}"
+                        + (" and --trace" if a.trace else "") + ": drop it")
+    a.chunk_size = 512 if a.chunk_size is None else a.chunk_size
+    a.max_batched_tokens = 8192 if a.max_batched_tokens is None else a.max_batched_tokens
+    a.seed = 0 if a.seed is None else a.seed
     if a.prefill_tp and a.scheduler != "disaggregated":
         raise SpecError("--prefill-tp sizes the prefill engine of --scheduler disaggregated; drop it or use that scheduler")
     system = load_system(a.system) if a.system else None

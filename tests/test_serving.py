@@ -697,3 +697,11 @@ def test_serve_text_for_one_token_outputs_and_an_ssm(capsys):
     out = capsys.readouterr().out
     assert "no KV cache; at most" in out and "1,000,000,000,000" not in out
     assert "TPOT  n/a (one-token outputs)" in out
+
+
+@pytest.mark.parametrize("extra", [["--chunk-size", "3"], ["--scheduler", "static", "--max-batched-tokens", "100"]])
+def test_serve_refuses_flags_its_run_does_not_use(extra, capsys):
+    from xpusim.cli import main
+
+    assert main(["serve", "--arch", "h100-sxm", "--model", "llama-3-8b", "--rate", "5", "--requests", "10", *extra]) == 2
+    assert "does nothing with --scheduler" in capsys.readouterr().err
