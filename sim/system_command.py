@@ -30,6 +30,13 @@ def _plan(a: argparse.Namespace, system, model: ModelSpec, phase, gen: int = 0) 
     return Plan(tp=a.tp, pp=a.pp, dp=a.dp, ep=a.ep, sp=a.sp, microbatches=a.microbatches or 0), None
 
 
+def _print_plans(table: Any) -> None:
+    """``--plan auto``'s table, and why each infeasible plan cannot run."""
+    print(table.drop(columns=["reason"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for _, row in table[~table["feasible"]].iterrows():
+        print(f"  {row['plan']}: {row['reason']}")
+
+
 def _objective(a: argparse.Namespace) -> str:
     """The mapper objective of the simulated steps (``throughput`` only ranks ``--plan auto``'s plans)."""
     return "latency" if a.objective == "throughput" else a.objective
@@ -59,6 +66,8 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
         plan, table = _plan(a, system, model, Prefill(a.batch, a.seq), gen=a.gen)
         out = simulate_generate(system, model, a.batch, a.seq, a.gen, plan, _objective(a), a.routing,
                                 check_memory=not a.ignore_memory, mla_form=a.mla_form)
+        if table is not None:
+            out["plans"] = table.to_dict(orient="records")
         if a.json:
             if a.format_error:
                 from ..workloads.functional.numerics import layer_error
@@ -66,6 +75,8 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
                 out["format_error"] = layer_error(model)
             print(json.dumps(out, indent=2))
             return 0
+        if table is not None:
+            _print_plans(table)
         print(f"{model.name} on {system.name} ({plan.describe()}): prefill {a.batch} x {a.seq} tokens, then {a.gen} tokens "
               f"per sequence")
         print_formats(model, a.format_error)
@@ -89,9 +100,7 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
         print(res.to_json())
         return 0
     if table is not None:
-        print(table.drop(columns=["reason"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        for _, row in table[~table["feasible"]].iterrows():  # why a plan cannot run
-            print(f"  {row['plan']}: {row['reason']}")
+        _print_plans(table)
     stages = ", ".join(f"{t * 1e3:.3g}" for t in res.inputs["stage_s"])
     print(f"{model.name} {phase.name} {vars(phase)} on {system.name}: plan {plan.describe()} ({plan.devices} of "
           f"{system.n_devices} x {system.device.name}), {res.inputs['microbatches']} micro-batch(es)")
