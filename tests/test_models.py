@@ -201,6 +201,8 @@ def _with(base: str, **changes):
     ("llama-3-8b", {"kv_dtype": "ternary"}, "give the KV cache an int8"),
     ("deepseek-v3", {"sub_norms": True}, "sub_norms .* are modelled for dense attention layers"),
     ("mixtral-8x7b", {"sub_norms": True}, "drop them or the MLA/MoE fields"),
+    ("mixtral-8x7b", {"d_ff": 0, "d_ff_expert": 0, "ssm_kind": "mamba2", "ssm_state": 16, "ssm_expand": 2,
+                      "ssm_conv": 4, "ssm_head_dim": 64, "ssm_groups": 1, "attn_period": 2}, "experts need a width"),
 ])
 def test_fields_that_describe_no_modelled_model_are_refused(base, changes, message):
     """Each of these ran with rc 0 and did nothing, or something else (MLA read the whole context
@@ -255,6 +257,10 @@ def test_qwen_slides_only_from_max_window_layers(tmp_path):
     import xpusim.workloads.model as model_mod
 
     cfg = json.loads((Path(model_mod.__file__).parent / "models" / "qwen3-30b-a3b.json").read_text())
+    cfg.update(sliding_window=4096, max_window_layers=0)
+    cfg.pop("use_sliding_window", None)  # transformers' default for Qwen: no window
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert load_model(tmp_path).sliding_window == 0
     cfg.update(use_sliding_window=True, sliding_window=4096, max_window_layers=cfg["num_hidden_layers"])
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert load_model(tmp_path).sliding_window == 0

@@ -400,8 +400,10 @@ def test_added_pim_stacks_must_hold_the_kv_cache():
 def test_pim_stacks_multiply_static_power():
     d = yaml.safe_load((PRESETS_DIR / "duplex-logic-pim.yaml").read_text())
     d["static_power"] = "10 W"
+    d["tdp"] = "20 W"
     one = arch_from_dict(d)
     assert pim_stacks(one, 5).static_power_w == pytest.approx(50.0)
+    assert pim_stacks(one, 5).tdp_w == pytest.approx(100.0)
 
 
 def test_concurrent_auto_is_never_slower_than_any_fixed_placement():
@@ -650,8 +652,10 @@ def test_pim_refuses_operands_its_pus_cannot_take_without_conversion():
 @pytest.mark.parametrize("preset", ["neupims-pim", "hbm2-pim", "aim-gddr6"])
 def test_more_banks_per_pu_never_make_a_gemv_slower(preset):
     """Without all-bank activation the ACT stagger is charged per ACT issued (neupims-pim with 64
-    banks charged whole bank groups and ran a batched GEMV 7.8 % slower than with 32)."""
+    banks charged whole bank groups and ran a batched GEMV 7.8 % slower than with 32); every preset
+    is run without all-bank activation, where the stagger applies."""
     raw = yaml.safe_load((PRESETS_DIR / f"{preset}.yaml").read_text())
+    raw["pim"]["all_bank_activate"] = False
     dt = next(iter(raw["matrix"]["macs_per_cycle"]))
     for g, m, n, k in [(64, 8, 777, 128), (1, 4, 14336, 4096), (32, 4, 128, 2048)]:
         op = Op("gemv", "matmul", (("g", g), ("m", m), ("n", n), ("k", k)),
@@ -702,3 +706,20 @@ def test_burst_aligned_chunks_count_fractional_element_bytes():
         t = pim_matmul_cost(gemm_op(1, 4096, 4096, "int4-g32"), arch_from_dict(d)).latency_s
         assert t <= prev * (1 + 1e-12), buf
         prev = t
+
+
+
+def test_pim_io_energy_is_written_bytes_at_write_energy_and_read_outs_at_read_energy():
+    """The input vectors are writes into the PUs' buffers and the partial sums reads out of them (both
+    were charged the mean of the two energies)."""
+    d = yaml.safe_load((PRESETS_DIR / "hbm2-pim.yaml").read_text())
+    d["memory"][0]["read_energy_pj_per_byte"] = 1.0
+    d["memory"][0]["write_energy_pj_per_byte"] = 5.0
+    arch = arch_from_dict(d)
+    c = pim_matmul_cost(gemm_op(4, 4096, 4096, "fp16"), arch)
+    spec = pim_spec(arch)
+    written = c.detail["input_bytes_per_channel"] * spec.channels
+    read_out = c.detail["output_bytes_per_channel"] * spec.channels
+    internal = c.detail["passes"] * 4096 * 4096 * 2.0
+    assert written > 0 and read_out > 0
+    assert c.energy_by_component["dram"] == pytest.approx((internal * 1 + written * 5 + read_out * 1) * 1e-12, rel=1e-9)

@@ -424,3 +424,14 @@ def test_op_on_an_rdu_shows_its_launch_and_runs_fp32_in_simd_mode(capsys):
     assert main(["op", "gemm", "--m", "1", "--n", "4096", "--k", "4096", "--arch", "sn40l", "--dtype", "fp32"]) == 0
     out = capsys.readouterr().out
     assert "of which launch 71.7 us" in out and "sram" not in out  # no footprint printed as bytes moved
+
+
+
+def test_a_fused_blocks_per_op_shares_follow_each_ops_own_time_and_bytes():
+    """Shares were each op's unfused time with a 71.68 us launch apiece: norms, rope and residuals
+    showed 44 % of a Llama-2-7B decode step while holding 0.09 % of its bytes."""
+    r = simulate("sn40l", "llama-2-7b", Decode(1, 1024))
+    layer = r.ops[r.ops["block"] == "layer"]
+    small = layer["kind"] != "matmul"
+    assert layer.loc[small, "total_latency_s"].sum() < 0.05 * layer["total_latency_s"].sum()
+    assert layer.loc[small, "bytes_hbm"].sum() < 0.05 * layer["bytes_hbm"].sum()

@@ -378,11 +378,22 @@ def test_system_review_fixes(capsys):
     d2["device"] = "wse-3"
     with pytest.raises(SpecError, match="--wafers N"):
         simulate_system(system_from_dict(d2, "wafers"), "llama-3-8b", Decode(1, 512), Plan())
-    assert main(["simulate", "--system", "dgx-a100", "--model", "llama-3.1-405b", "--phase", "decode", "--batch", "8",
-                 "--context", "1024", "--plan", "auto", "--ignore-memory"]) == 2
+    assert main(["simulate", "--system", "dgx-h100", "--model", "llama-3-8b", "--phase", "decode", "--batch", "8",
+                 "--context", "128", "--plan", "auto", "--ignore-memory"]) == 2  # a model that fits: only the flags
+    assert "drop --ignore-memory" in capsys.readouterr().err
     assert main(["simulate", "--system", "dgx-h100", "--model", "llama-3-8b", "--phase", "decode", "--batch", "8",
                  "--context", "128", "--microbatches", "2"]) == 2
+    assert "needs --pp > 1" in capsys.readouterr().err
     assert main(["simulate", "--system", "dgx-h100", "--model", "mixtral-8x7b", "--phase", "decode", "--batch", "16",
                  "--context", "512", "--dp", "8"]) == 2
     err = capsys.readouterr().err
-    assert "needs --pp > 1" in err and "drop --ignore-memory" in err and "at --dp 8" in err and "--ep 8" in err
+    assert "at --dp 8" in err and "--ep 8" in err
+
+
+
+def test_plan_auto_lists_each_plan_once_with_the_micro_batches_it_ran():
+    """A pipeline whose default micro-batch count is already one was listed (and simulated) twice."""
+    plan, table = plan_auto("dgx-h100", "mamba-2.8b", Decode(1, 1024))
+    assert not table.duplicated(["tp", "pp", "dp", "ep", "microbatches"]).any()
+    assert (table["microbatches"] >= 1).all()  # the count each step ran, not 0 for "default"
+    assert plan.describe() in set(table["plan"])
