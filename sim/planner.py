@@ -84,7 +84,8 @@ def plan_auto(system: System | str, model: ModelSpec | str, phase: Phase, object
         except XpusimError as e:  # a plan the model cannot be split by
             row.update(feasible=False, reason=str(e))
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=["plan", "tp", "pp", "dp", "ep", "microbatches", "latency_s", "tokens_per_s",
+                                        "memory_gib", "feasible", "reason"])  # one order, whichever plan came first
     feasible = table[table["feasible"]] if len(table) else table
     if feasible.empty:
         raise CapacityError(f"no parallel plan of {model.name} fits {system.name} ({system.n_devices} x "
