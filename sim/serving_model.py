@@ -5,7 +5,8 @@ token per decoding request. Its time is split the way the simulator's ops split 
 
 * ``L(m)`` — everything but attention (projections, MLP or experts, norms, collectives, head) for
   ``m`` tokens: simulated at a grid of token counts, interpolated linearly in between;
-* decode attention — per request, linear in its context: ``a_d x context`` (the KV read);
+* decode attention — ``a_d x context`` per request (the KV read), plus a part per step and per
+  request (``a_d0 + a_d1 x requests``: kernel launches, a wafer's mesh reductions);
 * prefill attention — per chunk of ``t`` new tokens over ``p`` cached ones: the longer of
   ``a_p x t x (p + t / 2)`` (the causal score/context work) and ``a_c x (p + t)`` (a short chunk's
   pass over the cache, which few query rows cannot spread over the device).
@@ -152,16 +153,23 @@ class SimStepModel:
         return self._attention_s(res)
 
     def _fit_decode(self) -> float:
-        """``a_d`` by least squares over decode steps whose KV cache the engine can hold (a step
-        beyond it would spill, e.g. an FPGA card's weights into its DDR, which serving never does)."""
-        xs, ys = [], []
+        """``a_d`` and the per-step and per-sequence parts ``a_d0``, ``a_d1`` of decode attention, by
+        non-negative least squares over decode steps whose KV cache the engine can hold (a step beyond
+        it would spill, e.g. an FPGA card's weights into its DDR, which serving never does): attention
+        of ``b`` sequences of context ``c`` = ``a_d0 + a_d1 b + a_d b c`` (a wafer's mesh reductions
+        cost ~25 us a step whatever the context)."""
+        rows, ys = [], []
         cap = self.kv_capacity_tokens // self.plan.dp
-        for b, c in ((8, 1024), (32, 2048), (8, 8192)):
+        for b, c in ((1, 2), (8, 2), (1, 1024), (8, 1024), (32, 2048), (8, 8192)):
             c = max(2, min(c, cap // b))
             res = self._step(Decode(b * self.plan.dp, c))
-            xs.append(b * c)
+            rows.append((1.0, b, b * c))
             ys.append(self._attention_of(res, b))
-        return float(np.dot(xs, ys) / np.dot(xs, xs))
+        from scipy.optimize import nnls
+
+        coef, _ = nnls(np.array(rows), np.array(ys))
+        self.a_decode0, self.a_decode1 = float(coef[0]), float(coef[1])
+        return float(coef[2])
 
     def _fit_prefill(self) -> float:
         """``a_p`` by least squares over prefills the engine's KV cache can hold."""
@@ -198,7 +206,8 @@ class SimStepModel:
         t = self.linear_time(m)
         if self._prefill_grid is not None and n:  # prefill tokens on their own curve, decode tokens on top
             t += self._prefill_time(n) - self.linear_time(n)
-        t += self.a_decode * float(sum(decode))
+        if decode:
+            t += self.a_decode0 + self.a_decode1 * len(decode) + self.a_decode * float(sum(decode))
         t += float(sum(max(self.a_prefill * c * (p + c / 2), self.a_chunk * (p + c)) for c, p in prefill))
         return t
 
@@ -224,7 +233,8 @@ class SimStepModel:
         return {"model": self.model.name, "device": self.arch.name, "plan": self.plan.describe(),
                 "formats": model_formats(self.model),
                 "memory_utilization": self.memory_utilization, "kv_capacity_tokens": self.kv_capacity_tokens,
-                "a_decode_s_per_token": self.a_decode, "a_prefill_s": self.a_prefill,
+                "a_decode_s_per_token": self.a_decode, "a_decode_step_s": self.a_decode0,
+                "a_decode_request_s": self.a_decode1, "a_prefill_s": self.a_prefill,
                 "a_chunk_s_per_token": self.a_chunk, "prefill_curve": self._prefill_grid is not None,
                 "linear_s_at_1": float(self._linear[0]),
                 "linear_s_at_max": float(self._linear[-1]), "devices": self.plan.devices}

@@ -705,3 +705,18 @@ def test_serve_refuses_flags_its_run_does_not_use(extra, capsys):
 
     assert main(["serve", "--arch", "h100-sxm", "--model", "llama-3-8b", "--rate", "5", "--requests", "10", *extra]) == 2
     assert "does nothing with --scheduler" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["wse-2", "h100-sxm"])
+def test_decode_attention_has_its_per_step_part(arch):
+    """A wafer's decode attention costs ~25-40 us a step whatever the context (mesh reductions and
+    hand-offs): through the origin the fit put a WSE-2's one-sequence decode 15-26 % below
+    simulate(); a per-step and per-request part brings it within 10 %."""
+    from xpusim.sim.engine import simulate
+    from xpusim.sim.serving_model import SimStepModel
+    from xpusim.workloads import Decode
+
+    step = SimStepModel("llama-3-8b", arch=arch, max_tokens=64)
+    for b, c in ((1, 512), (1, 1024), (4, 512), (16, 1024)):
+        sim = simulate(arch, step.model, Decode(b, c), check_memory=False).latency_s
+        assert step.iteration_time([], [c] * b) == pytest.approx(sim, rel=0.10), (b, c)
