@@ -74,6 +74,7 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
     kv_bytes = kv_batch * h * s * (e if context.attrs.get("shares_keys") else e + ev) * kd.bytes
     o_bytes = b * h * r * q * ev * od.bytes
     launches = 1
+    pairs_run = pairs
     if q == 1 or q * r <= 16:  # decode: split-KV
         work = b * h  # one CTA per (sequence, KV head) covers its r query heads
         splits = flash_splits(work, sms, math.ceil(s / KV_BLOCK))
@@ -89,10 +90,14 @@ def fused_attention_cost(score: Op, context: Op, arch: Arch, launch_s: float) ->
         hbm_bytes = q_bytes + kv_bytes + o_bytes
         l2_bytes = q_bytes + o_bytes + kv_bytes * q_blocks * frac
         mapping = {"kernel": "flash-attention-2", "block_m": BM, "block_n": BN, "ctas": ctas, "causal": causal}
+        # every CTA computes its whole BM-row query block against BN-wide key blocks, padding included
+        # (a 33-token prompt's second, nearly empty block costs a full one)
+        pairs_run = ctas * BM * math.ceil(s / BN) * BN * frac
     waves = math.ceil(ctas / sms)
     wave_eff = (ctas / sms) / waves
-    t_mma = macs / mac_rate / wave_eff
-    t_exp = pairs / exp_rate / wave_eff
+    run = max(pairs_run, pairs)  # (query, key) pairs the MMAs process
+    t_mma = run * (e + ev) / mac_rate / wave_eff
+    t_exp = run / exp_rate / wave_eff
     # memory-level parallelism (Little's law, as for GEMMs): each resident CTA keeps two K/V blocks in
     # flight; a few CTAs cannot draw the whole bandwidth, which is why split-KV exists
     block = BN * (e + ev) * kd.bytes
