@@ -324,6 +324,12 @@ def _check_choices(space: Space, where: str) -> None:
     for k in space.knobs:
         if k.path[0] != "device":
             continue
+        first = k.choices[0] if k.choices else (int(k.low) if k.type == "int" else k.low)
+        try:  # a path the base device lacks (a typo such as device.clok) would prune every trial
+            arch_from_dict(device_dict(space, {k.name: first}), space.base_name)
+        except XpusimError as e:
+            if "the base device has no" in str(e) or "unknown field" in str(e):
+                raise _fail(where, f"knob {k.name!r} ({'.'.join(k.path)}): {e}") from None
         values = list(k.choices) if k.choices else [k.low, k.high]
         for v in values:
             text = f"{v} {k.unit}" if k.unit else v

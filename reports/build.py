@@ -108,6 +108,9 @@ def explore_report(trials: pd.DataFrame, front: pd.DataFrame, objectives: list[s
     from ..explore.space import METRICS
 
     units = {m: v[1] for m, v in METRICS.items()}
+    # a study whose every trial was pruned before scoring has no objective columns: show them empty
+    trials = trials.reindex(columns=list(dict.fromkeys([*trials.columns, *knobs, *objectives])))
+    front = front.reindex(columns=list(dict.fromkeys([*front.columns, "number", *knobs, *objectives])))
     sections = []
     if trials.empty:
         sections.append(("No trials yet", "The study has no finished trial: run more (--trials, a longer --timeout).", ""))
@@ -238,8 +241,8 @@ def _report_of(kind: str, d: dict[str, Any], path: str | Path, command: str | No
         return op_report(d, command)
     if kind == "explore":
         objectives, knobs = list(d["objectives"]), list(d["knobs"])
-        trials = _table(d["trials"], ["number", "feasible", *knobs, *objectives], "trials")
-        pareto = _table(d["pareto"], ["number", *knobs, *objectives], "pareto")
+        trials = _table(d["trials"], ["number", "feasible", *knobs], "trials")  # objectives: absent if none scored
+        pareto = _table(d["pareto"], ["number", *knobs], "pareto")
         return explore_report(trials, pareto, objectives, d["directions"], knobs, d["study"], d["space"],
                               d.get("importance"), command)
     if kind == "validate":

@@ -288,3 +288,21 @@ def test_energy_per_token_and_perf_per_watt_count_the_same_static_power():
         k = float(w.get("weight", 1.0))
         energy, latency, tokens = energy + k * r.energy_j, latency + k * r.latency_s, tokens + k * r.tokens
     assert m["energy_per_token"] == pytest.approx((energy + leak * latency) / tokens, rel=1e-6)
+
+
+def test_a_study_whose_every_trial_was_pruned_still_reports(tmp_path):
+    """Every trial pruned before scoring (a template over its part): --report crashed with a KeyError
+    and the saved study was refused by `xpusim report`."""
+    from xpusim.cli import main
+
+    out = tmp_path / "s.json"
+    assert main(["explore", "--space", "fpga", "--trials", "3", "--seed", "1", "--workers", "1",
+                 "--report", str(tmp_path / "s.html"), "--save", str(out)]) == 0
+    assert main(["report", str(out), "-o", str(tmp_path / "again.html")]) == 0
+
+
+def test_a_knob_path_the_base_device_lacks_is_refused_when_the_space_loads():
+    """device.clok loaded and pruned every trial, exiting 0 with 'relax the constraints'."""
+    d = {**SMALL, "knobs": {"clk": {"path": "device.clok", "low": 0.5, "high": 1.5, "unit": "GHz"}}}
+    with pytest.raises(XpusimError, match="unknown field"):
+        parse_space(d)
