@@ -169,6 +169,9 @@ def _knob(name: str, d: Any, where: str) -> Knob:
         ch = d["choices"]
         if not isinstance(ch, list) or not ch:
             raise _fail(where, f"knob {name!r}: choices must be a non-empty list")
+        if not all(c is None or isinstance(c, bool | int | float | str) for c in ch):
+            raise _fail(where, f"knob {name!r}: choices must be numbers, strings or booleans (a list or mapping cannot be "
+                               f"a trial's value; give one knob per element), got {ch!r}")
         ranged = sorted(set(d) & {"low", "high", "type", "step", "log"})
         if ranged:
             raise _fail(where, f"knob {name!r}: give choices or a low/high range, not both (drop {', '.join(ranged)})")
@@ -274,6 +277,8 @@ def parse_space(d: Any, where: str = "<dict>") -> Space:
 
         load_model(str(w["model"]))  # an unknown model is a one-line error now, not a space of pruned trials
     objs = d["objectives"] if isinstance(d["objectives"], list) else [d["objectives"]]
+    if not objs or len(set(map(str, objs))) != len(objs):
+        raise _fail(where, f"objectives must be a non-empty list of distinct metrics, got {d['objectives']!r}")
     for o in objs:
         if o not in METRICS:
             raise _fail(where, f"unknown objective {o!r}; use {', '.join(METRICS)}")
@@ -327,6 +332,8 @@ def _check_choices(space: Space, where: str) -> None:
         first = k.choices[0] if k.choices else (int(k.low) if k.type == "int" else k.low)
         try:  # a path the base device lacks (a typo such as device.clok) would prune every trial
             arch_from_dict(device_dict(space, {k.name: first}), space.base_name)
+        except (TypeError, ValueError) as e:  # e.g. a quoted number where the device computes with it
+            raise _fail(where, f"knob {k.name!r}: value {first!r} is not of the kind {'.'.join(k.path)} takes ({e})") from None
         except XpusimError as e:
             if "the base device has no" in str(e) or "unknown field" in str(e):
                 raise _fail(where, f"knob {k.name!r} ({'.'.join(k.path)}): {e}") from None

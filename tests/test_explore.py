@@ -142,6 +142,9 @@ def test_infeasible_designs_are_recorded_with_reasons(tmp_path):
     ({**SMALL, "constraints": {"speed": 3}}, "unknown constraint"),
     ({**SMALL, "knobs": {"gbuf": {"path": "device.memory.gbuf.capacity", "choices": [-1, 4], "unit": "MiB"}}},
      "'-1 MiB' must be positive"),
+    ({**SMALL, "objectives": []}, "non-empty list of distinct metrics"),
+    ({**SMALL, "knobs": {"arr": {"path": "device.matrix.array", "choices": [[128, 128], [64, 256]]}}},
+     "choices must be numbers, strings or booleans"),
 ])
 def test_bad_spaces_are_one_line_errors(bad, message):
     with pytest.raises(XpusimError, match=message) as e:
