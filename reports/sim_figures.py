@@ -99,7 +99,15 @@ def breakdown(res: Result) -> go.Figure:
         fig.add_trace(go.Bar(x=g["block"], y=g["total_energy_j"], name=kind, marker_color=color, legendgroup=kind,
                              showlegend=False, hovertemplate=f"{kind}<br>%{{x}}: %{{y:.4g}} J<extra></extra>"), 1, 2)
     _stacked_pair(fig, ("block (x repeat)", "latency (ms)"), ("block (x repeat)", "energy (J)"))
-    return _style(fig, "Where the time and energy go (per block and op kind)")
+    inp = res.inputs or {}
+    scope = ""  # what the op rows are when they are not the whole step
+    if inp.get("system"):
+        mb = inp.get("microbatches", 1)
+        scope = f": one device's ops{', one of ' + str(mb) + ' micro-batches' if mb and mb > 1 else ''} (the step's " \
+                f"totals count every device and micro-batch)"
+    elif inp.get("streams", 1) > 1:
+        scope = f": one of the {inp['streams']} interleaved sub-batches (the step's totals count both)"
+    return _style(fig, "Where the time and energy go (per block and op kind)" + scope)
 
 
 def timeline_events(res: Result, max_repeats: int = 2) -> list[dict[str, Any]]:

@@ -187,3 +187,15 @@ def test_roofline_hover_names_the_op(reports, browser):
            "mlp_norm", "rope_q", "rope_k", "act", "residual_attn", "residual_mlp", "final_norm", "embed"}
     assert any(op in hover for op in ops), hover
     assert "FLOP" in hover and "bound" in hover
+
+
+def test_a_system_runs_breakdown_says_it_shows_one_device():
+    """The breakdown of a --system run shows one device's ops per micro-batch while the printed totals
+    count every device (21.5 ms / 1.41 J drawn against 32.3 ms / 11.2 J printed, unlabelled)."""
+    from xpusim.reports.sim_figures import breakdown
+    from xpusim.sim.events import simulate_system
+    from xpusim.sim.parallel import Plan
+    from xpusim.workloads import Decode
+
+    r = simulate_system("dgx-h100", "llama-3-8b", Decode(8, 1024), Plan(tp=2, pp=2))
+    assert "one device's ops" in breakdown(r).layout.title.text
