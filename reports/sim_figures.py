@@ -149,7 +149,10 @@ def timeline(res: Result) -> go.Figure:
         fig.update_layout(barmode="overlay")
         fig.update_xaxes(title="time (ms)")
         fig.update_yaxes(title="device", categoryorder="category descending")
-        return _style(fig, f"Timeline of one step on {res.inputs.get('system', '')} ({res.inputs.get('plan', '')})")
+        inp = res.inputs or {}
+        where = (f"{inp['system']} ({inp.get('plan', '')})" if inp.get("system")
+                 else f"{inp.get('arch', '')} ({inp.get('placement', '')} placement, {inp.get('mode', '')})")
+        return _style(fig, f"Timeline of one step on {where}")
     ev = pd.DataFrame(timeline_events(res))
     fig = go.Figure()
     for kind, g in ev.groupby("kind", sort=False):
