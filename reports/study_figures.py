@@ -43,7 +43,10 @@ def pareto(trials: pd.DataFrame, front: pd.DataFrame, objectives: list[str], kno
     else:
         fig.update_xaxes(title=_label(objectives[0], units))
         fig.update_yaxes(title=_label(objectives[1], units))
-    return _style(fig, "Pareto front")
+    rest = objectives[3:]
+    note = f" (drawn over the first three objectives; {', '.join(rest)} on hover: a point on the front can look " \
+           f"dominated in this projection)" if rest else ""
+    return _style(fig, "Pareto front" + note)
 
 
 def history(trials: pd.DataFrame, objective: str, minimize: bool, units: dict[str, str]) -> go.Figure:
