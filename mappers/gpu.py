@@ -130,7 +130,9 @@ def gpu_gemm_cost(prob: Problem, arch: Arch, launch_s: float, cta: tuple[int, in
     if not arch.features.get("stream_k", 0):  # the device's GEMM library has no stream-K kernels
         ok &= ~streamk
     if not ok.any():
-        raise MappingError(f"no GPU kernel configuration fits {g}; check the restriction or the device's SMEM")
+        raise MappingError(f"no GPU kernel configuration fits {g}: a tile needs two pipeline stages in shared memory "
+                           f"({smem_cap:.0f} B) and its fp32 accumulators in half the register file ({rf_cap:.0f} B); "
+                           "check the restriction, or enlarge the device's smem or rf")
     bm, bn, bk, sp, stages, kc, stage, streamk = (a[ok] for a in (bm, bn, bk, sp, stages, kc, stage, streamk))
     mt, nt = -(-g.m // bm), -(-g.n // bn)
     ksteps = -(-kc // bk)
