@@ -549,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_cmd_reproduce)
 
     r = sub.add_parser("report", help="write the HTML report of a saved result (--save or --json output)")
-    r.add_argument("result", help="a JSON file from --save, or from simulate/op --json")
+    r.add_argument("result", help="a JSON file from --save (simulate, op, explore, serve, validate), or from simulate/op --json")
     r.add_argument("-o", "--output", required=True, metavar="HTML", help="the HTML file to write")
     r.set_defaults(func=_cmd_report)
 

@@ -245,6 +245,16 @@ def _report_of(kind: str, d: dict[str, Any], path: str | Path, command: str | No
         pareto = _table(d["pareto"], ["number", *knobs], "pareto")
         return explore_report(trials, pareto, objectives, d["directions"], knobs, d["study"], d["space"],
                               d.get("importance"), command)
+    if kind == "serve":
+        from types import SimpleNamespace
+
+        from ..sim.serving import TIMELINE_COLUMNS
+
+        run = SimpleNamespace(requests=_table(d["requests"], ["ttft_s", "tpot_s", "e2e_s"], "requests"),
+                              timeline=_table(d["timeline"], TIMELINE_COLUMNS, "timeline"))
+        if not len(run.timeline):
+            run.timeline = pd.DataFrame(columns=TIMELINE_COLUMNS)
+        return serve_report(run, d["summary"], command)
     if kind == "validate":
         return validate_report(_table(d["rows"], _VALIDATE_COLUMNS, "rows"), d["summary"], command)
     raise SpecError(f"{path}: not a saved xpusim result (expected the output of --save, or of simulate (one or several "

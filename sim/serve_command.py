@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--report", metavar="HTML", help="write an HTML report")
+    p.add_argument("--save", metavar="JSON", help="save the run (summary, per-request table, timeline) for `xpusim report`")
 
 
 def _tokens(spec: str, name: str):
@@ -171,6 +172,11 @@ def run(a: argparse.Namespace) -> int:
         from ..reports.html import write
 
         write(a.report, serve_report(res, summary))
+    if a.save:
+        from ..reports.build import save
+
+        save(a.save, "serve", {"summary": summary, "requests": res.requests.to_dict(orient="records"),
+                               "timeline": res.timeline.to_dict(orient="records")})
     if a.json:
         print(json.dumps(summary, indent=2, default=float))
         return 0

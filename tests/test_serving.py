@@ -720,3 +720,16 @@ def test_decode_attention_has_its_per_step_part(arch):
     for b, c in ((1, 512), (1, 1024), (4, 512), (16, 1024)):
         sim = simulate(arch, step.model, Decode(b, c), check_memory=False).latency_s
         assert step.iteration_time([], [c] * b) == pytest.approx(sim, rel=0.10), (b, c)
+
+
+def test_a_saved_serve_run_rebuilds_its_report(tmp_path):
+    """serve had --report but no --save, so `xpusim report` could not rebuild a serving report."""
+    from xpusim.cli import main
+
+    saved = tmp_path / "serve.json"
+    assert main(["serve", "--arch", "h100-sxm", "--model", "llama-3-8b", "--rate", "5", "--requests", "20", "--quiet",
+                 "--save", str(saved)]) == 0
+    d = json.loads(saved.read_text())
+    assert d["report"] == "serve" and len(d["requests"]) == 20 and d["summary"]["n_requests"] == 20
+    assert main(["report", str(saved), "-o", str(tmp_path / "again.html")]) == 0
+    assert "Request latency distributions" in (tmp_path / "again.html").read_text()
