@@ -308,7 +308,7 @@ def _nonpositive_quantity(text: Any) -> bool:
     ``MHz``...) at or below zero."""
     from ..units import parse_quantity
 
-    if not isinstance(text, str) or not text.split() or len(text.split()) < 2:
+    if not isinstance(text, str) or len(text.split()) < 2:  # a number with its unit
         return False
     for kind in _POSITIVE_KINDS:
         try:

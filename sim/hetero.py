@@ -30,6 +30,7 @@ import simpy
 import yaml
 
 from ..arch.loader import load_arch
+from ..arch.pim import pim_spec
 from ..arch.spec import Arch
 from ..errors import CapacityError, DtypeError, SpecError
 from ..mappers.fusion import plan
@@ -86,10 +87,6 @@ def _is_attention(group: Any) -> bool:
     return op.kind == "softmax" or (op.kind == "matmul" and any(t.role == "kv" for t in op.inputs))
 
 
-class _HostOnly(Exception):
-    """A group the PIM cannot run where its data lives (internal)."""
-
-
 def _costed_groups(host: Arch, pim: Arch, trace: Any, placement: str, system: Any = None,
                    memory: str = "shared") -> list[dict[str, Any]]:
     """One record per kernel group in trace order with its cost on both sides (``host_s``/``pim_s``;
@@ -118,13 +115,12 @@ def _costed_groups(host: Arch, pim: Arch, trace: Any, placement: str, system: An
                                 "the KV cache): use --placement attention or auto, or --pim-memory shared")
             try:
                 if memory == "added" and reads_weights:  # its weights are in the host's memory, not the PIM's
-                    raise _HostOnly
-                for op in group.ops:
-                    c = op_cost(op, pim)
-                    p_lat += c.latency_s
-                    p_energy += c.energy_j
-            except _HostOnly:
-                p_lat, p_energy = float("inf"), 0.0
+                    p_lat = float("inf")
+                else:
+                    for op in group.ops:
+                        c = op_cost(op, pim)
+                        p_lat += c.latency_s
+                        p_energy += c.energy_j
             except DtypeError as e:  # a format the PIM has no path for (N:M sparse weights): the host runs it
                 if placement == "pim" or (placement == "attention" and _is_attention(group)):  # unless placed there
                     placed = [op for b in trace.blocks for g in plan(b.ops, host)
@@ -250,7 +246,7 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
     if pim.device_class != "pim":
         raise SpecError(f"{pim.name} is a {pim.device_class} device, not a PIM: give a class: pim preset (e.g. aim-gddr6)")
     streams = 2 if mode == "concurrent" else 1
-    if mode == "concurrent" and memory == "shared" and not pim.rules["pim"].dual_row_buffer:
+    if mode == "concurrent" and memory == "shared" and not pim_spec(pim).dual_row_buffer:
         raise SpecError(f"{pim.name} shares {host.name}'s memory without dual row buffers, so host and PIM work cannot "
                         "overlap: use --pim-mode blocked (or --pim-memory added if its stacks are extra memory)")
     if mode == "concurrent" and phase.batch % 2:

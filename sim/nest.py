@@ -69,7 +69,8 @@ def _ceil_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _chunk_tables(sizes: np.ndarray, tiles: np.ndarray, spatial: np.ndarray, depth: int,
-                  excl_spatial_from: int | None = None, exact: bool = True) -> np.ndarray:
+                  excl_spatial_from: int | None = None, exact: bool = True,
+                  divisible: np.ndarray | None = None) -> np.ndarray:
     """Chunk counts of every dimension for every stationarity cut.
 
     Returns ``R`` of shape (C, depth+1, depth+1, D): ``R[:, j, c, d]`` is the number of distinct
@@ -79,10 +80,12 @@ def _chunk_tables(sizes: np.ndarray, tiles: np.ndarray, spatial: np.ndarray, dep
     excluded as well. Chains whose every split is exact (:func:`_products_exact`) are products of
     trip counts; the others are propagated exactly as (extent, count) pairs, unless ``exact`` is false: then every chunk
     counts as full (padded counts, an upper bound used to rank many candidates quickly).
+    ``divisible``: :func:`_products_exact` of these tiles, when the caller has it.
     """
     C, _, D = tiles.shape
     steps = spatial * tiles[:, 1:]
-    divisible = _products_exact(tiles, steps)
+    if divisible is None:
+        divisible = _products_exact(tiles, steps)
     trips = -(-tiles[:, :depth] // steps)
     active = np.minimum(spatial, -(-tiles[:, :depth] // tiles[:, 1:]))
     if excl_spatial_from is not None:
@@ -155,12 +158,13 @@ def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.nda
     nondeg = tiles[:, :L, :] > steps_t  # loop has more than one trip
     pos = np.arange(L)[None, :, None] * (D + 1) + order  # flattened loop position
 
-    tables = _chunk_tables(sizes, tiles, spatial, L, None, exact)  # (C, L+1, L+1, D)
+    products = _products_exact(tiles, steps_t)  # (C, D): where chunk counts are products of trip counts
+    tables = _chunk_tables(sizes, tiles, spatial, L, None, exact, products)  # (C, L+1, L+1, D)
     mc_tables: dict[int, np.ndarray] = {}
 
     def mc_table(p: int) -> np.ndarray:
         if p not in mc_tables:
-            mc_tables[p] = _chunk_tables(sizes, tiles, spatial, L, p, exact)
+            mc_tables[p] = _chunk_tables(sizes, tiles, spatial, L, p, exact, products)
         return mc_tables[p]
 
     fills = np.zeros((C, T, L + 1), dtype=np.float64)
@@ -211,5 +215,5 @@ def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.nda
     active = np.minimum(spatial, _ceil_div(tiles[:, :L, :], tiles[:, 1:, :])).prod(axis=2)  # (C, L)
     used = np.concatenate([np.ones((C, 1), dtype=np.int64), np.cumprod(active, axis=1)], axis=1)
     steps = _ceil_div(tiles[:, :L, :], steps_t).prod(axis=(1, 2))
-    padded = np.zeros(C, dtype=bool) if exact else np.asarray(~_products_exact(tiles, steps_t).all(axis=1))
+    padded = np.zeros(C, dtype=bool) if exact else np.asarray(~products.all(axis=1))
     return NestTraffic(reads, writes, fills, used, steps, padded)

@@ -193,10 +193,8 @@ class SimStepModel:
 
     # ------------------------------------------------------------------ the serving simulator's interface
     def linear_time(self, tokens: int) -> float:
-        if tokens <= 0:
-            return 0.0
-        return float(np.interp(tokens, self._grid, self._linear, right=np.nan)) if tokens <= self._grid[-1] else \
-            float(self._linear[-1] * tokens / self._grid[-1])
+        """``L``: the non-attention time of ``tokens`` tokens."""
+        return _on_curve(tokens, self._grid, self._linear)
 
     def iteration_time(self, prefill, decode) -> float:
         """Seconds for one iteration: ``prefill`` chunks (new tokens, cached tokens), one decode
@@ -212,11 +210,9 @@ class SimStepModel:
         return t
 
     def _prefill_time(self, tokens: int) -> float:
-        """``L_p``: the non-attention time of ``tokens`` prefill tokens (linear past the grid)."""
+        """``L_p``: the non-attention time of ``tokens`` prefill tokens."""
         assert self._prefill_grid is not None
-        if tokens <= self._prefill_grid[-1]:
-            return float(np.interp(tokens, self._prefill_grid, self._prefill_linear))
-        return float(self._prefill_linear[-1] * tokens / self._prefill_grid[-1])
+        return _on_curve(tokens, self._prefill_grid, self._prefill_linear)
 
     def kv_transfer_time(self, tokens: int) -> float:
         """Moving ``tokens`` of KV cache from a prefill engine to a decode engine over the system's
@@ -238,3 +234,13 @@ class SimStepModel:
                 "a_chunk_s_per_token": self.a_chunk, "prefill_curve": self._prefill_grid is not None,
                 "linear_s_at_1": float(self._linear[0]),
                 "linear_s_at_max": float(self._linear[-1]), "devices": self.plan.devices}
+
+
+def _on_curve(tokens: int, grid: np.ndarray, values: np.ndarray) -> float:
+    """A curve simulated at ``grid`` token counts: interpolated linearly between its points, and in
+    proportion to the last one past it (0 for no tokens)."""
+    if tokens <= 0:
+        return 0.0
+    if tokens <= grid[-1]:
+        return float(np.interp(tokens, grid, values))
+    return float(values[-1] * tokens / grid[-1])
