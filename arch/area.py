@@ -187,6 +187,30 @@ def _pos_int(v: Any, where: str) -> int:
     return int(v)
 
 
+def _nonneg_number(v: Any, where: str, positive: bool) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise SpecError(f"{where}: must be a {'positive' if positive else 'non-negative'} number, got {v!r}")
+    return float(v)
+
+
+def _parse_ref(given: dict[str, Any], where: str) -> dict[str, Any]:
+    """A ``die.ref`` section (what :func:`die_reference` wrote): positive unit counts, positive level
+    capacities (bytes) and instances, a non-negative DRAM bandwidth (bytes/s)."""
+    mem = given["memory"]
+    if not isinstance(mem, dict):
+        raise SpecError(f"{where}.ref.memory: must map level names to {{capacity, instances}}")
+    levels = {}
+    for name, lv in mem.items():
+        if not isinstance(lv, dict) or set(lv) != {"capacity", "instances"}:
+            raise SpecError(f"{where}.ref.memory.{name}: must give capacity (bytes) and instances")
+        levels[str(name)] = {"capacity": _nonneg_number(lv["capacity"], f"{where}.ref.memory.{name}.capacity", True),
+                             "instances": _pos_int(lv["instances"], f"{where}.ref.memory.{name}.instances")}
+    return {"matrix_instances": _pos_int(given["matrix_instances"], f"{where}.ref.matrix_instances"),
+            "vector_instances": _pos_int(given["vector_instances"], f"{where}.ref.vector_instances"),
+            "memory": levels,
+            "dram_bandwidth": _nonneg_number(given["dram_bandwidth"], f"{where}.ref.dram_bandwidth", False)}
+
+
 def parse_die(d: Any, arch: Arch) -> dict[str, Any]:
     """Validate a preset's optional ``die:`` section: the physical die where the device enables fewer units
     (e.g. 128 SMs on the die, 108 enabled). Keeps the enabled values it refers to, so that a variant of the
@@ -203,7 +227,7 @@ def parse_die(d: Any, arch: Arch) -> dict[str, Any]:
         if not isinstance(given, dict) or set(given) != {"matrix_instances", "vector_instances", "memory", "dram_bandwidth"}:
             raise SpecError(f"{where}.ref: must be what die_reference() gives (matrix_instances, vector_instances, "
                             "memory, dram_bandwidth)")
-        out: dict[str, Any] = {"ref": copy.deepcopy(given)}
+        out: dict[str, Any] = {"ref": _parse_ref(given, where)}
     else:
         out = {"ref": {"matrix_instances": arch.matrix.instances, "vector_instances": arch.vector.instances,
                        "memory": {}, "dram_bandwidth": _dram_bandwidth(arch)}}
@@ -247,9 +271,7 @@ def _kind(arch: Arch, i: int) -> str:
     """Technology of memory level ``i``: its ``kind``; without one the outermost level is DDR4 DRAM and
     the others SRAM."""
     lv = arch.memory[i]
-    kind = (arch.meta.get("memory_kinds") or {}).get(lv.name)
-    if kind is None:
-        return "ddr4" if i == 0 else "sram"
+    kind = tech.level_kind((arch.meta.get("memory_kinds") or {}).get(lv.name), i)
     if kind not in DRAM_KINDS and kind not in ON_CHIP_KINDS:
         raise SpecError(f"device {arch.name!r} level {lv.name!r}: unknown memory kind {kind!r}; "
                         f"use sram, regfile or one of {', '.join(DRAM_KINDS)}")

@@ -168,7 +168,9 @@ def _level(d: Any, i: int, dev: str, clock_hz: float = 0.0) -> MemoryLevel:
     for k in ("name", "capacity", "bandwidth"):
         if k not in d:
             raise SpecError(f"{where}: missing {k!r}")
-    e = _nonneg(d.get("energy_pj_per_byte", 0.0), f"{where}.energy_pj_per_byte")
+    # one of read/write stated alone stands for both; energy_pj_per_byte is the default of each
+    e = d.get("energy_pj_per_byte", d.get("read_energy_pj_per_byte", d.get("write_energy_pj_per_byte", 0.0)))
+    e = _nonneg(e, f"{where}.energy_pj_per_byte")
     parts = d.get("partitions")
     if parts is not None:
         if not isinstance(parts, dict):
@@ -196,10 +198,17 @@ def _level(d: Any, i: int, dev: str, clock_hz: float = 0.0) -> MemoryLevel:
 
 def _with_default_energies(arch: Arch, d: dict[str, Any], name: str) -> Arch:
     """Fill energies a preset does not state from the technology table (``arch/tech.py``):
-    MACs and vector FLOPs from ``technology_nm``, memory levels from their ``kind``
-    (a DRAM technology, or ``sram``/``regfile`` sized by capacity)."""
+    MACs and vector FLOPs of every class without one from ``technology_nm``, memory levels from their
+    ``kind`` (a DRAM technology, or ``sram``/``regfile`` sized by capacity; no kind: DDR4 for the
+    outermost level, SRAM for the others, as the area model assumes). Without ``technology_nm`` a
+    stated MAC/FLOP table must cover every class the unit computes."""
     node = d.get("technology_nm")
     if node is None:
+        for unit, key in ((arch.matrix, "energy_pj_per_mac"), (arch.vector, "energy_pj_per_flop")):
+            missing = [c for c in unit.rate_per_cycle if c not in unit.energy_pj]
+            if unit.energy_pj and missing:
+                raise SpecError(f"device {name!r}: {unit.kind}.{key} gives no energy for {', '.join(missing)}, which "
+                                f"the unit computes; add them, or set technology_nm to take them from the technology table")
         return arch
     if isinstance(node, bool) or not isinstance(node, int | float) or not node > 0:
         raise SpecError(f"device {name!r}: technology_nm must be a positive number, got {node!r}")
@@ -207,17 +216,18 @@ def _with_default_energies(arch: Arch, d: dict[str, Any], name: str) -> Arch:
 
     from . import tech
 
+    # classes a stated table leaves out come from the table too (merged, the stated values kept)
     mat = arch.matrix
-    if not mat.energy_pj:
-        mat = replace(mat, energy_pj={k: tech.mac_energy_pj(k, node) for k in mat.rate_per_cycle})
+    mat = replace(mat, energy_pj={**{k: tech.mac_energy_pj(k, node) for k in mat.rate_per_cycle if k not in mat.energy_pj},
+                                  **mat.energy_pj})
     vec = arch.vector
-    if not vec.energy_pj:
-        vec = replace(vec, energy_pj={k: tech.flop_energy_pj(k, node) for k in vec.rate_per_cycle})
+    vec = replace(vec, energy_pj={**{k: tech.flop_energy_pj(k, node) for k in vec.rate_per_cycle if k not in vec.energy_pj},
+                                  **vec.energy_pj})
     levels = []
-    for lv, raw in zip(arch.memory, d["memory"], strict=True):
-        kind = raw.get("kind")
+    for i, (lv, raw) in enumerate(zip(arch.memory, d["memory"], strict=True)):
+        kind = tech.level_kind(raw.get("kind"), i)  # no kind: the area model's rule (outermost DDR4, others SRAM)
         given = any(k in raw for k in ("energy_pj_per_byte", "read_energy_pj_per_byte", "write_energy_pj_per_byte"))
-        if kind is not None and not given:
+        if not given:
             if kind in ("sram", "regfile"):
                 e = tech.sram_energy_pj_per_byte(lv.capacity_bytes, node)
             else:

@@ -9,7 +9,9 @@ Sources (details and ranges in ``docs/devices.md``, section *Energy*):
   0.9 V for 28/16/7 nm; 5 nm from TSMC's N5-vs-N7 "-30 % power at iso-speed".
 * DRAM interfaces (pJ/bit): HBM2 3.97 (O'Connor et al., "Fine-Grained DRAM", MICRO 2017);
   GDDR6 7.5 and GDDR6X 7.25 (Micron ultra-bandwidth solutions table); LPDDR4 8 and DDR3 70
-  (Accelergy hwcomponents-cacti DRAM table).
+  (Accelergy hwcomponents-cacti DRAM table). DDR4, DDR5 and LPDDR5 have no figure in those
+  sources: they are derived from DDR3's and LPDDR4's by the square of the JEDEC supply voltage
+  (``E ~ C V^2``; :data:`DRAM_SUPPLY_V`), an estimate (docs/devices.md, *Energy*).
 
 Derived quantities (formulas, not measurements):
 
@@ -40,11 +42,23 @@ HOROWITZ_SRAM_45NM = {8 * 1024: 10.0, 32 * 1024: 20.0, 1024 * 1024: 100.0}
 #: energy relative to 45 nm at 0.9 V (Stillmaker & Baas 2017; 5 nm = 7 nm x 0.70, TSMC N5 claim)
 NODE_ENERGY_FACTOR = {45: 1.0, 28: 0.53, 16: 0.17, 12: 0.17, 7: 0.080, 5: 0.056, 4: 0.056}
 
-#: DRAM interface energy, pJ per bit (device + I/O), node independent
+#: nominal core supply (V) of the DRAM standards derived by voltage scaling, and of the standard each
+#: derives from: JEDEC JESD79-3 (DDR3 VDD 1.5 V), JESD79-4 (DDR4 1.2 V), JESD79-5 (DDR5 1.1 V),
+#: JESD209-4 (LPDDR4 VDD2 1.1 V), JESD209-5 (LPDDR5 VDD2 1.05 V)
+DRAM_SUPPLY_V = {"ddr3": 1.5, "ddr4": 1.2, "ddr5": 1.1, "lpddr4": 1.1, "lpddr5": 1.05}
+#: the measured figure each voltage-scaled standard derives from
+_DERIVED_FROM = {"ddr4": "ddr3", "ddr5": "ddr3", "lpddr5": "lpddr4"}
+#: DRAM interface energy, pJ per bit (device + I/O), node independent: cited figures, and the
+#: standards of ``_DERIVED_FROM`` scaled from theirs by (V / V_source)^2
 DRAM_PJ_PER_BIT = {
     "hbm2": 3.97, "hbm2e": 3.97, "hbm3": 3.97, "hbm3e": 3.97,  # O'Connor et al. (HBM2); newer stacks no worse
-    "gddr6": 7.5, "gddr6x": 7.25, "lpddr4": 8.0, "lpddr5": 8.0, "ddr4": 70.0, "ddr5": 70.0,
+    "gddr6": 7.5, "gddr6x": 7.25, "lpddr4": 8.0,
 }
+#: DDR3's figure (Accelergy hwcomponents-cacti DRAM table), the source of DDR4's and DDR5's; not a kind
+#: of its own (the area model has no DDR3 interface)
+DDR3_PJ_PER_BIT = 70.0
+DRAM_PJ_PER_BIT.update({k: {**DRAM_PJ_PER_BIT, "ddr3": DDR3_PJ_PER_BIT}[src] * (DRAM_SUPPLY_V[k] / DRAM_SUPPLY_V[src]) ** 2
+                        for k, src in _DERIVED_FROM.items()})
 
 #: significand bits (with the hidden bit) of each compute class; integer widths for int classes
 _SIGNIFICAND = {"fp32": 24, "tf32": 11, "fp16": 11, "bf16": 8, "fp8": 4, "fp4": 2}
@@ -97,6 +111,12 @@ def sram_energy_pj_per_byte(capacity_bytes: float, node_nm: float) -> float:
     """Read or write energy per byte of an SRAM array of a given capacity (pJ)."""
     a, b = _sram_fit()
     return a * capacity_bytes**b * node_factor(node_nm)
+
+
+def level_kind(kind: str | None, index: int) -> str:
+    """A memory level's technology: its stated ``kind``, else DDR4 DRAM for the outermost level
+    (``index`` 0) and SRAM for the others; the rule the energy defaults and the area model share."""
+    return str(kind) if kind is not None else ("ddr4" if index == 0 else "sram")
 
 
 def dram_energy_pj_per_byte(kind: str) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
 from .compute import compute_cycles, lanes
-from .nest import analyse
+from .nest import analyse, busiest_lane_steps
 from .problem import Problem
 
 
@@ -111,10 +111,16 @@ def keep_mask(prob: Problem, arch: Arch) -> np.ndarray:
 
 def fits(prob: Problem, arch: Arch, tiles: np.ndarray, keep: np.ndarray, level: int) -> np.ndarray:
     """(C,) whether every candidate's tiles fit ``level`` (double-buffered where the level is)."""
+    return bytes_fit(prob, arch, footprint(prob, tiles, keep, level), level)
+
+
+def bytes_fit(prob: Problem, arch: Arch, held: np.ndarray, level: int) -> np.ndarray:
+    """(C,) whether ``held`` (C, T) bytes of each tensor in one instance of ``level`` fit it: doubled where
+    the level double-buffers, against each operand's partition where it has them."""
     lv = arch.memory[level]
-    fp = footprint(prob, tiles, keep, level) * (2.0 if lv.double_buffer else 1.0)
+    fp = held * (2.0 if lv.double_buffer else 1.0)
     if lv.partitions:
-        ok = np.ones(tiles.shape[0], dtype=bool)
+        ok = np.ones(held.shape[0], dtype=bool)
         per_part: dict[str, np.ndarray] = {}
         for t, name in enumerate(operand_names(prob)):
             per_part[name] = per_part.get(name, 0.0) + fp[:, t]
@@ -148,7 +154,9 @@ def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, 
     L = len(arch.memory)
     used = tr.used[:, :L]
     level_cycles = (tr.reads + tr.writes) / (lv.bw_bytes_per_cycle[None, :] * used)
-    comp = compute_cycles(arch, prob, tiles, tr.steps, stream_dim, tr.used[:, L - 1]) * (arch.clock_hz / arch.matrix_clock_hz)
+    # MAC lanes without an array take one leaf step per cycle: count the busiest lane's exactly
+    steps = busiest_lane_steps(tiles, spatial) if arch.matrix.array is None else tr.steps
+    comp = compute_cycles(arch, prob, tiles, steps, stream_dim, tr.used[:, L - 1]) * (arch.clock_hz / arch.matrix_clock_hz)
     # prologue: one access latency per level plus the first tile of every input into each level,
     # which compute waits for (the levels' own transfer time already holds those bytes)
     first = np.zeros(tiles.shape[0])

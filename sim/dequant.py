@@ -38,16 +38,20 @@ def dequant_flops(op: Op, arch: Arch) -> tuple[float, str]:
 
 
 def with_dequant(cost: OpCost, op: Op, arch: Arch) -> OpCost:
-    """``cost`` with the dequantisation overlapped (longer of the two); unchanged when no operand
-    needs widening."""
+    """``cost`` with the dequantisation overlapped (longer of the two) and its vector FLOPs' energy
+    (component ``dequant``, at the fp32 FLOP energy); the static energy follows the longer time.
+    Unchanged when no operand needs widening."""
     flops, runs_in = dequant_flops(op, arch)
     if not flops:
         return cost
     rate = arch.vector.fp32_rate()
     t = flops / (rate * arch.vector.instances * arch.vector_clock_hz)
     detail = {**cost.detail, "computes_in": runs_in, "dequant_s": t, "dequant_flops": flops}
+    energy = {**cost.energy_by_component, "dequant": flops * arch.vector.energy("fp32") * 1e-12}
     if t <= cost.latency_s:
-        return replace(cost, detail=detail)
+        return replace(cost, detail=detail, energy_by_component=energy, energy_j=float(sum(energy.values())))
+    energy["static"] = arch.static_power_w * t
     cycles = t * arch.clock_hz
     return replace(cost, cycles=cycles, latency_s=t, stall_cycles=cycles - cost.compute_cycles,
-                   utilization=cost.utilization * cost.latency_s / t, bound="dequant", detail=detail)
+                   utilization=cost.utilization * cost.latency_s / t, bound="dequant", detail=detail,
+                   energy_by_component=energy, energy_j=float(sum(energy.values())))

@@ -436,7 +436,7 @@ def simulate_trace(trace: Trace, arch: Arch | str, objective: str = "latency", m
         tokens=trace.tokens, weights_bytes=float(weights), kv_cache_bytes=float(kv),
         activation_bytes=activation_bytes(trace, arch), capacity_bytes=_capacity(arch),
         inputs={"arch": arch.name, "device_class": arch.device_class, "static_power_w": arch.static_power_w,
-                "trace": trace.name, "phase": trace.phase,
+                "tdp_w": arch.tdp_w, "trace": trace.name, "phase": trace.phase,
                 "meta": trace.meta, "objective": objective, "xpusim_version": __version__},
         mappings=mappings,
     )

@@ -144,6 +144,29 @@ def _chunk_table_exact(n: int, tiles_d: np.ndarray, spatial_d: np.ndarray, depth
     return out.reshape(J, C, J).transpose(1, 0, 2)
 
 
+def busiest_lane_steps(tiles: np.ndarray, spatial: np.ndarray) -> np.ndarray:
+    """(C,) leaf tiles the busiest leaf instance computes, remainder chunks at their real size (the
+    ``steps`` of :func:`analyse` count every chunk as full). The busiest is instance 0 of every
+    spatial split: it takes a share of every chunk, the largest. Per dimension, a level's extent ``x``
+    splits into ``x // step`` full chunks, where instance 0 holds the child's whole tile, and one
+    remainder ``x % step``, where it holds ``min(remainder, child tile)``; the dimensions' counts
+    multiply (the leaf tiles form a Cartesian product). ``2^L`` array evaluations for ``L`` levels."""
+    L = tiles.shape[1] - 1
+    step = spatial * tiles[:, 1:, :]
+
+    def count(lv: int, x: np.ndarray) -> np.ndarray:
+        if lv == L:
+            return np.ones_like(x)
+        child = tiles[:, lv + 1, :]
+        full, rem = x // step[:, lv, :], x % step[:, lv, :]
+        out = full * count(lv + 1, child)
+        if (rem > 0).any():
+            out = out + np.where(rem > 0, count(lv + 1, np.minimum(np.maximum(rem, 1), child)), 0)
+        return out
+
+    return count(0, tiles[:, 0, :]).prod(axis=1)
+
+
 def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray,
             keep: np.ndarray, multicast: np.ndarray, exact: bool = True) -> NestTraffic:
     """Count fills, reads and writes at every level for each candidate mapping (see module doc).

@@ -131,6 +131,7 @@ class Result:
         return {
             "latency_s": self.latency_s,
             "energy_j": self.energy_j,
+            "average_power_w": self.energy_j / self.latency_s if self.latency_s else 0.0,
             "tokens": self.tokens,
             "tokens_per_s": self.tokens_per_s,
             "flops": self.flops,

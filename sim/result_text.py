@@ -88,11 +88,33 @@ def write_outputs(a: argparse.Namespace, results: list) -> None:
         write(a.report, simulate_report(results))
 
 
-def print_energy_scope(static_w: float) -> None:
-    """Say that the printed energy is dynamic only when the device states no static power."""
-    if static_w == 0.0:
+def print_energy_scope(static_w: float | None, energy_j: float | None = None, latency_s: float = 0.0, tdp_w: float = 0.0,
+                       devices: int = 1) -> None:
+    """Say that the printed energy is dynamic only when the device states no static power; that none
+    is counted when the device states no energies at all; and when the step's average power over its
+    ``devices`` exceeds their ``tdp_w`` (W each)."""
+    if energy_j == 0.0 and latency_s > 0:
+        print("energy: none counted - the device states no energies and no technology_nm to take them from the "
+              "technology table (add technology_nm or energy_pj_per_mac/energy_pj_per_flop/energy_pj_per_byte)")
+        return
+    over = over_tdp(energy_j, latency_s, tdp_w, devices)
+    if over:
+        what = "of dynamic power alone (MACs and data movement)" if static_w == 0.0 else "(dynamic and static)"
+        print(f"power: the step averages {over:.3g} W per device {what}, above the device's tdp of {tdp_w:.3g} W: "
+              "either the modelled energies are too high for this device or, held to its tdp, it would run slower "
+              "(xpusim does not throttle)")
+    elif static_w == 0.0:
         print("energy: dynamic only (MACs and data movement); the device's static and idle power are not modelled (its "
               "preset states no static_power), so it is a lower bound, not comparable with a board's measured power")
+
+
+def over_tdp(energy_j: float | None, latency_s: float, tdp_w: float, devices: int = 1) -> float:
+    """The average power per device (W) of a step of ``energy_j`` over ``latency_s`` on ``devices``
+    devices when it exceeds ``tdp_w`` (W, 0: not stated), else 0."""
+    if not energy_j or not latency_s > 0 or not tdp_w > 0:
+        return 0.0
+    avg = energy_j / latency_s / devices
+    return avg if avg > tdp_w else 0.0
 
 
 #: the mark of a footprint over the device's memory (a step run with --ignore-memory)
@@ -165,8 +187,8 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
     elif fr:
         print("board power: not modelled for this part (no fpga.power section); the energy counts the MACs and the "
               "memory traffic only, a lower bound")
-    elif res.inputs.get("static_power_w") == 0.0:
-        print_energy_scope(0.0)
+    else:
+        print_energy_scope(res.inputs.get("static_power_w"), res.energy_j, res.latency_s, res.inputs.get("tdp_w", 0.0))
     ft = res.inputs.get("fpga_tiers")
     if ft and (ft["weights"] != "hbm" or ft["kv"] != "hbm"):
         w = res.weights_bytes
@@ -215,4 +237,4 @@ def print_hetero(res: Any, model: Any, run: Any, format_error: bool) -> None:
     print(f"throughput {res.tokens_per_s:.1f} {throughput_unit(i['phase'])}   energy {res.energy_j:.3g} J   memory "
           f"{fmt_b(res.memory_bytes)} of {fmt_b(res.capacity_bytes)} ({i.get('pim_memory', 'shared')} "
           f"PIM memory; weights {fmt_b(res.weights_bytes)}, KV cache {fmt_b(res.kv_cache_bytes)}){over}")
-    print_energy_scope(i['static_power_w'])
+    print_energy_scope(i['static_power_w'], res.energy_j, res.latency_s)

@@ -113,5 +113,5 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
           f"{res.energy_j:.3g} J (every device)   collectives "
           f"{share * 100:.1f} % of a rank's time   busiest device memory {res.memory_bytes / 2**30:.1f} of "
           f"{res.capacity_bytes / 2**30:.0f} GiB" + ("" if res.memory_bytes <= res.capacity_bytes else EXCEEDS))
-    print_energy_scope(system.device.static_power_w)
+    print_energy_scope(system.device.static_power_w, res.energy_j, res.latency_s, system.device.tdp_w, plan.devices)
     return 0

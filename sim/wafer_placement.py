@@ -375,6 +375,12 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
             if not cands:  # not even the ops' minimum buffers fit a region: the whole mesh, unplaced
                 cands = [(None, simulate_trace(trace, arch, objective, model, kv_bytes=kv))]
         for chosen, res in cands:
+            if arch.static_power_w:  # every wafer powered for the whole step (hand-offs, stages waiting), not the ops' busy time
+                from .engine import powered_energy
+
+                busy_j = arch.static_power_w * float(res.ops["total_latency_s"].sum())
+                n = chosen.wafers if chosen is not None else 1
+                res.energy_j = powered_energy(res.energy_j, busy_j, arch.static_power_w * n, res.latency_s)
             res.inputs["wafer_plan"] = chosen.to_dict() if chosen is not None else None
             if best is None or _objective_value(res, objective) < _objective_value(best, objective):
                 best = res

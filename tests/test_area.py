@@ -321,3 +321,69 @@ def test_fp32_gemms_on_cuda_cores_add_no_tensor_core_silicon():
     assert area.area_breakdown(arch_from_dict(copy.deepcopy(d), "b"))["matrix"] == base
     d["matrix"]["macs_per_cycle"]["fp32"] = 4096  # faster than the CUDA cores: fp32 tensor cores of its own
     assert area.area_breakdown(arch_from_dict(d, "c"))["matrix"] > base
+
+
+# --- energies the technology table fills --------------------------------------------------------------
+
+
+def test_levels_without_kind_take_the_area_models_kinds_energies():
+    """A level without ``kind`` is costed as the area model counts it: DDR4 outermost, SRAM inside."""
+    from xpusim.arch import tech
+
+    d = npu()
+    for lv in d["memory"]:
+        del lv["kind"]
+    arch = arch_from_dict(d)
+    dram, buf = arch.memory
+    assert dram.read_energy_pj_per_byte == dram.write_energy_pj_per_byte == tech.dram_energy_pj_per_byte("ddr4")
+    assert buf.read_energy_pj_per_byte == pytest.approx(tech.sram_energy_pj_per_byte(8 * 2**20, 7))
+    assert [area._kind(arch, i) for i in range(2)] == ["ddr4", "sram"]
+
+
+def test_a_partial_mac_table_is_completed_from_the_technology_table():
+    from xpusim.arch import tech
+
+    arch = arch_from_dict(npu(matrix__energy_pj_per_mac={"bf16": 0.5}))
+    assert arch.matrix.energy("bf16") == 0.5  # stated, kept
+    assert arch.matrix.energy("int8") == pytest.approx(tech.mac_energy_pj("int8", 7))
+    assert arch.matrix.energy("int8") > 0
+    d = npu(matrix__energy_pj_per_mac={"bf16": 0.5})
+    del d["technology_nm"]
+    with pytest.raises(SpecError, match=r"energy_pj_per_mac gives no energy for int8.*technology_nm"):
+        arch_from_dict(d)
+
+
+def test_one_of_read_or_write_energy_stands_for_both():
+    for field in ("read_energy_pj_per_byte", "write_energy_pj_per_byte"):
+        arch = arch_from_dict(npu(**{f"memory__0__{field}": 30.0}))
+        assert arch.memory[0].read_energy_pj_per_byte == arch.memory[0].write_energy_pj_per_byte == 30.0
+    arch = arch_from_dict(npu(memory__0__read_energy_pj_per_byte=30.0, memory__0__energy_pj_per_byte=10.0))
+    assert (arch.memory[0].read_energy_pj_per_byte, arch.memory[0].write_energy_pj_per_byte) == (30.0, 10.0)
+
+
+def test_ddr4_ddr5_lpddr5_energies_scale_their_sources_by_the_supply_voltage_squared():
+    from xpusim.arch import tech
+
+    v = tech.DRAM_SUPPLY_V
+    assert tech.DRAM_PJ_PER_BIT["ddr4"] == pytest.approx(tech.DDR3_PJ_PER_BIT * (v["ddr4"] / v["ddr3"]) ** 2)
+    assert tech.DRAM_PJ_PER_BIT["ddr5"] == pytest.approx(tech.DDR3_PJ_PER_BIT * (v["ddr5"] / v["ddr3"]) ** 2)
+    assert tech.DRAM_PJ_PER_BIT["lpddr5"] == pytest.approx(tech.DRAM_PJ_PER_BIT["lpddr4"] * (v["lpddr5"] / v["lpddr4"]) ** 2)
+    assert tech.DRAM_PJ_PER_BIT["ddr5"] < tech.DRAM_PJ_PER_BIT["ddr4"] < tech.DDR3_PJ_PER_BIT
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"matrix_instances": 0}, "ref.matrix_instances: must be a positive integer"),
+    ({"matrix_instances": "abc"}, "ref.matrix_instances: must be a positive integer"),
+    ({"dram_bandwidth": -1.0}, "ref.dram_bandwidth: must be a non-negative number"),
+    ({"memory": {"buf": {"capacity": 0, "instances": 1}}}, r"ref.memory.buf.capacity: must be a positive number"),
+    ({"memory": {"buf": {"capacity": 1024}}}, r"ref.memory.buf: must give capacity"),
+])
+def test_bad_die_reference_is_refused_at_load(change, match):
+    """A ``die.ref`` (written by the explorer, or carried by an exported YAML) is checked like the die."""
+    ref = {"matrix_instances": 4, "vector_instances": 1, "memory": {"buf": {"capacity": 8 * 2**20, "instances": 1}},
+           "dram_bandwidth": 400e9, **change}
+    with pytest.raises(SpecError, match=match):
+        arch_from_dict(npu(die={"matrix_instances": 8, "memory": {"buf": {"capacity": "16 MiB"}}, "ref": ref}))
+    good = {"matrix_instances": 4, "vector_instances": 1, "memory": {"buf": {"capacity": 8 * 2**20, "instances": 1}},
+            "dram_bandwidth": 400e9}
+    assert arch_from_dict(npu(die={"matrix_instances": 8, "memory": {"buf": {"capacity": "16 MiB"}}, "ref": good}))

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import yaml
 from xpusim.cli import main
 
 
@@ -170,3 +171,30 @@ def test_a_wafer_step_that_could_not_be_placed_says_so(capsys):
     assert rc == 0 and "wafer placement: overflow" in out and "fits no layout (memory ignored)" in out
     rc, out, _ = run(capsys, "simulate", "--arch", "wse-3", "--model", "llama-3-8b", "--phase", "decode", "--context", "1024")
     assert rc == 0 and "not placed" not in out and "wafer placement: resident" in out
+
+
+def test_power_above_the_devices_tdp_is_flagged(capsys):
+    """edge-npu's modelled dynamic power alone exceeds its 2 W: said, with the average in --json; a step
+    well under its tdp (h100-sxm) keeps the lower-bound note."""
+    args = ("simulate", "--arch", "edge-npu", "--model", "bitnet-b1.58-2b4t", "--phase", "prefill", "--batch", "1",
+            "--seq", "512")
+    rc, out, _ = run(capsys, *args)
+    assert rc == 0 and "above the device's tdp of 2 W" in out and "lower bound" not in out
+    rc, out, _ = run(capsys, *args, "--json")
+    d = json.loads(out)
+    assert d["average_power_w"] == pytest.approx(d["energy_j"] / d["latency_s"]) and d["average_power_w"] > d["inputs"]["tdp_w"]
+    rc, out, _ = run(capsys, "simulate", "--arch", "h100-sxm", "--model", "llama-3-8b", "--phase", "decode",
+                     "--context", "1024")
+    assert rc == 0 and "tdp" not in out and "lower bound" in out
+
+
+def test_a_device_without_energies_says_none_is_counted(capsys, tmp_path):
+    dev = {"name": "bare", "class": "generic", "clock": "1 GHz",
+           "matrix": {"instances": 4, "macs_per_cycle": {"fp16": 64}}, "vector": {"instances": 1, "flops_per_cycle": {"fp32": 8}},
+           "memory": [{"name": "dram", "capacity": "1 GiB", "bandwidth": "8 GB/s"},
+                      {"name": "sram", "capacity": "64 KiB", "bandwidth": "64 GB/s"}]}
+    path = tmp_path / "bare.yaml"
+    path.write_text(yaml.safe_dump(dev))
+    rc, out, _ = run(capsys, "simulate", "--arch", str(path), "--model", "llama-2-7b", "--phase", "decode",
+                     "--context", "256", "--ignore-memory")
+    assert rc == 0 and "energy: none counted" in out

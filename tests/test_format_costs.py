@@ -60,3 +60,27 @@ def test_prefill_fp8_faster_on_h100():
     bf16 = xpusim.simulate("h100-sxm", m, Prefill(1, 4096))
     fp8 = xpusim.simulate("h100-sxm", m.with_formats(weights="fp8", activations="fp8"), Prefill(1, 4096))
     assert fp8.latency_s < 0.75 * bf16.latency_s
+
+
+@pytest.mark.parametrize("arch_name, weights", [("neupims-npu", "int4"), ("h100-sxm", "int4"), ("a100-80gb", "fp8")])
+def test_dequantisation_is_charged_energy_and_static_power_covers_its_time(arch_name, weights):
+    """The conversion's vector FLOPs cost energy, and the static energy is the static power over the op's
+    whole time, the dequantisation included where it binds."""
+    import dataclasses
+
+    from xpusim.sim.engine import clear_cache, op_cost
+    from xpusim.workloads import build_trace
+
+    arch = dataclasses.replace(load_arch(arch_name), static_power_w=100.0)
+    model = load_model("llama-2-7b").with_formats(weights, None, None)
+    clear_cache()
+    ops = [op for _, op in build_trace(model, Decode(4, 512)).ops() if op.kind == "matmul" and dequant_flops(op, arch)[0]]
+    assert ops
+    for op in ops:
+        c = op_cost(op, arch)
+        flops, _ = dequant_flops(op, arch)
+        assert c.energy_by_component["dequant"] == pytest.approx(flops * arch.vector.energy("fp32") * 1e-12)
+        assert c.energy_by_component["static"] == pytest.approx(100.0 * c.latency_s)
+        assert c.energy_j == pytest.approx(sum(c.energy_by_component.values()))
+    res = xpusim.simulate(arch, model, Decode(4, 512), check_memory=False)
+    assert res.energy_j >= 100.0 * res.latency_s

@@ -1,6 +1,8 @@
 """The default mapper returns mappings that fit every level, replay exactly in the functional
 reference, and are costed once per op signature."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -8,7 +10,7 @@ from hypothesis import strategies as st
 from xpusim.arch import arch_from_dict, load_arch
 from xpusim.mappers.search import search
 from xpusim.sim import engine
-from xpusim.sim.cost import fits
+from xpusim.sim.cost import bytes_fit, fits
 from xpusim.sim.nest import analyse
 from xpusim.sim.problem import gemm_problem
 from xpusim.workloads import Decode, build_trace, load_model
@@ -26,10 +28,17 @@ TINY = {
 }
 
 
+#: TINY with its sram split per operand (partitions): each operand's tiles must fit its own part
+_LEVELS: Any = TINY["memory"]
+TINY_PARTS = dict(TINY, memory=[_LEVELS[0], dict(_LEVELS[1], partitions={"ifmap": "192 B", "filter": "192 B", "ofmap": "128 B"}),
+                                _LEVELS[2]])
+
+
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 12), st.sampled_from(["latency", "energy"]))
-def test_mapper_result_fits_and_replays(m, n, k, objective):
-    arch = arch_from_dict(TINY)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 12), st.sampled_from(["latency", "energy"]),
+       st.sampled_from([TINY, TINY_PARTS]))
+def test_mapper_result_fits_and_replays(m, n, k, objective, device):
+    arch = arch_from_dict(device)
     prob = gemm_problem(m, n, k, "bf16")
     res = search(prob, arch, objective)
     tiles, spatial, order, keep = res.mapping.arrays()
@@ -44,6 +53,10 @@ def test_mapper_result_fits_and_replays(m, n, k, objective):
     tr = analyse(prob, tiles[None], spatial[None], order[None], keep, mc)
     np.testing.assert_allclose(run.reads, tr.reads[0])
     np.testing.assert_allclose(run.writes, tr.writes[0])
+    # the buffers the execution really held fit every level, and the compute time is the busiest lane's steps
+    for lv in range(1, len(arch.memory)):
+        assert bytes_fit(prob, arch, run.peak_bytes[lv][None], lv)[0], (lv, run.peak_bytes[lv])
+    assert res.costs.compute[0] == run.leaf_visits
 
 
 def test_mapper_no_tile_fits_is_a_clear_error():

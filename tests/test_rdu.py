@@ -18,7 +18,7 @@ from xpusim.arch import arch_from_dict, load_arch
 from xpusim.arch.loader import PRESETS_DIR
 from xpusim.arch.rdu import rdu_spec
 from xpusim.arch.system import load_system
-from xpusim.errors import SpecError
+from xpusim.errors import SpecError, XpusimError
 from xpusim.mappers.rdu import allocate, block_cost, intermediates
 from xpusim.sim.engine import clear_cache
 from xpusim.workloads import Decode, ModelSpec, Prefill, build_trace
@@ -28,6 +28,7 @@ from xpusim.workloads.functional.rdu import (
     naive_attention_with_peak,
     row_tiled,
     streaming_attention,
+    token_tiled,
 )
 from xpusim.workloads.model import load_model
 
@@ -192,6 +193,26 @@ def test_fused_pipeline_output_equals_the_unfused_trace():
 
     for tile in (1, 2, 4):
         np.testing.assert_allclose(row_tiled(block, ids, tile), whole, rtol=1e-10, atol=1e-12)
+
+
+def test_token_tiled_pipeline_equals_one_shot_prefill():
+    # the tiles a spatial pipeline streams are a block's tokens: each tile's causal attention reads the KV
+    # cache the earlier tiles wrote, so the tiles must run in order; the last tile's logits are the prompt's
+    from xpusim.workloads.functional.reference import execute, init_weights
+
+    tiny = ModelSpec(name="tiny", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
+                     vocab_size=53, max_seq_len=64)
+    ids = np.random.default_rng(3).integers(0, 53, (2, 11))
+    w = init_weights(build_trace(tiny, Prefill(2, 11)), seed=4)
+    whole, _ = execute(build_trace(tiny, Prefill(2, 11)), w, ids)
+
+    def block(toks, start, cache):
+        return execute(build_trace(tiny, Prefill(2, toks.shape[1], start)), w, toks, cache)
+
+    for tile in (1, 3, 4, 11):
+        np.testing.assert_allclose(token_tiled(block, ids, tile), whole, rtol=1e-10, atol=1e-12)
+    with pytest.raises(XpusimError, match="token tile must be >= 1"):
+        token_tiled(block, ids, 0)
 
 
 # --- end to end ---------------------------------------------------------------------------------------

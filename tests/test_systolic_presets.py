@@ -14,7 +14,7 @@ from xpusim.errors import SpecError
 from xpusim.mappers.exhaustive import brute_force, exhaustive_search
 from xpusim.mappers.search import _score, search
 from xpusim.sim.compute import min_tile
-from xpusim.sim.cost import keep_mask
+from xpusim.sim.cost import bytes_fit, keep_mask
 from xpusim.sim.engine import op_cost
 from xpusim.sim.nest import analyse
 from xpusim.sim.problem import gemm_problem, problem_from_op
@@ -91,6 +91,8 @@ def test_served_operand_mapping_replays_in_the_functional_reference():
     tr = analyse(prob, tiles[None], spatial[None], order[None], keep, mc)
     np.testing.assert_allclose(run.reads, tr.reads[0])
     np.testing.assert_allclose(run.writes, tr.writes[0])
+    assert bytes_fit(prob, arch, run.peak_bytes[1][None], 1)[0]  # the buffers the execution held fit the sram
+    assert run.peak_bytes[1][1] == 0  # and it never held the bypassed filter
 
 
 @settings(max_examples=15, deadline=None)

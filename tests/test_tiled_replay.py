@@ -5,7 +5,8 @@ multicast included)."""
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from xpusim.sim.nest import analyse
+from xpusim.sim.cost import footprint
+from xpusim.sim.nest import analyse, busiest_lane_steps
 from xpusim.sim.problem import gemm_problem, problem_from_op
 from xpusim.workloads.einsum import Op, Tensor
 from xpusim.workloads.functional.tiled import execute_tiled
@@ -48,6 +49,12 @@ def test_tiled_gemm_equals_reference_and_counts(case, seed):
     tr = analyse(prob, tiles[None], spatial[None], order[None], keep, multicast)
     np.testing.assert_allclose(run.reads, tr.reads[0])
     np.testing.assert_allclose(run.writes, tr.writes[0])
+    # the capacity model's footprint is what the executed buffers held at their fullest
+    for lv in range(1, len(spatial)):
+        np.testing.assert_allclose(run.peak_bytes[lv], footprint(prob, tiles[None], keep, lv)[0])
+    # the busiest lane's leaf steps: exact, and the padded count never below them
+    assert busiest_lane_steps(tiles[None], spatial[None])[0] == run.leaf_visits
+    assert tr.steps[0] >= run.leaf_visits
 
 
 def test_batched_attention_scores_replay():

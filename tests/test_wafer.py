@@ -500,3 +500,16 @@ def test_a_core_sram_too_slow_for_the_traffic_bounds_the_contraction():
     op = gemm_op(1, 4096, 4096, "fp16")
     fast, starved = wafer_matmul_cost(op, load_arch("wse-2")), wafer_matmul_cost(op, slow)
     assert fast.bound != "sram" and starved.bound == "sram" and starved.cycles > 100 * fast.cycles
+
+
+def test_multi_wafer_static_power_covers_every_wafer_for_the_whole_step():
+    from xpusim.sim.wafer_placement import simulate_wafer
+    from xpusim.workloads.model import load_model
+
+    base = load_arch("wse-2")
+    powered = dataclasses.replace(base, static_power_w=15000.0)
+    for model, wafers in (("llama-3-70b", 6), ("llama-3-8b", 1)):
+        dyn = simulate_wafer(base, load_model(model), Decode(1, 1024), wafers=wafers)
+        res = simulate_wafer(powered, load_model(model), Decode(1, 1024), wafers=wafers)
+        assert res.latency_s == dyn.latency_s and res.inputs["wafer_plan"]["wafers"] == wafers
+        assert res.energy_j == pytest.approx(dyn.energy_j + 15000.0 * wafers * res.latency_s)

@@ -8,12 +8,15 @@
   before the softmax (intermediates linear in the sequence length);
 * :func:`attention_intermediate_bytes`: the bytes each form keeps on chip, the same formula the
   cost model uses;
-* :func:`row_tiled`: a fused pipeline's execution of a block, row tile after row tile.
+* :func:`row_tiled`: a fused pipeline's execution of a block, row tile after row tile;
+* :func:`token_tiled`: the same along one sequence's tokens, each tile's causal attention reading
+  the cache the earlier tiles wrote (the tiles ``mappers/rdu.py`` streams are a block's tokens).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -89,3 +92,17 @@ def row_tiled(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tile: int) 
     if tile < 1:
         raise ShapeError(f"row tile must be >= 1, got {tile}")
     return np.concatenate([fn(x[i:i + tile]) for i in range(0, x.shape[0], tile)], axis=0)
+
+
+def token_tiled(fn: Callable[[np.ndarray, int, Any], tuple[np.ndarray, Any]], tokens: np.ndarray, tile: int,
+                state: Any = None) -> np.ndarray:
+    """A fused pipeline streaming a sequence's ``tokens`` (batch, length) through every stage
+    ``tile`` tokens at a time, in order: ``fn(tile_tokens, start, state) -> (output, state)`` runs
+    one tile after the ``start`` tokens before it, ``state`` carrying what the earlier tiles left
+    (their KV cache). Returns the last tile's output."""
+    if tile < 1:
+        raise ShapeError(f"token tile must be >= 1, got {tile}")
+    out = None
+    for start in range(0, tokens.shape[1], tile):
+        out, state = fn(tokens[:, start:start + tile], start, state)
+    return np.asarray(out)

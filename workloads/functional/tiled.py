@@ -21,13 +21,20 @@ import numpy as np
 
 @dataclass
 class TiledRun:
-    """Result of a tiled execution: the output array and bytes read/written per storage level."""
+    """Result of a tiled execution: the output array and bytes read/written per storage level;
+    ``peak_bytes`` (L, T): the most bytes of each tensor one instance of each level held at once
+    (inputs at their element size, outputs as partial sums at ``acc_bytes``) and ``peak_total`` (L,):
+    the most of all tensors together, both measured on the executed buffers (level 0, the backing
+    store, is not measured); ``leaf_visits``: leaf tiles computed by the busiest leaf instance."""
 
     output: np.ndarray
     reads: np.ndarray
     writes: np.ndarray
     macs: int = 0
     fetches: dict[tuple[int, int], int] = field(default_factory=dict)
+    peak_bytes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    peak_total: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    leaf_visits: int = 0
 
 
 def _loops(tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray) -> list[tuple[str, int, int]]:
@@ -76,6 +83,9 @@ def execute_tiled(sizes, rel, elem_bytes, acc_bytes, operands, tiles, spatial, o
     reduced: set = set()
     fetches: dict[tuple[int, int], int] = {}
     macs = 0
+    peak = np.zeros((L, T))
+    peak_total = np.zeros(L)
+    visits: dict[tuple, int] = {}
 
     def region_slices(ranges: list[tuple[int, int]], t: int) -> tuple[slice, ...]:
         return tuple(slice(*ranges[d]) for d in range(D) if rel[t, d])
@@ -159,6 +169,19 @@ def execute_tiled(sizes, rel, elem_bytes, acc_bytes, operands, tiles, spatial, o
                 if not (multicast[p] and key in served):
                     reads[p] += n * elem_bytes[t]
                     served.add(key)
+        # what each instance of this visit's levels holds now: its input tiles and its output buffer
+        for c in range(1, L):
+            now = np.zeros(T)
+            for t in range(T - 1):
+                box = held.get((t, c, inst[:c]))
+                if keep[c, t] and box is not None:
+                    now[t] = int(np.prod([b - a for a, b in box[1]])) * elem_bytes[t]
+            ob = obuf.get((c, inst[:c]))
+            if ob is not None:
+                now[out_t] = ob["data"].size * acc_bytes
+            peak[c] = np.maximum(peak[c], now)
+            peak_total[c] = max(peak_total[c], now.sum())
+        visits[inst] = visits.get(inst, 0) + 1
         # compute the leaf tile
         leaf = ranges_by_level[L]
         args = []
@@ -208,4 +231,4 @@ def execute_tiled(sizes, rel, elem_bytes, acc_bytes, operands, tiles, spatial, o
     extra = float((updates0 - 1).sum())
     reads[0] += extra * acc_bytes
     writes[0] += extra * acc_bytes + updates0.size * elem_bytes[out_t]
-    return TiledRun(result, reads, writes, macs, fetches)
+    return TiledRun(result, reads, writes, macs, fetches, peak, peak_total, max(visits.values(), default=0))
