@@ -15,6 +15,8 @@ from typing import NoReturn
 from . import __version__
 from .cli_flags import PIM_FLAGS, WAFER_FLAGS, check_flags, given_flags
 from .errors import SpecError, XpusimError
+from .files import check_writable, write_text
+from .sim.result import strict_json
 from .sim.result_text import fmt_b, fmt_s, print_comparison, print_formats, print_hetero, print_result, write_outputs
 
 
@@ -40,7 +42,7 @@ def write_files(a: argparse.Namespace, results: list) -> None:
     if a.csv:
         import pandas as pd
 
-        pd.concat([r.ops.assign(arch=r.inputs["arch"]) for r in results]).to_csv(a.csv, index=False)
+        write_text(a.csv, pd.concat([r.ops.assign(arch=r.inputs["arch"]) for r in results]).to_csv(index=False))
 
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
@@ -100,6 +102,8 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     if combos and len(a.arch) > 1:
         raise SpecError(f"{', '.join(combos)}: a host + PIM preset runs alone (--arch {combos[0]}); compare it with other "
                         "devices in separate runs")
+    if a.pim and len(a.arch) > 1:
+        raise SpecError(f"--pim runs one host: give one --arch (compare {', '.join(a.arch)} with the PIM in separate runs)")
     if combos and a.pim:
         raise SpecError(f"{combos[0]} is a host + PIM preset with its own PIM device; drop --pim (or give a host device "
                         "with --pim)")
@@ -150,10 +154,11 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
                 from .workloads.functional.numerics import layer_error
 
                 out["format_error"] = layer_error(run)
-            print(json.dumps(out, indent=2))
+            print(strict_json(out, 2))
             return 0
         print_formats(run, a.format_error)
-        print(f"xpusim {__version__}: {model.name} speculative decoding on {a.arch[0]}, drafter {spec.drafter}, "
+        fmts = f" ({spec.drafter_formats}, its own formats)" if spec.drafter_formats else ""
+        print(f"xpusim {__version__}: {model.name} speculative decoding on {a.arch[0]}, drafter {spec.drafter}{fmts}, "
               f"{spec.draft_tokens} drafted tokens ({spec.tree_nodes} tree nodes), acceptance {spec.acceptance:g}")
         print(f"expected tokens per step {spec.expected_tokens:.3f}   step {fmt_s(spec.step_s)} "
               f"(draft {fmt_s(spec.draft_s)}, verify {fmt_s(spec.verify_s)})   plain decode step {fmt_s(spec.decode_s)}   "
@@ -197,7 +202,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
         results.append(res)
     write_files(a, results)
     if a.json:
-        print(results[0].to_json() if len(results) == 1 else json.dumps({"results": [r.to_dict() for r in results]},
+        print(results[0].to_json() if len(results) == 1 else strict_json({"results": [r.to_dict() for r in results]},
                                                                           indent=2, default=float))
         return 0
     for res in results:
@@ -218,12 +223,13 @@ def _cmd_op(a: argparse.Namespace) -> int:
     if a.dtype is None:  # the device's engine format (an FPGA's INT8), else bf16
         a.dtype = arch.meta.get("formats", {}).get("weights", "bf16")
     op = gemm_op(a.m, a.n, a.k, a.dtype)
-    backing = arch.memory[0]
-    held = backing.capacity_bytes * backing.instances
-    if arch.device_class in ("generic", "systolic") and op.bytes > held:
+    from .sim.engine import _capacity
+
+    held = _capacity(arch)  # the backing memory (and an RDU's or FPGA card's DDR tier); a wafer checks its cores
+    if arch.device_class != "wafer" and op.bytes > held:
         from .errors import CapacityError
 
-        raise CapacityError(f"the GEMM's operands need {op.bytes:,.0f} B but {arch.name}'s {backing.name} holds "
+        raise CapacityError(f"the GEMM's operands need {op.bytes:,.0f} B but {arch.name}'s memory holds "
                             f"{held:,.0f} B; use smaller --m/--n/--k or a narrower --dtype")
     if a.mapper != "default":
         from .sim.engine import matmul_cost
@@ -250,7 +256,7 @@ def _cmd_op(a: argparse.Namespace) -> int:
 
         write(a.report, op_report(out))
     if a.json:
-        print(json.dumps(out, indent=2))
+        print(strict_json(out, 2))
         return 0
     print(f"gemm M={a.m} N={a.n} K={a.k} {a.dtype} on {arch.name}")
     print(f"  latency {fmt_s(cost.latency_s)} ({cost.cycles:.0f} cycles; compute {cost.compute_cycles:.0f}, "
@@ -304,8 +310,13 @@ def _cmd_coe(a: argparse.Namespace) -> int:
 def _cmd_reproduce(a: argparse.Namespace) -> int:
     from .validation.reproduce import list_cases, load_case, run_case
 
+    if a.name and (a.all or a.list):
+        raise SpecError(f"give a case name ({a.name}) or --{'all' if a.all else 'list'}, not both")
     if a.list:
         names = list_cases()
+        if a.json:
+            print(strict_json([{"name": n, "paper": load_case(n)["paper"], "claim": load_case(n)["claim"]} for n in names], 2))
+            return 0
         w = max((len(n) for n in names), default=0)
         for n in names:
             c = load_case(n)
@@ -317,7 +328,7 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
     out = [run_case(n) for n in names]
     width = max(len(r["name"]) for r in out)
     if a.json:
-        print(json.dumps(out, indent=2))
+        print(strict_json(out, 2))
         return 0
     for r in out:
         lo, hi = r["claimed"] if isinstance(r["claimed"], list) else (None, None)
@@ -407,7 +418,7 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
         write(a.report, validate_report(rows, summary))
     if a.json:
-        print(json.dumps(summary, indent=2))
+        print(strict_json({"summary": summary, "rows": rows.to_dict(orient="records")} if a.verbose else summary, 2))
         return 0
     if a.verbose:
         print(rows.to_string(index=False))
@@ -520,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--report", metavar="HTML", help="write an interactive HTML report")
     v.add_argument("--save", metavar="JSON", help="save the comparison for `xpusim report`")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
-    v.add_argument("--verbose", "-v", action="store_true", help="print every row")
+    v.add_argument("--verbose", "-v", action="store_true", help="print every row (with --json: {summary, rows})")
     v.set_defaults(func=_cmd_validate)
 
     e = sub.add_parser("explore", help="search co-designed hardware, mapping and workload knobs with Optuna")
@@ -559,15 +570,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: each command's output-file flags (checked before any work: a directory or an unwritable place is refused)
+OUTPUT_FLAGS = {"simulate": ("csv", "report", "save", "trace"), "op": ("report", "save"), "validate": ("report", "save"),
+                "explore": ("report", "save"), "serve": ("report", "save"), "report": ("output",)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for dest in OUTPUT_FLAGS.get(args.cmd, ()):
+            if getattr(args, dest, None):
+                check_writable(getattr(args, dest), "-o" if dest == "output" else f"--{dest}")
         return int(args.func(args))
     except XpusimError as e:
         print(f"xpusim: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a file the readers and writers above did not name (each names its own)
+        print(f"xpusim: error: {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

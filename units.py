@@ -13,7 +13,7 @@ from .errors import SpecError
 _PREFIX = {
     "": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
     "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40,
-    "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9, "p": 1e-12, "f": 1e-15,
+    "m": 1e-3, "u": 1e-6, "\u00b5": 1e-6, "\u03bc": 1e-6, "n": 1e-9, "p": 1e-12, "f": 1e-15,
 }
 
 # unit kind -> accepted base-unit spellings
@@ -27,7 +27,10 @@ _BASE = {
     "bits_per_s": ("b/s", "bps"),
 }
 
-_NUM = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµ/]*)\s*$")
+#: kinds counted in whole units, where a fractional prefix is a typo (``mB`` for ``MB``)
+_NO_FRACTIONAL_PREFIX = ("bytes", "bytes_per_s", "bits_per_s")
+
+_NUM = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-z\u00b5\u03bc/]*)\s*$")
 
 
 def parse_quantity(value: object, kind: str, field: str) -> float:
@@ -54,7 +57,14 @@ def parse_quantity(value: object, kind: str, field: str) -> float:
     for base in sorted(_BASE[kind], key=len, reverse=True):
         if unit.endswith(base):
             prefix = unit[: -len(base)]
+            if prefix in _PREFIX and _PREFIX[prefix] < 1 and kind in _NO_FRACTIONAL_PREFIX:
+                hint = f"did you mean M{base}? " if prefix == "m" else ""
+                raise SpecError(f"{field}: {value!r} reads as {_PREFIX[prefix]:g} of a {base} per unit; {hint}"
+                                f"{kind.replace('_', ' ')} take the prefixes k, M, G, T, P, Ki, Mi, Gi, Ti")
             if prefix in _PREFIX:
-                return number * _PREFIX[prefix]
+                out = number * _PREFIX[prefix]
+                if not math.isfinite(out):
+                    raise SpecError(f"{field}: {value!r} is not a finite quantity")
+                return out
     allowed = ", ".join(_BASE[kind])
     raise SpecError(f"{field}: unit {unit!r} is not a {kind.replace('_', ' ')} unit (use a prefix + {allowed})")

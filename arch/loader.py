@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import PresetNotFound, SpecError
+from ..files import load_yaml, read_text
 from ..units import parse_quantity
 from .spec import Arch, ComputeUnit, MemoryLevel
 
@@ -154,9 +153,9 @@ def _bandwidth(v: Any, clock_hz: float, where: str) -> float:
     """Bytes/s of a level's ``bandwidth``: a rate (``'2 TB/s'``) or bytes per device-clock cycle
     (``'128 B/cycle'``, which follows the device's clock)."""
     if isinstance(v, str):
-        m = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*B/(?:cycle|clock)\s*", v)
+        m = re.fullmatch(r"\s*(.*?)\s*B/(?:cycle|clock)\s*", v)
         if m:
-            return float(m.group(1)) * clock_hz
+            return parse_quantity(m.group(1), "bytes", where) * clock_hz
     return parse_quantity(v, "bytes_per_s", where)
 
 
@@ -356,9 +355,11 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
     return arch
 
 
-def read_preset(ref: str | Path, directory: Path, what: str, names: list[str]) -> tuple[Any, Path]:
+def read_preset(ref: str | Path, directory: Path, what: str, names: list[str],
+                also: tuple[str, ...] = ()) -> tuple[Any, Path]:
     """The parsed YAML of a ``what`` (``device``, ``system``) given by preset name (a file in
-    ``directory``) or path, and the file's path; one-line errors for missing or malformed files."""
+    ``directory``) or path, and the file's path; one-line errors for missing or malformed files (an
+    unknown name lists ``names`` and ``also``, the host + PIM presets, with the close ones first)."""
     path = Path(ref)
     if not path.is_file():
         cand = directory / f"{ref}.yaml"
@@ -367,23 +368,23 @@ def read_preset(ref: str | Path, directory: Path, what: str, names: list[str]) -
                 raise SpecError(f"{what} {str(ref)!r} is a directory; give a {what} YAML file or a preset name")
             if path.suffix in (".yaml", ".yml") or "/" in str(ref):
                 raise SpecError(f"{what} file {str(ref)!r} does not exist")
-            raise PresetNotFound(f"unknown {what} {str(ref)!r}; presets: {', '.join(names)} (or give a YAML path)")
+            import difflib
+
+            pool = [*names, *also]
+            close = list(dict.fromkeys([n for n in pool if n.startswith(str(ref))]
+                                       + difflib.get_close_matches(str(ref), pool, n=3)))[:3]
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            more = f"; host + PIM presets (xpusim simulate --arch): {', '.join(also)}" if also else ""
+            raise PresetNotFound(f"unknown {what} {str(ref)!r}; {hint}presets: {', '.join(names)}{more} (or give a YAML path)")
         path = cand
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SpecError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        return yaml.safe_load(text), path
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SpecError(f"{path}: malformed YAML ({first}); fix the syntax") from None
+    return load_yaml(read_text(path, f"a {what} YAML"), path), path
 
 
 def arch_dict(ref: str | Path) -> tuple[dict[str, Any], str]:
     """The parsed YAML mapping of a device (preset name or YAML path) and its name, before
     validation: what a design-space search edits knob by knob."""
-    data, path = read_preset(ref, PRESETS_DIR, "device", list_archs())
+    hetero = tuple(sorted(p.stem for p in (PRESETS_DIR.parent / "hetero").glob("*.yaml")))
+    data, path = read_preset(ref, PRESETS_DIR, "device", list_archs(), hetero)
     return data, path.stem
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 
 from ..errors import SpecError
+from ..sim.result import strict_json
 from .space import METRICS, list_spaces, load_space
 from .study import check_export, check_seed, export, finished, pareto_frame, run_study, trials_frame
 
@@ -54,7 +54,7 @@ def run(a: argparse.Namespace) -> int:
                "feasible_trials": int(trials["feasible"].sum()) if len(trials) else 0, "wall_s": wall,
                "pareto": pareto.to_dict(orient="records"), "exported": files}
     if a.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(strict_json(summary, 2, default=str))
         return 0
     print(f"study {study_name!r}: {n} finished trials ({summary['feasible_trials']} feasible) in {wall:.1f} s; "
           f"objectives {', '.join(f'{o} ({METRICS[o][0][:3]}, {METRICS[o][1]})' for o in space.objectives)}")

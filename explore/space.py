@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..arch.loader import arch_dict
 from ..errors import SpecError, XpusimError
+from ..files import load_yaml, read_text
 
 #: metric name -> (direction, unit, meaning)
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -408,11 +407,7 @@ def load_space(path: str | Path) -> Space:
         if not cand.is_file():
             raise SpecError(f"space {str(path)!r} not found; give a YAML file or one of {', '.join(list_spaces())}")
         p = cand
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SpecError(f"{p}: malformed YAML ({first}); fix the syntax") from None
+    data = load_yaml(read_text(p, "a design-space YAML"), p)
     return parse_space(data, str(p))
 
 

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import socket
@@ -29,6 +28,7 @@ import optuna
 import pandas as pd
 
 from ..errors import SpecError
+from ..sim.result import strict_json
 from .evaluate import Evaluation, evaluate
 from .space import Space, check_sampler
 
@@ -289,7 +289,7 @@ def export(study: optuna.Study, space: Space, out: str | Path) -> list[Path]:
     written = []
     for name, df in (("trials", trials_frame(study, space)), ("pareto", pareto_frame(study, space))):
         df.to_csv(out / f"{name}.csv", index=False)
-        (out / f"{name}.json").write_text(json.dumps(df.to_dict(orient="records"), indent=1, default=str))
+        (out / f"{name}.json").write_text(strict_json(df.to_dict(orient="records"), 1, default=str))
         written += [out / f"{name}.csv", out / f"{name}.json"]
         try:
             df.to_parquet(out / f"{name}.parquet", index=False)

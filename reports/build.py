@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SpecError
-from ..sim.result import Result, energy_basis, formats_label, throughput_unit
+from ..files import read_text
+from ..sim.result import Result, energy_basis, formats_label, strict_json, throughput_unit
 from . import html as H
 from . import sim_figures as SF
 from . import study_figures as STF
@@ -183,15 +184,13 @@ def serve_report(res: Any, summary: dict[str, Any], command: str | None = None) 
 
 def save(path: str | Path, kind: str, payload: dict[str, Any]) -> Path:
     """Save what a report needs (``--save FILE``)."""
-    return H.write(path, json.dumps({"report": kind, **payload}, default=float))
+    return H.write(path, strict_json({"report": kind, **payload}))
 
 
 def report_from_file(path: str | Path, command: str | None = None) -> str:
     """A report from a saved result: ``--save`` files of every kind, or ``simulate --json`` output."""
     try:
-        d = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise SpecError(f"cannot read {path}: {e.strerror}") from None
+        d = json.loads(read_text(path, "a --json or --save file"))
     except json.JSONDecodeError as e:
         raise SpecError(f"{path}: not JSON ({e.msg} at line {e.lineno}); give a --json or --save file") from None
     if not isinstance(d, dict):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..files import write_text
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -70,8 +71,5 @@ def page(title: str, header: dict[str, str], sections: list[tuple[str, str, str]
 
 
 def write(path: str | Path, text: str) -> Path:
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text, encoding="utf-8")
-    return p
+    """Write a report or saved result (UTF-8), creating its folder."""
+    return write_text(path, text)

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .format_flags import add_format_arguments, apply_formats, chosen_formats
+from .result import strict_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def run(a: argparse.Namespace) -> int:
         out: dict[str, object] = {"runs": [r.as_dict() for r in results]}
         if a.vs:
             out["speedup"] = results[1].request_s / results[0].request_s
-        print(json.dumps(out, indent=2))
+        print(strict_json(out, 2))
         return 0
     r0 = results[0]
     print(f"xpusim coe: {a.experts} experts of {r0.model} ({fmt_b(r0.expert_bytes)} each on {r0.system}), {a.requests} requests "

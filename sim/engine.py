@@ -475,10 +475,11 @@ def powered_energy(energy_j: float, charged_static_j: float, powered_w: float, w
     return energy_j - charged_static_j + powered_w * wall_s
 
 
-def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch, plan: Any = None) -> None:
+def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch, plan: Any = None, chunk: int = 0) -> None:
     """Raise :class:`CapacityError` with remedies when the footprint of one device (running ``plan``,
     default one device alone) exceeds its memory: the fewest devices a parallel plan needs to hold it
-    (:func:`~xpusim.sim.fit_advice.fewest_devices`), and the changes that alone make it fit."""
+    (:func:`~xpusim.sim.fit_advice.fewest_devices`), and the changes that alone make it fit (``chunk``:
+    the prefill runs in chunks of that many tokens, its activations a chunk's)."""
     if result.memory_bytes <= result.capacity_bytes:
         return
     from .fit_advice import fewest_devices, fitting_changes, plan_flags
@@ -490,7 +491,8 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch, plan:
     split = fewest_devices(model, plan, phase.batch, phase.kv_len, result.capacity_bytes, reserve=result.activation_bytes)
     remedies = [f"at least {split.devices} such devices ({plan_flags(split)} on a --system; no split over fewer holds "
                 f"the weights, KV cache and activations) or one with more memory" if split else "a device with more memory"]
-    remedies += fitting_changes(model, plan, phase, result.memory_bytes, result.capacity_bytes)
+    remedies += fitting_changes(model, plan, phase, result.memory_bytes, result.capacity_bytes,
+                                activations=result.activation_bytes, chunk=chunk)
     parts = [f"weights {result.weights_bytes / gib:.1f}", f"KV cache {result.kv_cache_bytes / gib:.1f}"]
     if result.ssm_state_bytes:
         parts.append(f"SSM state {result.ssm_state_bytes / gib:.1f}")
@@ -505,11 +507,13 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch, plan:
 def _kv_bytes(model: ModelSpec, phase: Phase) -> float:
     """KV cache held at the end of the step (an encoder-decoder prefill: one decoder token plus the
     encoded source; its decode: ``context`` decoder tokens plus ``source``)."""
+    prefix = getattr(phase, "shared_prefix", 0)
     if model.encoder_layers:
         if isinstance(phase, Prefill):
             return model.kv_cache_bytes(phase.batch, 1, phase.seq)
-        return model.kv_cache_bytes(phase.batch, phase.kv_len, getattr(phase, "source", 0))
-    prefix = getattr(phase, "shared_prefix", 0)
+        # a shared decoder prefix cached once; each sequence's own tokens and its encoded source apart
+        own = model.kv_cache_bytes(phase.batch, phase.kv_len - prefix, getattr(phase, "source", 0))
+        return own + (model.kv_cache_bytes(1, prefix) if prefix else 0.0)
     if prefix:  # cached once, plus each sequence's own tokens
         return model.kv_cache_bytes(1, prefix) + model.kv_cache_bytes(phase.batch, phase.kv_len - prefix)
     return model.kv_cache_bytes(phase.batch, phase.kv_len)

@@ -195,7 +195,8 @@ def _fit_remedies(system: System, model: ModelSpec, phase: Phase, plan: Plan, ou
         if plan.dp > 1:  # the search keeps the replicas: fewer of them, or experts spread over them, may fit
             remedies.append("fewer replicas (--dp)" + (f" or experts spread over them (--ep {plan.tp * plan.dp})"
                                                         if model.is_moe and plan.ep == 1 else "") + ", or --plan auto")
-    remedies += fitting_changes(model, plan, phase, out.memory_bytes, out.capacity_bytes, n)
+    remedies += fitting_changes(model, plan, phase, out.memory_bytes, out.capacity_bytes, n,
+                                activations=out.activation_bytes, chunkable=False)
     return f"{lead}try {', '.join(remedies)}"
 
 

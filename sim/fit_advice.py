@@ -59,16 +59,24 @@ def _largest(low: int, high: int, fits: Callable[[int], bool]) -> int:
 
 
 def fitting_changes(model: ModelSpec, plan: Plan, phase: Phase, memory: float, capacity: float,
-                    devices: int = 0) -> list[str]:
+                    devices: int = 0, activations: float = 0.0, chunkable: bool = True, chunk: int = 0) -> list[str]:
     """The changes that alone bring a device holding ``memory`` bytes under ``capacity``: an fp8 KV
     cache, narrower weights (with another split of up to ``devices`` devices where ``plan``'s is not
-    enough), a smaller batch, a shorter context; each estimated from the footprint difference it
-    makes, activations kept as they are."""
+    enough), a smaller batch, a shorter context, and for a prefill a chunked one (``--chunk``); each
+    estimated from the footprint difference it makes. The step's ``activations`` (bytes, part of
+    ``memory``) scale with the tokens a step processes: the batch, and a prefill's prompt or chunk
+    (offered where ``chunkable``: a single-device prefill; ``chunk``: the chunk the step already runs)."""
     batch, kv_len = phase.batch // plan.dp, phase.kv_len
     base = device_bytes(model, plan, batch, kv_len)
+    prefill = isinstance(phase, Prefill)
+    seq = phase.seq if isinstance(phase, Prefill) else 0
+    prefix = kv_len - seq
+    step = min(chunk or seq, seq) if prefill else 1  # prompt tokens per sequence one step processes
 
-    def fits(m: ModelSpec = model, b: int = batch, n: int = kv_len) -> bool:
-        return memory - base + device_bytes(m, plan, b, n) <= capacity
+    def fits(m: ModelSpec = model, b: int = batch, n: int = kv_len, per_step: int = step) -> bool:
+        """``per_step``: prompt tokens per sequence a step processes (a chunk's)."""
+        act = activations * b / batch * (min(n - prefix, per_step) / step if prefill else 1.0)
+        return memory - activations - base + device_bytes(m, plan, b, n) + act <= capacity
 
     def split(m: ModelSpec) -> str | None:
         """The format change as a remedy: alone, or with the smallest split of ``devices`` that holds it."""
@@ -94,4 +102,9 @@ def fitting_changes(model: ModelSpec, plan: Plan, phase: Phase, memory: float, c
     shorter = _largest(kv_len - given + 1, kv_len - 1, lambda n: fits(n=n))
     if shorter >= kv_len - given + 1:
         out.append(f"{flag} {shorter - (kv_len - given)} or less")
+    if chunkable and prefill and step > 1 and activations:  # the whole prompt cached, one chunk's activations at a time
+        smaller_chunk = _largest(1, step - 1, lambda c: fits(per_step=c))
+        if smaller_chunk >= 1:
+            out.append(f"{'a smaller --chunk' if chunk else 'a chunked prefill (--chunk'} {smaller_chunk} or less"
+                       f"{'' if chunk else ')'}")
     return out

@@ -25,6 +25,12 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def strict_json(obj: Any, indent: int | None = None, default: Any = float) -> str:
+    """JSON every parser accepts: non-finite numbers (a side that cannot run an op: inf; an
+    infeasible plan: NaN) become null."""
+    return json.dumps(_finite(obj), indent=indent, default=default, allow_nan=False)
+
+
 def roof(arch: Any, compute: str) -> dict[str, Any]:
     """What a roofline needs of device ``arch`` for work of class ``compute``: the class it runs in,
     its peak FLOP/s, and its backing memory with the bandwidth of every instance (kept in a result
@@ -150,7 +156,7 @@ class Result:
 
     def to_json(self, indent: int | None = 2) -> str:
         """Strict JSON: non-finite numbers (a side that cannot run an op: inf) become null."""
-        return json.dumps(_finite(self.to_dict()), indent=indent, default=float)
+        return strict_json(self.to_dict(), indent)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:

@@ -4,14 +4,13 @@ writes (``--report``, ``--save``, ``--trace``)."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..dtypes import get_dtype
-from .result import energy_basis, formats_label, throughput_unit
+from ..files import write_text
+from .result import energy_basis, formats_label, strict_json, throughput_unit
 
 
 def fmt_s(x: float) -> str:
@@ -76,7 +75,7 @@ def write_outputs(a: argparse.Namespace, results: list) -> None:
     if a.trace:
         from ..reports.sim_figures import chrome_trace
 
-        Path(a.trace).write_text(json.dumps(chrome_trace(results)))  # one process per device
+        write_text(a.trace, strict_json(chrome_trace(results)))  # one process per device
     if a.save:
         from ..reports.build import save
 

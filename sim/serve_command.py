@@ -4,13 +4,13 @@ iteration times of :class:`~xpusim.sim.serving_model.SimStepModel`."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 import numpy as np
 
 from ..errors import SpecError
 from .format_flags import add_format_arguments, apply_formats, chosen_formats
+from .result import strict_json
 from .serving_model import MEMORY_UTILIZATION
 
 REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = 1000, "1024,256", "256,64"  # the Poisson stream's defaults
@@ -178,7 +178,7 @@ def run(a: argparse.Namespace) -> int:
         save(a.save, "serve", {"summary": summary, "requests": res.requests.to_dict(orient="records"),
                                "timeline": res.timeline.to_dict(orient="records")})
     if a.json:
-        print(json.dumps(summary, indent=2, default=float))
+        print(strict_json(summary, 2))
         return 0
     s = summary
     where = system.name if system else a.arch

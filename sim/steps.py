@@ -26,7 +26,7 @@ from ..errors import SpecError
 from ..workloads.einsum import Op, Tensor
 from ..workloads.model import ModelSpec, load_model
 from ..workloads.opkit import ACT_FLOPS, add, linear
-from ..workloads.phases import Decode, Verify, chunk_steps
+from ..workloads.phases import Decode, Prefill, Verify, chunk_steps
 from ..workloads.trace import Block, Trace
 from .result import Result
 
@@ -35,19 +35,25 @@ def simulate_chunked_prefill(arch: Arch | str, model: ModelSpec | str, batch: in
                              **kw) -> Result:
     """A prefill of ``seq`` tokens in chunks of ``chunk``: the chunk steps summed, one row per op
     and chunk (column ``step``, in order); memory is that of the last chunk (the whole prompt
-    cached). Its ``phase_args`` describe the whole prompt (``seq``, ``chunk``)."""
-    from .engine import simulate
+    cached). Its ``phase_args`` describe the whole prompt (``seq``, ``chunk``). The memory check is the
+    whole prompt's: its KV cache with the largest chunk's activations, its remedies for the prompt."""
+    from .engine import check_fits, simulate
 
-    steps = [simulate(arch, model, ph, **kw) for ph in chunk_steps(batch, seq, chunk)]
+    arch, model = load_arch(arch), load_model(model)
+    check = kw.pop("check_memory", True)
+    steps = [simulate(arch, model, ph, check_memory=False, **kw) for ph in chunk_steps(batch, seq, chunk)]
     ops = pd.concat([r.ops.assign(step=i) for i, r in enumerate(steps)], ignore_index=True)
     last = steps[-1]
     inputs = {**last.inputs, "phase": "prefill", "chunk": chunk, "steps": len(steps),
               "phase_args": {"batch": batch, "seq": seq, "prefix": 0, "chunk": chunk},
               "meta": {**last.inputs.get("meta", {}), "seq": seq, "prefix": 0, "chunk": chunk}}
-    return Result(ops=ops, latency_s=sum(r.latency_s for r in steps), energy_j=sum(r.energy_j for r in steps),
-                  tokens=batch * seq, weights_bytes=last.weights_bytes, kv_cache_bytes=last.kv_cache_bytes,
-                  activation_bytes=max(r.activation_bytes for r in steps), capacity_bytes=last.capacity_bytes,
-                  inputs=inputs, mappings=last.mappings, ssm_state_bytes=last.ssm_state_bytes)
+    result = Result(ops=ops, latency_s=sum(r.latency_s for r in steps), energy_j=sum(r.energy_j for r in steps),
+                    tokens=batch * seq, weights_bytes=last.weights_bytes, kv_cache_bytes=last.kv_cache_bytes,
+                    activation_bytes=max(r.activation_bytes for r in steps), capacity_bytes=last.capacity_bytes,
+                    inputs=inputs, mappings=last.mappings, ssm_state_bytes=last.ssm_state_bytes)
+    if check:
+        check_fits(result, model, Prefill(batch, seq), arch, chunk=chunk)
+    return result
 
 
 def expected_tokens(acceptance: float, draft: int, width: int = 1) -> float:
@@ -101,6 +107,7 @@ class Speculation:
     step_s: float
     speedup: float
     drafter: str
+    drafter_formats: str = ""  # weights/activations/KV of a draft model (its checkpoint's, on the device's engine)
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -125,8 +132,10 @@ def speculate(arch: Arch | str, target: ModelSpec | str, batch: int, context: in
         raise SpecError("a draft model proposes a chain; token trees (--tree-width > 1) are drafted by Medusa heads")
     parents = tree_parents(draft, width) if width > 1 else ()
     nodes = len(parents) if parents else draft
+    check = kw.pop("check_memory", True)
+    kw["check_memory"] = False  # the target and its drafter share the device: checked together below
     decode_s = simulate(arch, target, Decode(batch, context), **kw).latency_s
-    verify_s = simulate(arch, target, Verify(batch, context, nodes, parents), **kw).latency_s
+    verify = simulate(arch, target, Verify(batch, context, nodes, parents), **kw)
     if draft_model is not None:
         from .engine import with_engine_formats
 
@@ -134,12 +143,39 @@ def speculate(arch: Arch | str, target: ModelSpec | str, batch: int, context: in
         if abs(dm.vocab_size - target.vocab_size) > 0.01 * target.vocab_size:  # beyond padding of one tokenizer
             raise SpecError(f"draft model {dm.name} has a {dm.vocab_size:,}-token vocabulary and {target.name} "
                             f"{target.vocab_size:,}: a drafter must propose the target's tokens (same tokenizer)")
-        draft_s = sum(simulate(arch, dm, Decode(batch, context + i), **kw).latency_s for i in range(1, draft + 1))
-        drafter = dm.name
+        drafts = [simulate(arch, dm, Decode(batch, context + i), **kw) for i in range(1, draft + 1)]
+        draft_s = sum(r.latency_s for r in drafts)
+        drafter, formats = dm.name, "/".join((dm.weight_dtype, dm.act_dtype, dm.kv_dtype))
+        # the drafter's weights, KV cache and state beside the target's; one model's activations at a time
+        extra = drafts[-1].weights_bytes + drafts[-1].kv_cache_bytes + drafts[-1].ssm_state_bytes
+        extra_act = drafts[-1].activation_bytes
     else:
-        draft_s = simulate_trace(medusa_trace(target, batch, medusa_heads), arch).latency_s
-        drafter = f"medusa x{medusa_heads}"
+        trace = medusa_trace(target, batch, medusa_heads)
+        heads = simulate_trace(trace, arch, kw.get("objective", "latency"))
+        draft_s = heads.latency_s
+        drafter, formats = f"medusa x{medusa_heads}", ""
+        extra = sum(op.tensor_bytes(t) * b.repeat for b, op in trace.ops() for t in op.inputs if t.role == "weight")
+        extra_act = 0.0
+    if check:
+        _check_pair_fits(verify, extra, extra_act, target, drafter, arch)
     e = expected_tokens(acceptance, draft, width)
-    step = draft_s + verify_s
-    return Speculation(draft, width, nodes, acceptance, e, decode_s, draft_s, verify_s, step,
-                       e * decode_s / step if step > 0 else math.inf, drafter)
+    step = draft_s + verify.latency_s
+    return Speculation(draft, width, nodes, acceptance, e, decode_s, draft_s, verify.latency_s, step,
+                       e * decode_s / step if step > 0 else math.inf, drafter, formats)
+
+
+def _check_pair_fits(verify: Result, extra: float, extra_act: float, target: ModelSpec, drafter: str, arch: Arch) -> None:
+    """Raise :class:`CapacityError` when the target's verify step (weights, KV cache at the drafts'
+    length, state, activations) plus the drafter's ``extra`` resident bytes (weights, KV cache, state)
+    and the larger of the two models' activations exceed the device."""
+    from ..errors import CapacityError
+
+    need = verify.memory_bytes + extra + max(extra_act - verify.activation_bytes, 0.0)
+    if need <= verify.capacity_bytes:
+        return
+    gib = 2.0**30
+    raise CapacityError(
+        f"speculative decoding of {target.name} with {drafter} needs {need / gib:.1f} GiB (the target's "
+        f"{verify.memory_bytes / gib:.1f} GiB in its verify step, the drafter's {extra / gib:.1f} GiB beside it) but "
+        f"{arch.name} has {verify.capacity_bytes / gib:.1f} GiB; try a smaller --batch or --context, a smaller drafter, "
+        "narrower formats (--weight-dtype, --kv-dtype) or a device with more memory")

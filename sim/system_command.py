@@ -4,14 +4,13 @@ system under a parallel plan (given, or ``--plan auto``)."""
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from ..errors import SpecError
 from ..workloads.model import ModelSpec
 from ..workloads.phases import make_phase
 from .parallel import Plan
-from .result import throughput_unit
+from .result import strict_json, throughput_unit
 from .result_text import EXCEEDS, fmt_s, print_energy_scope, print_formats
 
 
@@ -73,7 +72,7 @@ def run(a: argparse.Namespace, model: ModelSpec, results_out) -> int:
                 from ..workloads.functional.numerics import layer_error
 
                 out["format_error"] = layer_error(model)
-            print(json.dumps(out, indent=2))
+            print(strict_json(out, 2))
             return 0
         if table is not None:
             _print_plans(table)

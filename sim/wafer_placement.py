@@ -301,10 +301,28 @@ def overflow_cands(units: list[Unit], arch: Arch, trace: Trace, model: Any, side
             res = simulate_trace(trace, region_arch(arch, s, buf), objective, model, kv_bytes=kv)
         except CapacityError:
             continue
-        res.latency_s += handoff_s(arch, plan, act)
-        res.energy_j += _between_wafers(plan) * act * spec.io_energy_j_per_byte
+        _add_handoffs(res, arch, plan, act)
         out.append((plan, res))
     return out
+
+
+def _add_row(res: Any, name: str, nbytes: float, seconds: float, joules: float) -> None:
+    """Append an ``io`` row (block ``io``) to a step's op table, so that its rows add up to the step."""
+    row = {c: 0.0 for c in res.ops.columns} | {
+        "block": "io", "name": name, "kind": "io", "repeat": 1, "bytes": nbytes, "latency_s": seconds,
+        "total_latency_s": seconds, "energy_j": joules, "total_energy_j": joules, "bound": "io"}
+    res.ops = pd.concat([res.ops, pd.DataFrame([row])], ignore_index=True)
+
+
+def _add_handoffs(res: Any, arch: Arch, plan: WaferPlan, act: float) -> None:
+    """The stage hand-offs of ``plan`` (the residual stream, ``act`` bytes, between stages; over the
+    wafers' I/O between wafers): their time and energy in the step and as one ``handoff`` row."""
+    t = handoff_s(arch, plan, act)
+    e = _between_wafers(plan) * act * wafer_spec(arch).io_energy_j_per_byte
+    res.latency_s += t
+    res.energy_j += e
+    if t or e:
+        _add_row(res, "handoff", act * max(plan.stages - 1, 0), t, e)
 
 
 def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency", check_memory: bool = True,
@@ -347,10 +365,8 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
             streamed = sum(u.weight_bytes for u in units)
             io_j = streamed * spec.io_energy_j_per_byte  # every weight crosses the I/O each step
             res.energy_j += io_j
-            io_row = {c: 0.0 for c in res.ops.columns} | {  # its own row, so the ops' energies add up to the step's
-                "block": "io", "name": "weight_stream", "kind": "io", "repeat": 1, "bytes": streamed, "energy_j": io_j,
-                "total_energy_j": io_j, "bound": "io"}  # its time overlaps the units' compute (in the latency above)
-            res.ops = pd.concat([res.ops, pd.DataFrame([io_row])], ignore_index=True)
+            # its own row, so the ops' energies add up to the step's; its time overlaps the units' compute
+            _add_row(res, "weight_stream", streamed, 0.0, io_j)
             cands = [(stream_plan, res)]
         else:
             sides = [side] if side is not None else candidate_sides(arch)
@@ -365,8 +381,7 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
                         res = simulate_trace(trace, region_arch(arch, s, free), objective, model, kv_bytes=kv)
                     except CapacityError:  # an op's working set overflows a core of this region
                         continue
-                    res.latency_s += handoff_s(arch, plan, act)
-                    res.energy_j += _between_wafers(plan) * act * spec.io_energy_j_per_byte  # over the wafers' I/O
+                    _add_handoffs(res, arch, plan, act)
                     cands.append((plan, res))
             if not cands:
                 if check_memory:
@@ -378,7 +393,7 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
             if arch.static_power_w:  # every wafer powered for the whole step (hand-offs, stages waiting), not the ops' busy time
                 from .engine import powered_energy
 
-                busy_j = arch.static_power_w * float(res.ops["total_latency_s"].sum())
+                busy_j = arch.static_power_w * float(res.ops.loc[res.ops["kind"] != "io", "total_latency_s"].sum())
                 n = chosen.wafers if chosen is not None else 1
                 res.energy_j = powered_energy(res.energy_j, busy_j, arch.static_power_w * n, res.latency_s)
             res.inputs["wafer_plan"] = chosen.to_dict() if chosen is not None else None

@@ -223,3 +223,152 @@ def test_embed_dtype_is_honoured_on_a_system_as_on_one_device(capsys, tmp_path):
     rc1, _, err1 = run(capsys, "simulate", "--arch", "edge-npu", *args)
     rc2, _, err2 = run(capsys, "simulate", "--system", str(system), *args)
     assert rc1 == rc2 == 2 and "embeddings and lm_head fp16" in err1 and "embeddings and lm_head fp16" in err2
+
+
+# ------------------------------------------------------------------ review 39: fit checks of multi-step phases
+
+
+def _remedy_batch(msg: str) -> int:
+    found = re.search(r"a batch of (\d+) or less", msg)
+    assert found, msg
+    return int(found.group(1))
+
+
+def test_speculative_decoding_checks_the_target_and_drafter_together():
+    from xpusim.sim.steps import speculate
+
+    target = load_model("llama-3-70b").with_formats("fp8")
+    with pytest.raises(CapacityError, match=r"llama-3-70b with llama-3-8b needs 13\d\.\d GiB"):
+        speculate("h200", target, 16, 8192, 4, 0.7, "llama-3-8b")  # each fits alone (105.8 and 31.0 GiB)
+    with pytest.raises(CapacityError, match=r"with medusa x3 needs 82\.\d GiB"):  # the heads' 3 GiB of weights count
+        speculate("h100-sxm", "llama-3-8b", 64, 8192, 3, 0.7, medusa_heads=3)
+    ok = speculate("h200", target, 4, 8192, 4, 0.7, "llama-3-8b")
+    assert ok.speedup > 1 and ok.drafter_formats == "bf16/bf16/bf16"
+    assert speculate("h200", target, 16, 8192, 4, 0.7, "llama-3-8b", check_memory=False).step_s > 0
+
+
+def test_chunked_prefill_fit_error_is_the_whole_prompts_and_its_remedies_fit():
+    from xpusim.sim.steps import simulate_chunked_prefill
+
+    with pytest.raises(CapacityError, match=r"KV cache 96\.0") as e:
+        simulate_chunked_prefill("h100-sxm", "llama-3-8b", 24, 32768, 4096)
+    batch = _remedy_batch(str(e.value))
+    assert simulate_chunked_prefill("h100-sxm", "llama-3-8b", batch, 32768, 4096).memory_bytes <= 80 * GIB
+    with pytest.raises(CapacityError):
+        simulate_chunked_prefill("h100-sxm", "llama-3-8b", batch + 1, 32768, 4096)
+    found = re.search(r"--seq (\d+) or less", str(e.value))
+    assert found, e.value
+    seq = int(found.group(1))
+    simulate_chunked_prefill("h100-sxm", "llama-3-8b", 24, seq, 4096)
+    with pytest.raises(CapacityError):
+        simulate_chunked_prefill("h100-sxm", "llama-3-8b", 24, seq + 1, 4096)
+
+
+def test_activation_bound_prefill_is_offered_a_smaller_batch_and_a_chunked_prefill_that_fit():
+    from xpusim.sim.steps import simulate_chunked_prefill
+    from xpusim.workloads.phases import Prefill
+
+    with pytest.raises(CapacityError) as e:
+        simulate("tpu-v5e", "mamba-2.8b", Prefill(8, 32768))
+    msg = str(e.value)
+    batch = _remedy_batch(msg)
+    found = re.search(r"--chunk (\d+) or less", msg)
+    assert found, msg
+    chunk = int(found.group(1))
+    simulate("tpu-v5e", "mamba-2.8b", Prefill(batch, 32768))
+    simulate_chunked_prefill("tpu-v5e", "mamba-2.8b", 8, 32768, chunk)
+    with pytest.raises(CapacityError):
+        simulate_chunked_prefill("tpu-v5e", "mamba-2.8b", 8, 32768, chunk + 1)
+
+
+# ------------------------------------------------------------------ review 39: files, flags, JSON, quantities
+
+
+def test_binary_inputs_and_unwritable_outputs_are_one_line_errors(capsys, tmp_path):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(bytes(range(128, 256)) * 3)
+    folder = tmp_path / "d.yaml"
+    folder.mkdir()
+    step = ("simulate", "--arch", "h100-sxm", "--model", "llama-2-7b", "--phase", "decode", "--context", "64")
+    for args in (("simulate", "--arch", str(binary), "--model", "llama-3-8b", "--phase", "decode", "--context", "64"),
+                 ("explore", "--space", str(binary), "--trials", "1"),
+                 ("validate", "--arch", "a100-80gb", "--kind", "gemm", "--csv", str(binary)),
+                 ("report", str(binary), "-o", str(tmp_path / "x.html")),
+                 (*step, "--save", str(folder)), ("report", str(binary), "-o", str(folder))):
+        rc, _, err = run(capsys, *args)
+        assert rc == 2 and len(err.strip().splitlines()) == 1, (args, err)
+    rc, _, err = run(capsys, *step, "--csv", str(tmp_path / "new" / "x.csv"), "--trace", str(tmp_path / "new2" / "t.json"))
+    assert rc == 0 and (tmp_path / "new" / "x.csv").is_file() and (tmp_path / "new2" / "t.json").is_file()
+
+
+def test_one_host_with_pim_and_reproduce_flag_clashes_are_refused(capsys):
+    rc, _, err = run(capsys, "simulate", "--arch", "h100-sxm", "a100-80gb", "--pim", "hbm2-pim", "--model", "llama-2-7b",
+                     "--weight-dtype", "fp16", "--act-dtype", "fp16", "--kv-dtype", "fp16", "--phase", "decode",
+                     "--batch", "8", "--context", "1024")
+    assert rc == 2 and "--pim runs one host" in err
+    for args in (("reproduce", "nonexistent", "--all"), ("reproduce", "nonexistent", "--list")):
+        rc, _, err = run(capsys, *args)
+        assert rc == 2 and "not both" in err
+    rc, out, _ = run(capsys, "reproduce", "--list", "--json")
+    assert rc == 0 and {"name", "paper", "claim"} <= set(__import__("json").loads(out)[0])
+
+
+def _strict(text: str):
+    import json
+
+    def reject(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_every_json_output_is_strict(capsys, tmp_path):
+    rc, out, _ = run(capsys, "simulate", "--system", "dgx-h100", "--model", "llama-3-70b", "--phase", "generate", "--batch",
+                     "8", "--seq", "512", "--gen", "4", "--plan", "auto", "--json")
+    assert rc == 0 and _strict(out)
+    saved = tmp_path / "dx.json"
+    rc, out, _ = run(capsys, "simulate", "--arch", "duplex", "--model", "mixtral-8x7b", "--weight-dtype", "fp8",
+                     "--act-dtype", "fp16", "--kv-dtype", "fp16", "--phase", "decode", "--batch", "32", "--context",
+                     "4096", "--json", "--save", str(saved))
+    assert rc == 0 and _strict(out) and _strict(saved.read_text())
+
+
+def test_op_refuses_operands_beyond_memory_on_every_class(capsys):
+    for arch in ("h100-sxm", "alveo-u280", "hbm2-pim", "tpu-v4"):
+        rc, _, err = run(capsys, "op", "gemm", "--m", "200000", "--n", "200000", "--k", "200000", "--arch", arch)
+        assert rc == 2 and "memory holds" in err, arch
+
+
+def test_fractional_prefixes_on_bytes_and_malformed_per_cycle_bandwidths_are_refused():
+    from xpusim.arch.loader import _bandwidth
+    from xpusim.errors import SpecError
+    from xpusim.units import parse_quantity
+
+    with pytest.raises(SpecError, match="did you mean MB/s"):
+        parse_quantity("1200 mB/s", "bytes_per_s", "bandwidth")
+    with pytest.raises(SpecError, match="not a finite quantity"):
+        parse_quantity("1e308 TB", "bytes", "capacity")
+    assert parse_quantity("5 \u03bcs", "seconds", "t") == parse_quantity("5 \u00b5s", "seconds", "t") == pytest.approx(5e-6)
+    with pytest.raises(SpecError, match="cannot read quantity"):
+        _bandwidth("1.536.0 B/cycle", 1e9, "bandwidth")
+    assert _bandwidth("128 B/cycle", 1e9, "bandwidth") == 128e9
+
+
+def test_unknown_device_suggests_close_names_and_repeated_yaml_keys_are_refused(capsys, tmp_path):
+    rc, _, err = run(capsys, "simulate", "--arch", "duplx", "--model", "llama-3-8b", "--phase", "decode", "--context", "10")
+    assert rc == 2 and "did you mean duplex" in err and "host + PIM presets" in err
+    from xpusim.arch.loader import PRESETS_DIR
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text((PRESETS_DIR / "h100-sxm.yaml").read_text() + "\nclock: 0.5 GHz\n")
+    rc, _, err = run(capsys, "op", "gemm", "--m", "64", "--n", "64", "--k", "64", "--arch", str(twice))
+    assert rc == 2 and "key 'clock' given twice" in err
+
+
+def test_encoder_decoder_shared_prefix_is_cached_once():
+    from xpusim.workloads.phases import Decode as D
+
+    plain = simulate("h100-sxm", "t5-base", D(8, 64, source=512))
+    shared = simulate("h100-sxm", "t5-base", D(8, 64, source=512, shared_prefix=32))
+    model = load_model("t5-base")
+    assert plain.kv_cache_bytes - shared.kv_cache_bytes == pytest.approx(7 * model.kv_cache_bytes(1, 32))

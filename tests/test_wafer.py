@@ -513,3 +513,15 @@ def test_multi_wafer_static_power_covers_every_wafer_for_the_whole_step():
         res = simulate_wafer(powered, load_model(model), Decode(1, 1024), wafers=wafers)
         assert res.latency_s == dyn.latency_s and res.inputs["wafer_plan"]["wafers"] == wafers
         assert res.energy_j == pytest.approx(dyn.energy_j + 15000.0 * wafers * res.latency_s)
+
+
+def test_multi_stage_wafer_rows_add_up_to_the_step():
+    """The stage hand-offs are a row of their own: the op table sums to the step's time and energy."""
+    from xpusim.sim.wafer_placement import simulate_wafer
+    from xpusim.workloads.model import load_model
+
+    res = simulate_wafer(load_arch("wse-2"), load_model("llama-3-70b"), Prefill(1, 2048), wafers=6)
+    assert res.inputs["wafer_plan"]["stages"] > 1
+    assert res.ops["total_latency_s"].sum() == pytest.approx(res.latency_s, rel=1e-12)
+    assert res.ops["total_energy_j"].sum() == pytest.approx(res.energy_j, rel=1e-12)
+    assert (res.ops["name"] == "handoff").sum() == 1

@@ -13,6 +13,7 @@ import pandas as pd
 from ..arch.loader import load_arch
 from ..arch.spec import Arch
 from ..errors import SpecError
+from ..files import read_text
 from ..sim.engine import op_cost
 from ..workloads.einsum import Op, Tensor
 
@@ -73,10 +74,7 @@ def read_measurements(kind: str, path: str | Path) -> list[Measurement]:
     if kind not in KINDS:
         raise SpecError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise SpecError(f"cannot read {path}: {e.strerror}") from None
+    lines = read_text(path, "a CSV of measurements").splitlines()
     rate = "column {} is a throughput in 1e9 elements/s (a plain number)"
     out = []
     for i, row in enumerate(csv.reader(lines), start=1):

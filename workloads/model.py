@@ -9,10 +9,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..dtypes import get_dtype
 from ..errors import DtypeError, PresetNotFound, ShapeError, SpecError
+from ..files import load_yaml, read_text
 
 MODELS_DIR = Path(__file__).parent / "models"
 
@@ -446,17 +445,12 @@ def list_models() -> list[str]:
 
 
 def _read_structured(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SpecError(f"cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: not a UTF-8 text file; give a model YAML or a Hugging Face config.json") from None
+    text = read_text(path, "a model YAML or a Hugging Face config.json")
     try:
         if path.suffix == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        return load_yaml(text, path)
+    except json.JSONDecodeError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SpecError(f"{path}: malformed {'JSON' if path.suffix == '.json' else 'YAML'} ({first}); fix the syntax") from None
 

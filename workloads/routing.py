@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpecError
+from ..files import read_text
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,7 @@ def parse_routing(spec: str | Routing | None) -> Routing:
     path = Path(spec)
     if not path.is_file():
         raise SpecError(f"routing {spec!r}: use balanced, zipf:S or the path of a per-expert weights file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SpecError(f"routing file {spec}: not a UTF-8 text file; give a JSON list or one number per line") from None
+    text = read_text(path, "a routing file (a JSON list or one number per line)")
     try:
         vals = json.loads(text) if text.lstrip().startswith("[") else [float(x) for x in text.split()]
         w = tuple(float(x) for x in vals)
