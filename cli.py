@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
+from .arch.spec import with_array as _override_array
 from .cli_flags import PIM_FLAGS, WAFER_FLAGS, check_flags, given_flags
 from .errors import SpecError, XpusimError
 from .files import check_writable, write_text
@@ -278,21 +279,6 @@ def _cmd_op(a: argparse.Namespace) -> int:
     elif cost.mapping:
         print("  mapping: " + ", ".join(f"{k}={v}" for k, v in cost.mapping.items()))
     return 0
-
-
-def _override_array(arch, rows, cols, dataflow):
-    """A systolic device with another array shape and/or dataflow (MAC rate = rows x cols)."""
-    from dataclasses import replace
-
-    from .errors import SpecError
-
-    if arch.matrix.array is None:
-        raise SpecError(f"--rows/--cols/--dataflow need a systolic device; {arch.name!r} is a {arch.device_class}")
-    r, c = rows or arch.matrix.array[0], cols or arch.matrix.array[1]
-    old = arch.matrix.array[0] * arch.matrix.array[1]
-    rates = {k: v * r * c / old for k, v in arch.matrix.rate_per_cycle.items()}
-    mat = replace(arch.matrix, array=(r, c), dataflow=dataflow or arch.matrix.dataflow, rate_per_cycle=rates)
-    return replace(arch, name=f"{arch.name}[{r}x{c},{mat.dataflow}]", matrix=mat)
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:

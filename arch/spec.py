@@ -237,3 +237,19 @@ class Arch:
                 if rate % (r * c):
                     raise SpecError(f"device {self.name!r}: matrix macs_per_cycle {dt}: {rate:g} is not a whole multiple "
                                     f"of the {r} x {c} array ({r * c} PEs); give k x {r * c} for k MACs per PE per cycle")
+
+
+def with_array(arch: Arch, rows: int | None, cols: int | None, dataflow: str | None) -> Arch:
+    """A systolic device with another array shape and/or dataflow (its MAC rates scaled by rows x
+    cols); ``None`` keeps the device's."""
+    from dataclasses import replace
+
+    from ..errors import SpecError
+
+    if arch.matrix.array is None:
+        raise SpecError(f"--rows/--cols/--dataflow need a systolic device; {arch.name!r} is a {arch.device_class}")
+    r, c = rows or arch.matrix.array[0], cols or arch.matrix.array[1]
+    old = arch.matrix.array[0] * arch.matrix.array[1]
+    rates = {k: v * r * c / old for k, v in arch.matrix.rate_per_cycle.items()}
+    mat = replace(arch.matrix, array=(r, c), dataflow=dataflow or arch.matrix.dataflow, rate_per_cycle=rates)
+    return replace(arch, name=f"{arch.name}[{r}x{c},{mat.dataflow}]", matrix=mat)

@@ -39,11 +39,10 @@ import time
 from pathlib import Path
 
 from xpusim.arch import load_arch
-from xpusim.cli import _override_array
 from xpusim.sim.compute import systolic_compute_cycles
 from xpusim.sim.engine import clear_cache, op_cost
 from xpusim.sim.problem import problem_from_op
-from xpusim.validation.compare import measured_op
+from xpusim.validation.compare import measured_op, scalesim_device
 from xpusim.workloads import Decode, Prefill, build_trace, load_model
 from xpusim.workloads.einsum import gemm_op
 
@@ -69,7 +68,7 @@ print(json.dumps(run_one({m}, {n}, {k}, {r}, {c}, {df!r})))
 def xpusim_time(m: int, n: int, k: int, r: int, c: int, df: str) -> tuple[float, float, float]:
     """(cold wall s of the whole op cost: mapping, compute and stall cycles; wall s of the
     compute-cycle formula alone; compute cycles)."""
-    arch = _override_array(load_arch("systolic-npu"), r, c, df)
+    arch = scalesim_device(r, c, df)  # systolic-npu with a gbuf that holds each fold's stream (SCALE-Sim's schedule)
     op = measured_op("gemm", (m, n, k))
     t, cost = cold_cost(op, arch)
     prob = problem_from_op(op)

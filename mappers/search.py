@@ -194,6 +194,9 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
     leaf_order = _leaf_order(prob, stream)
     default_order = _leaf_order(prob, None)
     values = [fold_aligned(prob, arch, d, tile_values(int(n), max_values)) for d, n in enumerate(prob.sizes)]
+    if stream is not None:  # the stream in 2, 3 or 4 balanced chunks: each chunk re-enters every fold
+        n_s = int(prob.sizes[stream])
+        values[stream] = np.union1d(values[stream], [-(-n_s // j) for j in (2, 3, 4)])
     grid = np.array(np.meshgrid(*values, indexing="ij")).reshape(D, -1).T  # (G, D)
     grid = unique_rows(np.maximum(grid, min_tile(prob, arch)[None, :]))  # whole folds on a systolic array
     cands = {c: _near_maximal(prob, arch, grid, c, keep, slack) for c in range(1, L)}

@@ -17,7 +17,6 @@ import numpy as np
 
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
-from .nest import unique_rows
 from .problem import Problem
 
 
@@ -143,25 +142,70 @@ def fold_aligned(prob: Problem, arch: Arch, d: int, values: np.ndarray) -> np.nd
     return np.unique(np.minimum(-(-np.asarray(values) // ext) * ext, int(prob.sizes[d])))
 
 
+#: the operand a dataflow keeps in the array (its tensor index: filter, output, input 0)
+STATIONARY = {"ws": 1, "os": 2, "is": 0}
+
+
+def _first_instance_pieces(tiles: np.ndarray, spatial: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pieces of every dim instance 0 of each split holds at storage ``level``: sizes and counts,
+    both (C, D, P). At each level above, an extent ``x`` splits into ``x // step`` full chunks (where
+    instance 0 holds the child's whole tile) and a remainder (where it holds ``min(remainder, child)``),
+    ``step`` being the spatial split times the child tile."""
+    x = tiles[:, 0, :, None]
+    n = np.ones_like(x)
+    for lv in range(level):
+        child = tiles[:, lv + 1, :, None]
+        step = spatial[:, lv, :, None] * child
+        full, rem = x // step, x % step
+        x = np.concatenate([np.broadcast_to(child, x.shape), np.minimum(rem, child)], axis=2)
+        n = np.concatenate([n * full, n * (rem > 0)], axis=2)
+    return x, n
+
+
 def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarray, stream_dim: int | None,
-                   used: np.ndarray | None = None) -> np.ndarray:
-    """Cycles of the MAC lanes on the busiest instance for each candidate (C,). On a systolic array:
-    the folds the candidate's tiles execute, dealt to the arrays below the innermost level's
-    instances in use (``used``, (C,); all when None)."""
+                   spatial: np.ndarray | None = None, stationary_fills: np.ndarray | None = None) -> np.ndarray:
+    """Cycles of the MAC lanes on the busiest instance for each candidate (C,). On a systolic array the
+    busiest innermost-level instance (instance 0 of every split above it) runs the folds of its pieces
+    of the row and column dims on its arrays; each fold streams its share of the temporal dimension
+    and pays SCALE-Sim's fill and drain. A mapping that cuts the streamed dimension above the array
+    re-enters each fold once per chunk: the stationary operand's elements delivered into the array
+    (``stationary_fills``, the nest's fills of the leaf) over its size and over the instances that
+    split the stream give those re-entries ``r``; a fold then runs ``r`` times on ``T / r`` each
+    (``r`` = 1: SCALE-Sim's one pass per fold). ``spatial`` (C, L, D): the mapping's splits (None:
+    one innermost instance takes everything)."""
     if arch.matrix.array is None:
         return steps.astype(np.float64)
     dataflow = arch.matrix.dataflow or "ws"
     rows, cols = array_extents(arch, get_dtype(prob.compute_dtype).compute)
     phys_rows, phys_cols = arch.matrix.array
-    rd, cd, _ = systolic_roles(prob, dataflow)
-    levels = tiles[:, 1:-1]  # the on-chip storage levels' tiles
-    fr = executed_folds(int(prob.sizes[rd]), levels[:, :, rd], rows) if rd >= 0 else np.ones(tiles.shape[0], np.int64)
-    fc = executed_folds(int(prob.sizes[cd]), levels[:, :, cd], cols) if cd >= 0 else np.ones(tiles.shape[0], np.int64)
+    rd, cd, sd = systolic_roles(prob, dataflow)
+    C, L, D = tiles.shape[0], tiles.shape[1] - 1, prob.n_dims
+    if spatial is None:
+        spatial = np.ones((C, L, D), dtype=np.int64)
+    x, n = _first_instance_pieces(tiles, spatial, L - 1)
+
+    def passes(d: int, extent: int) -> np.ndarray:
+        return (n[:, d] * -(-x[:, d] // extent)).sum(axis=1) if d >= 0 else np.ones(C, np.int64)
+
+    def extent(d: int) -> np.ndarray:
+        return (n[:, d] * x[:, d]).sum(axis=1) if d >= 0 else np.ones(C, np.int64)
+
+    batch = np.prod([extent(d) for d in range(D) if prob.rel[:, d].all()] or [np.ones(C, np.int64)], axis=0)
+    folds = batch * passes(rd, rows) * passes(cd, cols)
+    stream = extent(sd).astype(np.float64)
+    reentries = np.ones(C)
+    if stationary_fills is not None and sd >= 0:
+        held = float(np.prod(prob.sizes[prob.rel[STATIONARY[dataflow]]]))
+        active = np.minimum(spatial[:, : L - 1, sd], -(-tiles[:, : L - 1, sd] // tiles[:, 1:L, sd]))
+        copies = active.prod(axis=1)  # instances holding the same stationary block, each its share of the stream
+        reentries = np.maximum(np.asarray(stationary_fills, dtype=np.float64) / (held * copies), 1.0)
     per_inst = arch.matrix.instances // arch.memory[-1].instances
-    arrays = np.full(tiles.shape[0], arch.matrix.instances) if used is None else per_inst * used
-    out = np.empty(tiles.shape[0])
-    for key in unique_rows(np.stack([fr * fc, arrays], axis=1)):  # few distinct (folds, arrays) pairs
-        sel = (fr * fc == key[0]) & (arrays == key[1])
-        out[sel] = systolic_compute_cycles(prob, phys_rows, phys_cols, dataflow, int(key[1]), arch.matrix.preload,
-                                           folds=int(key[0]))
-    return out
+    over = systolic_fold_cycles(phys_rows, phys_cols, 0, dataflow, arch.matrix.preload)  # fill and drain of a pass
+    per_array = np.ceil(np.ceil(folds * reentries - 1e-9) / per_inst)
+    busy = per_array * stream / reentries  # the busiest array's passes at the mean pass length
+    if sd >= 0:  # every stream piece its own pass: an array streams at least the longest piece
+        longest = np.where(n[:, sd] > 0, x[:, sd], 0).max(axis=1)
+        busy = np.where(reentries >= n[:, sd].sum(axis=1) - 1e-9, np.maximum(busy, longest), busy)
+    busy = np.minimum(busy, folds * stream)  # and no more than all the instance's passes
+    first = phys_rows if arch.matrix.preload and dataflow in ("ws", "is") else 0
+    return per_array * over + busy + first - 1

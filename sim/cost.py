@@ -15,7 +15,7 @@ import numpy as np
 
 from ..arch.spec import Arch
 from ..dtypes import get_dtype
-from .compute import compute_cycles, lanes
+from .compute import STATIONARY, compute_cycles, lanes
 from .nest import analyse, busiest_lane_steps
 from .problem import Problem
 
@@ -156,7 +156,9 @@ def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, 
     level_cycles = (tr.reads + tr.writes) / (lv.bw_bytes_per_cycle[None, :] * used)
     # MAC lanes without an array take one leaf step per cycle: count the busiest lane's exactly
     steps = busiest_lane_steps(tiles, spatial) if arch.matrix.array is None else tr.steps
-    comp = compute_cycles(arch, prob, tiles, steps, stream_dim, tr.used[:, L - 1]) * (arch.clock_hz / arch.matrix_clock_hz)
+    stationary = tr.fills[:, STATIONARY[arch.matrix.dataflow or "ws"], L] if arch.matrix.array is not None else None
+    comp = compute_cycles(arch, prob, tiles, steps, stream_dim, spatial, stationary) * (
+        arch.clock_hz / arch.matrix_clock_hz)
     # prologue: one access latency per level plus the first tile of every input into each level,
     # which compute waits for (the levels' own transfer time already holds those bytes)
     first = np.zeros(tiles.shape[0])
