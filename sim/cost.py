@@ -150,7 +150,7 @@ def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, 
              exact: bool = True) -> NestCosts:
     """Cost of every candidate mapping (arrays as in :func:`xpusim.sim.nest.analyse`)."""
     lv = levels or LevelArrays.of(arch)
-    tr = analyse(prob, tiles, spatial, order, keep, lv.multicast, exact)
+    tr = analyse(prob, tiles, spatial, order, keep, lv.multicast, exact, forward_leaf=arch.matrix.array is not None)
     L = len(arch.memory)
     used = tr.used[:, :L]
     level_cycles = (tr.reads + tr.writes) / (lv.bw_bytes_per_cycle[None, :] * used)
@@ -160,11 +160,17 @@ def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, 
     comp = compute_cycles(arch, prob, tiles, steps, stream_dim, spatial, stationary) * (
         arch.clock_hz / arch.matrix_clock_hz)
     # prologue: one access latency per level plus the first tile of every input into each level,
-    # which compute waits for (the levels' own transfer time already holds those bytes)
+    # which compute waits for (the levels' own transfer time already holds those bytes); every
+    # instance of the level in use under one parent loads its own first tile through the parent,
+    # one copy per distinct tile where the parent multicasts
     first = np.zeros(tiles.shape[0])
+    inputs = prob.rel[:-1]  # (T-1, D)
     for c in range(1, L):
-        fp = footprint(prob, tiles, keep, c)[:, :-1].sum(axis=1)
-        first += fp / lv.bw_bytes_per_cycle[c - 1]
+        fp = footprint(prob, tiles, keep, c)[:, :-1]  # (C, T-1) bytes of one instance
+        active = np.minimum(spatial[:, c - 1, :], -(-tiles[:, c - 1, :] // tiles[:, c, :]))  # (C, D) children in use
+        shared = inputs if lv.multicast[c - 1] else np.ones_like(inputs)
+        copies = np.where(shared[None, :, :], active[:, None, :], 1).prod(axis=2)  # (C, T-1)
+        first += (fp * copies).sum(axis=1) / lv.bw_bytes_per_cycle[c - 1]
     prologue = lv.latency_cycles.sum() + first
     # a level that is not double-buffered cannot refill while compute reads it: its transfers add to compute
     serial = (level_cycles * ~lv.double_buffer[None, :]).sum(axis=1)

@@ -168,10 +168,14 @@ def busiest_lane_steps(tiles: np.ndarray, spatial: np.ndarray) -> np.ndarray:
 
 
 def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray,
-            keep: np.ndarray, multicast: np.ndarray, exact: bool = True) -> NestTraffic:
+            keep: np.ndarray, multicast: np.ndarray, exact: bool = True, forward_leaf: bool = False) -> NestTraffic:
     """Count fills, reads and writes at every level for each candidate mapping (see module doc).
 
-    ``exact=False`` counts remainder chunks as full ones (padded counts; faster, an upper bound)."""
+    ``exact=False`` counts remainder chunks as full ones (padded counts; faster, an upper bound).
+    ``forward_leaf``: the leaf's spatial split is a systolic array, which forwards operands between
+    its PEs and reduces partial sums along them: the split shares one read of its source whatever
+    the source's ``multicast`` flag (an operand that bypasses the innermost buffer still flows
+    through the array)."""
     C, Lp1, D = tiles.shape
     L = Lp1 - 1
     T = prob.n_tensors
@@ -209,7 +213,8 @@ def analyse(prob: Problem, tiles: np.ndarray, spatial: np.ndarray, order: np.nda
             pstar = np.where(mask, pos[:, :c, :], -1).max(axis=(1, 2))  # (C,)
             j = (pos[:, :c, other] <= pstar[:, None, None]).sum(axis=1)  # (C, |other|) temporal levels re-iterated
             f = tables[rows, j, c, other[None, :]].astype(np.float64)
-            g = mc_table(src)[rows, j, c, other[None, :]].astype(np.float64) if multicast[src] else f
+            share = src if multicast[src] else L - 1 if forward_leaf and c == L else None
+            g = mc_table(share)[rows, j, c, other[None, :]].astype(np.float64) if share is not None else f
             fills[:, t, c] = rel_elems * f.prod(axis=1)
             src_reads[:, t, c] = rel_elems * g.prod(axis=1)
 

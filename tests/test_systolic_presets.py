@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from xpusim.arch import arch_from_dict, load_arch
+from xpusim.arch.spec import with_array
 from xpusim.errors import SpecError
 from xpusim.mappers.exhaustive import brute_force, exhaustive_search
 from xpusim.mappers.search import _score, search
@@ -86,9 +87,10 @@ def test_served_operand_mapping_replays_in_the_functional_reference():
     rng = np.random.default_rng(11)
     a, b = rng.standard_normal((5, 4)), rng.standard_normal((3, 4))
     mc = np.array([lv.multicast for lv in arch.memory])
-    run = execute_tiled(prob.sizes, prob.rel, prob.elem_bytes, prob.acc_bytes, [a, b], tiles, spatial, order, keep, mc)
+    run = execute_tiled(prob.sizes, prob.rel, prob.elem_bytes, prob.acc_bytes, [a, b], tiles, spatial, order, keep, mc,
+                        forward_leaf=True)
     np.testing.assert_allclose(run.output, a @ b.T, atol=1e-12)
-    tr = analyse(prob, tiles[None], spatial[None], order[None], keep, mc)
+    tr = analyse(prob, tiles[None], spatial[None], order[None], keep, mc, forward_leaf=True)
     np.testing.assert_allclose(run.reads, tr.reads[0])
     np.testing.assert_allclose(run.writes, tr.writes[0])
     assert bytes_fit(prob, arch, run.peak_bytes[1][None], 1)[0]  # the buffers the execution held fit the sram
@@ -171,3 +173,20 @@ def test_preload_is_validated_and_only_for_arrays():
     # NeuPIMs' simulator and the TPU MXUs preload; the SCALE-Sim reference array does not
     assert load_arch("neupims-npu").matrix.preload and load_arch("tpu-v4").matrix.preload
     assert not load_arch("systolic-npu").matrix.preload
+
+
+@pytest.mark.parametrize("dataflow", ["ws", "os", "is"])
+def test_an_operand_that_bypasses_the_buffer_is_still_forwarded_in_the_array(dataflow):
+    """zigzag-tpu-like keeps the filter out of its SRAM (serves: ifmap, ofmap), so the filter comes
+    straight from DRAM; the array forwards it between its PEs whatever DRAM's multicast flag. 256^3
+    int8 os: A 64 KiB + C 64 KiB + a 256 x 32 filter block per fold x 64 folds = 640 KiB of DRAM."""
+    from dataclasses import replace
+
+    arch = with_array(load_arch("zigzag-tpu-like"), None, None, dataflow)
+    flipped = replace(arch, memory=(replace(arch.memory[0], multicast=True), *arch.memory[1:]))
+    op = gemm_op(256, 256, 256, "int8")
+    base, other = op_cost(op, arch, isolated=True), op_cost(op, flipped, isolated=True)
+    assert base.bytes_by_level["dram"] == other.bytes_by_level["dram"]
+    assert base.latency_s == other.latency_s
+    if dataflow == "os":
+        assert base.bytes_by_level["dram"] == 640 * 1024

@@ -35,18 +35,19 @@ def mapped_gemms(draw):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mapped_gemms(), st.integers(0, 2**31 - 1))
-def test_tiled_gemm_equals_reference_and_counts(case, seed):
+@given(mapped_gemms(), st.integers(0, 2**31 - 1), st.booleans())
+def test_tiled_gemm_equals_reference_and_counts(case, seed, forward):
+    """``forward``: the leaf's split is a systolic array (its PEs share their source's reads)."""
     prob, tiles, spatial, order, keep, multicast = case
     rng = np.random.default_rng(seed)
     m, n, k = (int(x) for x in prob.sizes)
     a = rng.standard_normal((m, k))
     b = rng.standard_normal((n, k))  # canonical layout: dims in (m, n, k) order -> B is (n, k)
     run = execute_tiled(prob.sizes, prob.rel, prob.elem_bytes, prob.acc_bytes, [a, b], tiles, spatial, order, keep,
-                        multicast)
+                        multicast, forward_leaf=forward)
     np.testing.assert_allclose(run.output, np.einsum("mk,nk->mn", a, b), rtol=1e-10, atol=1e-10)
     assert run.macs == m * n * k
-    tr = analyse(prob, tiles[None], spatial[None], order[None], keep, multicast)
+    tr = analyse(prob, tiles[None], spatial[None], order[None], keep, multicast, forward_leaf=forward)
     np.testing.assert_allclose(run.reads, tr.reads[0])
     np.testing.assert_allclose(run.writes, tr.writes[0])
     # the capacity model's footprint is what the executed buffers held at their fullest

@@ -47,9 +47,11 @@ def _loops(tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray) -> list[tu
     return out
 
 
-def execute_tiled(sizes, rel, elem_bytes, acc_bytes, operands, tiles, spatial, order, keep, multicast) -> TiledRun:
+def execute_tiled(sizes, rel, elem_bytes, acc_bytes, operands, tiles, spatial, order, keep, multicast,
+                  forward_leaf: bool = False) -> TiledRun:
     """Run the loop nest; see the module docstring. Shapes as in :func:`xpusim.sim.nest.analyse`
-    for one candidate (no leading C axis)."""
+    for one candidate (no leading C axis). ``forward_leaf``: the leaf's split is a systolic array,
+    whose PEs share one read of their source (operands forwarded, partial sums reduced in the array)."""
     sizes = np.asarray(sizes)
     rel = np.asarray(rel, dtype=bool)
     tiles, spatial, order = np.asarray(tiles), np.asarray(spatial), np.asarray(order)
@@ -87,6 +89,11 @@ def execute_tiled(sizes, rel, elem_bytes, acc_bytes, operands, tiles, spatial, o
     peak_total = np.zeros(L)
     visits: dict[tuple, int] = {}
 
+    def shared_from(p: int, c: int) -> int | None:
+        """The level below which children of source ``p`` share one read (None: each reads its own):
+        ``p`` when it multicasts, the array's split when level ``c`` is a forwarding leaf."""
+        return p if multicast[p] else L - 1 if forward_leaf and c == L else None
+
     def region_slices(ranges: list[tuple[int, int]], t: int) -> tuple[slice, ...]:
         return tuple(slice(*ranges[d]) for d in range(D) if rel[t, d])
 
@@ -95,8 +102,9 @@ def execute_tiled(sizes, rel, elem_bytes, acc_bytes, operands, tiles, spatial, o
         p = src_of[(out_t, c)]
         lo, hi = buf["box"]
         n = int(np.prod([b - a for a, b in zip(lo, hi, strict=True)]))
-        key = (c, buf["tag"], inst[:p], lo, hi)
-        if multicast[p] and key in reduced:
+        share = shared_from(p, c)
+        key = (c, buf["tag"], inst[:p if share is None else share], lo, hi)
+        if share is not None and key in reduced:
             merged = True
         else:
             merged = False
@@ -165,8 +173,9 @@ def execute_tiled(sizes, rel, elem_bytes, acc_bytes, operands, tiles, spatial, o
                 if c < L:
                     writes[c] += n * elem_bytes[t]
                 p = src_of[(t, c)]
-                key = (t, c, tag, inst[:p], box)
-                if not (multicast[p] and key in served):
+                share = shared_from(p, c)
+                key = (t, c, tag, inst[:p if share is None else share], box)
+                if not (share is not None and key in served):
                     reads[p] += n * elem_bytes[t]
                     served.add(key)
         # what each instance of this visit's levels holds now: its input tiles and its output buffer
