@@ -352,6 +352,9 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         rspec = parse_rdu(d["rdu"], name)
         check_rdu_arch(rspec, arch, name)
         arch.rules["rdu"] = rspec
+    if arch.device_class == "systolic" and arch.matrix.array is None:
+        raise SpecError(f"device {name!r}: class systolic needs matrix.array: [rows, cols] (and a dataflow); without an "
+                        "array use class generic (throughput lanes)")
     return arch
 
 

@@ -227,6 +227,10 @@ class Arch:
                 f"device {self.name!r}: matrix instances ({self.matrix.instances}) must be a multiple of the "
                 f"innermost level's ({self.memory[-1].instances})"
             )
+        bits = self.matrix.accumulator_bits
+        if bits is not None and (bits < 8 or bits % 8):
+            raise SpecError(f"device {self.name!r}: matrix.accumulator_bits must be a whole number of bytes (8, 16, 32, "
+                            f"...), got {bits}")
         if self.matrix.array is not None:
             r, c = self.matrix.array
             if r <= 0 or c <= 0:

@@ -190,3 +190,17 @@ def test_an_operand_that_bypasses_the_buffer_is_still_forwarded_in_the_array(dat
     assert base.latency_s == other.latency_s
     if dataflow == "os":
         assert base.bytes_by_level["dram"] == 640 * 1024
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: m.pop("array"), "class systolic needs matrix.array"),
+    (lambda m: m.update(accumulator_bits=3), "whole number of bytes"),
+    (lambda m: m.update(accumulator_bits=12), "whole number of bytes"),
+])
+def test_a_systolic_device_without_an_array_or_with_a_fractional_accumulator_is_refused(change, match):
+    import copy
+
+    d = copy.deepcopy(TINY_SYSTOLIC)
+    change(d["matrix"])
+    with pytest.raises(SpecError, match=match):
+        arch_from_dict(d)
