@@ -293,13 +293,14 @@ def arch_from_dict(d: Any, name: str = "device") -> Arch:
         check_pim_arch(spec, arch.matrix.instances, name)
         arch.rules["pim"] = spec
     if arch.device_class == "wafer" or "wafer" in d:  # wafer-scale mesh of cores (arch/wafer.py)
-        from .wafer import check_wafer_arch, parse_wafer
+        from .wafer import check_wafer_arch, parse_wafer, wafer_spec
 
         if arch.device_class != "wafer" or "wafer" not in d:
             raise SpecError(f"device {name!r}: class wafer and a wafer: section (mesh, cores, SRAM, links) go together")
         wspec = parse_wafer(d["wafer"], arch.matrix_clock_hz, name)
         check_wafer_arch(wspec, arch.matrix.instances, name, arch.memory[-1])
         arch.rules["wafer"] = wspec
+        wafer_spec(arch)  # refused at load: a memory beyond the cores' SRAM
     if arch.device_class == "fpga" or "fpga" in d:  # FPGA part + LLM-engine template (arch/fpga.py)
         from .fpga import check_clock, check_fits, parse_fpga
 

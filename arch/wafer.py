@@ -130,9 +130,16 @@ def check_wafer_arch(spec: WaferSpec, matrix_instances: int, name: str, sram: An
 
 
 def wafer_spec(arch: Any) -> WaferSpec:
-    """The :class:`WaferSpec` of a wafer-scale device (stored under ``rules['wafer']`` by the loader)."""
+    """The :class:`WaferSpec` of a wafer-scale device (stored under ``rules['wafer']`` by the loader);
+    :class:`SpecError` unless its memory is one level, the cores' SRAM (``check_wafer_arch`` checks its
+    instances and capacity): every wafer cost path reads it here."""
     spec = arch.rules.get("wafer") if isinstance(arch.rules, dict) else None
     if not isinstance(spec, WaferSpec):
         raise SpecError(f"device {arch.name!r} is not a wafer-scale device with a wafer: section "
                         f"(class {arch.device_class!r})")
+    if len(arch.memory) != 1:  # the cost model reads the one level as every core's SRAM
+        names = ", ".join(repr(lv.name) for lv in arch.memory)
+        raise SpecError(f"device {arch.name!r}: a wafer-scale device's memory is its cores' SRAM alone (one level), got "
+                        f"{len(arch.memory)} levels ({names}); external memory for weight streaming is "
+                        "wafer.io_bandwidth")
     return spec

@@ -18,7 +18,9 @@ The four PLMR terms (He et al., "WaferLLM", OSDI 2025, arXiv 2502.04563) are sep
 * **M**emory: bytes each core must hold (:func:`core_bytes`), checked against ``core_sram``
   (:class:`~xpusim.errors.CapacityError` when over, fits at equality); on a region of a placed
   model, whose cores already hold their stage's weights and KV cache, the working buffers beside
-  the stored tile (:func:`working_bytes`) are checked against what the stage leaves;
+  the stored tile (:func:`working_bytes`) are checked against what the stage leaves, and the op
+  keeps its matrix where the placement stored it (:func:`stored_square`, padded tiles
+  :func:`stored_tile_bytes`): only squares storing no more are tried;
 * **R**outing: routes a core's router must hold at once (:func:`routes_needed`), checked against
   ``routes_per_core`` when the device gives one.
 
@@ -175,6 +177,52 @@ def core_bytes(g: Gemv, par: dict[str, int]) -> dict[str, float]:
         "meshgemv": nt * kt * g.w_bytes + g.m * kt * g.x_bytes + 2 * g.m * nt * g.acc_bytes,
         "naive": par["chunk"] * g.w_bytes + g.m * g.k * g.x_bytes + g.m * (_cdiv(par["chunk"], g.k) + 1) * g.acc_bytes,
     }
+
+
+def stored_tile_bytes(g: Gemv, w: int, h: int, p: int, copies: int | None = None, algorithm: str | None = None) -> float:
+    """M: bytes of the stored matrix (a weight or the KV cache) on the fullest core of a ``w x h`` region
+    when the op's ``copies`` matrices (default its ``groups``; a mixture of experts stores every
+    expert's, not only the routed ones') lie on ``p x p`` squares: ``ceil(copies / squares)`` rounds of
+    a ceil-padded tile (``kt nt`` elements; ``ceil(n k / p^2)`` under the ``naive`` mapping), as the
+    square at the region's origin takes a matrix in every round and its origin core a full tile of each
+    (the stored matrices of later waves stay resident too)."""
+    par = parallelism(g, w, h, p)
+    squares = (w // par["p"]) * (h // par["p"])
+    tile = par["chunk"] if algorithm == "naive" else par["kt"] * par["nt"]
+    return _cdiv(g.groups if copies is None else copies, squares) * tile * g.w_bytes
+
+
+def stored_copies(op: Op, g: Gemv) -> int | None:
+    """Matrices a contraction keeps stored on the mesh: its ``groups``, or every expert of a mixture
+    (``experts_total``: any may be routed next step); None when its matrix operand is neither a weight
+    nor the KV cache (nothing stays resident)."""
+    if next(t.role for t in op.inputs if t.name == g.matrix) not in ("weight", "kv"):
+        return None
+    if op.attrs.get("moe_group") is not None:
+        return max(int(op.attrs.get("experts_total") or 0), g.groups)
+    return g.groups
+
+
+def stored_square(op: Op, arch: Arch, objective: str = "latency", region: tuple[int, int] | None = None) -> int | None:
+    """The square side a placed model stores ``op``'s matrix on, on ``arch``'s mesh (or ``region``):
+    the one the mapper picks with nothing else resident, or, under the placement's compact layout
+    (``rules['wafer_layout'] = 'compact'``), the candidate square storing the least per core (the
+    widest of equals). ``sim/wafer_placement.py`` reserves its tiles; on the placed region the op may
+    move only to squares that store no more. None when no mapping fits the bare mesh."""
+    spec = wafer_spec(arch)
+    g = as_gemv(op, arch)
+    copies = stored_copies(op, g)
+    if arch.rules.get("wafer_layout") == "compact" and copies:
+        w, h = region_of(spec, region)
+        return min(square_sides(g, w, h), key=lambda p: stored_tile_bytes(g, w, h, p, copies))
+    if spec.buffer_limit_bytes is not None:
+        arch = dataclasses.replace(arch, rules={**arch.rules, "wafer": dataclasses.replace(spec, buffer_limit_bytes=None)})
+    try:
+        mapping = wafer_matmul_cost(op, arch, region=region, objective=objective).mapping
+    except CapacityError:
+        return None
+    assert mapping is not None
+    return int(mapping["p"])
 
 
 def routes_needed(par: dict[str, int]) -> dict[str, int]:
@@ -371,13 +419,23 @@ def wafer_matmul_cost(op: Op, arch: Arch, launch_s: float = 0.0, region: tuple[i
                       algorithm: str | None = None, objective: str = "latency") -> OpCost:
     """Cost of a two-input contraction on a wafer-scale device: over the candidate squares per group
     (:func:`square_sides`), the better under ``objective`` of MeshGEMM and MeshGEMV that fits
-    per-core memory and routing (or ``algorithm`` when given)."""
+    per-core memory and routing (or ``algorithm`` when given). On a placed region
+    (``buffer_limit_bytes`` set) a stored matrix keeps the layout the placement reserved: only the
+    squares whose stored tiles are no larger than at :func:`stored_square` are tried."""
     algorithm = algorithm or (arch.rules.get("wafer_algorithm") if isinstance(arch.rules, dict) else None)
     if algorithm is not None and algorithm not in ALGORITHMS:
         raise SpecError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     first = evaluate(op, arch, region)
-    sides = square_sides(first["gemv"], *first["region"])
-    evs = [first] + [evaluate(op, arch, region, p) for p in sides[1:]]
+    g, (w, h) = first["gemv"], first["region"]
+    sides = square_sides(g, w, h)
+    copies = stored_copies(op, g)
+    if first["spec"].buffer_limit_bytes is not None and copies:
+        # a placed region: the matrix stays where the placement reserved its tiles (its square on the bare region)
+        home = stored_square(op, arch, objective, region)
+        if home is not None:
+            cap = stored_tile_bytes(g, w, h, home, copies)
+            sides = [p for p in sides if stored_tile_bytes(g, w, h, p, copies) <= cap]
+    evs = [first if p == first["parallelism"]["p"] else evaluate(op, arch, region, p) for p in sides]
     ev, best = _choose(evs, algorithm, f"op {op.name!r}", arch, objective)
     spec, g, par, t = ev["spec"], ev["gemv"], ev["parallelism"], ev["times"]
     clock = arch.clock_hz
@@ -435,6 +493,7 @@ def wafer_streaming_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     is spread over a row of ``p`` cores (:data:`_REDUCTIONS`; the rows themselves over the other axis)."""
     from ..sim.streaming import _ROW_DIM, streaming_cost, vector_rate
 
+    spec = wafer_spec(arch)  # (refuses a device whose memory is more than the cores' SRAM)
     base = streaming_cost(op, arch, launch_s)
     if base.cycles < 1.0:  # spread over the whole mesh a small op's share per core is a fraction of a cycle: a core
         floor = 1.0 / arch.clock_hz  # still takes a whole cycle (and each core's step is one)
@@ -446,7 +505,6 @@ def wafer_streaming_cost(op: Op, arch: Arch, launch_s: float = 0.0) -> OpCost:
     dim = _ROW_DIM.get(op.kind)
     if not n_red or dim not in op.sizes:
         return base
-    spec = wafer_spec(arch)
     p = min(spec.width, spec.height)
     rows = max(1, math.prod(op.sizes.values()) // op.sizes[dim])
     rows_core = _cdiv(rows, p)

@@ -199,8 +199,9 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
               f"{fmt_b(hc['channel_capacity_bytes'])} ({'/'.join(map(str, hc['channels_per_core']))} per core); "
               f"the fullest holds {fmt_b(hc['fullest_channel_bytes'])} ({100 * hc['fullest_channel_fill']:.0f} %)")
     if plan:
-        print(f"wafer placement: {plan['mode']}, {plan['stages']} stage(s) on {plan['side']} x {plan['side']}-core regions "
-              f"({plan['regions_per_wafer']} per wafer, {plan['wafers']} wafer(s)); fullest core holds "
+        layout = f", {plan['layout']} layout" if plan.get("layout") else ""
+        print(f"wafer placement: {plan['mode']}{layout}, {plan['stages']} stage(s) on {plan['side']} x {plan['side']}-core "
+              f"regions ({plan['regions_per_wafer']} per wafer, {plan['wafers']} wafer(s)); fullest core holds "
               f"{plan['peak_core_bytes']:,.0f} of {plan['core_sram_bytes']:,} B")
         if plan["mode"] == "overflow":
             print("  the model fits no layout (memory ignored): this is the layout that overflows a core least, its ops "

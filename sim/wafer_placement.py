@@ -6,8 +6,11 @@ OSDI 2025, sections 4 and 7.5: 48 KB per core forces pipeline parallelism; the c
 is tuned offline):
 
 * the trace's blocks are unrolled into **units** (the embedding, each layer, the head), each with
-  its weight bytes and its share of the KV cache; units are packed in order into **stages**, one
-  region each, as many as fit a core's SRAM after the op working buffers (:func:`pack_units`);
+  its weight bytes and its share of the KV cache, and sized on a region by what its fullest core
+  holds: every matrix its contractions store as the padded tiles of their layout
+  (:func:`unit_core_bytes`; the squares the mapper prefers, or the ``compact`` ones storing least);
+  units are packed in order into **stages**, one region each, as many as fit a core's SRAM after
+  the op working buffers (:func:`pack_units`);
 * a wafer holds ``floor(width / side) x floor(height / side)`` regions; ``wafers`` wafers in a
   pipeline hold that many times more;
 * every op of a unit runs on its stage's region (``mappers/wafer.py`` on a ``side x side`` mesh); a
@@ -17,10 +20,12 @@ is tuned offline):
 * the side is chosen among every candidate that fits (:func:`candidate_sides`) for the objective;
 * **weight streaming** (``weight_streaming=True``): the weights stay in external memory and stream in
   over the wafer's I/O, one unit ahead (double-buffered): each unit takes ``max(its ops, its weight
-  bytes / io_bandwidth)``, the whole wafer is one region holding the KV cache and two units' weights.
+  bytes / io_bandwidth)``, the whole wafer is one region holding the KV cache and two units' weights,
+  every op's buffers within what they leave.
 
-When nothing fits, :class:`~xpusim.errors.CapacityError` names the bytes per core needed and the
-two remedies (more wafers, or weight streaming).
+When nothing fits, :class:`~xpusim.errors.CapacityError` names what overflows and its remedy
+(:func:`no_fit_error`: an op that fits no core beside its stage, more wafers or weight streaming, the
+reserved buffers, a larger side, the largest layer).
 """
 
 from __future__ import annotations
@@ -37,7 +42,18 @@ from ..arch.spec import Arch
 from ..arch.wafer import wafer_spec
 from ..dtypes import get_dtype
 from ..errors import CapacityError, SpecError
-from ..mappers.wafer import ALGORITHMS, MESH_ALGORITHMS, as_gemv, parallelism, working_bytes
+from ..mappers.pim import Gemv
+from ..mappers.wafer import (
+    ALGORITHMS,
+    MESH_ALGORITHMS,
+    as_gemv,
+    parallelism,
+    square_sides,
+    stored_copies,
+    stored_square,
+    stored_tile_bytes,
+    working_bytes,
+)
 from ..workloads.trace import Trace
 
 
@@ -53,17 +69,18 @@ class Unit:
 
 @dataclass(frozen=True)
 class WaferPlan:
-    """Where a model runs: region side, stages, wafers, mode, and the per-core bytes of the fullest stage."""
+    """Where a model runs: region side, stages, wafers, mode, and the per-core bytes of each stage."""
 
     side: int
     stages: int
     regions_per_wafer: int
     wafers: int
-    mode: str  # "resident" or "streaming"
+    mode: str  # "resident", "streaming" or "overflow"
     core_sram_bytes: int
-    buffer_bytes: float  # op working buffers per core
-    stage_core_bytes: tuple[float, ...]  # weights + KV per core of each stage
+    buffer_bytes: float  # op working buffers reserved per core
+    stage_core_bytes: tuple[float, ...]  # weights + KV on the fullest core of each stage (stored tiles, unit_core_bytes)
     units_per_stage: tuple[int, ...]
+    layout: str = "preferred"  # the stored matrices' squares: the mapper's "preferred" or the "compact" ones
 
     @property
     def peak_core_bytes(self) -> float:
@@ -73,7 +90,25 @@ class WaferPlan:
         return {"side": self.side, "stages": self.stages, "regions_per_wafer": self.regions_per_wafer,
                 "wafers": self.wafers, "mode": self.mode, "core_sram_bytes": self.core_sram_bytes,
                 "buffer_bytes": self.buffer_bytes, "peak_core_bytes": self.peak_core_bytes,
-                "units_per_stage": list(self.units_per_stage)}
+                "stage_core_bytes": list(self.stage_core_bytes), "units_per_stage": list(self.units_per_stage),
+                "layout": self.layout}
+
+
+#: layouts of the stored matrices the placement tries (``rules['wafer_layout']``, :func:`~xpusim.mappers.wafer.stored_square`)
+LAYOUTS = ("preferred", "compact")
+
+
+def _layout(arch: Arch) -> str:
+    """The layout of the stored matrices ``arch``'s rules ask for (:data:`LAYOUTS`)."""
+    return str(arch.rules.get("wafer_layout", "preferred"))
+
+
+def with_buffer_limit(arch: Arch, buffer_limit: float | None) -> Arch:
+    """``arch`` with ``buffer_limit`` per-core bytes for the ops' working buffers (None: unchanged)."""
+    if buffer_limit is None:
+        return arch
+    spec = dataclasses.replace(wafer_spec(arch), buffer_limit_bytes=buffer_limit)
+    return dataclasses.replace(arch, rules={**arch.rules, "wafer": spec})
 
 
 def region_arch(arch: Arch, side: int, buffer_limit: float | None = None) -> Arch:
@@ -83,13 +118,12 @@ def region_arch(arch: Arch, side: int, buffer_limit: float | None = None) -> Arc
     spec = wafer_spec(arch)
     if not (isinstance(side, int) and 1 <= side <= min(spec.width, spec.height)):
         raise SpecError(f"wafer region side {side!r} must be an integer in 1..{min(spec.width, spec.height)} (the mesh)")
-    if buffer_limit is not None:
-        spec = dataclasses.replace(spec, buffer_limit_bytes=buffer_limit)
-        arch = dataclasses.replace(arch, rules={**arch.rules, "wafer": spec})
+    arch = with_buffer_limit(arch, buffer_limit)
+    spec = wafer_spec(arch)
     if (side, side) == (spec.width, spec.height):
         return arch
     n = side * side
-    mem = tuple(dataclasses.replace(lv, instances=n) if i == 0 else lv for i, lv in enumerate(arch.memory))
+    mem = tuple(dataclasses.replace(lv, instances=n) for lv in arch.memory)  # the one level: the cores' SRAM
     return dataclasses.replace(
         arch, name=f"{arch.name}[{side}x{side}]", memory=mem,
         matrix=dataclasses.replace(arch.matrix, instances=n), vector=dataclasses.replace(arch.vector, instances=n),
@@ -102,10 +136,12 @@ def _is_moe(block: Any) -> bool:
 
 def units_of(trace: Trace, weights_total: float, kv_total: float, embedding_bytes: float = 0.0) -> list[Unit]:
     """The trace's blocks unrolled into units with their weight and KV bytes. An embedding gather
-    reads a few rows; its unit holds the whole table (``embedding_bytes``; 0 when the table lives with
-    a tied head). A mixture of experts' trace reads only the routed experts: the weights it still
-    misses (``weights_total`` less the rest) are added to its MoE blocks, evenly per instance; a model
-    without MoE blocks has its units scaled to ``weights_total``."""
+    reads a few rows; its unit holds the whole input table (``embedding_bytes``: the token and any
+    learned-position table, :attr:`~xpusim.workloads.model.ModelSpec.input_embedding_params`; the
+    LM head is the head block's own weight, and a tied model's token table lives there). A mixture of
+    experts' trace reads only the routed experts: the weights it still misses (``weights_total`` less
+    the rest) are added to its MoE blocks, evenly per instance; a model without MoE blocks has its
+    units scaled to ``weights_total`` (a no-op when the trace holds every parameter)."""
     rows = []
     for b in trace.blocks:
         w = sum(op.tensor_bytes(t) for op in b.ops for t in op.inputs if t.role == "weight")
@@ -124,23 +160,102 @@ def units_of(trace: Trace, weights_total: float, kv_total: float, embedding_byte
             for b, w, kv in rows for i in range(b.repeat)]
 
 
-def buffer_bytes(trace: Trace, arch: Arch, side: int) -> float:
-    """Per-core working buffers the largest contraction needs at least on a ``side x side`` region
-    (its widest squares; the smaller of MeshGEMM's and MeshGEMV's, or the forced one's): activation
-    tiles, received partial sums and accumulators (the stored tile is counted with the units). The
-    mapper then fits every op within what the fullest stage leaves (``region_arch``'s
-    ``buffer_limit``). The naive baseline runs on the regions of this placement; its all-gathered
-    activations are not reserved (on Llama-3-8B up to 28 KB per core: it would need four WSE-2s)."""
-    reg = region_arch(arch, side)
-    forced = _forced(arch)
-    worst = 0.0
-    for _, op in trace.ops():
+def model_units(model: Any, trace: Trace, kv_total: float) -> list[Unit]:
+    """:func:`units_of` for ``model``'s trace: the embedding unit holds the input tables
+    (``input_embedding_params``; a tied model's token table is its LM head's weight, in the head unit)."""
+    tables = model.input_embedding_params - (model.vocab_size * model.d_model if model.tied_embeddings else 0)
+    return units_of(trace, model.weights_bytes, kv_total, tables * get_dtype(model.embedding_dtype).bytes)
+
+
+def stored_matrices(block: Any, arch: Arch) -> dict[str, tuple[str, list[tuple[Any, Gemv, int]], float]]:
+    """The matrices a block's contractions keep stored (a weight or the KV cache: ``as_gemv``'s
+    matrix operand): per tensor name, its role, the ``(op, gemv, copies)`` that store it
+    (:func:`~xpusim.mappers.wafer.stored_copies`: every expert of a mixture) and the bytes those
+    copies hold. A tensor two ops read (MLA's latent) is stored once."""
+    out: dict[str, tuple[str, list[tuple[Any, Gemv, int]], float]] = {}
+    for op in block.ops:
         if op.kind != "matmul" or len(op.inputs) != 2:
             continue
-        g = as_gemv(op, reg)
-        work = working_bytes(g, parallelism(g, side, side))
-        worst = max(worst, work[forced] if forced in MESH_ALGORITHMS else min(work[a] for a in MESH_ALGORITHMS))
+        g = as_gemv(op, arch)
+        copies = stored_copies(op, g)
+        if copies is None:
+            continue
+        role, users, held = out.get(g.matrix, (next(t.role for t in op.inputs if t.name == g.matrix), [], 0.0))
+        out[g.matrix] = (role, users + [(op, g, copies)], max(held, copies * g.n * g.k * g.w_bytes))
+    return out
+
+
+def _tile(op: Any, g: Gemv, copies: int, region: Arch, mapping: dict[str, Any] | None, objective: str) -> float:
+    """A stored matrix's bytes on the fullest core of ``region``'s mesh: at the square and algorithm
+    ``mapping`` ran, else at the square the mapper picks with nothing else resident
+    (:func:`~xpusim.mappers.wafer.stored_square`; on the placed region the op may only take squares
+    that store no more), else (no mapping fits the bare mesh) the largest any candidate stores."""
+    spec = wafer_spec(region)
+    w, h = spec.width, spec.height
+    if mapping and "p" in mapping:
+        return stored_tile_bytes(g, w, h, int(mapping["p"]), copies, mapping.get("algorithm"))
+    home = stored_square(op, region, objective)
+    if home is not None:
+        return stored_tile_bytes(g, w, h, home, copies)
+    return max(stored_tile_bytes(g, w, h, p, copies) for p in square_sides(g, w, h))
+
+
+def unit_core_bytes(units: list[Unit], trace: Trace, region: Arch, mappings: dict[str, Any] | None = None,
+                    objective: str = "latency") -> list[tuple[float, float]]:
+    """Per unit, the (weight, KV) bytes the fullest core of ``region`` (:func:`region_arch`, or the
+    whole mesh) holds: every matrix its block's contractions store, as the ceil-padded tiles of their
+    layout (:func:`~xpusim.mappers.wafer.stored_tile_bytes`: the region's origin core holds a full tile
+    of each) at the squares ``mappings`` (``block.op``) ran them on, else where the mapper stores them
+    (:func:`_tile`); the rest of the unit's bytes (norm gains, the embedding table) spread evenly over
+    the region's cores. A forced naive baseline is placed as the mesh-aware mappings store."""
+    if _forced(region) == "naive":
+        region = dataclasses.replace(region, rules={k: v for k, v in region.rules.items() if k != "wafer_algorithm"})
+    spec = wafer_spec(region)
+    cores = spec.width * spec.height
+    per_block: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    for b in trace.blocks:
+        tiles, held = {"weight": 0.0, "kv": 0.0}, {"weight": 0.0, "kv": 0.0}
+        for role, users, nbytes in stored_matrices(b, region).values():
+            tiles[role] += max(_tile(op, g, c, region, (mappings or {}).get(f"{b.name}.{op.name}"), objective)
+                               for op, g, c in users)
+            held[role] += nbytes
+        per_block[b.name] = (tiles, held)
+    out = []
+    for u in units:
+        tiles, held = per_block[u.block]
+        out.append((tiles["weight"] + max(0.0, u.weight_bytes - held["weight"]) / cores,
+                    tiles["kv"] + max(0.0, u.kv_bytes - held["kv"]) / cores))
+    return out
+
+
+def largest_buffers(trace: Trace, arch: Arch, w: int, h: int) -> tuple[float, str, Gemv | None]:
+    """Per-core working buffers the largest contraction needs at least on a ``w x h`` region (its
+    widest squares; the smaller of MeshGEMM's and MeshGEMV's, or the forced one's): activation
+    tiles, received partial sums and accumulators (the stored tile is counted with the units), that
+    op's name and its shape (None: no contraction). The mapper then fits every op within what the
+    fullest stage leaves (``region_arch``'s ``buffer_limit``). The naive baseline runs on the regions
+    of this placement; its all-gathered activations are not reserved (on fp16 Llama-3-8B at 4096 tokens
+    of context up to 32 KB per core: it would need three WSE-2s)."""
+    worst: tuple[float, str, Gemv | None] = (0.0, "", None)
+    for _, op in trace.ops():
+        if op.kind == "matmul" and len(op.inputs) == 2:
+            g = as_gemv(op, arch)
+            if (need := _least_buffers(g, arch, w, h)) > worst[0]:
+                worst = (need, op.name, g)
     return worst
+
+
+def _least_buffers(g: Gemv, arch: Arch, w: int, h: int) -> float:
+    """The working buffers per core of ``g`` on its widest squares of a ``w x h`` region: the smaller of
+    MeshGEMM's and MeshGEMV's (or the forced algorithm's)."""
+    forced = _forced(arch)
+    work = working_bytes(g, parallelism(g, w, h))
+    return work[forced] if forced in MESH_ALGORITHMS else min(work[a] for a in MESH_ALGORITHMS)
+
+
+def buffer_bytes(trace: Trace, arch: Arch, side: int) -> float:
+    """The working buffers :func:`largest_buffers` reserves per core on a ``side x side`` region."""
+    return largest_buffers(trace, arch, side, side)[0]
 
 
 def _forced(arch: Arch) -> str | None:
@@ -148,20 +263,26 @@ def _forced(arch: Arch) -> str | None:
     return arch.rules.get("wafer_algorithm") if isinstance(arch.rules, dict) else None
 
 
-def pack_units(units: list[Unit], per_stage_bytes: float) -> list[list[Unit]] | None:
-    """Units packed in order into stages of at most ``per_stage_bytes``; None if one unit alone is larger."""
-    stages: list[list[Unit]] = [[]]
+def pack_units(sizes: list[float], cap: float) -> list[int] | None:
+    """Units (their bytes per core, in order) packed greedily into stages of at most ``cap`` bytes per
+    core: the units of each stage; None if one unit alone is larger."""
+    counts = [0]
     used = 0.0
-    for u in units:
-        b = u.weight_bytes + u.kv_bytes
-        if b > per_stage_bytes:
+    for b in sizes:
+        if b > cap:
             return None
-        if used + b > per_stage_bytes and stages[-1]:
-            stages.append([])
+        if used + b > cap and counts[-1]:
+            counts.append(0)
             used = 0.0
-        stages[-1].append(u)
+        counts[-1] += 1
         used += b
-    return stages
+    return counts
+
+
+def stage_sums(sizes: list[float], counts: tuple[int, ...] | list[int]) -> tuple[float, ...]:
+    """Each stage's bytes per core: the sum of its units' (``counts`` units per stage, in order)."""
+    ends = np.cumsum([0, *counts])
+    return tuple(float(sum(sizes[a:b])) for a, b in zip(ends[:-1], ends[1:], strict=True))
 
 
 def candidate_sides(arch: Arch, count: int = 10) -> list[int]:
@@ -172,69 +293,84 @@ def candidate_sides(arch: Arch, count: int = 10) -> list[int]:
     return sorted({int(v) for v in np.geomspace(lo, top, count)} | {top})
 
 
-def wafers_needed(units: list[Unit], arch: Arch, side: int, buffers: float) -> int | None:
-    """Wafers a layout on ``side x side`` regions needs (None: a unit alone overflows a region)."""
+def wafers_needed(sizes: list[float], arch: Arch, side: int, buffers: float) -> int | None:
+    """Wafers a layout of units of ``sizes`` bytes per core on ``side x side`` regions needs (None: a
+    unit alone, or the buffers alone, overflow a core of a region)."""
     spec = wafer_spec(arch)
     free = spec.core_sram_bytes - buffers
-    stages = pack_units(units, free * side * side) if free > 0 else None
+    stages = pack_units(sizes, free) if free > 0 else None
     if stages is None:
         return None
     return math.ceil(len(stages) / ((spec.width // side) * (spec.height // side)))
 
 
-def balanced_stages(units: list[Unit], count: int, cap: float) -> list[list[Unit]]:
-    """The units in order in at most ``count`` stages of at most ``cap`` bytes each, with the fullest
-    stage as small as it can be (bisection on the per-stage bound; ``cap`` must already admit a
-    packing into ``count`` stages)."""
-    lo, hi = max(u.weight_bytes + u.kv_bytes for u in units), cap
+def balanced_stages(sizes: list[float], count: int, cap: float) -> list[int]:
+    """The units (bytes per core ``sizes``) in order in at most ``count`` stages of at most ``cap``
+    bytes per core each, with the fullest stage as small as it can be (bisection on the per-stage
+    bound; ``cap`` must already admit a packing into ``count`` stages): the units of each stage."""
+    lo, hi = max(sizes), cap
     for _ in range(48):
         mid = (lo + hi) / 2
-        packed = pack_units(units, mid)
+        packed = pack_units(sizes, mid)
         if packed is not None and len(packed) <= count:
             hi = mid
         else:
             lo = mid
-    stages = pack_units(units, hi)
+    stages = pack_units(sizes, hi)
     assert stages is not None
     return stages
 
 
-def plan_for_side(units: list[Unit], arch: Arch, side: int, buffers: float, wafers: int,
+def plan_for_side(sizes: list[float], arch: Arch, side: int, buffers: float, wafers: int,
                   spread: bool = False) -> WaferPlan | None:
-    """The stage layout on ``side x side`` regions, or None when it needs more regions than ``wafers``
-    wafers have: the fewest stages the units pack into, balanced so that the fullest stage leaves the
-    most room for the ops' buffers (``spread``: as many stages as the regions allow, for more room)."""
+    """The stage layout of units of ``sizes`` bytes per core (:func:`unit_core_bytes`) on ``side x
+    side`` regions, or None when it needs more regions than ``wafers`` wafers have: the fewest stages
+    the units pack into, balanced so that the fullest stage leaves the most room for the ops' buffers
+    (``spread``: as many stages as the regions allow, for more room)."""
     spec = wafer_spec(arch)
     free = spec.core_sram_bytes - buffers
     if free <= 0:
         return None
-    greedy = pack_units(units, free * side * side)
+    greedy = pack_units(sizes, free)
     regions = (spec.width // side) * (spec.height // side)
     if greedy is None or len(greedy) > regions * wafers:
         return None
-    count = min(len(units), regions * wafers) if spread else len(greedy)
-    stages = balanced_stages(units, count, free * side * side)
-    per_core = tuple(sum(u.weight_bytes + u.kv_bytes for u in st) / (side * side) for st in stages)
+    count = min(len(sizes), regions * wafers) if spread else len(greedy)
+    stages = balanced_stages(sizes, count, free)
     return WaferPlan(side=side, stages=len(stages), regions_per_wafer=regions, wafers=wafers, mode="resident",
-                     core_sram_bytes=spec.core_sram_bytes, buffer_bytes=buffers, stage_core_bytes=per_core,
-                     units_per_stage=tuple(len(st) for st in stages))
+                     core_sram_bytes=spec.core_sram_bytes, buffer_bytes=buffers,
+                     stage_core_bytes=stage_sums(sizes, stages), units_per_stage=tuple(stages), layout=_layout(arch))
 
 
-def streaming_plan(units: list[Unit], arch: Arch, buffers: float) -> WaferPlan:
-    """Weight streaming on the whole wafer: the KV cache and two units' weights per core must fit."""
+def _streaming_core_bytes(pairs: list[tuple[float, float]]) -> float:
+    """Bytes per core weight streaming keeps: every unit's KV cache and the two largest units' weights."""
+    return sum(kv for _, kv in pairs) + sum(sorted((w for w, _ in pairs), reverse=True)[:2])
+
+
+def streaming_plan(units: list[Unit], pairs: list[tuple[float, float]], arch: Arch, buffers: float) -> WaferPlan:
+    """Weight streaming on the whole wafer: the KV cache and two units' weights per core (``pairs``:
+    :func:`unit_core_bytes` on the whole mesh) and the buffers must fit."""
     spec = wafer_spec(arch)
-    side = min(spec.width, spec.height)
-    kv = sum(u.kv_bytes for u in units)
-    two = sorted((u.weight_bytes for u in units), reverse=True)[:2]
-    per_core = (kv + sum(two)) / (side * side)
-    plan = WaferPlan(side=side, stages=1, regions_per_wafer=1, wafers=1, mode="streaming",
-                     core_sram_bytes=spec.core_sram_bytes, buffer_bytes=buffers, stage_core_bytes=(per_core,),
-                     units_per_stage=(len(units),))
+    plan = WaferPlan(side=min(spec.width, spec.height), stages=1, regions_per_wafer=1, wafers=1, mode="streaming",
+                     core_sram_bytes=spec.core_sram_bytes, buffer_bytes=buffers,
+                     stage_core_bytes=(_streaming_core_bytes(pairs),), units_per_stage=(len(units),),
+                     layout=_layout(arch))
     if plan.peak_core_bytes > spec.core_sram_bytes:
+        kv = sum(u.kv_bytes for u in units)
         raise CapacityError(f"weight streaming on {arch.name} still needs {plan.peak_core_bytes:,.0f} B per core "
                             f"(KV cache {kv / 1e9:.2f} GB + two layers' weights + buffers) but a core has "
                             f"{spec.core_sram_bytes:,} B; use a smaller batch or context")
     return plan
+
+
+def realised(plan: WaferPlan, units: list[Unit], trace: Trace, arch: Arch, mappings: dict[str, Any]) -> WaferPlan:
+    """``plan`` with each stage's bytes per core at the squares and algorithms its ops ran on
+    (``mappings``; on a placed region they store no more than the placement reserved)."""
+    if plan.mode == "streaming":
+        pairs = unit_core_bytes(units, trace, arch, mappings)
+        return dataclasses.replace(plan, stage_core_bytes=(_streaming_core_bytes(pairs),))
+    pairs = unit_core_bytes(units, trace, region_arch(arch, plan.side), mappings)
+    return dataclasses.replace(plan, stage_core_bytes=stage_sums([a + b for a, b in pairs], plan.units_per_stage))
 
 
 def _between_wafers(plan: WaferPlan) -> int:
@@ -253,25 +389,54 @@ def handoff_s(arch: Arch, plan: WaferPlan, act_bytes: float) -> float:
     return on_wafer * cyc / arch.clock_hz + between_wafers * act_bytes / spec.io_bandwidth_Bps
 
 
-def no_fit_error(arch: Arch, model_name: str, units: list[Unit], trace: Trace, wafers: int,
-                 sides: list[int], fixed_side: bool = False) -> CapacityError:
-    """The one-line error when the model fits no region layout on ``wafers`` wafers, with the fewest
-    wafers that would hold it (``fixed_side``: the user chose the only region side tried)."""
+def no_fit_error(arch: Arch, model_name: str, units: list[Unit], trace: Trace, wafers: int, sides: list[int],
+                 fixed_side: bool = False, op_errors: list[str] | None = None, objective: str = "latency") -> CapacityError:
+    """The one-line error when the model fits no region layout on ``wafers`` wafers, with the remedy
+    for what failed (``fixed_side``: the user chose the only region side tried; ``op_errors``: the
+    mapping errors of layouts whose units did pack):
+
+    * the weights and KV cache packed but an op's mapping fits no core beside them: that op's error;
+    * the units need more regions: the fewest wafers (more than ``wafers``) that hold them, or weight
+      streaming;
+    * the working buffers reserved for the largest contraction alone overflow a core on every side:
+      that op and its buffers;
+    * else a region side too small (``fixed_side``), or the largest unit overflowing a whole region."""
     spec = wafer_spec(arch)
-    total = sum(u.weight_bytes + u.kv_bytes for u in units)
-    need = [n for s in sides if (n := wafers_needed(units, arch, s, buffer_bytes(trace, arch, s))) is not None]
     gib = 2.0**30
+    where = "that region side" if fixed_side else "square regions"
+    if op_errors:
+        return CapacityError(f"{model_name}'s weights and KV cache fit {where} of {wafers} x {arch.name} but no layout "
+                             f"maps every op beside them: {op_errors[-1]}")
+    total = sum(u.weight_bytes + u.kv_bytes for u in units)
+    compact = dataclasses.replace(arch, rules={**arch.rules, "wafer_layout": "compact"})  # each matrix stored least
+    sizes = {s: [a + b for a, b in unit_core_bytes(units, trace, region_arch(compact, s), objective=objective)] for s in sides}
+    bufs = {s: largest_buffers(trace, arch, s, s) for s in sides}
+    need = [n for s in sides if (n := wafers_needed(sizes[s], arch, s, bufs[s][0])) is not None and n > wafers]
+    head = (f"{model_name} needs {total / gib:.1f} GiB of weights and KV cache and {wafers} x {arch.name} hold "
+            f"{wafers * spec.core_sram_bytes * spec.width * spec.height / gib:.1f} GiB in {spec.core_sram_bytes:,} B per "
+            f"core, but no layout of its layers on {where} fits")
+    stream = " or stream the weights from external memory (--weight-streaming)"
     if need:
-        more = f"run it on {min(need)} wafers (--wafers {min(need)})"
-    elif fixed_side:
-        more = f"a larger region side than {sides[0]} (or drop --wafer-side to search the sides)"
-    else:
-        more = "shard its largest layer (it overflows a whole wafer)"
-    return CapacityError(
-        f"{model_name} needs {total / gib:.1f} GiB of weights and KV cache but {wafers} x {arch.name} hold "
-        f"{wafers * spec.core_sram_bytes * spec.width * spec.height / gib:.1f} GiB in {spec.core_sram_bytes:,} B per core "
-        f"and no layout of its layers on {'that region side' if fixed_side else 'square regions'} fits; {more} or "
-        "stream the weights from external memory (--weight-streaming)")
+        return CapacityError(f"{head}; run it on {min(need)} wafers (--wafers {min(need)}){stream}")
+    if all(b >= spec.core_sram_bytes for b, _, _ in bufs.values()):
+        s = max(sides)  # the widest region: the least buffers
+        b, op, g = bufs[s]
+        assert g is not None
+        # the buffers grow with the rows (activations, partial sums): fewer rows help unless one row overflows
+        one_row = _least_buffers(dataclasses.replace(g, m=1), arch, s, s)
+        remedy = ("use a smaller batch or a shorter sequence" if one_row < spec.core_sram_bytes else
+                  f"even one row needs {one_row:,.0f} B: use a device whose mesh gives wider squares than {s} cores")
+        return CapacityError(f"{model_name}: op {op!r} needs at least {b:,.0f} B of working buffers per core on "
+                             f"{s} x {s}-core regions (its widest squares) but a core has {spec.core_sram_bytes:,} B; "
+                             f"{remedy}")
+    if fixed_side:
+        return CapacityError(f"{head}; use a larger region side than {sides[0]} (or drop --wafer-side to search the "
+                             f"sides){stream}")
+    top = max(sides)
+    i = max(range(len(units)), key=lambda j: sizes[top][j])
+    return CapacityError(f"{head}: its largest layer ({units[i].block}, {units[i].weight_bytes / 1e9:.2f} GB) needs "
+                         f"{sizes[top][i]:,.0f} B per core even on {top} x {top}-core regions; shard it or use a "
+                         "narrower weight format")
 
 
 def overflow_cands(units: list[Unit], arch: Arch, trace: Trace, model: Any, sides: list[int], wafers: int,
@@ -283,26 +448,26 @@ def overflow_cands(units: list[Unit], arch: Arch, trace: Trace, model: Any, side
     from .engine import simulate_trace
 
     spec = wafer_spec(arch)
-    total = sum(u.weight_bytes + u.kv_bytes for u in units)
     plans = []
     for s in sides:
         regions = (spec.width // s) * (spec.height // s)
-        stages = balanced_stages(units, min(len(units), regions * wafers), total)
-        plans.append(WaferPlan(side=s, stages=len(stages), regions_per_wafer=regions, wafers=wafers, mode="overflow",
-                               core_sram_bytes=spec.core_sram_bytes, buffer_bytes=buffer_bytes(trace, arch, s),
-                               stage_core_bytes=tuple(sum(u.weight_bytes + u.kv_bytes for u in st) / (s * s)
-                                                      for st in stages),
-                               units_per_stage=tuple(len(st) for st in stages)))
-    least = min(p.peak_core_bytes for p in plans)
+        buf = buffer_bytes(trace, arch, s)
+        for lay, sizes in _layouts(arch, lambda a, s=s: region_arch(a, s), units, trace, objective):
+            stages = balanced_stages(sizes, min(len(units), regions * wafers), sum(sizes))
+            plans.append((lay, WaferPlan(side=s, stages=len(stages), regions_per_wafer=regions, wafers=wafers,
+                                         mode="overflow", core_sram_bytes=spec.core_sram_bytes, buffer_bytes=buf,
+                                         stage_core_bytes=stage_sums(sizes, stages), units_per_stage=tuple(stages),
+                                         layout=_layout(lay))))
+    least = min(p.peak_core_bytes for _, p in plans)
     out: list[tuple[WaferPlan | None, Any]] = []
-    for plan in (p for p in plans if p.peak_core_bytes <= least * 1.01):
-        s, buf = plan.side, plan.buffer_bytes
+    for lay, plan in ((a, p) for a, p in plans if p.peak_core_bytes <= least * 1.01):
+        room = plan.buffer_bytes if _forced(arch) != "naive" else None  # the baseline: its gathers are not reserved
         try:
-            res = simulate_trace(trace, region_arch(arch, s, buf), objective, model, kv_bytes=kv)
+            res = simulate_trace(trace, region_arch(lay, plan.side, room), objective, model, kv_bytes=kv)
         except CapacityError:
             continue
         _add_handoffs(res, arch, plan, act)
-        out.append((plan, res))
+        out.append((realised(plan, units, trace, lay, res.mappings), res))
     return out
 
 
@@ -323,6 +488,82 @@ def _add_handoffs(res: Any, arch: Arch, plan: WaferPlan, act: float) -> None:
     res.energy_j += e
     if t or e:
         _add_row(res, "handoff", act * max(plan.stages - 1, 0), t, e)
+
+
+def _layouts(arch: Arch, region: Any, units: list[Unit], trace: Trace, objective: str) -> list[tuple[Arch, list[float]]]:
+    """The layouts of the stored matrices to place with, each as (``arch`` with its
+    ``wafer_layout`` rule, the units' bytes per core on ``region(that arch)``): the mapper's preferred
+    squares, and the compact ones (each matrix on the candidate square storing least) where they store
+    less (:func:`~xpusim.mappers.wafer.stored_square`)."""
+    out: list[tuple[Arch, list[float]]] = []
+    for layout in LAYOUTS:
+        lay = dataclasses.replace(arch, rules={**{k: v for k, v in arch.rules.items() if k != "wafer_layout"},
+                                               **({"wafer_layout": layout} if layout != "preferred" else {})})
+        sizes = [a + b for a, b in unit_core_bytes(units, trace, region(lay), objective=objective)]
+        if all(sizes != other for _, other in out):
+            out.append((lay, sizes))
+    return out
+
+
+def _resident_cands(units: list[Unit], arch: Arch, trace: Trace, model: Any, sides: list[int], wafers: int,
+                    objective: str, kv: float, act: float) -> tuple[list[tuple[WaferPlan | None, Any]], list[str]]:
+    """Every layout that holds the model on ``wafers`` wafers (each side, layout of the stored
+    matrices, fewest or spread stages) with its step, and the mapping errors of those whose units
+    packed but an op did not fit beside them."""
+    from .engine import simulate_trace
+
+    spec = wafer_spec(arch)
+    cands: list[tuple[WaferPlan | None, Any]] = []
+    op_errors: list[str] = []
+    for s in sides:
+        buf = buffer_bytes(trace, arch, s)
+        for lay, sizes in _layouts(arch, lambda a, s=s: region_arch(a, s), units, trace, objective):
+            plans = [plan_for_side(sizes, lay, s, buf, wafers, spread) for spread in (False, True)]
+            for plan in {p.units_per_stage: p for p in plans if p is not None}.values():
+                free = (spec.core_sram_bytes - max(plan.stage_core_bytes)  # beside the fullest stage's residents
+                        if _forced(arch) != "naive" else None)  # the baseline: its gathers are not reserved
+                try:
+                    res = simulate_trace(trace, region_arch(lay, s, free), objective, model, kv_bytes=kv)
+                except CapacityError as e:  # an op's working set (or routes) overflows a core of this region
+                    op_errors.append(str(e))
+                    continue
+                _add_handoffs(res, arch, plan, act)
+                cands.append((realised(plan, units, trace, lay, res.mappings), res))
+    return cands, op_errors
+
+
+def _streaming_cands(units: list[Unit], arch: Arch, trace: Trace, model: Any, objective: str,
+                     kv: float) -> list[tuple[WaferPlan | None, Any]]:
+    """Weight streaming on the whole mesh: its KV cache and two units' weights per core, each op's
+    buffers within what they leave; each unit takes the longer of its ops and its weights' I/O."""
+    from .engine import simulate_trace
+
+    spec = wafer_spec(arch)
+    buf = largest_buffers(trace, arch, spec.width, spec.height)[0]
+    cands: list[tuple[WaferPlan | None, Any]] = []
+    error: CapacityError | None = None
+    for lay, _ in _layouts(arch, lambda a: a, units, trace, objective):
+        try:
+            plan = streaming_plan(units, unit_core_bytes(units, trace, lay, objective=objective), lay, buf)
+        except CapacityError as e:
+            error = error or e
+            continue
+        res = simulate_trace(trace, with_buffer_limit(lay, spec.core_sram_bytes - max(plan.stage_core_bytes)),
+                             objective, model, kv_bytes=kv)
+        per_inst = (res.ops["latency_s"]).groupby(res.ops["block"], sort=False).sum().to_dict()
+        stream = [u.weight_bytes / spec.io_bandwidth_Bps for u in units] + [0.0]
+        # the first unit streams in alone; then each unit computes while the next one streams in
+        res.latency_s = stream[0] + sum(max(per_inst.get(u.block, 0.0), stream[i + 1]) for i, u in enumerate(units))
+        streamed = sum(u.weight_bytes for u in units)
+        io_j = streamed * spec.io_energy_j_per_byte  # every weight crosses the I/O each step
+        res.energy_j += io_j
+        # its own row, so the ops' energies add up to the step's; its time overlaps the units' compute
+        _add_row(res, "weight_stream", streamed, 0.0, io_j)
+        cands.append((realised(plan, units, trace, lay, res.mappings), res))
+    if not cands:
+        assert error is not None
+        raise error
+    return cands
 
 
 def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency", check_memory: bool = True,
@@ -352,40 +593,16 @@ def simulate_wafer(arch: Arch, model: Any, phase: Any, objective: str = "latency
     cands: list[tuple[WaferPlan | None, Any]]
     for form in forms:
         trace = build_trace(model, phase, routing, form)
-        table = 0.0 if model.tied_embeddings else model.embedding_params * get_dtype(model.embedding_dtype).bytes
-        units = units_of(trace, model.weights_bytes, kv, table)
+        units = model_units(model, trace, kv)
         act = phase.tokens * model.d_model * 2.0  # the residual stream handed from stage to stage (16-bit)
         if weight_streaming:
-            stream_plan = streaming_plan(units, arch, buffer_bytes(trace, arch, min(spec.width, spec.height)))
-            res = simulate_trace(trace, arch, objective, model, kv_bytes=kv)
-            per_inst = (res.ops["latency_s"]).groupby(res.ops["block"], sort=False).sum().to_dict()
-            stream = [u.weight_bytes / spec.io_bandwidth_Bps for u in units] + [0.0]
-            # the first unit streams in alone; then each unit computes while the next one streams in
-            res.latency_s = stream[0] + sum(max(per_inst.get(u.block, 0.0), stream[i + 1]) for i, u in enumerate(units))
-            streamed = sum(u.weight_bytes for u in units)
-            io_j = streamed * spec.io_energy_j_per_byte  # every weight crosses the I/O each step
-            res.energy_j += io_j
-            # its own row, so the ops' energies add up to the step's; its time overlaps the units' compute
-            _add_row(res, "weight_stream", streamed, 0.0, io_j)
-            cands = [(stream_plan, res)]
+            cands = _streaming_cands(units, arch, trace, model, objective, kv)
         else:
             sides = [side] if side is not None else candidate_sides(arch)
-            cands = []
-            for s in sides:
-                buf = buffer_bytes(trace, arch, s)
-                plans = [plan_for_side(units, arch, s, buf, wafers, spread) for spread in (False, True)]
-                for plan in {p.units_per_stage: p for p in plans if p is not None}.values():
-                    free = (spec.core_sram_bytes - max(plan.stage_core_bytes)  # beside the fullest stage's residents
-                            if _forced(arch) != "naive" else None)  # the baseline: its gathers are not reserved
-                    try:
-                        res = simulate_trace(trace, region_arch(arch, s, free), objective, model, kv_bytes=kv)
-                    except CapacityError:  # an op's working set overflows a core of this region
-                        continue
-                    _add_handoffs(res, arch, plan, act)
-                    cands.append((plan, res))
+            cands, op_errors = _resident_cands(units, arch, trace, model, sides, wafers, objective, kv, act)
             if not cands:
                 if check_memory:
-                    raise no_fit_error(arch, model.name, units, trace, wafers, sides, fixed_side=side is not None)
+                    raise no_fit_error(arch, model.name, units, trace, wafers, sides, side is not None, op_errors, objective)
                 cands = overflow_cands(units, arch, trace, model, sides, wafers, objective, kv, act)
             if not cands:  # not even the ops' minimum buffers fit a region: the whole mesh, unplaced
                 cands = [(None, simulate_trace(trace, arch, objective, model, kv_bytes=kv))]

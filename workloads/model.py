@@ -354,6 +354,13 @@ class ModelSpec:
         return self.vocab_size * self.d_model * (1 if self.tied_embeddings else 2) + pos
 
     @property
+    def input_embedding_params(self) -> int:
+        """The tables the embedding gathers from: token (and learned position) embeddings, without an
+        untied LM head (a tied model's token table is its LM head's weight as well)."""
+        pos = self.max_seq_len * self.d_model if self.position == "learned" else 0
+        return self.vocab_size * self.d_model + pos
+
+    @property
     def weights_bytes(self) -> float:
         """Parameter bytes: embeddings and LM head in ``embed_dtype``, the rest in ``weight_dtype``."""
         emb = self.embedding_params
