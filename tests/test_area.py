@@ -177,7 +177,8 @@ def test_die_section_below_the_enabled_units_means_no_spares():
 
 
 def test_peak_dynamic_power_is_the_formula():
-    arch = arch_from_dict(npu(matrix={"instances": 2, "macs_per_cycle": {"int8": 100}, "energy_pj_per_mac": {"int8": 0.5}},
+    arch = arch_from_dict(npu(**{"class": "generic"},
+                              matrix={"instances": 2, "macs_per_cycle": {"int8": 100}, "energy_pj_per_mac": {"int8": 0.5}},
                               vector={"instances": 1, "flops_per_cycle": {"fp32": 10}, "energy_pj_per_flop": {"fp32": 2.0}},
                               memory=[{"name": "dram", "kind": "ddr4", "capacity": "1 GiB", "bandwidth": "10 GB/s",
                                        "read_energy_pj_per_byte": 100, "write_energy_pj_per_byte": 60}]))
@@ -266,7 +267,7 @@ def test_unknown_memory_kind_raises_one_line():
 
 
 def test_unknown_compute_class_has_no_area():
-    d = npu(matrix={"instances": 1, "macs_per_cycle": {"fp64": 8}})
+    d = npu(matrix={"instances": 1, "macs_per_cycle": {"fp64": 8}}, **{"class": "generic"})
     del d["technology_nm"]
     arch = replace(arch_from_dict(d), meta={"technology_nm": 7})
     with pytest.raises(SpecError, match="no MAC area"):
