@@ -388,3 +388,39 @@ def test_bad_die_reference_is_refused_at_load(change, match):
     good = {"matrix_instances": 4, "vector_instances": 1, "memory": {"buf": {"capacity": 8 * 2**20, "instances": 1}},
             "dram_bandwidth": 400e9}
     assert arch_from_dict(npu(die={"matrix_instances": 8, "memory": {"buf": {"capacity": "16 MiB"}}, "ref": good}))
+
+
+def test_a_partial_flop_table_is_completed_from_the_technology_table():
+    d = copy.deepcopy(NPU)
+    d["vector"] = {"instances": 1, "flops_per_cycle": {"fp32": 256, "bf16": 512}, "energy_pj_per_flop": {"fp32": 0.3}}
+    arch = arch_from_dict(d)
+    assert arch.vector.energy("fp32") == 0.3  # stated, kept
+    # half a bf16 FMA at 7 nm: 0.5 x (1.1 pJ x (8/11)^2 + 0.9 pJ) x 0.080 (Horowitz 45 nm, Stillmaker-Baas 7 nm)
+    assert arch.vector.energy("bf16") == pytest.approx(0.5 * (1.1 * (8 / 11) ** 2 + 0.9) * 0.080)  # 0.05927 pJ
+
+
+def test_a_partial_flop_table_without_technology_nm_is_refused():
+    d = copy.deepcopy(NPU)
+    del d["technology_nm"]
+    d["matrix"]["energy_pj_per_mac"] = {"bf16": 0.5, "int8": 0.1}
+    d["vector"] = {"instances": 1, "flops_per_cycle": {"fp32": 256, "bf16": 512}, "energy_pj_per_flop": {"fp32": 0.3}}
+    with pytest.raises(SpecError, match=r"energy_pj_per_flop gives no energy for bf16.*technology_nm"):
+        arch_from_dict(d)
+
+
+def test_derived_dram_energies_are_the_jedec_voltage_scaled_numbers():
+    from xpusim.arch import tech
+    # 70 pJ/bit DDR3 at 1.5 V; DDR4 1.2 V, DDR5 1.1 V; LPDDR4 8 pJ/bit at VDD2 1.1 V, LPDDR5 VDD2 1.05 V
+    assert tech.DRAM_PJ_PER_BIT["ddr4"] == pytest.approx(44.8)          # 70 x 0.64
+    assert tech.DRAM_PJ_PER_BIT["ddr5"] == pytest.approx(37.6444, rel=1e-5)  # 70 x (1.1/1.5)^2
+    assert tech.DRAM_PJ_PER_BIT["lpddr5"] == pytest.approx(7.28926, rel=1e-5)  # 8 x (1.05/1.1)^2
+    assert tech.dram_energy_pj_per_byte("lpddr5") == pytest.approx(8 * 7.28926, rel=1e-5)
+
+
+def test_a_bad_die_reference_vector_count_is_refused():
+    ref = {"matrix_instances": 4, "vector_instances": 0, "memory": {"buf": {"capacity": 8 * 2**20, "instances": 1}},
+           "dram_bandwidth": 400e9}
+    d = copy.deepcopy(NPU)
+    d["die"] = {"matrix_instances": 8, "memory": {"buf": {"capacity": "16 MiB"}}, "ref": ref}
+    with pytest.raises(SpecError, match="ref.vector_instances: must be a positive integer"):
+        arch_from_dict(d)

@@ -115,3 +115,19 @@ def test_tpu_v5e_small_batch_gemm_is_not_slower_than_a_larger_one():
     arch = SYSTOLIC["tpu-v5e"]
     cycles = [float(search(gemm_problem(m, 5120, 2560), arch).costs.cycles[0]) for m in (16, 32, 48, 64)]
     assert cycles == sorted(cycles)
+
+
+def test_generic_lanes_charge_a_remainder_chunk_at_its_size():
+    from xpusim.sim.cost import evaluate, keep_mask
+
+    def _mapping(levels, spatial_levels, order_levels):
+        return (np.array([levels], dtype=np.int64), np.array([spatial_levels], dtype=np.int64),
+                np.array([order_levels], dtype=np.int64))
+
+    """13 rows over 4 register files, 3 rows each: lane 0 computes rows 0-2 and 12, 4 leaf steps (the padded
+    count, 2 chunks x 3, is 6)."""
+    arch = arch_from_dict(TINY)
+    prob = gemm_problem(13, 1, 1, "bf16")
+    tiles, spatial, order = _mapping([[13, 1, 1], [13, 1, 1], [3, 1, 1], [1, 1, 1]],
+                                     [[1, 1, 1], [4, 1, 1], [1, 1, 1]], [[0, 1, 2], [0, 1, 2], [0, 1, 2]])
+    assert evaluate(prob, arch, tiles, spatial, order, keep_mask(prob, arch)).compute[0] == 4

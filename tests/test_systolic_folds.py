@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from xpusim.arch.loader import arch_dict, arch_from_dict, load_arch
+from xpusim.arch.spec import with_array
 from xpusim.cli import _override_array
 from xpusim.errors import SpecError
 from xpusim.sim.compute import executed_folds
@@ -301,3 +302,77 @@ def test_tpu_v5e_int8_reaches_twice_the_bf16_rate_on_a_large_gemm():
     bf16 = op_cost(gemm_op(4096, 4096, 4096, "bf16"), arch, isolated=True)
     int8 = op_cost(gemm_op(4096, 4096, 4096, "int8"), arch, isolated=True)
     assert int8.bound == "compute" and bf16.latency_s / int8.latency_s == pytest.approx(2.0, rel=0.01)
+
+
+def _mapping(levels, spatial_levels, order_levels):
+    return (np.array([levels], dtype=np.int64), np.array([spatial_levels], dtype=np.int64),
+            np.array([order_levels], dtype=np.int64))
+
+
+def test_a_busiest_array_streams_at_least_its_longest_pass():
+    """tpu-v4 (4 MXUs per VMEM, ws, no preload): 36 x 128 x 256 with VMEM tiles of 32 streamed rows and 128 of
+    k, m outermost in HBM: 2 folds (k) each run for both m chunks, 4 executions (32, 32, 4, 4 rows) on
+    the 4 MXUs; the busiest runs a 32-row pass: 32 + 2 x 128 + 128 - 2 - 1 = 413 cycles."""
+    arch = _without_preload("tpu-v4")
+    prob = gemm_problem(36, 128, 256)
+    tiles, spatial, order = _mapping([[36, 128, 256], [32, 128, 128], [1, 1, 1]],
+                                     [[1, 1, 1], [1, 128, 128]], [[0, 1, 2], [1, 2, 0]])
+    cost = evaluate(prob, arch, tiles, spatial, order, keep_mask(prob, arch))
+    assert cost.compute[0] == 32 + 2 * 128 + 128 - 2 - 1
+
+
+def test_stream_copies_count_only_the_instances_a_split_uses():
+    """A 3-level ws device (dram, gbuf, 4 lbufs with one 128 x 128 array each): 512 x 128 x 256, the gbuf
+    holding 256 streamed rows (2 chunks in DRAM) split 4 ways over the lbufs in 128-row pieces (2 lbufs in
+    use) and k in 2 folds: each lbuf in use runs 2 folds per gbuf chunk, 4 executions of 128 rows:
+    4 x (128 + 2 x 128 + 128 - 2) - 1 = 2039 cycles."""
+    d = {"name": "three", "class": "systolic", "clock": "1 GHz", "technology_nm": 7,
+         "matrix": {"instances": 4, "array": [128, 128], "dataflow": "ws", "macs_per_cycle": {"bf16": 16384}},
+         "vector": {"instances": 1, "flops_per_cycle": {"fp32": 64}},
+         "memory": [{"name": "dram", "kind": "hbm2", "capacity": "4 GiB", "bandwidth": "1 TB/s"},
+                    {"name": "gbuf", "kind": "sram", "capacity": "16 MiB", "bandwidth": "8 TB/s", "multicast": True},
+                    {"name": "lbuf", "kind": "sram", "capacity": "1 MiB", "bandwidth": "2 TB/s", "instances": 4,
+                     "multicast": True}]}
+    arch = arch_from_dict(d)
+    prob = gemm_problem(512, 128, 256)
+    tiles, spatial, order = _mapping([[512, 128, 256], [256, 128, 256], [128, 128, 128], [1, 1, 1]],
+                                     [[1, 1, 1], [4, 1, 1], [1, 128, 128]], [[0, 1, 2], [2, 1, 0], [1, 2, 0]])
+    cost = evaluate(prob, arch, tiles, spatial, order, keep_mask(prob, arch))
+    assert cost.compute[0] == 4 * (128 + 2 * 128 + 128 - 2) - 1
+
+
+def test_the_mapper_tries_the_streams_quarters():
+    """systolic-npu (is) 300 x 5000 x 2000: the mapper's choice costs no more than the mapping whose gbuf
+    streams a quarter of n (1250) per chunk."""
+    from xpusim.mappers.search import search
+    arch = with_array(load_arch("systolic-npu"), None, None, "is")
+    prob = gemm_problem(300, 5000, 2000)
+    tiles, spatial, order = _mapping([[300, 5000, 2000], [300, 1250, 128], [1, 1, 1]],
+                                     [[1, 1, 1], [128, 1, 128]], [[2, 0, 1], [0, 2, 1]])
+    quarter = evaluate(prob, arch, tiles, spatial, order, keep_mask(prob, arch)).cycles[0]
+    assert search(prob, arch).costs.cycles[0] <= quarter * (1 + 1e-9)
+
+
+TINY = {
+    "name": "tiny", "class": "generic", "clock": "1 GHz",
+    "matrix": {"instances": 4, "macs_per_cycle": {"bf16": 4, "fp32": 2}},
+    "vector": {"instances": 1, "flops_per_cycle": {"fp32": 8}},
+    "memory": [
+        {"name": "dram", "capacity": "1 MiB", "bandwidth": "8 GB/s"},
+        {"name": "sram", "capacity": "512 B", "bandwidth": "32 GB/s"},
+        {"name": "regs", "capacity": "64 B", "bandwidth": "64 GB/s", "instances": 4, "multicast": True},
+    ],
+}
+
+
+def test_a_split_whose_second_child_has_no_tile_loads_one_first_tile():
+    """tpu-v4: n split 2 ways over the VMEMs but the VMEM tile is the whole n: one VMEM in use, one first
+    fill of A and B (512 x 512 bf16 each) through the HBM."""
+    arch = load_arch("tpu-v4")
+    prob = gemm_problem(512, 512, 512)
+    tiles, spatial, order = _mapping([[512, 512, 512], [512, 512, 512], [1, 1, 1]],
+                                     [[1, 2, 1], [1, 128, 128]], [[0, 1, 2], [2, 0, 1]])
+    cost = evaluate(prob, arch, tiles, spatial, order, keep_mask(prob, arch))
+    hbm_per_cycle = arch.memory[0].bandwidth_Bps / arch.clock_hz
+    latencies = sum(lv.latency_s for lv in arch.memory) * arch.clock_hz
+    assert cost.prologue[0] - latencies == pytest.approx(2 * 512 * 512 * 2 / hbm_per_cycle)

@@ -4,12 +4,13 @@ over-capacity marks and throughput units per phase."""
 
 import math
 import re
+import types
 
 import pytest
 import xpusim
 from xpusim.arch.loader import load_arch
 from xpusim.cli import main
-from xpusim.errors import CapacityError, DtypeError
+from xpusim.errors import CapacityError, DtypeError, SpecError
 from xpusim.sim.engine import simulate, with_engine_formats
 from xpusim.sim.events import simulate_system
 from xpusim.sim.fit_advice import device_bytes
@@ -372,3 +373,68 @@ def test_encoder_decoder_shared_prefix_is_cached_once():
     shared = simulate("h100-sxm", "t5-base", D(8, 64, source=512, shared_prefix=32))
     model = load_model("t5-base")
     assert plain.kv_cache_bytes - shared.kv_cache_bytes == pytest.approx(7 * model.kv_cache_bytes(1, 32))
+
+
+def test_over_tdp_is_per_device():
+    from xpusim.sim.result_text import over_tdp
+    # 8 devices, 8 kJ in 1 s: 1000 W each, over a 700 W tdp; 4 kJ: 500 W each, under it
+    assert over_tdp(8000.0, 1.0, 700.0, devices=8) == pytest.approx(1000.0)
+    assert over_tdp(4000.0, 1.0, 700.0, devices=8) == 0.0
+
+
+def test_a_fractional_prefix_on_bits_per_s_is_refused():
+    from xpusim.units import parse_quantity
+    with pytest.raises(SpecError, match="did you mean Mb/s"):
+        parse_quantity("100 mb/s", "bits_per_s", "link")
+    assert parse_quantity("100 Mb/s", "bits_per_s", "link") == 1e8
+
+
+def test_an_output_path_that_is_a_directory_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    folder = tmp_path / "d.json"
+    folder.mkdir()
+    import xpusim.cli as cli
+    monkeypatch.setattr(cli, "_cmd_simulate", lambda a: (_ for _ in ()).throw(AssertionError("work started")))
+    rc = main(["simulate", "--arch", "h100-sxm", "--model", "llama-2-7b", "--phase", "decode", "--context", "64",
+               "--save", str(folder)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a directory; give a file path" in err
+
+
+def test_a_model_yaml_with_a_repeated_key_is_refused(tmp_path):
+    from xpusim.workloads.model import MODELS_DIR, load_model
+    p = tmp_path / "twice.yaml"
+    p.write_text((MODELS_DIR / "gpt3-13b.yaml").read_text() + "\nn_layers: 2\n")
+    with pytest.raises(SpecError, match="key 'n_layers' given twice"):
+        load_model(p)
+
+
+def test_an_activation_bound_prefill_is_offered_the_longest_prompt_that_fits():
+    from xpusim import simulate
+    from xpusim.workloads.phases import Prefill
+    with pytest.raises(CapacityError) as e:
+        simulate("tpu-v5e", "mamba-2.8b", Prefill(8, 32768))
+    msg = str(e.value)
+    seq = int(re.search(r"--seq (\d+) or less", msg).group(1))
+    chunk = int(re.search(r"--chunk (\d+) or less", msg).group(1))
+    assert seq == chunk  # no KV cache: a step's activations follow its tokens, whether a shorter prompt or a chunk
+    simulate("tpu-v5e", "mamba-2.8b", Prefill(8, seq))
+    with pytest.raises(CapacityError):
+        simulate("tpu-v5e", "mamba-2.8b", Prefill(8, seq + 1))
+
+
+def test_the_larger_activations_of_a_target_and_drafter_count():
+    from xpusim.sim.steps import _check_pair_fits
+    gib = 2.0**30
+    verify = types.SimpleNamespace(memory_bytes=60 * gib, activation_bytes=2 * gib, capacity_bytes=70 * gib)
+    target, arch = types.SimpleNamespace(name="t"), types.SimpleNamespace(name="d")
+    _check_pair_fits(verify, 5 * gib, 2 * gib, target, "drafter", arch)  # 60 + 5 = 65 GiB fits
+    with pytest.raises(CapacityError, match=r"needs 73\.0 GiB"):  # 60 + 5 + (10 - 2) = 73 GiB
+        _check_pair_fits(verify, 5 * gib, 10 * gib, target, "drafter", arch)
+
+
+def test_drafter_formats_are_weights_activations_kv():
+    from xpusim.sim.steps import speculate
+    from xpusim.workloads.model import load_model
+    target = load_model("llama-3-70b").with_formats("fp8")
+    s = speculate("h200", target, 4, 8192, 4, 0.7, load_model("llama-3-8b").with_formats(kv="fp8"))
+    assert s.drafter_formats == "bf16/bf16/fp8-e4m3"  # weights/activations/KV of the drafter

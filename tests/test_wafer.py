@@ -676,3 +676,15 @@ def test_multi_stage_wafer_rows_add_up_to_the_step():
     assert res.ops["total_latency_s"].sum() == pytest.approx(res.latency_s, rel=1e-12)
     assert res.ops["total_energy_j"].sum() == pytest.approx(res.energy_j, rel=1e-12)
     assert (res.ops["name"] == "handoff").sum() == 1
+
+
+def test_the_handoff_row_moves_the_residual_stream_over_every_stage_boundary():
+    from xpusim.arch import load_arch
+    from xpusim.sim.wafer_placement import simulate_wafer
+    from xpusim.workloads.model import load_model
+    from xpusim.workloads.phases import Prefill
+
+    res = simulate_wafer(load_arch("wse-2"), load_model("llama-3-70b"), Prefill(1, 2048), wafers=6)
+    stages = res.inputs["wafer_plan"]["stages"]
+    row = res.ops[res.ops["name"] == "handoff"].iloc[0]
+    assert row["bytes"] == 2048 * 8192 * 2 * (stages - 1)  # 2048 tokens x d_model 8192 x 2 B per boundary
