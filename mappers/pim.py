@@ -79,10 +79,27 @@ class Gemv:
         return self.groups * self.m * self.n * self.k
 
 
+#: :func:`as_gemv` memo, keyed by the op's signature and operands and the matrix unit's classes
+_GEMV: dict[tuple[Any, ...], Gemv] = {}
+
+
 def as_gemv(op: Op, arch: Arch) -> Gemv:
     """The matrix operand is the input that lives in DRAM (a weight or the KV cache; else the
     larger input); dims both inputs and the output index are groups, dims only the vector and the
-    output index are M, dims only the matrix and the output index are N, summed dims are K."""
+    output index are M, dims only the matrix and the output index are N, summed dims are K.
+    Memoised (a wafer placement asks for every op on every candidate region)."""
+    unit = arch.matrix
+    key = (op.signature(), tuple((t.name, t.role) for t in op.inputs), tuple(sorted(unit.rate_per_cycle.items())),
+           tuple(sorted((unit.runs_as or {}).items())), unit.accumulator_bits)
+    got = _GEMV.get(key)
+    if got is None:
+        if len(_GEMV) > 65536:
+            _GEMV.clear()
+        got = _GEMV[key] = _as_gemv(op, arch)
+    return got
+
+
+def _as_gemv(op: Op, arch: Arch) -> Gemv:
     if op.kind != "matmul" or len(op.inputs) != 2:
         raise SpecError(f"op {op.name!r}: the PIM mapper costs two-input contractions, got a {op.kind} of {len(op.inputs)}")
     a, b = op.inputs

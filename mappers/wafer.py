@@ -56,6 +56,7 @@ the naive mapping is reported in ``detail`` for comparison (and chosen only if n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -132,7 +133,11 @@ def region_of(spec: WaferSpec, region: tuple[int, int] | None) -> tuple[int, int
 def _widest_square(g: Gemv, w: int, h: int) -> int:
     """Side of the widest square ``floor(sqrt(w h / groups))`` that could run every group at once on a
     ``w x h`` region (at least 1, at most the shorter side)."""
-    return max(1, min(w, h, math.isqrt((w * h) // g.groups) if g.groups <= w * h else 1))
+    return _widest(g.groups, w, h)
+
+
+def _widest(groups: int, w: int, h: int) -> int:
+    return max(1, min(w, h, math.isqrt((w * h) // groups) if groups <= w * h else 1))
 
 
 def square_sides(g: Gemv, w: int, h: int) -> list[int]:
@@ -141,13 +146,20 @@ def square_sides(g: Gemv, w: int, h: int) -> list[int]:
     ``floor(sqrt(w h / groups))`` needs, the widest square whose packing ``floor(w/p) floor(h/p)``
     runs them in ``v`` waves (squares do not tile a region exactly: the widest square can cost an
     extra wave, and a wider one the same waves as a narrower)."""
+    return list(_square_sides(g.groups, w, h))
+
+
+@functools.lru_cache(maxsize=4096)
+def _square_sides(groups: int, w: int, h: int) -> tuple[int, ...]:
+    """:func:`square_sides` of ``groups`` matrices on a ``w x h`` region (memoised: the placement asks
+    for every op on every candidate region)."""
     side = min(w, h)
-    top = _widest_square(g, w, h)
+    top = _widest(groups, w, h)
     ps = np.arange(1, side + 1)
-    waves = -(-g.groups // ((w // ps) * (h // ps)))
+    waves = -(-groups // ((w // ps) * (h // ps)))
     keep = waves <= 2 * waves[top - 1]
     best = {int(v): int(ps[keep & (waves == v)].max()) for v in np.unique(waves[keep])}  # widest per wave count
-    return sorted(best.values(), reverse=True)
+    return tuple(sorted(best.values(), reverse=True))
 
 
 def parallelism(g: Gemv, w: int, h: int, p: int | None = None) -> dict[str, int]:
@@ -203,12 +215,32 @@ def stored_copies(op: Op, g: Gemv) -> int | None:
     return g.groups
 
 
+#: :func:`stored_square` memo: (op signature and roles, device fingerprint, objective, region) -> side
+_STORED: dict[tuple[Any, ...], int | None] = {}
+
+
+def clear_stored() -> None:
+    """Forget memoised :func:`stored_square` answers (with the op-cost memo, for a cold run)."""
+    _STORED.clear()
+
+
 def stored_square(op: Op, arch: Arch, objective: str = "latency", region: tuple[int, int] | None = None) -> int | None:
     """The square side a placed model stores ``op``'s matrix on, on ``arch``'s mesh (or ``region``):
     the one the mapper picks with nothing else resident, or, under the placement's compact layout
     (``rules['wafer_layout'] = 'compact'``), the candidate square storing the least per core (the
     widest of equals). ``sim/wafer_placement.py`` reserves its tiles; on the placed region the op may
-    move only to squares that store no more. None when no mapping fits the bare mesh."""
+    move only to squares that store no more. None when no mapping fits the bare mesh. Memoised: the
+    placement asks for every op of every unit on every candidate region."""
+    key = (op.signature(), tuple(t.role for t in op.inputs), op.attrs.get("experts_total"), arch.fingerprint, objective,
+           region)
+    if key not in _STORED:
+        if len(_STORED) > 65536:
+            _STORED.clear()
+        _STORED[key] = _stored_square(op, arch, objective, region)
+    return _STORED[key]
+
+
+def _stored_square(op: Op, arch: Arch, objective: str, region: tuple[int, int] | None) -> int | None:
     spec = wafer_spec(arch)
     g = as_gemv(op, arch)
     copies = stored_copies(op, g)

@@ -40,8 +40,14 @@ _CACHE_SIZE = 4096
 
 
 def clear_cache() -> None:
-    """Forget memoised op costs (e.g. to time a cold simulation)."""
+    """Forget memoised op costs and wafer layouts (e.g. to time a cold simulation)."""
+    from ..mappers.pim import _GEMV
+    from ..mappers.wafer import _square_sides, clear_stored
+
     _CACHE.clear()
+    clear_stored()
+    _GEMV.clear()
+    _square_sides.cache_clear()
 
 
 def matmul_cost(op: Op, arch: Arch, objective: str = "latency", mapper: str = "default") -> OpCost:
