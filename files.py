@@ -56,8 +56,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor': merged by the base class
+                continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class refuses an unhashable key (a YAMLError: one line)
             if key in seen:
                 raise SpecError(f"key {key!r} given twice (lines {seen[key]} and {line}); keep one")
             seen[key] = line

@@ -153,7 +153,7 @@ def _bandwidth(v: Any, clock_hz: float, where: str) -> float:
     """Bytes/s of a level's ``bandwidth``: a rate (``'2 TB/s'``) or bytes per device-clock cycle
     (``'128 B/cycle'``, which follows the device's clock)."""
     if isinstance(v, str):
-        m = re.fullmatch(r"\s*(.*?)\s*B/(?:cycle|clock)\s*", v)
+        m = re.fullmatch(r"\s*(.*?B)/(?:cycle|clock)\s*", v)
         if m:
             return parse_quantity(m.group(1), "bytes", where) * clock_hz
     return parse_quantity(v, "bytes_per_s", where)

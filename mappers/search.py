@@ -247,16 +247,19 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
         parent_of = np.repeat(bi, n_o)
         chunks = -(-new_tiles[:, c - 1] // new_tiles[:, c])
         new_spatial[:, c - 1] = _spatial_split(chunks, fan[c - 1], prefs) if fan[c - 1] > 1 else 1
-        if fan[c - 1] > 1:  # also on half the instances: a bandwidth-bound op may gain by not splitting a shared operand
-            half = _spatial_split(chunks, fan[c - 1] // 2, prefs)
-            differs = (half != new_spatial[:, c - 1]).any(axis=1)
+        # also on half the instances and on one: a bandwidth-bound op may gain by not splitting a shared
+        # operand, and a small one by loading one first tile instead of one per instance
+        for share in sorted({fan[c - 1] // 2, 1} - {fan[c - 1]}, reverse=True) if fan[c - 1] > 1 else ():
+            fewer = _spatial_split(chunks, share, prefs)
+            base = new_spatial[: len(chunks), c - 1]
+            differs = (fewer != base).any(axis=1)
             if differs.any():
-                extra = new_spatial[differs].copy()
-                extra[:, c - 1] = half[differs]
-                new_tiles = np.concatenate([new_tiles, new_tiles[differs]])
-                new_order = np.concatenate([new_order, new_order[differs]])
+                extra = new_spatial[: len(chunks)][differs].copy()
+                extra[:, c - 1] = fewer[differs]
+                new_tiles = np.concatenate([new_tiles, new_tiles[: len(chunks)][differs]])
+                new_order = np.concatenate([new_order, new_order[: len(chunks)][differs]])
                 new_spatial = np.concatenate([new_spatial, extra])
-                parent_of = np.concatenate([parent_of, parent_of[differs]])
+                parent_of = np.concatenate([parent_of, parent_of[: len(chunks)][differs]])
         # loops of one trip do not matter: keep one order per class of equivalent orders
         single = new_tiles[:, c - 1] <= new_spatial[:, c - 1] * new_tiles[:, c]
         canon = np.argsort(np.argsort(np.where(single, D + np.arange(D), new_order[:, c - 1]), axis=1), axis=1)

@@ -231,7 +231,7 @@ def stored_square(op: Op, arch: Arch, objective: str = "latency", region: tuple[
     widest of equals). ``sim/wafer_placement.py`` reserves its tiles; on the placed region the op may
     move only to squares that store no more. None when no mapping fits the bare mesh. Memoised: the
     placement asks for every op of every unit on every candidate region."""
-    key = (op.signature(), tuple(t.role for t in op.inputs), op.attrs.get("experts_total"), arch.fingerprint, objective,
+    key = (op.signature(), tuple(t.role for t in op.inputs), op.attrs.get("experts_total"), arch.fingerprint(), objective,
            region)
     if key not in _STORED:
         if len(_STORED) > 65536:

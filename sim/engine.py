@@ -481,11 +481,13 @@ def powered_energy(energy_j: float, charged_static_j: float, powered_w: float, w
     return energy_j - charged_static_j + powered_w * wall_s
 
 
-def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch, plan: Any = None, chunk: int = 0) -> None:
+def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch, plan: Any = None, chunk: int = 0,
+               chunkable: bool = True) -> None:
     """Raise :class:`CapacityError` with remedies when the footprint of one device (running ``plan``,
     default one device alone) exceeds its memory: the fewest devices a parallel plan needs to hold it
     (:func:`~xpusim.sim.fit_advice.fewest_devices`), and the changes that alone make it fit (``chunk``:
-    the prefill runs in chunks of that many tokens, its activations a chunk's)."""
+    the prefill runs in chunks of that many tokens, its activations a chunk's; ``chunkable``: a chunked
+    prefill is a remedy on this path)."""
     if result.memory_bytes <= result.capacity_bytes:
         return
     from .fit_advice import fewest_devices, fitting_changes, plan_flags
@@ -498,7 +500,7 @@ def check_fits(result: Result, model: ModelSpec, phase: Phase, arch: Arch, plan:
     remedies = [f"at least {split.devices} such devices ({plan_flags(split)} on a --system; no split over fewer holds "
                 f"the weights, KV cache and activations) or one with more memory" if split else "a device with more memory"]
     remedies += fitting_changes(model, plan, phase, result.memory_bytes, result.capacity_bytes,
-                                activations=result.activation_bytes, chunk=chunk)
+                                activations=result.activation_bytes, chunk=chunk, chunkable=chunkable)
     parts = [f"weights {result.weights_bytes / gib:.1f}", f"KV cache {result.kv_cache_bytes / gib:.1f}"]
     if result.ssm_state_bytes:
         parts.append(f"SSM state {result.ssm_state_bytes / gib:.1f}")

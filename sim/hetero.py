@@ -320,7 +320,7 @@ def simulate_hetero(host: Arch | str, pim: Arch | str, model: ModelSpec | str, p
         from .engine import check_fits
 
         try:
-            check_fits(result, model, phase, host, Plan(tp=tp))
+            check_fits(result, model, phase, host, Plan(tp=tp), chunkable=False)  # --pim runs no chunked prefill
         except CapacityError as e:
             extra = ("; or, if the PIM stacks are extra memory beside the host's, --pim-memory added"
                      if memory == "shared" else "")

@@ -187,7 +187,9 @@ def print_result(res: Any, model: Any, phase: Any) -> None:
         print("board power: not modelled for this part (no fpga.power section); the energy counts the MACs and the "
               "memory traffic only, a lower bound")
     else:
-        print_energy_scope(res.inputs.get("static_power_w"), res.energy_j, res.latency_s, res.inputs.get("tdp_w", 0.0))
+        wafers = (res.inputs.get("wafer_plan") or {}).get("wafers", 1)  # a multi-wafer step's power is all its wafers'
+        print_energy_scope(res.inputs.get("static_power_w"), res.energy_j, res.latency_s, res.inputs.get("tdp_w", 0.0),
+                           wafers)
     ft = res.inputs.get("fpga_tiers")
     if ft and (ft["weights"] != "hbm" or ft["kv"] != "hbm"):
         w = res.weights_bytes

@@ -41,7 +41,8 @@ def simulate_chunked_prefill(arch: Arch | str, model: ModelSpec | str, batch: in
 
     arch, model = load_arch(arch), load_model(model)
     check = kw.pop("check_memory", True)
-    steps = [simulate(arch, model, ph, check_memory=False, **kw) for ph in chunk_steps(batch, seq, chunk)]
+    wafer = arch.device_class == "wafer"  # its check is the placement of every chunk (the last holds the prompt's KV)
+    steps = [simulate(arch, model, ph, check_memory=check and wafer, **kw) for ph in chunk_steps(batch, seq, chunk)]
     ops = pd.concat([r.ops.assign(step=i) for i, r in enumerate(steps)], ignore_index=True)
     last = steps[-1]
     inputs = {**last.inputs, "phase": "prefill", "chunk": chunk, "steps": len(steps),
@@ -51,7 +52,7 @@ def simulate_chunked_prefill(arch: Arch | str, model: ModelSpec | str, batch: in
                     tokens=batch * seq, weights_bytes=last.weights_bytes, kv_cache_bytes=last.kv_cache_bytes,
                     activation_bytes=max(r.activation_bytes for r in steps), capacity_bytes=last.capacity_bytes,
                     inputs=inputs, mappings=last.mappings, ssm_state_bytes=last.ssm_state_bytes)
-    if check:
+    if check and not wafer:
         check_fits(result, model, Prefill(batch, seq), arch, chunk=chunk)
     return result
 
@@ -133,7 +134,8 @@ def speculate(arch: Arch | str, target: ModelSpec | str, batch: int, context: in
     parents = tree_parents(draft, width) if width > 1 else ()
     nodes = len(parents) if parents else draft
     check = kw.pop("check_memory", True)
-    kw["check_memory"] = False  # the target and its drafter share the device: checked together below
+    kw["check_memory"] = check and load_arch(arch).device_class == "wafer"  # a wafer: each step placed
+    # elsewhere the target and its drafter share the device: checked together below
     decode_s = simulate(arch, target, Decode(batch, context), **kw).latency_s
     verify = simulate(arch, target, Verify(batch, context, nodes, parents), **kw)
     if draft_model is not None:

@@ -415,7 +415,8 @@ def no_fit_error(arch: Arch, model_name: str, units: list[Unit], trace: Trace, w
     head = (f"{model_name} needs {total / gib:.1f} GiB of weights and KV cache and {wafers} x {arch.name} hold "
             f"{wafers * spec.core_sram_bytes * spec.width * spec.height / gib:.1f} GiB in {spec.core_sram_bytes:,} B per "
             f"core, but no layout of its layers on {where} fits")
-    stream = " or stream the weights from external memory (--weight-streaming)"
+    stream = " or stream the weights from external memory (--weight-streaming)" if _streaming_fits(
+        units, arch, trace, objective) else ""
     if need:
         return CapacityError(f"{head}; run it on {min(need)} wafers (--wafers {min(need)}){stream}")
     if all(b >= spec.core_sram_bytes for b, _, _ in bufs.values()):
@@ -424,7 +425,8 @@ def no_fit_error(arch: Arch, model_name: str, units: list[Unit], trace: Trace, w
         assert g is not None
         # the buffers grow with the rows (activations, partial sums): fewer rows help unless one row overflows
         one_row = _least_buffers(dataclasses.replace(g, m=1), arch, s, s)
-        remedy = ("use a smaller batch or a shorter sequence" if one_row < spec.core_sram_bytes else
+        fewer = "a smaller batch or a shorter sequence" if int(trace.meta.get("batch", 1) or 1) > 1 else "a shorter sequence"
+        remedy = (f"use {fewer}" if one_row < spec.core_sram_bytes else
                   f"even one row needs {one_row:,.0f} B: use a device whose mesh gives wider squares than {s} cores")
         return CapacityError(f"{model_name}: op {op!r} needs at least {b:,.0f} B of working buffers per core on "
                              f"{s} x {s}-core regions (its widest squares) but a core has {spec.core_sram_bytes:,} B; "
@@ -488,6 +490,20 @@ def _add_handoffs(res: Any, arch: Arch, plan: WaferPlan, act: float) -> None:
     res.energy_j += e
     if t or e:
         _add_row(res, "handoff", act * max(plan.stages - 1, 0), t, e)
+
+
+def _streaming_fits(units: list[Unit], arch: Arch, trace: Trace, objective: str) -> bool:
+    """Whether weight streaming holds the KV cache, two units and the buffers per core in some layout
+    (the no-fit error offers it only then)."""
+    spec = wafer_spec(arch)
+    buf = largest_buffers(trace, arch, spec.width, spec.height)[0]
+    for lay, _ in _layouts(arch, lambda a: a, units, trace, objective):
+        try:
+            streaming_plan(units, unit_core_bytes(units, trace, lay, objective=objective), lay, buf)
+        except CapacityError:
+            continue
+        return True
+    return False
 
 
 def _layouts(arch: Arch, region: Any, units: list[Unit], trace: Trace, objective: str) -> list[tuple[Arch, list[float]]]:

@@ -7,6 +7,7 @@ op, lets a single-buffered level overlap compute, or deals folds to arrays a map
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import replace
@@ -21,7 +22,7 @@ from xpusim.cli import _override_array
 from xpusim.errors import SpecError
 from xpusim.sim.compute import executed_folds
 from xpusim.sim.cost import evaluate, keep_mask
-from xpusim.sim.engine import op_cost
+from xpusim.sim.engine import matmul_cost, op_cost
 from xpusim.sim.problem import gemm_problem
 from xpusim.workloads.einsum import gemm_op
 
@@ -376,3 +377,18 @@ def test_a_split_whose_second_child_has_no_tile_loads_one_first_tile():
     hbm_per_cycle = arch.memory[0].bandwidth_Bps / arch.clock_hz
     latencies = sum(lv.latency_s for lv in arch.memory) * arch.clock_hz
     assert cost.prologue[0] - latencies == pytest.approx(2 * 512 * 512 * 2 / hbm_per_cycle)
+
+
+def _tensorcores(n):
+    a = load_arch("tpu-v4")  # 2 VMEMs, 4 MXUs each
+    mem = list(a.memory)
+    mem[-1] = dataclasses.replace(mem[-1], instances=n)
+    return dataclasses.replace(a, name=f"tpu-v4-{n}tc", memory=tuple(mem),
+                               matrix=dataclasses.replace(a.matrix, instances=4 * n))
+
+
+def test_more_tensorcores_never_slow_a_small_gemm():
+    op = gemm_op(1, 384, 128, "bf16")
+    two = matmul_cost(op, _tensorcores(2)).latency_s
+    for n in (4, 8):
+        assert matmul_cost(op, _tensorcores(n)).latency_s <= two * 1.001, n

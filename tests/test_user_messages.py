@@ -438,3 +438,46 @@ def test_drafter_formats_are_weights_activations_kv():
     target = load_model("llama-3-70b").with_formats("fp8")
     s = speculate("h200", target, 4, 8192, 4, 0.7, load_model("llama-3-8b").with_formats(kv="fp8"))
     assert s.drafter_formats == "bf16/bf16/fp8-e4m3"  # weights/activations/KV of the drafter
+
+
+def test_merge_keys_load_as_safe_load_does():
+    from xpusim.files import load_yaml
+
+    text = "a: &x {k: 1, j: 3}\nb:\n  <<: *x\n  k: 2\n"
+    assert load_yaml(text, "f.yaml") == {"a": {"k": 1, "j": 3}, "b": {"k": 2, "j": 3}}
+
+
+def test_an_unhashable_key_is_a_one_line_error():
+    from xpusim.files import load_yaml
+
+    with pytest.raises(SpecError):
+        load_yaml("? [1, 2]\n: 3\n", "f.yaml")
+
+
+def test_host_pim_prefill_remedies_do_not_offer_chunk(capsys):
+    rc = main(["simulate", "--arch", "a100-40gb", "--pim", "hbm2-pim", "--model", "llama-3-8b", "--phase", "prefill",
+               "--batch", "4", "--seq", "32768"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    m = re.search(r"--chunk (\d+)", err)
+    if m:  # the remedy must work
+        rc = main(["simulate", "--arch", "a100-40gb", "--pim", "hbm2-pim", "--model", "llama-3-8b", "--phase",
+                   "prefill", "--batch", "4", "--seq", "32768", "--chunk", m.group(1)])
+        assert rc == 0, capsys.readouterr().err
+
+
+def test_a_no_fit_error_offers_weight_streaming_only_when_it_fits():
+    ph = Decode(1, 131072)
+    with pytest.raises(CapacityError) as e:
+        simulate("wse-2", "llama-3-8b", ph)
+    if "--weight-streaming" in str(e.value):
+        simulate("wse-2", "llama-3-8b", ph, wafer_options={"weight_streaming": True})  # raises today: 72,259 B per core
+
+
+def test_kib_per_cycle_is_parsed_or_refused_with_a_true_message():
+    from xpusim.arch.loader import _bandwidth
+
+    try:
+        assert _bandwidth("1 KiB/cycle", 1e9, "bandwidth") == pytest.approx(1024e9)
+    except SpecError as e:
+        assert "'Ki' is not a bytes unit" not in str(e), str(e)

@@ -688,3 +688,68 @@ def test_the_handoff_row_moves_the_residual_stream_over_every_stage_boundary():
     stages = res.inputs["wafer_plan"]["stages"]
     row = res.ops[res.ops["name"] == "handoff"].iloc[0]
     assert row["bytes"] == 2048 * 8192 * 2 * (stages - 1)  # 2048 tokens x d_model 8192 x 2 B per boundary
+
+
+def test_wafer_chunked_prefill_that_fits_no_layout_is_refused():
+    from xpusim.sim.steps import simulate_chunked_prefill
+
+    # the one-shot prefill is refused ("run it on 2 wafers"); the chunked one ran in overflow mode, rc 0
+    with pytest.raises(CapacityError, match="wafers"):
+        simulate_chunked_prefill("wse-2", "llama-2-7b", 16, 2048, 512)
+
+
+def test_wafer_chunked_prefill_following_its_own_remedy_is_not_an_overflow_layout():
+    from xpusim.sim.steps import simulate_chunked_prefill
+
+    # a chunked prefill on a wafer is placed chunk by chunk: a run either fits its layout or is refused
+    try:
+        r = simulate_chunked_prefill("wse-2", "llama-3-8b", 1, 32768, 3883)
+    except CapacityError:
+        return
+    assert r.inputs["wafer_plan"]["mode"] != "overflow"
+
+
+def test_wafer_speculative_decoding_that_fits_no_layout_is_refused():
+    from xpusim.sim.steps import speculate
+
+    with pytest.raises(CapacityError):
+        speculate("wse-2", "llama-2-7b", 16, 2048, 3, 0.7, medusa_heads=3)
+
+
+def test_equal_devices_share_stored_square_answers():
+    from xpusim.mappers import wafer as W
+    from xpusim.sim.wafer_placement import region_arch
+    from xpusim.workloads.builder import build_trace
+    from xpusim.workloads.model import load_model
+
+    clear_cache()
+    op = next(op for _, op in build_trace(load_model("llama-3-8b"), Decode(1, 1024)).ops() if op.name == "q_proj")
+    a = region_arch(load_arch("wse-3"), 263)
+    b = dataclasses.replace(a)  # equal content, another object
+    assert a.fingerprint() == b.fingerprint()
+    W.stored_square(op, a)
+    W.stored_square(op, b)
+    assert len(W._STORED) == 1
+
+
+def test_a_repeated_run_adds_no_stored_squares():
+    from xpusim.mappers import wafer as W
+
+    simulate("wse-3", "llama-3-8b", Decode(batch=1, context=4096))
+    n = len(W._STORED)
+    simulate("wse-3", "llama-3-8b", Decode(batch=1, context=4096))
+    assert len(W._STORED) == n
+
+
+def test_a_multi_wafer_steps_power_is_compared_with_each_wafers_tdp(capsys, tmp_path):
+    """Six WSE-2s at 10 kW of static power each are not above a 15 kW tdp: the CLI divides by the wafers."""
+    from xpusim.cli import main
+
+    d = copy.deepcopy(RAW["wse-2"])
+    d.update(name="wse-2-static", static_power="10 kW", tdp="15 kW")
+    path = tmp_path / "wse2-static.yaml"
+    path.write_text(yaml.safe_dump(d))
+    rc = main(["simulate", "--arch", str(path), "--model", "llama-3-70b", "--phase", "decode", "--context", "4096",
+               "--wafers", "6"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "above the device's tdp" not in out
