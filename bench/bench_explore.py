@@ -32,11 +32,14 @@ def main() -> None:
         df = trials_frame(study, space)
         front = pareto_frame(study, space)
     rate = len(df) / wall * 60
+    met = rate >= 300
     print(f"{a.space}: {len(df)} trials ({int(df['feasible'].sum())} feasible) with {a.sampler}, {a.workers} workers "
-          f"in {wall:.1f} s: {rate:.0f} trials/min (target >= 300)")
+          f"in {wall:.1f} s: {rate:.0f} trials/min (target >= 300: {'met' if met else 'MISSED'})")
     cols = [k.name for k in space.knobs] + space.objectives
     print(f"Pareto set ({len(front)} designs), best {space.objectives[0]} first:")
     print(front[cols].head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if not met:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ A case is ``validation/reproductions/<name>.yaml``::
 ``xpusim reproduce --list`` names every case; ``xpusim reproduce NAME`` runs one; ``--all --json``
 prints a list of objects with ``name, paper, claim, claimed, simulated, tolerance_pct, passed``.
 A case passes when the simulated value is within ``tolerance_pct`` of ``claimed``, or inside
-``claimed_range`` (a bound may be null: open) widened by ``tolerance_pct`` on both sides. A case
+``claimed_range`` (a bound may be null: open) widened by ``tolerance_pct`` on both sides, and, with
+``beats: X``, only above ``X`` (a claim that one system beats another, ``beats: 1``, is not reproduced
+by a ratio below 1, whatever the tolerance). A case
 the model does not reproduce yet carries ``known_gap: "<why>"``: it runs and reports its value as
 GAP (not a failure of the command) and records what it simulates as ``gap_value``; the tests require
 it still to miss and to simulate ``gap_value`` within 2 %, so the marker goes when the model
@@ -482,6 +484,9 @@ def load_case(name: str) -> dict[str, Any]:
                         "and only such a case")
     if not number(d.get("tolerance_pct", 0)):
         raise SpecError(f"reproduction {name}: tolerance_pct must be a number, got {d['tolerance_pct']!r}")
+    if "beats" in d and not number(d["beats"]):
+        raise SpecError(f"reproduction {name}: beats must be a number (the value the claim says it exceeds), got "
+                        f"{d['beats']!r}")
     return d
 
 
@@ -503,6 +508,8 @@ def run_case(name: str) -> dict[str, Any]:
         tol = float(d.get("tolerance_pct", 0.0))
         out.update(claimed=float(d["claimed"]), tolerance_pct=tol,
                    passed=abs(sim - d["claimed"]) <= tol / 100.0 * abs(d["claimed"]))
+    if "beats" in d:  # the claim's direction: above this, whatever the tolerance allows
+        out["passed"] = out["passed"] and sim > float(d["beats"])
     out["note"] = str(d.get("note", ""))
     out["known_gap"] = str(d.get("known_gap", ""))
     if "gap_value" in d:
