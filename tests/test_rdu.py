@@ -177,13 +177,17 @@ def test_streamed_attention_equals_the_reference(rows, n, d, tile, causal, seed)
     np.testing.assert_allclose(out, naive_attention(q, k, v, off), rtol=1e-10, atol=1e-12)
 
 
+#: a two-layer GQA model small enough for the numpy reference
+TINY_MODEL = ModelSpec(name="tiny", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
+                       vocab_size=53, max_seq_len=64)
+
+
 def test_fused_pipeline_output_equals_the_unfused_trace():
     # a spatial pipeline streams row tiles (sequences here) through every stage of the block; executing
     # the trace tile by tile gives the one-shot execution's logits
     from xpusim.workloads.functional.reference import execute, init_weights
 
-    tiny = ModelSpec(name="tiny", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
-                     vocab_size=53, max_seq_len=64)
+    tiny = TINY_MODEL
     ids = np.random.default_rng(1).integers(0, 53, (6, 5))
     w = init_weights(build_trace(tiny, Prefill(6, 5)), seed=2)
     whole, _ = execute(build_trace(tiny, Prefill(6, 5)), w, ids)
@@ -200,8 +204,7 @@ def test_token_tiled_pipeline_equals_one_shot_prefill():
     # cache the earlier tiles wrote, so the tiles must run in order; the last tile's logits are the prompt's
     from xpusim.workloads.functional.reference import execute, init_weights
 
-    tiny = ModelSpec(name="tiny", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
-                     vocab_size=53, max_seq_len=64)
+    tiny = TINY_MODEL
     ids = np.random.default_rng(3).integers(0, 53, (2, 11))
     w = init_weights(build_trace(tiny, Prefill(2, 11)), seed=4)
     whole, _ = execute(build_trace(tiny, Prefill(2, 11)), w, ids)

@@ -354,18 +354,6 @@ def test_the_mapper_tries_the_streams_quarters():
     assert search(prob, arch).costs.cycles[0] <= quarter * (1 + 1e-9)
 
 
-TINY = {
-    "name": "tiny", "class": "generic", "clock": "1 GHz",
-    "matrix": {"instances": 4, "macs_per_cycle": {"bf16": 4, "fp32": 2}},
-    "vector": {"instances": 1, "flops_per_cycle": {"fp32": 8}},
-    "memory": [
-        {"name": "dram", "capacity": "1 MiB", "bandwidth": "8 GB/s"},
-        {"name": "sram", "capacity": "512 B", "bandwidth": "32 GB/s"},
-        {"name": "regs", "capacity": "64 B", "bandwidth": "64 GB/s", "instances": 4, "multicast": True},
-    ],
-}
-
-
 def test_a_split_whose_second_child_has_no_tile_loads_one_first_tile():
     """tpu-v4: n split 2 ways over the VMEMs but the VMEM tile is the whole n: one VMEM in use, one first
     fill of A and B (512 x 512 bf16 each) through the HBM."""
