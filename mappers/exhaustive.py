@@ -181,7 +181,7 @@ def exhaustive_search(prob: Problem, arch: Arch, objective: str = "latency", div
                 by_keep.setdefault(keep[i].tobytes(), []).append(i)
             for idx in by_keep.values():
                 ix = np.array(idx)
-                cst = evaluate(prob, arch, tiles[ix], spatial[ix], order[ix], keep[ix[0]], stream, lv)
+                cst = evaluate(prob, arch, tiles[ix], spatial[ix], order[ix], keep[ix[0]], lv)
                 score[ix] = _score(objective, cst.cycles, cst.energy_pj)
             i = int(np.argmin(score))
             if score[i] <= inc_score:
@@ -213,7 +213,7 @@ def exhaustive_search(prob: Problem, arch: Arch, objective: str = "latency", div
     t, sp_, o, k = best
     names = tuple(x.name for x in arch.memory) + ("lanes",)
     mapping = Mapping.from_arrays(prob.dims, names, t, sp_, o, k, arch.matrix.dataflow if systolic else None)
-    cost = evaluate(prob, arch, t[None], sp_[None], o[None], k, stream, lv)
+    cost = evaluate(prob, arch, t[None], sp_[None], o[None], k, lv)
     return SearchResult(mapping, cost, evaluated + incumbent.evaluated)
 
 
@@ -270,7 +270,7 @@ def brute_force(prob: Problem, arch: Arch, objective: str = "latency", divisors_
         tl = np.array([states[i][0] for i in idx])
         spl = np.array([states[i][1] for i in idx])
         od = np.array([states[i][2] for i in idx])
-        cost = evaluate(prob, arch, tl, spl, od, np.asarray(states[idx[0]][3]), None, lv)
+        cost = evaluate(prob, arch, tl, spl, od, np.asarray(states[idx[0]][3]), lv)
         best = min(best, float(_score(objective, cost.cycles, cost.energy_pj).min()))
     return best, len(states)
 
@@ -288,7 +288,6 @@ def sampled_search(prob: Problem, arch: Arch, objective: str = "latency", budget
     fan = arch.fanouts()
     leaf_fan = lanes(arch, get_dtype(prob.compute_dtype).compute)
     keep = keep_mask(prob, arch)
-    stream = systolic_roles(prob, arch.matrix.dataflow or "ws")[2] if arch.matrix.array else None
     start, evaluated, n = time.perf_counter(), best.evaluated, 4096
     while time.perf_counter() - start < budget_s:
         tiles = np.zeros((n, L + 1, D), dtype=np.int64)
@@ -316,7 +315,7 @@ def sampled_search(prob: Problem, arch: Arch, objective: str = "latency", budget
         for c in range(1, L):
             ok &= fits(prob, arch, tiles, keep, c)
         if ok.any():
-            costs = evaluate(prob, arch, tiles[ok], spatial[ok], order[ok], keep, stream, lv)
+            costs = evaluate(prob, arch, tiles[ok], spatial[ok], order[ok], keep, lv)
             score = _score(objective, costs.cycles, costs.energy_pj)
             i = int(np.argmin(score))
             evaluated += int(ok.sum())

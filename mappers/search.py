@@ -271,13 +271,13 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
         K = first.size
         complete(new_tiles, new_spatial, new_order, c)
         evaluated += K
-        costs = evaluate(prob, arch, new_tiles, new_spatial, new_order, keep, stream, lv, exact=False)
+        costs = evaluate(prob, arch, new_tiles, new_spatial, new_order, keep, lv, exact=False)
         score = _score(objective, costs.cycles, costs.energy_pj)
         keep_idx = np.argsort(score, kind="stable")[:beam]
         tiles, spatial, order = new_tiles[keep_idx], new_spatial[keep_idx], new_order[keep_idx]
         costs = NestCosts(*(getattr(costs, f)[keep_idx] for f in NestCosts.__dataclass_fields__))
     if L == 1 or costs.padded.any():  # exact counts for the finalists (padded ones were an upper bound)
-        costs = evaluate(prob, arch, tiles, spatial, order, keep, stream, lv)
+        costs = evaluate(prob, arch, tiles, spatial, order, keep, lv)
     best = int(np.argmin(_score(objective, costs.cycles, costs.energy_pj)))
     names = tuple(x.name for x in arch.memory) + ("lanes",)
     mapping = Mapping.from_arrays(prob.dims, names, tiles[best], spatial[best], order[best], keep,
@@ -289,8 +289,7 @@ def search(prob: Problem, arch: Arch, objective: str = "latency", beam: int = 8,
 def replay_costs(prob: Problem, arch: Arch, mapping: Mapping) -> NestCosts:
     """Cost of one given mapping (e.g. read back from a saved result)."""
     tiles, spatial, order, keep = (a[None] for a in mapping.arrays())
-    stream = systolic_roles(prob, mapping.dataflow)[2] if mapping.dataflow else None
-    return evaluate(prob, arch, tiles, spatial, order, keep[0], stream)
+    return evaluate(prob, arch, tiles, spatial, order, keep[0])
 
 
 __all__ = ["OBJECTIVES", "SearchResult", "compute_cycles", "replay_costs", "search", "tile_values"]

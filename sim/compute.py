@@ -104,16 +104,12 @@ def executed_folds(size: int, tiles: np.ndarray, extent: int) -> np.ndarray:
     """(C,) array passes a dim of ``size`` takes when each candidate's storage levels cut it into
     tiles ``tiles`` (C, levels), outermost first: every level splits each piece into whole tiles and
     a remainder, and an innermost piece of ``f`` elements takes ``ceil(f / extent)`` passes. Equals
-    ``ceil(size / extent)`` when every tile is a multiple of ``extent`` (or the whole dim)."""
-    C = tiles.shape[0]
-    sizes = np.full((C, 1), size, dtype=np.int64)
-    counts = np.ones((C, 1), dtype=np.int64)
-    for lvl in range(tiles.shape[1]):
-        t = np.maximum(tiles[:, lvl : lvl + 1], 1)
-        whole, rest = sizes // t, sizes % t
-        sizes = np.concatenate([np.broadcast_to(t, sizes.shape), rest], axis=1)
-        counts = np.concatenate([counts * whole, counts * (rest > 0)], axis=1)
-    return (counts * -(-sizes // extent)).sum(axis=1)
+    ``ceil(size / extent)`` when every tile is a multiple of ``extent`` (or the whole dim). The pieces
+    of :func:`_first_instance_pieces` with no spatial split."""
+    C, levels = tiles.shape
+    cut = np.concatenate([np.full((C, 1), size, dtype=np.int64), np.maximum(tiles, 1)], axis=1)[:, :, None]
+    x, n = _first_instance_pieces(cut, np.ones((C, levels, 1), dtype=np.int64), levels)
+    return (n[:, 0] * -(-x[:, 0] // extent)).sum(axis=1)
 
 
 def min_tile(prob: Problem, arch: Arch) -> np.ndarray:
@@ -162,7 +158,7 @@ def _first_instance_pieces(tiles: np.ndarray, spatial: np.ndarray, level: int) -
     return x, n
 
 
-def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarray, stream_dim: int | None,
+def compute_cycles(arch: Arch, prob: Problem, tiles: np.ndarray, steps: np.ndarray,
                    spatial: np.ndarray | None = None, stationary_fills: np.ndarray | None = None) -> np.ndarray:
     """Cycles of the MAC lanes on the busiest instance for each candidate (C,). On a systolic array the
     busiest innermost-level instance (instance 0 of every split above it) runs the folds of its pieces

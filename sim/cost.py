@@ -146,7 +146,7 @@ class NestCosts:
 
 
 def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, order: np.ndarray,
-             keep: np.ndarray, stream_dim: int | None = None, levels: LevelArrays | None = None,
+             keep: np.ndarray, levels: LevelArrays | None = None,
              exact: bool = True) -> NestCosts:
     """Cost of every candidate mapping (arrays as in :func:`xpusim.sim.nest.analyse`)."""
     lv = levels or LevelArrays.of(arch)
@@ -157,7 +157,7 @@ def evaluate(prob: Problem, arch: Arch, tiles: np.ndarray, spatial: np.ndarray, 
     # MAC lanes without an array take one leaf step per cycle: count the busiest lane's exactly
     steps = busiest_lane_steps(tiles, spatial) if arch.matrix.array is None else tr.steps
     stationary = tr.fills[:, STATIONARY[arch.matrix.dataflow or "ws"], L] if arch.matrix.array is not None else None
-    comp = compute_cycles(arch, prob, tiles, steps, stream_dim, spatial, stationary) * (
+    comp = compute_cycles(arch, prob, tiles, steps, spatial, stationary) * (
         arch.clock_hz / arch.matrix_clock_hz)
     # prologue: one access latency per level plus the first tile of every input into each level,
     # which compute waits for (the levels' own transfer time already holds those bytes); every
